@@ -1,0 +1,5 @@
+import sys
+
+from prefgame.cli import main
+
+sys.exit(main())

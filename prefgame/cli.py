@@ -1,0 +1,136 @@
+"""The ``prefgame`` command line.
+
+``prefgame <command> --config FILE key=value ...`` runs a job whose settings are one config
+dataclass; ``prefgame <command> --help`` lists every key with its type, default and meaning.
+Errors a user can cause end with one line on stderr and exit code 2; an interrupted job exits 130.
+Commands and their config classes are imported lazily so that ``prefgame --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefgame.errors import PrefgameError
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """A config-driven job: ``run(cfg)`` with ``cfg`` an instance of ``config``."""
+
+    name: str
+    help: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function"
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCommand:
+    """A command with its own positional arguments (``data validate FILE``)."""
+
+    name: str
+    help: str
+    module: str  # exposes add_arguments(parser) and main(args) -> int
+
+
+JOBS: list[JobCommand] = [
+    JobCommand(
+        "quickstart",
+        "run the whole pipeline on the embedded arena and write runs/quickstart/report.md",
+        "prefgame.quickstart:QuickstartConfig",
+        "prefgame.quickstart:run",
+        "prefgame quickstart",
+    ),
+    JobCommand(
+        "arena",
+        "build the arena world and export its data sets (pairs, ratings, battles, SFT corpus)",
+        "prefgame.arena.job:ArenaJobConfig",
+        "prefgame.arena.job:run",
+        "prefgame arena output_dir=runs/arena",
+    ),
+    JobCommand(
+        "sft",
+        "supervised fine-tuning of a causal LM on prompt/response data",
+        "prefgame.train.sft:SFTConfig",
+        "prefgame.train.sft:run",
+        "prefgame sft --config configs/sft/arena.yaml train.max_steps=200",
+    ),
+]
+
+TOOLS: list[ToolCommand] = [
+    ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.cli"),
+]
+
+
+def _load(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefgame",
+        description="General-preference, game-theoretic alignment of language models.",
+        epilog="Run 'prefgame <command> --help' for the config keys of a command.",
+    )
+    from prefgame import __version__
+
+    parser.add_argument("--version", action="version", version=f"prefgame {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for job in JOBS:
+        epilog = None
+        if wanted == job.name:  # import the config class only for the command asked about
+            from prefgame.config import config_help
+
+            epilog = f"example:\n  {job.example}\n\nconfig keys (set in --config FILE or as key=value):\n"
+            epilog += config_help(_load(job.config))
+        p = sub.add_parser(
+            job.name,
+            help=job.help,
+            description=job.help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--config", metavar="FILE", help="YAML config file (keys listed below)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
+        p.set_defaults(_job=job)
+    for tool in TOOLS:
+        p = sub.add_parser(tool.name, help=tool.help, description=tool.help)
+        if wanted == tool.name:
+            _load(f"{tool.module}:add_arguments")(p)
+        p.set_defaults(_tool=tool)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if hasattr(args, "_job"):
+            from prefgame.config import load_config
+
+            cfg = load_config(_load(args._job.config), args.config, args.overrides)
+            run: Callable[[Any], Any] = _load(args._job.run)
+            run(cfg)
+            return 0
+        return int(_load(f"{args._tool.module}:main")(args) or 0)
+    except PrefgameError as exc:
+        print(f"prefgame {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prefgame {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

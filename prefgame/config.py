@@ -1,0 +1,273 @@
+"""Config dataclasses, YAML files and ``key=value`` overrides.
+
+Every job has one config dataclass. Each field is declared with :func:`param`, which gives it a
+default and a one-line doc (shown by ``prefgame <command> --help``). YAML files only set fields;
+``a.b=value`` overrides on the command line are applied on top. An unknown key fails with a message
+naming the key and the nearest valid one; a value of the wrong type fails with the key, the
+expected type and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from prefgame.errors import ConfigError
+
+T = TypeVar("T")
+
+REDACTED = "<redacted>"
+
+
+def param(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A documented config field. ``default`` may be a dataclass type (nested section) or a mutable
+    value (copied per instance). ``secret`` fields are never written to disk or printed."""
+    meta = {"help": help, "secret": secret}
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def iter_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Field]]:
+    """Yield (dotted key, type, field) for every leaf field of a config dataclass."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            yield from iter_keys(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp, f
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, Sequence, tuple):
+        args = get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert a YAML value to ``tp`` or raise _Mismatch."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise _Mismatch
+    if origin in (list, Sequence, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        (arg,) = get_args(tp)[:1] or (Any,)
+        return [_coerce(v, arg) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        _, vt = get_args(tp) or (Any, Any)
+        return {str(k): _coerce(v, vt) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                raise _Mismatch from None
+            if f.is_integer():
+                return int(f)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _Mismatch
+    raise _Mismatch
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    tail = key.rsplit(".", 1)[-1]
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    by_tail = difflib.get_close_matches(tail, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.6)
+    if by_tail:
+        candidates = [v for v in valid if v.rsplit(".", 1)[-1] == by_tail[0]]
+        match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.0) or match
+    return match[0] if match else ""
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, root: type) -> T:
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = [k for k, _, _ in iter_keys(root)] + _section_keys(root)
+            near = _nearest(dotted, valid)
+            hint = f" (did you mean '{near}'?)" if near else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' is a section: give it as a mapping, not {value!r}")
+            kwargs[key] = _build(tp, value, f"{dotted}.", root)
+            continue
+        try:
+            kwargs[key] = _coerce(value, tp)
+        except _Mismatch:
+            raise ConfigError(
+                f"config key '{dotted}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            ) from None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {exc}") from None
+
+
+def _section_keys(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if _is_dataclass_type(hints[f.name]):
+            out.append(f"{prefix}{f.name}")
+            out.extend(_section_keys(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.hidden_size=64"`` → (["model", "hidden_size"], 64). Values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build ``cls`` from an optional YAML file and ``key=value`` overrides (applied in order)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (give an existing YAML file, e.g. under configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must contain a mapping of keys to values at the top level")
+        data = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if not isinstance(child, dict):
+                child = {}
+                node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return _build(cls, data, "", cls)
+
+
+def config_to_dict(cfg: Any, *, redact: bool = True) -> dict[str, Any]:
+    """A plain dict of the config; secret fields are replaced by a marker when ``redact``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value, redact=redact)
+        elif redact and f.metadata.get("secret") and value:
+            out[f.name] = REDACTED
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(cfg, redact=True), sort_keys=False)
+
+
+def config_help(cls: type) -> str:
+    """One line per key: name, type, default and doc. Used as the epilog of ``--help``."""
+    lines = []
+    defaults = config_to_dict(cls(), redact=True)
+    for key, tp, f in iter_keys(cls):
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        lines.append(f"  {key} ({_type_name(tp)}, default {node!r})\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
