@@ -1,3 +1,40 @@
 """Evaluation: win rates, length-controlled win rates, ratings, agreement and reports.
 
 This package may import prefgame; prefgame core never imports it."""
+
+from evaluation.agreement import (
+    SubsetAccuracy,
+    accuracy_by_subset,
+    agreement,
+    agreement_matrix,
+    cohen_kappa,
+    longer_response_win_rate,
+    position_consistency,
+)
+from evaluation.ratings import bt_ratings, predicted_win_rate
+from evaluation.winrate import (
+    LengthControlledWinRate,
+    WinRate,
+    battle_outcomes,
+    length_controlled_win_rate,
+    win_rate,
+    win_rate_matrix,
+)
+
+__all__ = [
+    "LengthControlledWinRate",
+    "SubsetAccuracy",
+    "WinRate",
+    "accuracy_by_subset",
+    "agreement",
+    "agreement_matrix",
+    "battle_outcomes",
+    "bt_ratings",
+    "cohen_kappa",
+    "length_controlled_win_rate",
+    "longer_response_win_rate",
+    "position_consistency",
+    "predicted_win_rate",
+    "win_rate",
+    "win_rate_matrix",
+]

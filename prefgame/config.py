@@ -69,7 +69,9 @@ def _type_name(tp: Any) -> str:
         return "mapping"
     if tp is type(None):
         return "null"
-    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 class _Mismatch(Exception):
@@ -184,7 +186,9 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, root: type) -> T:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {exc}") from None
+        raise ConfigError(
+            f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {exc}"
+        ) from None
 
 
 def _section_keys(cls: type, prefix: str = "") -> list[str]:
@@ -224,7 +228,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            raise ConfigError(
+                f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

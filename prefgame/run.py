@@ -205,4 +205,6 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-            self.logger.info(f"{self.desc}: {self.done}/{self.total} ({rate:.2f}/s, eta {eta:.0f}s) {extra}".rstrip())
+            self.logger.info(
+                f"{self.desc}: {self.done}/{self.total} ({rate:.2f}/s, eta {eta:.0f}s) {extra}".rstrip()
+            )

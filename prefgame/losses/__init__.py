@@ -1,1 +1,68 @@
-"""prefgame.losses."""
+"""Losses and estimators as pure functions of tensors (DESIGN §2, §3).
+
+Each loss returns ``(loss, metrics)`` — a scalar tensor and a dict of detached 0-dim tensors for
+logging. Nothing here touches a model: trainers compute log-probabilities, scores and values and
+hand the tensors in.
+
+- :mod:`~prefgame.losses.logprobs` — masked reductions, whitening, chunked response log-probs.
+- :mod:`~prefgame.losses.preference` — BT, pairwise-logistic and rating-regression losses, ridge fit,
+  pessimistic ensemble score (§3.1).
+- :mod:`~prefgame.losses.policy` — DPO/cDPO/R-DPO/IPO (§3.4), SPPO, INPO, magnetic mirror descent,
+  Nash-MD (§3.3).
+- :mod:`~prefgame.losses.rl` — PPO: KL-shaped rewards, GAE, clipped policy and value losses (§3.4).
+"""
+
+from prefgame.losses.logprobs import (
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    reduce_mean,
+    response_logprobs,
+    sequence_logprobs,
+    sequence_mean_logprobs,
+    token_logprobs_from_logits,
+)
+from prefgame.losses.policy import (
+    dpo_loss,
+    geometric_mixture_logprobs,
+    inpo_loss,
+    mmd_loss,
+    nash_md_pg_loss,
+    sppo_loss,
+)
+from prefgame.losses.preference import (
+    bt_loss,
+    pairwise_logistic_loss,
+    pessimistic_score,
+    regression_loss,
+    ridge_fit,
+)
+from prefgame.losses.rl import compute_gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
+
+__all__ = [
+    "bt_loss",
+    "compute_gae",
+    "dpo_loss",
+    "geometric_mixture_logprobs",
+    "inpo_loss",
+    "kl_penalized_rewards",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "mmd_loss",
+    "nash_md_pg_loss",
+    "pairwise_logistic_loss",
+    "pessimistic_score",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "reduce_mean",
+    "regression_loss",
+    "response_logprobs",
+    "ridge_fit",
+    "sequence_logprobs",
+    "sequence_mean_logprobs",
+    "sppo_loss",
+    "token_logprobs_from_logits",
+]

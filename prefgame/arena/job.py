@@ -1,0 +1,73 @@
+"""``prefgame arena``: build the world and export its data sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prefgame.arena import export
+from prefgame.arena.lm import save_tokenizer
+from prefgame.arena.world import Arena, ArenaSpec
+from prefgame.config import param
+from prefgame.run import RunDir, write_jsonl
+
+
+@dataclass
+class ArenaConfig:
+    strength: float = param(6.0, "scale of the objective term of the gold preference")
+    cycle: float = param(
+        2.5, "strength c of the cyclic (intransitive) style term; 0 gives a Bradley–Terry world"
+    )
+    seed: int = param(0, "seed of every sampled data set")
+
+    def build(self) -> Arena:
+        return Arena(ArenaSpec(strength=self.strength, cycle=self.cycle, seed=self.seed))
+
+
+@dataclass
+class ArenaJobConfig:
+    output_dir: str = param("runs/arena", "where the data sets and the tokenizer are written")
+    arena: ArenaConfig = param(ArenaConfig, "the world")
+    sft_examples: int = param(4000, "SFT demonstrations")
+    pairs: int = param(4000, "pairs labeled with the gold preference")
+    minimal_pair_fraction: float = param(0.3, "share of pairs that differ in exactly one feature")
+    ratings: int = param(2000, "responses with per-objective ratings")
+    battles: int = param(2000, "battles between arena systems judged by the annotators")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.minimal_pair_fraction <= 1.0:
+            raise ValueError("minimal_pair_fraction must be in [0, 1]")
+
+
+def export_all(cfg: ArenaJobConfig, out: RunDir) -> dict[str, int]:
+    arena = cfg.arena.build()
+    rng = np.random.default_rng(cfg.arena.seed)
+    sets = {
+        "sft.jsonl": export.sft_corpus(arena, cfg.sft_examples, rng),
+        "pairs.jsonl": export.labeled_pairs(
+            arena, cfg.pairs, rng, minimal_pair_fraction=cfg.minimal_pair_fraction
+        ),
+        "ratings.jsonl": export.ratings(arena, cfg.ratings, rng),
+        "battles.jsonl": export.battles(arena, cfg.battles, rng),
+    }
+    for name, rows in sets.items():
+        write_jsonl(out.file(name), rows)
+    save_tokenizer(out.file("tokenizer"))
+    return {name: len(rows) for name, rows in sets.items()}
+
+
+def run(cfg: ArenaJobConfig) -> dict:
+    out = RunDir(cfg.output_dir)
+    log = out.start_logging()
+    try:
+        out.start_fresh()
+        out.write_config(cfg)
+        counts = export_all(cfg, out)
+        out.write_metrics({"rows": counts})
+        log.info(
+            f"arena data written to {out.path}: " + ", ".join(f"{k} ({v} rows)" for k, v in counts.items())
+        )
+        return counts
+    finally:
+        out.close()

@@ -1,0 +1,170 @@
+"""Causal-LM helpers shared by every trainer: prompt formatting, tokenization, batched sampling with
+the KV cache, and response log-probabilities.
+
+Prompts are rendered with the tokenizer's chat template when it has one (plain text otherwise);
+responses are tokenized on their own and followed by EOS, so the boundary between prompt and
+response tokens is exact for any tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from prefgame.errors import PrefgameError
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise PrefgameError(
+            f"cannot load tokenizer from '{name_or_path}': {str(exc).splitlines()[0]} "
+            "(give a folder with tokenizer files or a hub name)"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    if not Path(name_or_path).exists() and "/" not in name_or_path:
+        raise PrefgameError(
+            f"model path not found: '{name_or_path}' (give a checkpoint folder or a hub name org/model)"
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise PrefgameError(
+            f"cannot load causal LM from '{name_or_path}': {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
+    """The prompt as the model sees it before its response (chat template with generation prompt)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turns = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(turns) + "\nassistant:"
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
+    """Response tokens followed by EOS (what the model must learn to produce)."""
+    text = response if getattr(tokenizer, "chat_template", None) else " " + response
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (B, T_max)."""
+    t_max = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), t_max), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), t_max), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if left:
+            ids[i, t_max - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, t_max - len(s) :] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def build_pairs_batch(
+    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response batch with a mask of the response tokens.
+
+    Returns input_ids (B, T), attention_mask (B, T) and response_mask (B, T): response_mask[b, t] is 1
+    where token t is a response token (its log-probability is predicted from position t − 1).
+    """
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    ids, mask = pad_batch(seqs, pad_id)
+    response_mask = torch.zeros_like(mask)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        response_mask[i, len(p) : len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
+
+
+def token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token log-probabilities of the response tokens, (B, T−1), zero elsewhere.
+
+    Only the positions that predict a response token are projected to the vocabulary, so no
+    vocabulary-sized logits are materialized for prompt or padding tokens.
+    """
+    base = getattr(model, model.base_model_prefix)
+    out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = out.last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts token t+1
+    labels = batch["input_ids"][:, 1:]  # (B, T-1)
+    mask = batch["response_mask"][:, 1:].bool()  # (B, T-1)
+    logits = model.get_output_embeddings()(hidden[mask]).float()  # (N_resp, V)
+    picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    result = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
+    result[mask] = picked
+    return result
+
+
+class ResponseLogps(torch.nn.Module):
+    """A causal LM whose forward returns response-token log-probabilities, (B, T−1).
+
+    Trainers hand this wrapper to ``accelerator.prepare`` so that data-parallel wrappers (DDP, FSDP)
+    see the forward that computes the loss.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+    ) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        return token_logps(self.model, batch)
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    seed: int | None = None,
+) -> list[str]:
+    """One sampled response per prompt (repeat prompts for several), batched, with the KV cache."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        ids, mask = pad_batch([encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id, left=True)
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        new = gen[:, ids.shape[1] :]
+        outputs += [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    model.train(was_training)
+    return outputs

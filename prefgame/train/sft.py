@@ -1,0 +1,271 @@
+"""Supervised fine-tuning of a causal LM on prompt/response data (``prefgame sft``).
+
+Loss: mean negative log-likelihood of the response tokens (prompt tokens are context only), summed
+over the step's tokens and divided by the step's global response-token count. Works for any causal
+LM and any prompt/response data set; on the arena it trains π0 from the demonstration corpus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prefgame.config import param
+from prefgame.data.load import load_raw
+from prefgame.errors import DataError, PrefgameError
+from prefgame.lm import (
+    ResponseLogps,
+    build_pairs_batch,
+    encode_prompt,
+    encode_response,
+    load_causal_lm,
+    load_tokenizer,
+)
+from prefgame.run import Progress, RunDir, atomic_dir, seed_everything
+from prefgame.train.common import (
+    NonFiniteGuard,
+    TrainConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    local_micro_batches,
+    make_accelerator,
+    make_optimizer,
+    save_checkpoint,
+    step_indices,
+)
+
+
+@dataclass
+class SFTModelConfig:
+    name_or_path: str = param(
+        "", "causal LM checkpoint folder or hub name; empty: a new tiny Llama (arena size)"
+    )
+    tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
+    hidden_size: int = param(128, "new model only: hidden size")
+    num_layers: int = param(4, "new model only: transformer layers")
+    num_heads: int = param(4, "new model only: attention heads")
+    intermediate_size: int = param(512, "new model only: MLP width")
+
+
+@dataclass
+class SFTDataConfig:
+    path: str = param("", "prompt/response data: a .jsonl/.json/.parquet/.csv file or a hub name")
+    split: str = param("train", "split to read from a hub data set")
+    prompt_field: str = param("prompt", "column holding the prompt text")
+    response_field: str = param("response", "column holding the target response text")
+    eval_fraction: float = param(0.05, "share of rows held out to measure the loss")
+    max_length: int = param(512, "truncate prompt+response to this many tokens")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("data.eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = param("runs/sft", "where the model, checkpoints, metrics and log are written")
+    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    model: SFTModelConfig = param(SFTModelConfig, "model section")
+    data: SFTDataConfig = param(SFTDataConfig, "data section")
+    train: TrainConfig = param(TrainConfig, "training section")
+
+
+def load_prompt_response(cfg: SFTDataConfig) -> tuple[list[str], list[str]]:
+    table = load_raw(cfg.path, split=cfg.split)
+    for field in (cfg.prompt_field, cfg.response_field):
+        if field not in table.column_names:
+            raise DataError(
+                f"{cfg.path}: no column '{field}' (columns: {', '.join(table.column_names)}); "
+                "set data.prompt_field / data.response_field"
+            )
+    prompts, responses = table[cfg.prompt_field], table[cfg.response_field]
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        for field, value in ((cfg.prompt_field, p), (cfg.response_field, r)):
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(
+                    f"{cfg.path}: row {i}, field '{field}': expected non-empty text, got {value!r}"
+                )
+    return list(prompts), list(responses)
+
+
+def build_model(cfg: SFTModelConfig, seed: int):
+    if cfg.name_or_path:
+        tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
+        return load_causal_lm(cfg.name_or_path), tok
+    from transformers import LlamaForCausalLM
+
+    from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_llama_config(
+        tok,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+    )
+    return LlamaForCausalLM(config), tok
+
+
+@torch.no_grad()
+def response_nll(
+    model, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 128
+) -> float:
+    """Mean negative log-likelihood per response token."""
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = build_pairs_batch([p for p, _ in chunk], [r for _, r in chunk], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logps = ResponseLogps(model)(**batch)
+        total -= float(logps.sum())
+        count += int(batch["response_mask"].sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def run(cfg: SFTConfig) -> dict:
+    if not cfg.data.path:
+        raise PrefgameError(
+            "data.path is empty: give a prompt/response file, e.g. data.path=runs/arena/sft.jsonl"
+        )
+    out = RunDir(cfg.output_dir)
+    log = out.start_logging()
+    try:
+        return _train(cfg, out, log)
+    finally:
+        out.close()
+
+
+def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
+    tc = cfg.train
+    seed_everything(tc.seed)
+    acc = make_accelerator(tc, out.path)
+    resume_from = latest_checkpoint(out.path) if cfg.resume else None
+    if acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    prompts, responses = load_prompt_response(cfg.data)
+    model, tok = build_model(cfg.model, tc.seed)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    examples = []
+    for p, r in zip(prompts, responses):
+        p_ids, r_ids = encode_prompt(tok, p), encode_response(tok, r)
+        keep = max(cfg.data.max_length - len(p_ids), 1)
+        examples.append((p_ids, r_ids[:keep]))
+    order = np.random.default_rng(tc.seed).permutation(len(examples))
+    n_eval = int(round(cfg.data.eval_fraction * len(examples)))
+    eval_set = [examples[i] for i in order[:n_eval]]
+    train_set = [examples[i] for i in order[n_eval:]]
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        f"sft: {len(train_set)} train / {len(eval_set)} eval examples, model {n_params / 1e6:.2f}M parameters"
+    )
+
+    wrapper = ResponseLogps(model)
+    optimizer, scheduler = make_optimizer(wrapper.parameters(), tc)
+    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    start_step = 0
+    if resume_from is not None:
+        state = load_checkpoint(
+            resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler
+        )
+        start_step = state["step"]
+        out.truncate_metrics(start_step)
+        log.info(f"resumed from {resume_from} at step {start_step}")
+
+    initial_eval = response_nll(model, eval_set, tok.pad_token_id) if eval_set and start_step == 0 else None
+    guard = NonFiniteGuard(tc.max_nonfinite_steps)
+    progress = Progress(tc.max_steps - start_step, "sft", log)
+    device = acc.device
+    last_loss, t0 = math.nan, time.perf_counter()
+    for step in range(start_step, tc.max_steps):
+        idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
+        n_tokens = sum(len(train_set[i][1]) for i in idx)  # global response tokens of this step
+        micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
+        step_loss = torch.zeros((), device=device)
+        for k, mb in enumerate(micro):
+            batch = build_pairs_batch(
+                [train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id
+            )
+            batch = {key: v.to(device) for key, v in batch.items()}
+            sync = k == len(micro) - 1
+            ctx = acc.no_sync(wrapper) if not sync else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                logps = wrapper(**batch)
+                # DDP averages gradients over processes, hence the factor num_processes.
+                loss = -logps.sum() / n_tokens * acc.num_processes
+                acc.backward(loss)
+            step_loss += loss.detach() / acc.num_processes
+        grad_norm = acc.clip_grad_norm_(
+            wrapper.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        )
+        step_loss = acc.reduce(step_loss, reduction="sum")
+        if guard.check(step, step_loss, grad_norm):
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = float(step_loss)
+        done = step + 1
+        if acc.is_main_process and (done % tc.log_every == 0 or done == tc.max_steps):
+            out.log_metrics(
+                done, {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+            )
+        if (
+            eval_set
+            and tc.eval_every
+            and done % tc.eval_every == 0
+            and done != tc.max_steps
+            and acc.is_main_process
+        ):
+            out.log_metrics(done, {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)})
+        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
+            save_checkpoint(
+                out.path,
+                done,
+                modules={"model": model},
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={},
+                keep=tc.keep_checkpoints,
+            )
+        progress.update(loss=last_loss)
+    acc.wait_for_everyone()
+    metrics = {
+        "train_loss": last_loss,
+        "eval_loss_initial": initial_eval,
+        "eval_loss": response_nll(model, eval_set, tok.pad_token_id) if eval_set else None,
+        "steps": tc.max_steps,
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "parameters": n_params,
+        "nonfinite_steps": guard.total,
+        "seconds": time.perf_counter() - t0,
+    }
+    if acc.is_main_process:
+        save_model(model, tok, out.path / "model")
+        out.write_metrics(metrics)
+        log.info(
+            f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}"
+        )
+    return metrics
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """A normal transformers checkpoint (safetensors) written atomically."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))

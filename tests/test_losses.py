@@ -1,0 +1,586 @@
+"""Unit tests for prefgame.losses: hand-derived values, exact gradients, invariances (DESIGN §3).
+
+Expected values are derived in the comments; softplus(x) = log(1 + eˣ) = −log σ(−x). Everything runs
+in float64 with tolerances of 1e-9 unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from prefgame.losses import (
+    bt_loss,
+    compute_gae,
+    dpo_loss,
+    geometric_mixture_logprobs,
+    inpo_loss,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    mmd_loss,
+    nash_md_pg_loss,
+    pairwise_logistic_loss,
+    pessimistic_score,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reduce_mean,
+    regression_loss,
+    response_logprobs,
+    ridge_fit,
+    sequence_logprobs,
+    sequence_mean_logprobs,
+    sppo_loss,
+    token_logprobs_from_logits,
+)
+
+D = torch.float64
+TOL = 1e-9
+
+
+def t(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=D)
+
+
+def close(a, b, tol: float = TOL) -> None:
+    torch.testing.assert_close(torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D), rtol=0, atol=tol)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+# ---------------------------------------------------------------------------------------------- logprobs
+
+
+def test_masked_reductions_and_whiten():
+    """x = [1, 2, 3, NaN] with the last entry masked: sum 6, mean 2, unbiased var (1+0+1)/2 = 1,
+    so whitened = [−1, 0, 1] / sqrt(1 + 1e-8), masked entry 0; keeping the mean gives x̄ + that."""
+    x = t(1.0, 2.0, 3.0, float("nan"))
+    mask = torch.tensor([True, True, True, False])
+    close(masked_sum(x, mask), 6.0)
+    close(masked_mean(x, mask), 2.0)
+    close(masked_var(x, mask), 1.0)
+    scale = 1 / math.sqrt(1 + 1e-8)
+    close(masked_whiten(x, mask), t(-scale, 0.0, scale, 0.0))
+    close(masked_whiten(x, mask, shift_mean=False), t(2 - scale, 2.0, 2 + scale, 0.0))
+    # per-row mean with an empty row: (1+2)/2, and 0 for the empty row (count clamped to 1)
+    x2 = t(1.0, 2.0, 5.0, 7.0).view(2, 2)
+    close(masked_mean(x2, torch.tensor([[1, 1], [0, 0]]), dim=-1), t(1.5, 0.0))
+    with pytest.raises(ValueError):
+        masked_var(x, torch.tensor([True, False, False, False]))
+
+
+def test_whiten_gives_zero_mean_unit_unbiased_variance():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=D) * 3 + 5
+    mask = torch.rand(4, 6) > 0.3
+    w = masked_whiten(x, mask, eps=0.0)
+    close(masked_mean(w, mask), 0.0)
+    close(masked_var(w, mask), 1.0)
+    close(w[~mask], torch.zeros(int((~mask).sum()), dtype=D))
+
+
+def test_token_logprobs_from_logits_exact_and_stable():
+    """logits = log [1, 2, 3] → probs [1/6, 2/6, 3/6]; label 2 → log ½. Huge equal logits → log ½."""
+    logits = torch.log(t(1.0, 2.0, 3.0))
+    close(token_logprobs_from_logits(logits, torch.tensor(2)), math.log(0.5))
+    close(token_logprobs_from_logits(t(1000.0, 1000.0), torch.tensor(0)), math.log(0.5))
+    half = torch.tensor([[1e4, -1e4, 0.0]], dtype=torch.bfloat16)
+    assert token_logprobs_from_logits(half, torch.tensor([0])).dtype == torch.float32
+
+
+def _naive_response_logprobs(hidden, weight, labels, mask):
+    logps = torch.log_softmax(hidden @ weight.T, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask, logps, 0.0)
+
+
+def _random_lm_inputs(seed: int = 0, B: int = 3, T: int = 4, H: int = 2, V: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, H, dtype=D, generator=g)
+    weight = torch.randn(V, H, dtype=D, generator=g)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)[:B, :T]
+    return hidden, weight, labels, mask
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+def test_response_logprobs_matches_naive_values_and_gradients(chunk_size):
+    """N = 8 masked tokens: chunk 1 (8 chunks), 3 (3 chunks, last partial), 100 (> N, one chunk)."""
+    hidden, weight, labels, mask = _random_lm_inputs()
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    got = response_logprobs(h1, w1, labels, mask, chunk_size=chunk_size)
+    want = _naive_response_logprobs(h2, w2, labels, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    upstream = torch.randn(mask.shape, dtype=D)  # any downstream loss
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-12)
+
+
+def test_response_logprobs_gradcheck():
+    hidden, weight, labels, mask = _random_lm_inputs(seed=1, B=2, T=4, H=3, V=5)
+    fn = lambda h, w: response_logprobs(h, w, labels, mask, chunk_size=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (hidden.requires_grad_(), weight.requires_grad_()))
+
+
+def test_response_logprobs_empty_mask_and_low_precision():
+    """No response tokens → zeros and zero gradients; bf16 inputs → float32 log-probs within bf16
+    rounding of the float64 result, gradients in the inputs' dtype."""
+    hidden, weight, labels, mask = _random_lm_inputs()
+    h = hidden.clone().requires_grad_()
+    out = response_logprobs(h, weight, labels, torch.zeros_like(mask), chunk_size=2)
+    out.sum().backward()
+    close(out, torch.zeros(mask.shape, dtype=D))
+    close(h.grad, torch.zeros_like(hidden))
+
+    h16, w16 = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
+    out16 = response_logprobs(h16, w16, labels, mask, chunk_size=3)
+    assert out16.dtype == torch.float32
+    want = _naive_response_logprobs(h16.detach().double(), w16.detach().double(), labels, mask)
+    torch.testing.assert_close(out16.double(), want, rtol=0, atol=0.05)
+    out16.sum().backward()
+    assert h16.grad.dtype == w16.grad.dtype == torch.bfloat16
+
+
+class _LargestVocabTensor(TorchDispatchMode):
+    """Records the most rows of any op output whose last dim is the vocabulary size V."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.rows = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] == self.vocab:
+                self.rows = max(self.rows, x.numel() // self.vocab)
+        return out
+
+
+def test_response_logprobs_never_materializes_more_than_a_chunk_of_logits():
+    """B·T = 12 tokens, N = 8 masked, chunk 3, H = 2: no (·, V) tensor may exceed 3 rows in forward or
+    backward (Wᵀ is (2, V)). The naive path makes a (12, V) tensor, so the detector is not vacuous."""
+    hidden, weight, labels, mask = _random_lm_inputs(V=13)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    with _LargestVocabTensor(13) as probe:
+        response_logprobs(hidden, weight, labels, mask, chunk_size=3).sum().backward()
+    assert probe.rows <= 3
+    with _LargestVocabTensor(13) as probe:
+        _naive_response_logprobs(hidden, weight, labels, mask).sum().backward()
+    assert probe.rows == 12
+
+
+def test_sequence_logprobs_sum_and_mean():
+    """Row 0: tokens −1, −2 valid → sum −3, mean −1.5. Row 1: −4 only → −4, −4."""
+    logps = t(-1.0, -2.0, -9.0, -9.0, -4.0, -9.0).view(2, 3)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 0]])
+    close(sequence_logprobs(logps, mask), t(-3.0, -4.0))
+    close(sequence_mean_logprobs(logps, mask), t(-1.5, -4.0))
+
+
+def test_global_normalization_makes_accumulation_match_full_batch():
+    """4 sequences with 1, 3, 2, 4 response tokens (10 in all), split into micro-batches [0] and [1:4].
+    Σ_mb Σ_tokens ℓ / 10 equals the full-batch token mean, value and gradient; the mean of per-micro-
+    batch means (ℓ̄_1 + ℓ̄_2)/2 weights the lone token 4× too much and does not."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    old = torch.randn(4, 4, dtype=D)
+    adv = torch.randn(4, 4, dtype=D)
+    logps = (old + 0.3 * torch.randn(4, 4, dtype=D)).requires_grad_()
+    full, _ = ppo_policy_loss(logps, old, adv, mask, clip_range=0.2)
+    (full_grad,) = torch.autograd.grad(full, logps)
+
+    total = int(mask.sum())
+    accumulated, naive = 0.0, 0.0
+    for rows in (slice(0, 1), slice(1, 4)):
+        part, _ = ppo_policy_loss(
+            logps[rows], old[rows], adv[rows], mask[rows], clip_range=0.2, normalizer=total
+        )
+        accumulated = accumulated + part
+        naive = naive + ppo_policy_loss(logps[rows], old[rows], adv[rows], mask[rows], clip_range=0.2)[0] / 2
+    (acc_grad,) = torch.autograd.grad(accumulated, logps)
+    close(accumulated, full)
+    close(acc_grad, full_grad)
+    assert abs(float(naive.detach()) - float(full.detach())) > 1e-3
+
+    # sequence-level losses use the global example count the same way: micro-batches of 1 and 3
+    pc, pr, rc, rr = torch.randn(4, 4, dtype=D).unbind(1)
+    full_dpo, _ = dpo_loss(pc, pr, rc, rr, beta=0.1)
+    parts = [
+        dpo_loss(pc[s], pr[s], rc[s], rr[s], beta=0.1, normalizer=4)[0] for s in (slice(0, 1), slice(1, 4))
+    ]
+    close(sum(parts), full_dpo)
+    close(reduce_mean(t(1.0, 2.0, 3.0), normalizer=6), 1.0)
+
+
+# -------------------------------------------------------------------------------------------- preference
+
+
+def test_bt_loss_hand_values():
+    """r_c = (1, 1, −0.5), r_r = (0, −1, 0.5), so Δ = (1, 2, −1).
+    Pair 0: m = 0.5, p = 1 → softplus(−0.5) = 0.474076984180.
+    Pair 1: m = 0, p = 0.8 → 0.8 softplus(−2) + 0.2 softplus(2) = softplus(−2) + 0.2·2 = 0.526928011043.
+    Pair 2: m = 0, p = ½ (tie) → ½ softplus(1) + ½ softplus(−1) = ½ (1 + 2 softplus(−1)).
+    Centering 0.01·(r_c + r_r)² = 0.01·(1, 0, 0). Accuracy over non-ties (pairs 0, 1: Δ > 0, p > ½) = 1;
+    mean Δ = 2/3; mean (r_c + r_r)² = 1/3."""
+    chosen, rejected = t(1.0, 1.0, -0.5), t(0.0, -1.0, 0.5)
+    loss, metrics = bt_loss(
+        chosen, rejected, labels=t(1.0, 0.8, 0.5), margin=t(0.5, 0.0, 0.0), center_coef=0.01
+    )
+    per_pair = [
+        softplus(-0.5) + 0.01 * 1.0**2,
+        0.5269280110429726 + 0.01 * 0.0**2,
+        0.5 * (1 + 2 * softplus(-1)) + 0.01 * 0.0**2,
+    ]
+    close(loss, sum(per_pair) / 3)
+    close(metrics["accuracy"], 1.0)
+    close(metrics["margin"], 2 / 3)
+    close(metrics["center_penalty"], 1 / 3)
+
+
+def test_bt_loss_default_is_minus_log_sigmoid_and_accuracy_counts_wrong_and_zero():
+    """labels default to 1: ℓ = mean softplus(−Δ) with Δ = (2, −1, 0); accuracy 1/3 (Δ = 0 is wrong)."""
+    chosen = t(2.0, 0.0, 3.0).requires_grad_()
+    loss, metrics = bt_loss(chosen, t(0.0, 1.0, 3.0))
+    close(loss, (softplus(-2) + softplus(1) + softplus(0)) / 3)
+    close(metrics["accuracy"], 1 / 3)
+    # ∂ℓ/∂r_c = −σ(−Δ)/3
+    (grad,) = torch.autograd.grad(loss, chosen)
+    close(grad, -torch.sigmoid(-t(2.0, -1.0, 0.0)) / 3)
+
+
+def test_pairwise_logistic_loss_hand_values():
+    """s = (1, −2), p = (1, 0.25): softplus(−1) and 0.25 softplus(2) + 0.75 softplus(−2); accuracy
+    (s > 0, p > ½) and (s < 0, p < ½) → 1."""
+    loss, metrics = pairwise_logistic_loss(t(1.0, -2.0), t(1.0, 0.25))
+    close(loss, (softplus(-1) + 0.25 * softplus(2) + 0.75 * softplus(-2)) / 2)
+    close(metrics["accuracy"], 1.0)
+    _, tie_metrics = pairwise_logistic_loss(t(1.0), t(0.5))
+    assert math.isnan(float(tie_metrics["accuracy"]))
+
+
+def test_regression_loss_masks_missing_ratings():
+    """Observed errors (1−0)², (2−4)², (3−3)² → 5/3; the NaN target and its prediction are ignored."""
+    pred = t(1.0, 2.0, 3.0, 100.0).view(2, 2).requires_grad_()
+    target = t(0.0, 4.0, 3.0, float("nan")).view(2, 2)
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    loss, metrics = regression_loss(pred, target, mask)
+    close(loss, 5 / 3)
+    close(metrics["observed"], 0.75)
+    (grad,) = torch.autograd.grad(loss, pred)
+    close(grad, t(2 * 1 / 3, 2 * -2 / 3, 0.0, 0.0).view(2, 2))  # 2(pred − target)/3, 0 where missing
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_ridge_fit_matches_lstsq_on_augmented_systems(fit_intercept):
+    """Each objective j solves min ‖[X_O 1; √l2 I 0][w; b] − [y_O; 0]‖² — the ridge problem with an
+    unpenalized intercept — which numpy.linalg.lstsq solves independently."""
+    rng = np.random.default_rng(0)
+    n, d, k, l2 = 30, 4, 3, 0.7
+    X = rng.normal(size=(n, d))
+    Y = X @ rng.normal(size=(d, k)) + 2.0 + 0.1 * rng.normal(size=(n, k))
+    mask = rng.random((n, k)) > 0.3
+    Y_nan = np.where(mask, Y, np.nan)
+    w, b = ridge_fit(
+        torch.tensor(X), torch.tensor(Y_nan), torch.tensor(mask), l2, fit_intercept=fit_intercept
+    )
+    for j in range(k):
+        Xo, yo = X[mask[:, j]], Y[mask[:, j], j]
+        ones = np.ones((len(yo), 1)) if fit_intercept else np.zeros((len(yo), 0))
+        A = np.block([[Xo, ones], [math.sqrt(l2) * np.eye(d), np.zeros((d, ones.shape[1]))]])
+        sol = np.linalg.lstsq(A, np.concatenate([yo, np.zeros(d)]), rcond=None)[0]
+        np.testing.assert_allclose(w[:, j].numpy(), sol[:d], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(float(b[j]), sol[d] if fit_intercept else 0.0, rtol=0, atol=1e-10)
+
+
+def test_ridge_fit_objective_without_observations_is_zero():
+    X = torch.randn(5, 2, dtype=D)
+    mask = torch.tensor([[1, 0]] * 5, dtype=torch.bool)
+    w, b = ridge_fit(X, torch.randn(5, 2, dtype=D), mask, 1.0)
+    close(w[:, 1], torch.zeros(2, dtype=D))
+    close(b[1], 0.0)
+
+
+def test_pessimistic_score_hand_values():
+    """Columns (1, 3, 2) and (4, 2, 6): min 1, 2; means 2, 4; unbiased std 1, 2 → mean − 1.5 std."""
+    scores = t(1.0, 4.0, 3.0, 2.0, 2.0, 6.0).view(3, 2)
+    close(pessimistic_score(scores, mode="min"), t(1.0, 2.0))
+    close(pessimistic_score(scores, mode="mean_std", c=1.5), t(2 - 1.5, 4 - 3.0))
+    with pytest.raises(ValueError):
+        pessimistic_score(scores, mode="max")
+
+
+# ------------------------------------------------------------------------------------------------ policy
+
+
+def test_dpo_sigmoid_hand_value_and_gradient():
+    """Δ = (−10 − (−11)) − (−12 − (−11)) = 1 − (−1) = 2, β = 0.1 → −log σ(0.2) = softplus(−0.2)
+    = 0.598138869382; ∂ℓ/∂log π(y_w) = −β σ(−βΔ) = −0.1 · 0.450166002688."""
+    pc = t(-10.0).requires_grad_()
+    loss, metrics = dpo_loss(pc, t(-12.0), t(-11.0), t(-11.0), beta=0.1)
+    close(loss, 0.5981388693815918)
+    (grad,) = torch.autograd.grad(loss, pc)
+    close(grad, t(-0.1 * 0.45016600268752216))
+    # implicit rewards β·(1) and β·(−1)
+    close(metrics["rewards/chosen"], 0.1)
+    close(metrics["rewards/rejected"], -0.1)
+    close(metrics["rewards/accuracy"], 1.0)
+    close(metrics["rewards/margin"], 0.2)
+
+
+def test_cdpo_ipo_and_length_regularized_hand_values():
+    """Same pair (Δ = 2):
+    cDPO ε = 0.1: 0.9 softplus(−0.2) + 0.1 softplus(0.2) = softplus(−0.2) + 0.1·0.2 = 0.618138869382.
+    IPO β = 0.5: (Δ − 1/(2·0.5))² = (2 − 1)² = 1;  with Δ = 3 (rejected policy −13): (3 − 1)² = 4.
+    R-DPO α = 0.05, |y_w| = 10, |y_l| = 4: z = 0.2 − 0.05·6 = −0.1 → softplus(0.1) = 0.744396660074.
+    IPO with the same length term, β = 0.5: (z/β − 1)² with z = 1 − 0.3 → (1.4 − 1)² = 0.16."""
+    args = (t(-10.0), t(-12.0), t(-11.0), t(-11.0))
+    close(dpo_loss(*args, beta=0.1, label_smoothing=0.1)[0], 0.6181388693815918)
+    close(dpo_loss(*args, beta=0.5, loss_type="ipo")[0], 1.0)
+    close(dpo_loss(t(-10.0), t(-13.0), t(-11.0), t(-11.0), beta=0.5, loss_type="ipo")[0], 4.0)
+    lengths = {"chosen_lengths": t(10.0), "rejected_lengths": t(4.0), "length_alpha": 0.05}
+    close(dpo_loss(*args, beta=0.1, **lengths)[0], 0.744396660073571)
+    close(dpo_loss(*args, beta=0.5, loss_type="ipo", **lengths)[0], 0.16)
+    with pytest.raises(ValueError):
+        dpo_loss(*args, beta=0.1, length_alpha=0.05)
+    with pytest.raises(ValueError):
+        dpo_loss(*args, beta=0.1, loss_type="ipo", label_smoothing=0.1)
+
+
+def test_sppo_hand_value_and_gradient():
+    """log π_θ − log π_t = −1 − (−1.5) = 0.5; target η(P̂ − ½) = 2·0.3 = 0.6 → (−0.1)² = 0.01,
+    ∂ℓ/∂log π_θ = 2·(−0.1) = −0.2."""
+    policy = t(-1.0).requires_grad_()
+    loss, metrics = sppo_loss(policy, t(-1.5), t(0.8), eta=2.0)
+    close(loss, 0.01)
+    close(torch.autograd.grad(loss, policy)[0], t(-0.2))
+    close(metrics["target"], 0.6)
+
+
+def test_mmd_hand_value_and_reduction_to_sppo():
+    """η = 2, α = 0.5 (ηα = 1): target = [1·(−2 − (−1.5)) + 2·(0.8 − ½)] / 2 = (−0.5 + 0.6)/2 = 0.05;
+    log-ratio 0.5 → (0.45)² = 0.2025. With α = 0 the loss is SPPO's."""
+    close(mmd_loss(t(-1.0), t(-1.5), t(-2.0), t(0.8), eta=2.0, alpha=0.5)[0], 0.2025)
+    args = (t(-1.0, -3.0), t(-1.5, -2.0))
+    close(
+        mmd_loss(*args, t(-2.0, -1.0), t(0.8, 0.1), eta=2.0, alpha=0.0)[0],
+        sppo_loss(*args, t(0.8, 0.1), eta=2.0)[0],
+    )
+
+
+def test_mmd_target_is_the_exact_update_up_to_a_constant():
+    """With exact win rates, log π_{t+1} − log π_t − target(y) must be the same for every y (the
+    normalizer), since π_{t+1} ∝ [π_t π0^{ηα} exp(ηP(y≻π_t))]^{1/(1+ηα)}."""
+    P = t(0.5, 0.8, 0.3, 0.2, 0.5, 0.9, 0.7, 0.1, 0.5).view(3, 3)  # intransitive, P + Pᵀ = 1
+    log_pt, log_p0 = torch.log(t(0.2, 0.5, 0.3)), torch.log(t(0.6, 0.3, 0.1))
+    eta, alpha = 0.7, 0.4
+    win = P @ log_pt.exp()  # (3,) P(y ≻ π_t)
+    log_next = torch.log_softmax((log_pt + eta * alpha * log_p0 + eta * win) / (1 + eta * alpha), dim=0)
+    target = (eta * alpha * (log_p0 - log_pt) + eta * (win - 0.5)) / (1 + eta * alpha)
+    residual = log_next - log_pt - target
+    close(residual - residual[0], torch.zeros(3, dtype=D))
+    close(mmd_loss(log_next, log_pt, log_p0, win, eta=eta, alpha=alpha)[0], residual[0] ** 2)
+
+
+def test_inpo_hand_value_and_ipo_at_first_iteration():
+    """ητ = 0.5·0.4 = 0.2; margins: policy −1 − (−2) = 1, old −1.2 − (−1.8) = 0.6, ref −1.5 − (−1) = −0.5;
+    h = 1 − 0.8·0.6 − 0.2·(−0.5) = 0.62; target η/2 = 0.25 → (0.37)² = 0.1369.
+    With old = ref, h = Δ and the loss is IPO with β = 1/η."""
+    loss, metrics = inpo_loss(t(-1.0), t(-2.0), t(-1.2), t(-1.8), t(-1.5), t(-1.0), eta=0.5, tau=0.4)
+    close(loss, 0.1369)
+    close(metrics["h"], 0.62)
+    pc, pr, rc, rr = t(-1.0, -4.0), t(-2.0, -3.5), t(-1.5, -3.0), t(-1.0, -3.3)
+    close(
+        inpo_loss(pc, pr, rc, rr, rc, rr, eta=0.5, tau=0.4)[0],
+        dpo_loss(pc, pr, rc, rr, beta=2.0, loss_type="ipo")[0],
+    )
+    with pytest.raises(ValueError):
+        inpo_loss(pc, pr, rc, rr, rc, rr, eta=2.0, tau=1.0)
+
+
+def _inpo_population(theta, log_pt, log_p0, P, eta, tau):
+    """(E over y, y' ∼ π_t and the oracle's verdict of the INPO loss, the regression target R)."""
+    log_pi = torch.log_softmax(theta, dim=0)
+    pt = log_pt.exp()
+    win = P @ pt  # P(y ≻ π_t)
+    expected, target_loss = 0.0, 0.0
+    for a in range(3):
+        for b in range(3):
+            # (y_w, y_l) = (a, b) comes from the draw (a, b) with a winning or (b, a) with a winning:
+            # probability 2 π_t(a) π_t(b) P(a ≻ b) (for a = b: π_t(a)², as P(a ≻ a) = ½)
+            loss, _ = inpo_loss(
+                log_pi[a : a + 1], log_pi[b : b + 1], log_pt[a : a + 1], log_pt[b : b + 1],
+                log_p0[a : a + 1], log_p0[b : b + 1], eta=eta, tau=tau,
+            )  # fmt: skip
+            expected = expected + 2 * pt[a] * pt[b] * P[a, b] * loss
+            h = (
+                (log_pi[a] - log_pi[b])
+                - (1 - eta * tau) * (log_pt[a] - log_pt[b])
+                - eta * tau * (log_p0[a] - log_p0[b])
+            )
+            target_loss = target_loss + pt[a] * pt[b] * (h - eta * (win[a] - win[b])) ** 2
+    return expected, target_loss
+
+
+def test_inpo_population_gradient_equals_exact_update_regression():
+    """The docstring's derivation, checked exactly on 3 actions with an intransitive P: the gradient of
+    the expected pair loss equals that of E_{y,y'∼π_t}[(h − η(P(y≻π_t) − P(y'≻π_t)))²] at any θ, and
+    vanishes at π_θ = π_{t+1} ∝ π_t^{1−ητ} π0^{ητ} exp(ηP(y≻π_t))."""
+    P = t(0.5, 0.8, 0.3, 0.2, 0.5, 0.9, 0.7, 0.1, 0.5).view(3, 3)
+    log_pt, log_p0 = torch.log(t(0.2, 0.5, 0.3)), torch.log(t(0.6, 0.3, 0.1))
+    eta, tau = 0.8, 0.5
+    theta = t(0.3, -0.2, 0.9).requires_grad_()
+    expected, target_loss = _inpo_population(theta, log_pt, log_p0, P, eta, tau)
+    g_expected = torch.autograd.grad(expected, theta, retain_graph=True)[0]
+    g_target = torch.autograd.grad(target_loss, theta)[0]
+    assert g_expected.abs().max() > 1e-2
+    close(g_expected, g_target, tol=1e-12)
+
+    win = P @ log_pt.exp()
+    theta_next = ((1 - eta * tau) * log_pt + eta * tau * log_p0 + eta * win).requires_grad_()
+    expected, _ = _inpo_population(theta_next, log_pt, log_p0, P, eta, tau)
+    close(torch.autograd.grad(expected, theta_next)[0], torch.zeros(3, dtype=D), tol=1e-12)
+
+
+def test_nash_md_surrogate_gradient_is_exact_in_expectation():
+    """π = softmax(θ) over 3 actions, π0 = (0.5, 0.3, 0.2), f(y) = E_{y'}P(y ≻ y') − ½, τ = 0.3,
+    J = Σ π f − τ KL(π‖π0). With k = log π − log π0:
+        ∂J/∂θ_j = π_j (f_j − Σ π f) − τ π_j (k_j − KL)      (softmax Jacobian π_j(δ_ij − π_i))
+    The estimator's gradient averaged over y ∼ π (exactly: Σ_y π(y) ∇ℓ(y)) must equal −∂J/∂θ, and
+    each sample's loss value is −(f(y) − τ k(y))."""
+    tau = 0.3
+    theta = t(0.4, -0.3, 0.1).requires_grad_()
+    log_p0 = torch.log(t(0.5, 0.3, 0.2))
+    pref = t(0.7, 0.4, 0.55)
+    log_pi = torch.log_softmax(theta, dim=0)
+    pi = log_pi.detach().exp()
+    f, k = pref - 0.5, log_pi.detach() - log_p0
+    kl = (pi * k).sum()
+    analytic = -(pi * (f - (pi * f).sum()) - tau * pi * (k - kl))
+
+    J = (log_pi.exp() * f).sum() - tau * (log_pi.exp() * (log_pi - log_p0)).sum()
+    close(torch.autograd.grad(-J, theta, retain_graph=True)[0], analytic)  # the formula itself
+
+    estimate = torch.zeros(3, dtype=D)
+    for y in range(3):
+        loss, metrics = nash_md_pg_loss(log_pi[y : y + 1], log_p0[y : y + 1], pref[y : y + 1], tau=tau)
+        close(loss, -(f[y] - tau * k[y]))
+        close(metrics["kl"], k[y])
+        estimate += pi[y] * torch.autograd.grad(loss, theta, retain_graph=True)[0]
+    close(estimate, analytic)
+
+
+def test_nash_md_token_level_equals_sequence_level():
+    torch.manual_seed(0)
+    logps = torch.randn(2, 3, dtype=D).requires_grad_()
+    ref = torch.randn(2, 3, dtype=D)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    pref = t(0.6, 0.3)
+    tok_loss, _ = nash_md_pg_loss(logps, ref, pref, tau=0.1, mask=mask)
+    seq_loss, _ = nash_md_pg_loss(sequence_logprobs(logps, mask), sequence_logprobs(ref, mask), pref, tau=0.1)
+    close(tok_loss, seq_loss)
+    g_tok = torch.autograd.grad(tok_loss, logps)[0]
+    # per token: −c(y)/B on valid tokens, with c = (P − ½) − τ k(y)
+    c = (pref - 0.5) - 0.1 * sequence_logprobs(logps.detach() - ref, mask)
+    close(g_tok, (-c[:, None] / 2) * mask)
+
+
+def test_geometric_mixture_is_normalized_power_product():
+    """softmax((1−c) log π + c log π0) = π^{1−c} π0^{c} / Σ π^{1−c} π0^{c}, c = 0.3."""
+    pi, p0 = t(0.2, 0.5, 0.3), t(0.6, 0.3, 0.1)
+    prod = pi**0.7 * p0**0.3
+    close(
+        geometric_mixture_logprobs(pi.log() + 5.0, p0.log() - 2.0, mixture_coef=0.3),
+        (prod / prod.sum()).log(),
+    )
+
+
+# -------------------------------------------------------------------------------------------------- PPO
+
+
+def test_compute_gae_hand_sequence():
+    """γ = 0.9, λ = 0.8 (γλ = 0.72). Row 0: mask (1, 1, 1, 0), r = (0, 0, 1, 5), V = (0.5, 0.4, 0.6, 9);
+    the 4th step is outside the response, so V_3 = 0 and it is terminal:
+        δ2 = 1 + 0.9·0 − 0.6 = 0.4                   A2 = 0.4
+        δ1 = 0 + 0.9·0.6 − 0.4 = 0.14                A1 = 0.14 + 0.72·0.4 = 0.428
+        δ0 = 0 + 0.9·0.4 − 0.5 = −0.14               A0 = −0.14 + 0.72·0.428 = 0.16816
+    returns = A + V = (0.66816, 0.828, 1.0, 0). Row 1 is the same episode after a masked prompt token:
+    mask (0, 1, 1, 1) → A = (0, 0.16816, 0.428, 0.4)."""
+    rewards = t(0.0, 0.0, 1.0, 5.0, 7.0, 0.0, 0.0, 1.0).view(2, 4)
+    values = t(0.5, 0.4, 0.6, 9.0, 3.0, 0.5, 0.4, 0.6).view(2, 4)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    adv, ret = compute_gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    close(adv, t(0.16816, 0.428, 0.4, 0.0, 0.0, 0.16816, 0.428, 0.4).view(2, 4))
+    close(ret, t(0.66816, 0.828, 1.0, 0.0, 0.0, 0.66816, 0.828, 1.0).view(2, 4))
+    # λ = 1 gives Monte-Carlo returns: G_t = Σ γ^k r_{t+k} → (0.81, 0.9, 1.0)
+    _, mc = compute_gae(rewards, values, mask, gamma=0.9, lam=1.0)
+    close(mc[0, :3], t(0.81, 0.9, 1.0))
+
+
+def test_ppo_policy_loss_clipping_cases():
+    """ε = 0.2; (A, ratio) → max(−A·ratio, −A·clip(ratio)):
+        (+1, 1.1) inside: −1.1            (+1, 1.5) clipped: max(−1.5, −1.2) = −1.2, no gradient
+        (+1, 0.5) max(−0.5, −0.8) = −0.5   (−1, 1.5) max(1.5, 1.2) = 1.5 (unclipped, gradient)
+        (−1, 0.5) clipped: max(0.5, 0.8) = 0.8, no gradient      (−1, 0.9) inside: 0.9
+    mean = 0.4/6; ∂ℓ/∂log π = −A·ratio/6 where unclipped, else 0; clipfrac 2/6; approx_kl = mean of
+    r − 1 − log r."""
+    adv = t(1.0, 1.0, 1.0, -1.0, -1.0, -1.0).view(1, 6)
+    ratio = t(1.1, 1.5, 0.5, 1.5, 0.5, 0.9).view(1, 6)
+    logps = torch.log(ratio).requires_grad_()
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    loss, metrics = ppo_policy_loss(logps, torch.zeros(1, 6, dtype=D), adv, mask, clip_range=0.2)
+    close(loss, 0.4 / 6)
+    close(torch.autograd.grad(loss, logps)[0], t(-1.1, 0.0, -0.5, 1.5, 0.0, 0.9).view(1, 6) / 6)
+    close(metrics["clipfrac"], 2 / 6)
+    close(metrics["approx_kl"], sum(r - 1 - math.log(r) for r in (1.1, 1.5, 0.5, 1.5, 0.5, 0.9)) / 6)
+
+
+def test_ppo_policy_loss_ignores_garbage_off_mask():
+    logps = t(0.1, float("inf")).view(1, 2).requires_grad_()
+    loss, _ = ppo_policy_loss(
+        logps, t(0.0, 0.0).view(1, 2), t(1.0, 1.0).view(1, 2), torch.tensor([[1, 0]]), clip_range=0.2
+    )
+    close(loss, -math.exp(0.1))
+    grad = torch.autograd.grad(loss, logps)[0]
+    close(grad, t(-math.exp(0.1), 0.0).view(1, 2))
+
+
+def test_ppo_value_loss_clipping_cases():
+    """ε_v = 0.2, V_old = 1, V = 1.5 → V_clip = 1.2.  G = 2: errors 0.25 vs 0.64 → 0.64 (clipped wins,
+    no gradient).  G = 1: 0.25 vs 0.04 → 0.25.  ℓ = ½ (0.64 + 0.25)/2 = 0.2225;
+    ∂ℓ/∂V = (0, ½·2·(1.5 − 1)/2) = (0, 0.25)."""
+    values = t(1.5, 1.5).view(1, 2).requires_grad_()
+    loss, metrics = ppo_value_loss(
+        values, t(1.0, 1.0).view(1, 2), t(2.0, 1.0).view(1, 2), torch.ones(1, 2), clip_range_value=0.2
+    )
+    close(loss, 0.2225)
+    close(torch.autograd.grad(loss, values)[0], t(0.0, 0.25).view(1, 2))
+    close(metrics["vf_clipfrac"], 0.5)
+
+
+def test_kl_penalized_rewards_hand_values():
+    """kl_coef 0.1. Row 0: log π − log π0 = (0.5, −0.2), last token 1, score 2:
+    r = (−0.05, 0.02 + 2, 0). Row 1: (0.1, 0.3, −0.4), no EOS so score 1 − penalty 1 = 0:
+    r = (−0.01, −0.03, 0.04). Metrics: kl = (0.3 + 0)/2, score = (2 + 0)/2."""
+    logps = t(0.5, -0.2, 7.0, 0.1, 0.3, -0.4).view(2, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    rewards, metrics = kl_penalized_rewards(
+        t(2.0, 1.0), logps, torch.zeros(2, 3, dtype=D), mask, kl_coef=0.1,
+        eos_missing=torch.tensor([False, True]), missing_eos_penalty=1.0,
+    )  # fmt: skip
+    close(rewards, t(-0.05, 2.02, 0.0, -0.01, -0.03, 0.04).view(2, 3))
+    close(metrics["kl"], 0.15)
+    close(metrics["score"], 1.0)
+    with pytest.raises(ValueError):
+        kl_penalized_rewards(t(1.0), t(0.0).view(1, 1), t(0.0).view(1, 1), torch.zeros(1, 1), kl_coef=0.1)
