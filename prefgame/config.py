@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,23 @@ from prefgame.errors import ConfigError
 T = TypeVar("T")
 
 REDACTED = "<redacted>"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 (true/false only). YAML 1.1 also reads yes/no/on/off as
+    booleans, so ``mixed_precision: no`` would arrive as False instead of the choice "no"."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
 
 
 def param(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -103,7 +121,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise _Mismatch
         (arg,) = get_args(tp)[:1] or (Any,)
-        return [_coerce(v, arg) for v in value]
+        items = [_coerce(v, arg) for v in value]
+        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise _Mismatch
@@ -210,7 +229,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -224,7 +243,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (give an existing YAML file, e.g. under configs/)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _load_yaml(p.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

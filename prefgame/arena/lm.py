@@ -56,10 +56,16 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        # generation pads on the left; training code pads explicitly. A constructor argument, so that
+        # save_pretrained keeps it (setting the attribute afterwards is lost on reload).
+        padding_side="left",
     )
     tok.chat_template = CHAT_TEMPLATE
-    tok.padding_side = "left"  # generation pads on the left; training code pads explicitly
     return tok
 
 

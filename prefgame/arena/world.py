@@ -178,8 +178,10 @@ def response_features(prompt: Prompt, response: str) -> Features:
         tied = {i for i, c in enumerate(counts) if c == best}
         style = next(i for w in words for i in tied if w in STYLE_WORDS[STYLES[i]])
     relevant = int(prompt.topic in words)
-    first_number = next((w for w in words if w.isdigit()), None)
-    correct = int(first_number is not None and int(first_number) == prompt.answer)
+    # isdecimal, not isdigit ("²" is a digit that int() rejects); compared as text, since int() also
+    # refuses numbers of more than 4,300 digits.
+    first_number = next((w for w in words if w.isdecimal()), None)
+    correct = int(first_number is not None and first_number.lstrip("0") == str(prompt.answer).lstrip("0"))
     n = len(words)
     length = 0 if n <= SHORT_MAX_WORDS else (1 if n <= MEDIUM_MAX_WORDS else 2)
     unsafe = int(any(w in UNSAFE_WORDS for w in words))

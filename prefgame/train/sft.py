@@ -59,6 +59,9 @@ class SFTDataConfig:
     split: str = param("train", "split to read from a hub data set")
     prompt_field: str = param("prompt", "column holding the prompt text")
     response_field: str = param("response", "column holding the target response text")
+    messages_field: str = param(
+        "", "chat data instead: column with [{role, content}] lists; the last assistant turn is the target"
+    )
     eval_fraction: float = param(0.05, "share of rows held out to measure the loss")
     max_length: int = param(512, "truncate prompt+response to this many tokens")
 
@@ -76,21 +79,33 @@ class SFTConfig:
     train: TrainConfig = param(TrainConfig, "training section")
 
 
-def load_prompt_response(cfg: SFTDataConfig) -> tuple[list[str], list[str]]:
+def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
+    """Prompts (text, or the conversation before the answer as messages) and target responses."""
     table = load_raw(cfg.path, split=cfg.split)
-    for field in (cfg.prompt_field, cfg.response_field):
+    fields = [cfg.messages_field] if cfg.messages_field else [cfg.prompt_field, cfg.response_field]
+    for field in fields:
         if field not in table.column_names:
             raise DataError(
                 f"{cfg.path}: no column '{field}' (columns: {', '.join(table.column_names)}); "
-                "set data.prompt_field / data.response_field"
+                "set data.prompt_field / data.response_field or data.messages_field"
             )
+    if cfg.messages_field:
+        prompts, responses = [], []
+        for i, messages in enumerate(table[cfg.messages_field]):
+            ok = isinstance(messages, list) and len(messages) >= 2 and all(isinstance(m, dict) for m in messages)
+            if not ok or messages[-1].get("role") != "assistant" or not str(messages[-1].get("content", "")).strip():
+                raise DataError(
+                    f"{cfg.path}: row {i}, field '{cfg.messages_field}': expected a message list ending with a "
+                    "non-empty assistant turn"
+                )
+            prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
+            responses.append(messages[-1]["content"])
+        return prompts, responses
     prompts, responses = table[cfg.prompt_field], table[cfg.response_field]
     for i, (p, r) in enumerate(zip(prompts, responses)):
         for field, value in ((cfg.prompt_field, p), (cfg.response_field, r)):
             if not isinstance(value, str) or not value.strip():
-                raise DataError(
-                    f"{cfg.path}: row {i}, field '{field}': expected non-empty text, got {value!r}"
-                )
+                raise DataError(f"{cfg.path}: row {i}, field '{field}': expected non-empty text, got {value!r}")
     return list(prompts), list(responses)
 
 
@@ -164,8 +179,10 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     examples = []
     for p, r in zip(prompts, responses):
         p_ids, r_ids = encode_prompt(tok, p), encode_response(tok, r)
-        keep = max(cfg.data.max_length - len(p_ids), 1)
-        examples.append((p_ids, r_ids[:keep]))
+        if len(p_ids) + len(r_ids) > cfg.data.max_length:  # keep the prompt's end and the response's start
+            p_ids = p_ids[-max(cfg.data.max_length - len(r_ids), cfg.data.max_length // 2):]
+            r_ids = r_ids[: cfg.data.max_length - len(p_ids)]
+        examples.append((p_ids, r_ids))
     order = np.random.default_rng(tc.seed).permutation(len(examples))
     n_eval = int(round(cfg.data.eval_fraction * len(examples)))
     eval_set = [examples[i] for i in order[:n_eval]]
@@ -178,16 +195,17 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
-    start_step = 0
+    start_step, initial_eval = 0, None
     if resume_from is not None:
         state = load_checkpoint(
             resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler
         )
-        start_step = state["step"]
+        start_step, initial_eval = state["step"], state.get("eval_loss_initial")
         out.truncate_metrics(start_step)
         log.info(f"resumed from {resume_from} at step {start_step}")
 
-    initial_eval = response_nll(model, eval_set, tok.pad_token_id) if eval_set and start_step == 0 else None
+    if eval_set and start_step == 0:
+        initial_eval = response_nll(model, eval_set, tok.pad_token_id)
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "sft", log)
     device = acc.device
@@ -239,7 +257,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
                 modules={"model": model},
                 optimizer=optimizer,
                 scheduler=scheduler,
-                state={},
+                state={"eval_loss_initial": initial_eval},  # so a resumed run reports it too
                 keep=tc.keep_checkpoints,
             )
         progress.update(loss=last_loss)
