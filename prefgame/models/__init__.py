@@ -1,1 +1,54 @@
-"""prefgame.models."""
+"""Preference models (DESIGN §3.1), all preference oracles.
+
+- :mod:`~prefgame.models.backbone` — any transformers model as a text → vector encoder (last-token
+  or mean pooling, either padding side, frozen or fine-tuned).
+- :mod:`~prefgame.models.heads` — BT reward, general preference embedding (GPM), pairwise, and
+  ArmoRM-style gated multi-objective heads; every score exactly anti-symmetric.
+- :mod:`~prefgame.models.model` — :class:`PreferenceModel` (backbone + ensemble of heads, the
+  oracle), configs, :func:`save_preference_model` / :func:`load_preference_model`.
+- :mod:`~prefgame.models.metrics` — accuracy, log-loss, calibration, per subset/section, and arena
+  ground-truth metrics.
+
+Training lives in :mod:`prefgame.train.pm` (``prefgame train-pm``, ``prefgame score``).
+"""
+
+from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder, pool
+from prefgame.models.heads import GatedHead, GPMHead, PairwiseHead, RewardHead, debias_coefficients
+from prefgame.models.model import (
+    KINDS,
+    EnsembleConfig,
+    GatedConfig,
+    GPMConfig,
+    HeadConfig,
+    ModelInfo,
+    PMModelConfig,
+    PreferenceModel,
+    build_head,
+    combine_scores,
+    load_preference_model,
+    save_preference_model,
+)
+
+__all__ = [
+    "KINDS",
+    "BackboneConfig",
+    "EnsembleConfig",
+    "GPMConfig",
+    "GPMHead",
+    "GatedConfig",
+    "GatedHead",
+    "HeadConfig",
+    "ModelInfo",
+    "PMModelConfig",
+    "PairwiseHead",
+    "PreferenceModel",
+    "RewardHead",
+    "TextEncoder",
+    "build_encoder",
+    "build_head",
+    "combine_scores",
+    "debias_coefficients",
+    "load_preference_model",
+    "pool",
+    "save_preference_model",
+]

@@ -1,0 +1,398 @@
+"""Preference models as preference oracles: a backbone, one head per ensemble member, save and load.
+
+:class:`PreferenceModel` implements :class:`~prefgame.oracle.PreferenceOracle`:
+``preference(prompts, a, b)`` returns P(a ≻ b | x) = σ(s(a, b)) in float64, with the score s
+exactly anti-symmetric (``s(b, a) == -s(a, b)`` and ``s(a, a) == 0`` bit for bit), so
+P(a≻b) + P(b≻a) = 1 and P(a≻a) = ½ to float64 precision. ``preference_matrix(prompt, responses)``
+gives the K×K matrix: K backbone passes and one matrix product for GPM, K passes and a difference of
+rewards for BT/gated, K² passes for the pairwise form.
+
+Ensembles (K independently seeded heads on one backbone) combine pessimistically:
+
+- reward kinds (bt, gated): r = pessimistic_score(r_1..r_K) per response (min, or mean − c·std),
+  s = r_a − r_b;
+- general kinds (gpm, pairwise): s = sign(m) · max(|m| − c·sd, 0) ("mean_std"), or the member score
+  of smallest magnitude when all members agree on the sign and 0 otherwise ("min") — both shrink
+  the preference toward ½ where members disagree, and both keep s exactly anti-symmetric (a
+  per-pair min of s itself would not be).
+
+A saved model is a folder: ``model_config.yaml`` (the model section of the training config),
+``preference_model.json`` (kind, objectives, where the backbone is), ``heads.safetensors``, and a
+``backbone/`` folder when the backbone was trained or newly built (a frozen pretrained backbone is
+referenced by its path or hub name instead of copied).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from prefgame.config import config_to_yaml, load_config, param
+from prefgame.errors import PrefgameError
+from prefgame.losses import pessimistic_score
+from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
+from prefgame.models.heads import GatedHead, GPMHead, PairwiseHead, RewardHead
+from prefgame.run import atomic_dir
+
+KINDS = ("bt", "gpm", "pairwise", "gated")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class HeadConfig:
+    hidden_size: int = param(0, "head MLP width (0: a linear head, the usual choice on a big backbone)")
+    num_layers: int = param(1, "head MLP hidden layers (when hidden_size > 0)")
+
+
+@dataclass
+class GPMConfig:
+    blocks: int = param(4, "k: number of 2×2 skew-symmetric blocks; preference vectors have 2k dimensions")
+    prompt_gate: bool = param(True, "eigenvalues λ(x) depend on the prompt through a softmax gate")
+    normalize: bool = param(False, "scale preference vectors to unit norm")
+    temperature: float = param(1.0, "τ in P = σ(v_aᵀ R v_b / τ)")
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.temperature <= 0:
+            raise ValueError("gpm.blocks must be ≥ 1 and gpm.temperature > 0")
+
+
+@dataclass
+class GatedConfig:
+    objectives: list[str] = param([], "rating columns used as objectives (empty: every rating column)")
+    verbosity_objective: str = param(
+        "", "objective treated as verbosity for debiasing (empty: no debiasing; arena: detail)"
+    )
+    debias_objectives: list[str] = param(
+        [], "objectives debiased against verbosity (empty: all others)"
+    )
+    debias_tolerance: float = param(0.03, "debias until |corr(r'_i, r_verbosity)| ≤ this")
+    gate_temperature: float = param(1.0, "T in g(x) = softmax(MLP(h_x)/T)")
+    scale_init: float = param(1.0, "initial scale of the final reward")
+    learn_scale: bool = param(True, "learn the reward scale with the gate")
+    stage1: Literal["ridge", "sgd"] = param(
+        "ridge", "stage-1 fit: closed-form ridge on frozen vectors, or gradient descent (regression loss)"
+    )
+    ridge_l2: float = param(1e-3, "ridge penalty relative to the mean diagonal of the Gram matrix")
+    stage1_steps: int = param(300, "sgd stage 1: optimizer steps on the ratings")
+    stage1_lr: float = param(0.0, "sgd stage 1: peak learning rate (0: train.lr)")
+    stage1_batch_size: int = param(0, "sgd stage 1: ratings per optimizer step (0: train.batch_size)")
+    stage1_lr: float = param(0.0, "sgd stage 1: peak learning rate (0: train.lr)")
+    stage1_batch_size: int = param(0, "sgd stage 1: ratings per optimizer step (0: train.batch_size)")
+
+    def __post_init__(self) -> None:
+        if self.gate_temperature <= 0 or self.scale_init <= 0 or self.ridge_l2 < 0:
+            raise ValueError("gated.gate_temperature, gated.scale_init must be > 0 and ridge_l2 ≥ 0")
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = param(1, "independently seeded heads on one backbone (frozen backbone for size > 1)")
+    mode: Literal["min", "mean_std"] = param("min", "pessimistic combination of the members")
+    c: float = param(1.0, "c in mean − c·std (mode mean_std)")
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError("ensemble.size must be ≥ 1")
+
+
+@dataclass
+class PMModelConfig:
+    kind: Literal["bt", "gpm", "pairwise", "gated"] = param(
+        "bt", "bt (Bradley–Terry reward), gpm (general preference embedding), pairwise, gated (ArmoRM)"
+    )
+    backbone: BackboneConfig = param(BackboneConfig, "the text encoder")
+    head: HeadConfig = param(HeadConfig, "head MLP")
+    gpm: GPMConfig = param(GPMConfig, "general preference embedding form (kind gpm)")
+    gated: GatedConfig = param(GatedConfig, "multi-objective gated reward (kind gated)")
+    ensemble: EnsembleConfig = param(EnsembleConfig, "ensemble of heads")
+
+
+def build_head(cfg: PMModelConfig, in_dim: int, *, objectives: Sequence[str] = (), verbosity_index: int = -1):
+    """One head of kind ``cfg.kind`` (initialized from the current torch RNG)."""
+    h = cfg.head
+    if cfg.kind == "bt":
+        return RewardHead(in_dim, hidden=h.hidden_size, layers=h.num_layers)
+    if cfg.kind == "gpm":
+        g = cfg.gpm
+        return GPMHead(
+            in_dim,
+            blocks=g.blocks,
+            hidden=h.hidden_size,
+            layers=h.num_layers,
+            prompt_gate=g.prompt_gate,
+            normalize=g.normalize,
+            temperature=g.temperature,
+        )
+    if cfg.kind == "pairwise":
+        return PairwiseHead(in_dim, hidden=h.hidden_size, layers=h.num_layers)
+    if cfg.kind == "gated":
+        if not objectives:
+            raise PrefgameError("a gated head needs objectives (the rating columns)")
+        g = cfg.gated
+        return GatedHead(
+            in_dim,
+            objectives,
+            hidden=h.hidden_size,
+            layers=h.num_layers,
+            temperature=g.gate_temperature,
+            scale_init=g.scale_init,
+            learn_scale=g.learn_scale,
+            verbosity_index=verbosity_index,
+            train_regression=g.stage1 == "sgd",
+        )
+    raise PrefgameError(f"unknown preference model kind '{cfg.kind}' (choose one of {', '.join(KINDS)})")
+
+
+def combine_scores(scores: Tensor, mode: str, c: float) -> Tensor:
+    """Pessimistic, exactly anti-symmetric combination of member pair scores (K, N) → (N,)."""
+    if scores.shape[0] == 1:
+        return scores[0]
+    if mode == "mean_std":
+        mean, sd = scores.mean(0), scores.std(0, correction=1)
+        return torch.sign(mean) * torch.clamp(mean.abs() - c * sd, min=0.0)
+    if mode == "min":
+        same_sign = (torch.sign(scores) == torch.sign(scores[:1])).all(0)
+        smallest = scores.abs().min(0).values
+        return torch.where(same_sign, torch.sign(scores[0]) * smallest, torch.zeros_like(smallest))
+    raise ValueError(f"mode must be 'min' or 'mean_std', got {mode!r}")
+
+
+@dataclass
+class ModelInfo:
+    """What is saved next to the weights besides the config."""
+
+    kind: str
+    objectives: list[str] = field(default_factory=list)
+    verbosity_index: int = -1
+    backbone_path: str = ""  # "backbone" (inside the folder) or the original name/path
+
+
+class PreferenceModel(nn.Module):
+    """Backbone + K heads; a :class:`~prefgame.oracle.PreferenceOracle`."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        heads: Sequence[nn.Module],
+        cfg: PMModelConfig,
+        *,
+        info: ModelInfo | None = None,
+        name: str = "",
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleList(heads)
+        self.cfg = cfg
+        self.info = info or ModelInfo(cfg.kind)
+        self.name = name or f"pm-{cfg.kind}"
+        self.batch_size = batch_size
+
+    @property
+    def kind(self) -> str:
+        return self.cfg.kind
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(self.heads[0].views)
+
+    # -- sequences and vectors ----------------------------------------------------------------
+    def view_sequences(
+        self, views: Sequence[str], prompts: Sequence[str], a: Sequence[str], b: Sequence[str]
+    ) -> dict[str, list[list[int]]]:
+        """Token sequences of each view for aligned (prompt, a, b) rows."""
+        enc = self.encoder
+        build = {
+            "a": lambda x, ya, yb: enc.response_ids(x, ya),
+            "b": lambda x, ya, yb: enc.response_ids(x, yb),
+            "x": lambda x, ya, yb: enc.prompt_ids(x),
+            "ab": lambda x, ya, yb: enc.joint_ids(x, ya, yb),
+            "ba": lambda x, ya, yb: enc.joint_ids(x, yb, ya),
+        }
+        return {v: [build[v](x, ya, yb) for x, ya, yb in zip(prompts, a, b)] for v in views}
+
+    def embed_views(self, sequences: dict[str, list[list[int]]]) -> dict[str, Tensor]:
+        """One backbone pass over the sequences of every view (with gradients when training)."""
+        names = list(sequences)
+        flat = [s for v in names for s in sequences[v]]
+        device = next(self.encoder.parameters()).device
+        batch = {k: t.to(device) for k, t in self.encoder.collate(flat).items()}
+        h = self.encoder(**batch)  # (V·B, H)
+        return dict(zip(names, h.split([len(sequences[v]) for v in names])))
+
+    @torch.no_grad()
+    def embed(self, views: Sequence[str], prompts, a, b) -> dict[str, Tensor]:
+        """Frozen vectors of each view, (N, H) float32, in batches of ``batch_size`` rows."""
+        seqs = self.view_sequences(views, prompts, a, b)
+        return {v: self.encoder.embed(s, batch_size=self.batch_size * 4) for v, s in seqs.items()}
+
+    # -- scores -------------------------------------------------------------------------------
+    def _head_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        p = next(self.heads.parameters(), None)
+        if p is None:
+            p = next(self.heads.buffers())
+        return p.dtype, p.device
+
+    @torch.no_grad()
+    def scores_from_vectors(self, emb: dict[str, Tensor]) -> Tensor:
+        """Combined pair scores (N,) from view vectors."""
+        dtype, device = self._head_dtype_device()
+        emb = {k: v.to(device=device, dtype=dtype) for k, v in emb.items()}
+        if self.heads[0].is_reward:
+            ra = self._combine_rewards([h.reward(emb["a"], emb.get("x")) for h in self.heads])
+            rb = self._combine_rewards([h.reward(emb["b"], emb.get("x")) for h in self.heads])
+            return ra - rb
+        member = torch.stack([h(emb)["score"] for h in self.heads])  # (K, N)
+        return combine_scores(member, self.cfg.ensemble.mode, self.cfg.ensemble.c)
+
+    def _combine_rewards(self, rewards: list[Tensor]) -> Tensor:
+        if len(rewards) == 1:
+            return rewards[0]
+        return pessimistic_score(torch.stack(rewards), mode=self.cfg.ensemble.mode, c=self.cfg.ensemble.c)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> Tensor:
+        """Anti-symmetric pair scores s(a, b) (N,), float32, on CPU."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            emb = self.embed(self.views, prompts[sl], responses_a[sl], responses_b[sl])
+            out.append(self.scores_from_vectors(emb).float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def preference(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> Tensor:
+        """P(a_i ≻ b_i | x_i) = σ(s_i), (N,) float64."""
+        prompts, responses_a, responses_b = list(prompts), list(responses_a), list(responses_b)
+        return torch.sigmoid(self.score(prompts, responses_a, responses_b).double())
+
+    @torch.no_grad()
+    def reward(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """r(x, y) (N,) for reward kinds (bt, gated); pessimistic over an ensemble."""
+        if not self.heads[0].is_reward:
+            raise PrefgameError(f"a '{self.kind}' model has no scalar reward; use preference()")
+        prompts, responses = list(prompts), list(responses)
+        views = ("a", "x") if "x" in self.views else ("a",)
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            emb = self.embed(views, prompts[sl], responses[sl], responses[sl])
+            dtype, device = self._head_dtype_device()
+            emb = {k: v.to(device=device, dtype=dtype) for k, v in emb.items()}
+            out.append(self._combine_rewards([h.reward(emb["a"], emb.get("x")) for h in self.heads]).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    @torch.no_grad()
+    def preference_matrix(self, prompt: str, responses: Sequence[str]) -> Tensor:
+        """M[i, j] = P(y_i ≻ y_j | x), (K, K) float64, exactly anti-symmetric."""
+        responses = list(responses)
+        k = len(responses)
+        if self.kind == "pairwise":
+            from prefgame.oracle import preference_matrix
+
+            return preference_matrix(self, prompt, responses)
+        if self.heads[0].is_reward:
+            r = self.reward([prompt] * k, responses)
+            s = r[:, None] - r[None, :]
+        else:
+            views = ("a", "x") if "x" in self.views else ("a",)
+            emb = self.embed(views, [prompt] * k, responses, responses)
+            dtype, device = self._head_dtype_device()
+            h_y = emb["a"].to(device=device, dtype=dtype)
+            h_x = emb["x"][:1].to(device=device, dtype=dtype) if "x" in emb else None
+            member = []
+            for head in self.heads:
+                lam = head.eigenvalues(h_x, 1)[0]  # (k_blocks,)
+                member.append(head.score_matrix(head.vectors(h_y), lam))
+            s = combine_scores(torch.stack(member), self.cfg.ensemble.mode, self.cfg.ensemble.c).cpu()
+        return torch.sigmoid(s.double())
+
+    @torch.no_grad()
+    def gating_weights(self, prompts: Sequence[str]) -> Tensor:
+        """Gated kind: g(x) (N, k) on the simplex (mean over ensemble members); columns follow
+        ``info.objectives``."""
+        if self.kind != "gated":
+            raise PrefgameError(f"gating weights exist for the gated kind only, not '{self.kind}'")
+        prompts = list(prompts)
+        out = []
+        dtype, device = self._head_dtype_device()
+        for start in range(0, len(prompts), self.batch_size):
+            sl = prompts[start : start + self.batch_size]
+            h_x = self.embed(("x",), sl, sl, sl)["x"].to(device=device, dtype=dtype)
+            out.append(torch.stack([h.gating_weights(h_x) for h in self.heads]).mean(0).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.info.objectives))
+
+
+# -- save / load -----------------------------------------------------------------------------------
+
+
+def save_preference_model(model: PreferenceModel, path: str | Path, *, save_backbone: bool) -> Path:
+    """Write the model folder atomically (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    from prefgame.train.common import _untie
+
+    path = Path(path)
+    info = ModelInfo(**{**model.info.__dict__})
+    with atomic_dir(path) as tmp:
+        if save_backbone:
+            model.encoder.model.save_pretrained(str(tmp / "backbone"), safe_serialization=True)
+            model.encoder.tokenizer.save_pretrained(str(tmp / "backbone"))
+            info.backbone_path = "backbone"
+        else:
+            src = model.cfg.backbone.name_or_path
+            info.backbone_path = str(Path(src).resolve()) if Path(src).exists() else src
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+        save_file(_untie(tensors), str(tmp / "heads.safetensors"))
+        (tmp / "model_config.yaml").write_text(config_to_yaml(model.cfg))
+        meta = {"format": FORMAT_VERSION, **info.__dict__}
+        (tmp / "preference_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_preference_model(
+    path: str | Path, *, device: str | torch.device | None = None, batch_size: int = 64
+) -> PreferenceModel:
+    """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if (path / "model" / "preference_model.json").exists():
+        path = path / "model"
+    meta_file = path / "preference_model.json"
+    if not meta_file.exists():
+        raise PrefgameError(
+            f"{path}: not a preference model folder (no preference_model.json); "
+            "give the output_dir of 'prefgame train-pm' or its model/ folder"
+        )
+    meta = json.loads(meta_file.read_text())
+    meta.pop("format", None)
+    info = ModelInfo(**meta)
+    cfg = load_config(PMModelConfig, path / "model_config.yaml")
+    backbone = cfg.backbone
+    if info.backbone_path == "backbone":
+        backbone.name_or_path = str(path / "backbone")
+        backbone.tokenizer = str(path / "backbone")
+    else:
+        backbone.name_or_path = info.backbone_path
+    encoder = build_encoder(backbone)
+    heads = [
+        build_head(cfg, encoder.hidden_size, objectives=info.objectives, verbosity_index=info.verbosity_index)
+        for _ in range(cfg.ensemble.size)
+    ]
+    model = PreferenceModel(encoder, heads, cfg, info=info, name=f"pm-{cfg.kind}:{path}", batch_size=batch_size)
+    model.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,807 @@
+"""Preference-model training (``prefgame train-pm``) and pair scoring (``prefgame score``).
+
+One trainer for every kind in :mod:`prefgame.models` (DESIGN §3.1). Training is a list of
+*phases*, each an optimizer run over one set of examples:
+
+- bt / gpm / pairwise: one phase per ensemble member, on the pairs;
+- gated: stage 1 fits per-objective rating heads (closed-form ridge on frozen vectors, or a
+  ``stage1`` phase of gradient descent on the ratings with the masked regression loss); then the
+  verbosity debiasing coefficients are computed; then one stage-2 phase per member trains the gate
+  (and the reward scale) with the BT loss on the pairs, backbone and rating heads fixed.
+
+Frozen backbone (``model.backbone.freeze=true``): the vectors of every view of every example are
+computed once (cached) and phases train heads only. Fine-tuning: the backbone trains with the head
+(one member).
+
+Losses (from :mod:`prefgame.losses`) are sums over the step's examples divided by the global count
+(pairs, or observed ratings), so micro-batching, gradient accumulation and data-parallel processes
+give the same update as one full batch. The examples of a step are a function of (seed, step)
+(:func:`~prefgame.train.common.step_indices`), and checkpoints hold the heads, the backbone when it
+trains, and the optimizer state, so a resumed run ends with the same weights as an uninterrupted one.
+Every ``phase setup`` (caching vectors, the ridge fit, debiasing) is deterministic and is re-run on
+resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from prefgame.arena.job import ArenaConfig
+from prefgame.config import config_to_dict, param
+from prefgame.errors import DataError, PrefgameError
+from prefgame.losses import bt_loss, pairwise_logistic_loss, regression_loss, ridge_fit
+from prefgame.models.backbone import build_encoder
+from prefgame.models.heads import debias_coefficients
+from prefgame.models.metrics import arena_metrics, gating_correlation, preference_metrics
+from prefgame.models.model import (
+    ModelInfo,
+    PMModelConfig,
+    PreferenceModel,
+    build_head,
+    load_preference_model,
+    save_preference_model,
+)
+from prefgame.run import Progress, RunDir, seed_everything, write_jsonl
+from prefgame.train.common import (
+    NonFiniteGuard,
+    TrainConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    local_micro_batches,
+    make_accelerator,
+    make_optimizer,
+    save_checkpoint,
+    step_indices,
+)
+
+# -- configs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PMDataConfig:
+    path: str = param("", "pairs data: .jsonl/.json/.parquet/.csv file or hub name (any pairs format)")
+    split: str = param("train", "split of path")
+    eval_path: str = param("", "held-out pairs (empty: hold out eval_fraction of path)")
+    eval_split: str = param("train", "split of eval_path")
+    eval_fraction: float = param(0.1, "share of path held out for evaluation when eval_path is empty")
+    max_train_rows: int = param(0, "use at most this many training pairs (0: all)")
+    ratings_path: str = param("", "per-objective ratings (kind gated): file or hub name")
+    ratings_split: str = param("train", "split of ratings_path")
+    skip_invalid: bool = param(False, "drop invalid rows (reported) instead of failing")
+    sections: dict[str, list[str]] = param(
+        {}, "section → subsets for per-section accuracy (empty: the subset text before '/')"
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("data.eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class PMLossConfig:
+    margin: Literal["none", "score_gap"] = param(
+        "none", "BT margin: none, or margin_scale · (score_chosen − score_rejected) from the data"
+    )
+    margin_scale: float = param(1.0, "scale of the score-gap margin")
+    center_coef: float = param(0.0, "reward-centering penalty coef · (r_a + r_b)² (bt, gated)")
+    order_augmentation: bool = param(
+        True,
+        "show each pair in a random order (label 1 − p when swapped); exact-antisymmetric scores make "
+        "it a no-op except for pairwise.single_pass",
+    )
+    pairwise_single_pass: bool = param(
+        False,
+        "pairwise kind: train on f(x,a,b) of one (random) order, half the passes; inference still "
+        "uses the anti-symmetric ½(f(x,a,b) − f(x,b,a))",
+    )
+
+
+@dataclass
+class PMConfig:
+    output_dir: str = param("runs/pm", "where the model, checkpoints, metrics and log are written")
+    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    model: PMModelConfig = param(PMModelConfig, "model section")
+    data: PMDataConfig = param(PMDataConfig, "data section")
+    loss: PMLossConfig = param(PMLossConfig, "loss section")
+    train: TrainConfig = param(TrainConfig, "training section")
+    arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
+    arena: ArenaConfig = param(ArenaConfig, "the world whose gold preference the arena metrics use")
+    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    """Aligned pair columns; label = P(chosen ≻ rejected)."""
+
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+    labels: np.ndarray
+    margins: np.ndarray  # score_chosen − score_rejected, 0 where unknown
+    subsets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, idx) -> Pairs:
+        idx = list(idx)
+        return Pairs(
+            [self.prompts[i] for i in idx],
+            [self.chosen[i] for i in idx],
+            [self.rejected[i] for i in idx],
+            self.labels[idx],
+            self.margins[idx],
+            [self.subsets[i] for i in idx],
+        )
+
+
+def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
+    from prefgame.data import load_preferences
+
+    data = load_preferences(path, split=split, skip_invalid=skip_invalid)
+    if data.kind != "pairs":
+        raise DataError(f"{path}: expected preference pairs (prompt/chosen/rejected), got {data.kind} data")
+    ds = data.dataset
+    sc = np.array([np.nan if v is None else v for v in ds["score_chosen"]], dtype=float)
+    sr = np.array([np.nan if v is None else v for v in ds["score_rejected"]], dtype=float)
+    return Pairs(
+        list(ds["prompt"]),
+        list(ds["chosen"]),
+        list(ds["rejected"]),
+        np.asarray(ds["label"], dtype=float),
+        np.nan_to_num(sc - sr, nan=0.0),
+        list(ds["subset"]),
+    )
+
+
+@dataclass
+class Ratings:
+    prompts: list[str]
+    responses: list[str]
+    values: np.ndarray  # (n, k), NaN where missing
+    objectives: list[str]
+
+
+def load_ratings(path: str, split: str, objectives: list[str], *, skip_invalid: bool) -> Ratings:
+    from prefgame.data import load_preferences
+
+    data = load_preferences(path, split=split, skip_invalid=skip_invalid)
+    if data.kind != "ratings":
+        raise DataError(f"{path}: expected per-objective ratings (prompt/response/attributes), got {data.kind}")
+    ds = data.dataset
+    available = [c for c in ds.column_names if c not in ("prompt", "prompt_messages", "response", "subset")]
+    names = objectives or available
+    missing = [o for o in names if o not in available]
+    if missing:
+        raise DataError(f"{path}: no rating column(s) {missing} (rating columns: {available})")
+    values = np.stack([np.asarray(ds[o], dtype=float) for o in names], axis=1)
+    return Ratings(list(ds["prompt"]), list(ds["response"]), values, names)
+
+
+def split_eval(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_eval = int(round(fraction * len(pairs)))
+    return pairs.take(order[n_eval:]), pairs.take(order[:n_eval])
+
+
+# -- the step pieces ------------------------------------------------------------------------------
+
+
+class PairForward(nn.Module):
+    """Backbone + one head for fine-tuning: padded sequences of all views → head outputs."""
+
+    def __init__(self, model: PreferenceModel, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = model.encoder, head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, names: list[str], sizes: list[int]):
+        h = self.encoder(input_ids, attention_mask)  # (ΣB, H)
+        return self.head(dict(zip(names, h.split(sizes))))
+
+
+class RatingsForward(nn.Module):
+    """Backbone + gated head's stage-1 regression: sequences → per-objective predictions (B, k)."""
+
+    def __init__(self, model: PreferenceModel, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = model.encoder, head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.head.ratings(self.encoder(input_ids, attention_mask))
+
+
+def pair_loss_fn(kind: str, cfg: PMLossConfig) -> Callable[[dict, Tensor, Tensor, float], tuple]:
+    """The loss of a kind, chosen once: (head outputs, labels, margins, normalizer) → (loss, metrics)."""
+    if kind in ("bt", "gated"):
+
+        def loss(out: dict, labels: Tensor, margins: Tensor, normalizer: float):
+            margin = margins * cfg.margin_scale if cfg.margin == "score_gap" else None
+            return bt_loss(
+                out["reward_a"],
+                out["reward_b"],
+                labels=labels,
+                margin=margin,
+                center_coef=cfg.center_coef,
+                normalizer=normalizer,
+            )
+
+        return loss
+
+    def general_loss(out: dict, labels: Tensor, margins: Tensor, normalizer: float):
+        return pairwise_logistic_loss(out["score"], labels, normalizer=normalizer)
+
+    return general_loss
+
+
+def swap_mask(seed: int, step: int, n: int, enabled: bool) -> np.ndarray:
+    """Which of the step's n examples are shown in swapped order (deterministic in seed, step)."""
+    if not enabled:
+        return np.zeros(n, dtype=bool)
+    return np.random.default_rng([seed, step, 0x5A]).random(n) < 0.5
+
+
+_SWAPPED = {"a": "b", "b": "a", "ab": "ba", "ba": "ab", "x": "x"}
+
+
+@dataclass
+class Phase:
+    """One optimizer run: ``steps`` steps of ``batch_size`` examples out of ``n_examples``."""
+
+    name: str
+    steps: int
+    seed: int
+    module: nn.Module
+    n_examples: int
+    setup: Callable[[], None]
+    micro_loss: Callable[[nn.Module, np.ndarray, np.ndarray, float], tuple[Tensor, dict]]
+    normalizer: Callable[[np.ndarray], float]
+    evaluate: Callable[[], dict] | None = None
+    lr: float = 0.0  # 0: train.lr
+    batch_size: int = 0  # 0: train.batch_size
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+
+
+def run(cfg: PMConfig) -> dict:
+    if not cfg.data.path:
+        raise PrefgameError("data.path is empty: give a pairs file, e.g. data.path=runs/arena/pairs.jsonl")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    out = RunDir(cfg.output_dir)
+    log = out.start_logging()
+    try:
+        return train_preference_model(cfg, out, log)
+    finally:
+        out.close()
+
+
+def _validate(cfg: PMConfig) -> None:
+    m = cfg.model
+    if not m.backbone.freeze and m.ensemble.size > 1:
+        raise PrefgameError(
+            "ensembles share one frozen backbone: set model.backbone.freeze=true or model.ensemble.size=1"
+        )
+    if m.kind == "gated":
+        if not cfg.data.ratings_path:
+            raise PrefgameError("kind gated needs per-objective ratings: set data.ratings_path")
+        if not m.backbone.freeze and m.gated.stage1 == "ridge":
+            raise PrefgameError(
+                "gated stage-1 ridge needs a frozen backbone; set model.gated.stage1=sgd to fine-tune it"
+            )
+
+
+def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
+    """Train, save ``output_dir/model`` and write metrics.json; returns the metrics."""
+    _validate(cfg)
+    tc, mc = cfg.train, cfg.model
+    t0 = time.perf_counter()
+    seed_everything(tc.seed)
+    acc = make_accelerator(tc, out.path)
+    resume_from = latest_checkpoint(out.path) if cfg.resume else None
+    if acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    trackers = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"]
+    if trackers:
+        acc.init_trackers("prefgame-pm", config=_flat(config_to_dict(cfg)))
+
+    # data
+    pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
+    if cfg.data.eval_path:
+        train_set = pairs
+        eval_set = load_pairs(cfg.data.eval_path, cfg.data.eval_split, skip_invalid=cfg.data.skip_invalid)
+    else:
+        train_set, eval_set = split_eval(pairs, cfg.data.eval_fraction, tc.seed)
+    if cfg.data.max_train_rows:
+        train_set = train_set.take(range(min(cfg.data.max_train_rows, len(train_set))))
+    ratings = None
+    objectives: list[str] = []
+    verbosity_index = -1
+    if mc.kind == "gated":
+        ratings = load_ratings(
+            cfg.data.ratings_path, cfg.data.ratings_split, list(mc.gated.objectives),
+            skip_invalid=cfg.data.skip_invalid,
+        )
+        objectives = ratings.objectives
+        if mc.gated.verbosity_objective:
+            if mc.gated.verbosity_objective not in objectives:
+                raise PrefgameError(
+                    f"gated.verbosity_objective '{mc.gated.verbosity_objective}' is not an objective "
+                    f"({objectives})"
+                )
+            verbosity_index = objectives.index(mc.gated.verbosity_objective)
+
+    # model
+    encoder = build_encoder(mc.backbone, seed=tc.seed)
+    frozen = mc.backbone.freeze
+    heads = []
+    for i in range(mc.ensemble.size):
+        torch.manual_seed(tc.seed + 1000 * (i + 1))
+        heads.append(build_head(mc, encoder.hidden_size, objectives=objectives, verbosity_index=verbosity_index))
+    model = PreferenceModel(
+        encoder, heads, mc, info=ModelInfo(mc.kind, objectives, verbosity_index), batch_size=64
+    )
+    model.to(acc.device)
+    if frozen:
+        encoder.requires_grad_(False)
+    elif tc.gradient_checkpointing:
+        encoder.model.gradient_checkpointing_enable()
+    n_backbone = sum(p.numel() for p in encoder.parameters())
+    n_head = sum(p.numel() for p in heads[0].parameters())
+    log.info(
+        f"train-pm {mc.kind}: {len(train_set)} train / {len(eval_set)} eval pairs, backbone "
+        f"{n_backbone / 1e6:.2f}M parameters ({'frozen' if frozen else 'fine-tuned'}), head {n_head} "
+        f"parameters × {mc.ensemble.size}"
+    )
+
+    state: dict[str, Any] = {"stage1": None, "debias": None}
+    phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
+    checkpoint_modules = {"heads": model.heads} if frozen else {"heads": model.heads, "encoder": encoder.model}
+    guard = NonFiniteGuard(tc.max_nonfinite_steps)
+    total = sum(p.steps for p in phases)
+    start = 0
+    if resume_from is not None:
+        # modules now, optimizer state when its phase is set up
+        from safetensors.torch import load_file
+
+        for name, module in checkpoint_modules.items():
+            module.load_state_dict(load_file(str(resume_from / f"{name}.safetensors")))
+        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        out.truncate_metrics(start)
+        log.info(f"resumed from {resume_from} at step {start}")
+    progress = Progress(total - start, f"train-pm {mc.kind}", log)
+    offset = 0
+    last = {}
+    for phase in phases:
+        end = offset + phase.steps
+        if end <= start:
+            offset = end
+            continue
+        phase.setup()
+        batch = phase.batch_size or tc.batch_size
+        phase_tc = dataclasses.replace(
+            tc,
+            max_steps=phase.steps,
+            lr=phase.lr or tc.lr,
+            batch_size=batch,
+            micro_batch_size=min(tc.micro_batch_size, batch),
+        )
+        optimizer, scheduler = make_optimizer(phase.module.parameters(), phase_tc)
+        module, optimizer = acc.prepare(phase.module, optimizer)
+        local0 = max(start - offset, 0)
+        if local0 > 0:
+            load_checkpoint(resume_from, modules=checkpoint_modules, optimizer=optimizer, scheduler=scheduler)
+        for local in range(local0, phase.steps):
+            step = offset + local
+            last = _train_step(phase_tc, cfg.loss, acc, phase, module, optimizer, scheduler, local, guard)
+            done = step + 1
+            if acc.is_main_process and ((local + 1) % tc.log_every == 0 or local + 1 == phase.steps):
+                row = {"phase": phase.name, **last, "lr": scheduler.get_last_lr()[0]}
+                out.log_metrics(done, row)
+                if trackers:
+                    acc.log({k: v for k, v in row.items() if k != "phase"}, step=done)
+            if phase.evaluate and tc.eval_every and (local + 1) % tc.eval_every == 0 and local + 1 != phase.steps:
+                if acc.is_main_process:
+                    out.log_metrics(done, {"phase": phase.name, **phase.evaluate()})
+            if tc.save_every and done % tc.save_every == 0 and done != total and acc.is_main_process:
+                save_checkpoint(
+                    out.path,
+                    done,
+                    modules=checkpoint_modules,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state={"phase": phase.name},
+                    keep=tc.keep_checkpoints,
+                )
+            progress.update(loss=last.get("loss", math.nan))
+        offset = end
+    if mc.kind == "gated" and state["stage1"] is None:
+        _gated_setup(cfg, model, ratings, state, acc)  # zero stage-2 steps: still fit stage 1
+    acc.wait_for_everyone()
+    model.eval()
+
+    metrics: dict[str, Any] = {"kind": mc.kind}
+    probs = None
+    if len(eval_set) and "eval" in cache:  # cached vectors: same numbers, no second backbone pass
+        probs = torch.sigmoid(model.scores_from_vectors(cache["eval"]).double().cpu())
+    elif len(eval_set):
+        probs = model.preference(eval_set.prompts, eval_set.chosen, eval_set.rejected)
+    if probs is not None:
+        metrics["eval"] = preference_metrics(
+            probs, eval_set.labels, subsets=eval_set.subsets, sections=cfg.data.sections or None
+        )
+    if cfg.arena_metrics and probs is not None:
+        arena = cfg.arena.build()
+        metrics["arena"] = arena_metrics(arena, eval_set.prompts, eval_set.chosen, eval_set.rejected, probs)
+        if mc.kind == "gated":
+            metrics["arena"]["gating"] = gating_correlation(model, arena)
+    if mc.kind == "gated":
+        metrics["stage1"] = state["stage1"]
+        metrics["debias"] = state["debias"]
+    metrics.update(
+        {
+            "train_loss": last.get("loss"),
+            "steps": total,
+            "train_pairs": len(train_set),
+            "eval_pairs": len(eval_set),
+            "backbone_parameters": n_backbone,
+            "head_parameters": n_head,
+            "nonfinite_steps": guard.total,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    if acc.is_main_process:
+        save_preference_model(model, out.path / "model", save_backbone=not frozen or not mc.backbone.name_or_path)
+        out.write_metrics(metrics)
+        ev = metrics.get("eval", {})
+        log.info(
+            f"train-pm done: eval accuracy {ev.get('accuracy')}, log-loss {ev.get('log_loss')}; "
+            f"model in {out.path / 'model'}"
+        )
+    if trackers:
+        acc.end_training()
+    return metrics
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _train_step(
+    tc: TrainConfig, loss_cfg: PMLossConfig, acc, phase: Phase, module, optimizer, scheduler, local: int, guard
+) -> dict:
+    idx = step_indices(phase.n_examples, tc.batch_size, phase.seed, local)
+    swapped = swap_mask(phase.seed, local, len(idx), loss_cfg.order_augmentation)
+    normalizer = phase.normalizer(idx)
+    positions = np.arange(len(idx))
+    micro = list(local_micro_batches(positions, tc.micro_batch_size, acc.process_index, acc.num_processes))
+    step_loss = torch.zeros((), device=acc.device)
+    sums: dict[str, float] = {}
+    for k, mb in enumerate(micro):
+        ctx = acc.no_sync(module) if k != len(micro) - 1 else contextlib.nullcontext()
+        with ctx, acc.autocast():
+            loss, m = phase.micro_loss(module, idx[mb], swapped[mb], normalizer)
+            # DDP averages gradients over processes, hence the factor num_processes.
+            acc.backward(loss * acc.num_processes)
+        step_loss += loss.detach()
+        for key, value in m.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * len(mb)
+    grad_norm = acc.clip_grad_norm_(
+        module.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+    )
+    step_loss = acc.reduce(step_loss, reduction="sum")
+    if guard.check(local, step_loss, grad_norm):
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    n_local = sum(len(mb) for mb in micro)
+    row = {"loss": float(step_loss), "grad_norm": float(grad_norm)}
+    row.update({k: v / max(n_local, 1) for k, v in sums.items() if math.isfinite(v)})
+    return row
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+def _pair_views(model: PreferenceModel, cfg: PMConfig) -> tuple[str, ...]:
+    if model.kind == "pairwise" and cfg.loss.pairwise_single_pass:
+        return ("ab",)
+    return model.views
+
+
+def _label_tensors(pairs: Pairs, idx: np.ndarray, swapped: np.ndarray, device) -> tuple[Tensor, Tensor]:
+    labels = np.where(swapped, 1.0 - pairs.labels[idx], pairs.labels[idx])
+    margins = np.where(swapped, -pairs.margins[idx], pairs.margins[idx])
+    return (
+        torch.as_tensor(labels, dtype=torch.float32, device=device),
+        torch.as_tensor(margins, dtype=torch.float32, device=device),
+    )
+
+
+def _build_phases(
+    cfg, acc, model: PreferenceModel, train_set: Pairs, eval_set: Pairs, ratings, state
+) -> tuple[list[Phase], dict]:
+    """The phases of a run and the vector cache their setups fill (frozen backbone)."""
+    tc, mc = cfg.train, cfg.model
+    frozen = mc.backbone.freeze
+    device = acc.device
+    views = _pair_views(model, cfg)
+    loss_fn = pair_loss_fn(mc.kind, cfg.loss)
+    cache: dict[str, dict[str, Tensor]] = {}
+
+    def cache_pairs() -> None:
+        if "train" in cache:
+            return
+        # every view the model has, so that swapped pairs find their vectors
+        cache["train"] = model.embed(model.views, train_set.prompts, train_set.chosen, train_set.rejected)
+        cache["eval"] = model.embed(model.views, eval_set.prompts, eval_set.chosen, eval_set.rejected)
+
+    def frozen_pair_loss(head):
+        def micro_loss(module, idx, swapped, normalizer):
+            sw = torch.as_tensor(swapped, device=device)
+            emb = {}
+            for v in views:
+                own = cache["train"][v][idx].to(device)
+                other = cache["train"][_SWAPPED[v]][idx].to(device)
+                emb[v] = torch.where(sw[:, None], other, own)
+            labels, margins = _label_tensors(train_set, idx, swapped, device)
+            return loss_fn(module(emb), labels, margins, normalizer)
+
+        return micro_loss
+
+    def full_pair_loss(module, idx, swapped, normalizer):
+        a = [train_set.rejected[i] if s else train_set.chosen[i] for i, s in zip(idx, swapped)]
+        b = [train_set.chosen[i] if s else train_set.rejected[i] for i, s in zip(idx, swapped)]
+        seqs = model.view_sequences(views, [train_set.prompts[i] for i in idx], a, b)
+        batch = model.encoder.collate([s for v in views for s in seqs[v]])
+        outputs = module(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            list(views),
+            [len(seqs[v]) for v in views],
+        )
+        labels, margins = _label_tensors(train_set, idx, swapped, device)
+        return loss_fn(outputs, labels, margins, normalizer)
+
+    def evaluator(head_index: int):
+        def evaluate() -> dict:
+            if frozen or mc.kind == "gated":
+                with torch.no_grad():
+                    head = model.heads[head_index]
+                    was = head.training
+                    head.eval()
+                    emb = {k: v.to(device) for k, v in cache["eval"].items()}
+                    scores = head(emb)["score"].float().cpu()
+                    head.train(was)
+            else:
+                scores = model.score(eval_set.prompts, eval_set.chosen, eval_set.rejected)
+            m = preference_metrics(torch.sigmoid(scores.double()), eval_set.labels)
+            return {"eval_accuracy": m["accuracy"], "eval_log_loss": m["log_loss"]}
+
+        return evaluate if len(eval_set) else None
+
+    pairs_normalizer = lambda idx: float(len(idx))  # noqa: E731  (global pairs of the step)
+    phases: list[Phase] = []
+    if mc.kind == "gated":
+        if mc.gated.stage1 == "sgd":
+            phases.append(_stage1_phase(cfg, acc, model, ratings, state))
+
+        def stage2_setup() -> None:
+            _gated_setup(cfg, model, ratings, state, acc)
+            cache_pairs()
+
+        for i, head in enumerate(model.heads):
+            phases.append(
+                Phase(
+                    f"gate-{i}",
+                    tc.max_steps,
+                    tc.seed + i,
+                    head,
+                    len(train_set),
+                    stage2_setup,
+                    frozen_pair_loss(head),
+                    pairs_normalizer,
+                    evaluator(i),
+                )
+            )
+        return phases, cache
+    for i, head in enumerate(model.heads):
+        if frozen:
+            phases.append(
+                Phase(
+                    f"member-{i}", tc.max_steps, tc.seed + i, head, len(train_set), cache_pairs,
+                    frozen_pair_loss(head), pairs_normalizer, evaluator(i),
+                )
+            )
+        else:
+            phases.append(
+                Phase(
+                    "member-0", tc.max_steps, tc.seed, PairForward(model, head), len(train_set),
+                    lambda: None, full_pair_loss, pairs_normalizer, evaluator(0),
+                )
+            )
+    return phases, cache
+
+
+def _stage1_phase(cfg: PMConfig, acc, model: PreferenceModel, ratings: Ratings, state) -> Phase:
+    """Gradient-descent stage 1 of the gated head: masked regression of the ratings (head 0)."""
+    mc = cfg.model
+    device = acc.device
+    head = model.heads[0]
+    values = torch.as_tensor(ratings.values, dtype=torch.float32)
+    observed = ~torch.isnan(values)
+    cache: dict[str, Tensor] = {}
+
+    def setup() -> None:
+        _set_trainable(head, regression=True)
+        mean = torch.nanmean(values, dim=0)
+        std = torch.where(observed, values - mean, 0.0).pow(2).sum(0).div(observed.sum(0).clamp(min=1)).sqrt()
+        head.set_standardization(mean, std.clamp(min=1e-6))
+        if mc.backbone.freeze and "h" not in cache:
+            cache["h"] = _rating_vectors(model, ratings)
+
+    def micro_loss(module, idx, swapped, normalizer):
+        target, mask = values[idx].to(device), observed[idx].to(device)
+        if mc.backbone.freeze:
+            pred = module(cache["h"][idx].to(device))
+        else:
+            seqs = [model.encoder.response_ids(ratings.prompts[i], ratings.responses[i]) for i in idx]
+            batch = model.encoder.collate(seqs)
+            pred = module(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        return regression_loss(pred, target, mask, normalizer=normalizer)
+
+    module = _RatingsHead(head) if mc.backbone.freeze else RatingsForward(model, head)
+    return Phase(
+        "stage1",
+        mc.gated.stage1_steps,
+        cfg.train.seed,
+        module,
+        len(ratings.prompts),
+        setup,
+        micro_loss,
+        lambda idx: float(observed[idx].sum().clamp(min=1)),
+        lr=mc.gated.stage1_lr,
+        batch_size=mc.gated.stage1_batch_size,
+    )
+
+
+class _RatingsHead(nn.Module):
+    """Frozen-backbone stage 1: cached vectors → per-objective predictions (B, k)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.head.ratings(h)
+
+
+def _set_trainable(head: nn.Module, *, regression: bool) -> None:
+    """Stage 1 trains the rating regression only; stage 2 the gate and the reward scale only."""
+    for p in head.parameters():
+        p.requires_grad_(not regression)
+    for p in (head.reg_weight, head.reg_bias):
+        if isinstance(p, nn.Parameter):
+            p.requires_grad_(regression)
+
+
+def _rating_vectors(model: PreferenceModel, ratings: Ratings) -> Tensor:
+    seqs = [model.encoder.response_ids(x, y) for x, y in zip(ratings.prompts, ratings.responses)]
+    return model.encoder.embed(seqs, batch_size=model.batch_size * 4)
+
+
+def _gated_setup(cfg: PMConfig, model: PreferenceModel, ratings: Ratings, state: dict, acc) -> None:
+    """Stage 1 (ridge, when configured) and debiasing; copies the rating heads to every member.
+
+    Deterministic in the backbone and (for sgd) head 0's trained regression, so re-running it on
+    resume reproduces the same coefficients.
+    """
+    g = cfg.model.gated
+    model.encoder.requires_grad_(False)
+    for head in model.heads:
+        _set_trainable(head, regression=False)
+    h = _rating_vectors(model, ratings).double()  # (n, H)
+    values = torch.as_tensor(ratings.values, dtype=torch.float64)
+    mask = ~torch.isnan(values)
+    head0 = model.heads[0]
+    if g.stage1 == "ridge":
+        centered = h - h.mean(0)
+        l2 = g.ridge_l2 * float((centered * centered).sum(0).mean())
+        weight, bias = ridge_fit(h, values, mask, l2)
+        head0.set_standardization(torch.zeros_like(bias), torch.ones_like(bias))  # raw units
+        head0.set_regression(weight.float(), bias.float())
+    with torch.no_grad():
+        pred = head0.ratings(h.float().to(head0.reg_weight.device)).double().cpu()  # (n, k)
+    resid = torch.where(mask, pred - values, 0.0)
+    ss_res = (resid**2).sum(0)
+    mean = torch.where(mask, values, 0.0).sum(0) / mask.sum(0).clamp(min=1)
+    ss_tot = (torch.where(mask, values - mean, 0.0) ** 2).sum(0)
+    state["stage1"] = {
+        o: {"r2": float(1 - ss_res[i] / ss_tot[i]) if ss_tot[i] > 0 else None, "observed": int(mask[:, i].sum())}
+        for i, o in enumerate(ratings.objectives)
+    }
+    lam = torch.zeros(len(ratings.objectives), dtype=torch.float64)
+    vi = head0.verbosity_index
+    if vi >= 0:
+        names = g.debias_objectives or [o for o in ratings.objectives if o != ratings.objectives[vi]]
+        unknown = [n for n in names if n not in ratings.objectives]
+        if unknown:
+            raise PrefgameError(f"gated.debias_objectives {unknown} are not objectives ({ratings.objectives})")
+        lam = debias_coefficients(pred, vi, [ratings.objectives.index(n) for n in names], g.debias_tolerance)
+        state["debias"] = {
+            "verbosity_objective": ratings.objectives[vi],
+            "lambda": {o: float(lam[i]) for i, o in enumerate(ratings.objectives)},
+        }
+    for head in model.heads:
+        if head is not head0:
+            head.set_regression(head0.reg_weight.detach(), head0.reg_bias.detach())
+            head.set_standardization(head0.rating_mean, head0.rating_std)
+        head.set_debias(lam.float())
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreConfig:
+    model: str = param("", "a trained preference model: the train-pm output_dir or its model/ folder")
+    data: str = param("", "pairs to score: file or hub name (any pairs format)")
+    split: str = param("train", "split of data")
+    out: str = param("", "output jsonl: every input row with 'probability' = P(chosen ≻ rejected) added")
+    batch_size: int = param(64, "pairs per forward pass")
+    arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
+    arena: ArenaConfig = param(ArenaConfig, "the world for arena metrics")
+    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+
+
+def score(cfg: ScoreConfig) -> dict:
+    """Score a pairs file; write rows + probabilities to ``cfg.out`` and metrics next to it."""
+    from pathlib import Path
+
+    from prefgame.data.load import iter_rows, load_raw
+    from prefgame.run import atomic_write_json
+
+    for key in ("model", "data", "out"):
+        if not getattr(cfg, key):
+            raise PrefgameError(f"score needs {key}=...: e.g. model=runs/pm-gpm data=pairs.jsonl out=scored.jsonl")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    device = "cuda" if torch.cuda.is_available() else None
+    model = load_preference_model(cfg.model, device=device, batch_size=cfg.batch_size)
+    pairs = load_pairs(cfg.data, cfg.split, skip_invalid=False)
+    raw = list(iter_rows(load_raw(cfg.data, split=cfg.split)))
+    probs = model.preference(pairs.prompts, pairs.chosen, pairs.rejected)
+    rows = [{**row, "probability": float(p)} for row, p in zip(raw, probs)]
+    write_jsonl(cfg.out, rows)
+    metrics: dict[str, Any] = {
+        "model": cfg.model,
+        "data": cfg.data,
+        **preference_metrics(probs, pairs.labels, subsets=pairs.subsets),
+    }
+    if cfg.arena_metrics:
+        metrics["arena"] = arena_metrics(cfg.arena.build(), pairs.prompts, pairs.chosen, pairs.rejected, probs)
+    out = Path(cfg.out)
+    atomic_write_json(out.with_name(out.stem + ".metrics.json"), metrics)
+    return metrics
