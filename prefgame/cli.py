@@ -60,6 +60,27 @@ JOBS: list[JobCommand] = [
         "prefgame.train.sft:run",
         "prefgame sft --config configs/sft/arena.yaml train.max_steps=200",
     ),
+    JobCommand(
+        "selfplay",
+        "LM self-play on the KL-regularized preference game (nash_md, sppo, inpo, mmd, extragradient)",
+        "prefgame.train.selfplay:SelfPlayConfig",
+        "prefgame.train.selfplay:run",
+        "prefgame selfplay --config configs/selfplay/nash_md.yaml policy.name_or_path=runs/quickstart/pi0/model",
+    ),
+    JobCommand(
+        "train-pm",
+        "train a preference model: bt reward, gpm / pairwise general preference, gated multi-objective",
+        "prefgame.train.pm:PMConfig",
+        "prefgame.train.pm:run",
+        "prefgame train-pm --config configs/pm/gpm.yaml train.max_steps=400",
+    ),
+    JobCommand(
+        "score",
+        "score a pairs file with a trained preference model (P(chosen ≻ rejected) per row)",
+        "prefgame.train.pm:ScoreConfig",
+        "prefgame.train.pm:score",
+        "prefgame score model=runs/pm-gpm data=runs/arena/pairs.jsonl out=runs/pm-gpm/scored.jsonl",
+    ),
 ]
 
 TOOLS: list[ToolCommand] = [

@@ -1,0 +1,194 @@
+"""Sampling responses from a causal LM, its reference, or their geometric mixture (DESIGN §3.3).
+
+Nash-MD plays against the mixture π^μ ∝ π^{1−β} π0^{β}. On sequences it is sampled token by token:
+
+    log π^μ(y_t | x, y_<t) = log_softmax((1 − β)·log π(·|x, y_<t) + β·log π0(·|x, y_<t))[y_t]
+
+(:func:`~prefgame.losses.geometric_mixture_logprobs`; log_softmax of raw logits gives the same
+result since per-row constants cancel). β = 0 is π and β = 1 is π0; only the models with non-zero
+weight are run. :func:`sample_tokens` is one batched decoding loop that keeps a KV cache for each
+model it runs (``past_key_values``); with ``use_cache=False`` it recomputes the whole prefix at
+every token instead (the reference the cache is checked against, and the benchmark's baseline).
+
+Left padding: prompts are padded on the left, the attention mask hides the padding, and position
+ids count real tokens only (``cumsum(mask) − 1``), so a padded row computes exactly what it would
+alone. Rows that have produced EOS keep being fed padding (ignored) until every row is done.
+
+Randomness: one uniform draw per row per step from ``generator`` (a CPU ``torch.Generator``),
+turned into a token by inverting the CDF in float64. The draws do not depend on the device or on
+whether the cache is used, so the cached and uncached loops give the same tokens for one seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from prefgame.lm import encode_prompt, pad_batch
+from prefgame.losses import geometric_mixture_logprobs
+
+
+@dataclass
+class SampledTokens:
+    """The output of :func:`sample_tokens` for B prompts and N generated positions."""
+
+    tokens: torch.Tensor  # (B, N) sampled token ids, pad after the end
+    mask: torch.Tensor  # (B, N) bool: real response tokens (up to and including EOS)
+    logps: torch.Tensor  # (B, N) float32 log-prob of each token under the sampled distribution, 0 after the end
+
+    def as_lists(self) -> list[list[int]]:
+        return [row[m].tolist() for row, m in zip(self.tokens, self.mask)]
+
+
+def _next_token_logits(model, ids, mask, pos, cache, *, use_cache: bool):
+    """Logits of the next token, (B, V), and the updated cache."""
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=use_cache,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float(), (out.past_key_values if use_cache else None)
+
+
+@torch.no_grad()
+def sample_tokens(
+    policy: PreTrainedModel | None,
+    ref: PreTrainedModel | None,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    mixture_coef: float,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> SampledTokens:
+    """Sample one response per prompt from π^μ ∝ π^{1−β} π0^{β} (β = ``mixture_coef``) at ``temperature``.
+
+    Each step's distribution is log_softmax(((1 − β)·logits_π + β·logits_π0) / temperature). The
+    policy may be None when β = 1 and the reference may be None when β = 0. Both models are put in
+    eval mode for the call and restored afterwards.
+    """
+    if not 0.0 <= mixture_coef <= 1.0:
+        raise ValueError(f"mixture_coef must be in [0, 1], got {mixture_coef}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    models = [m for m, w in ((policy, 1.0 - mixture_coef), (ref, mixture_coef)) if w > 0]
+    if any(m is None for m in models):
+        raise ValueError("a model with non-zero mixture weight is None")
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    device = next(models[0].parameters()).device
+    ids, mask = pad_batch(prompt_ids, pad_token_id, left=True)
+    ids, mask = ids.to(device), mask.to(device)  # (B, T0)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) positions of real tokens, 0 on padding
+    B = ids.shape[0]
+    tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out_mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
+    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    caches: list = [None] * len(models)
+    step_ids, step_pos = ids, pos  # what the cached models read next
+    n = 0
+    for n in range(max_new_tokens):
+        logits = []
+        for k, m in enumerate(models):
+            if use_cache:
+                lg, caches[k] = _next_token_logits(m, step_ids, mask, step_pos, caches[k], use_cache=True)
+            else:  # recompute the whole prefix
+                lg, _ = _next_token_logits(m, ids, mask, pos, None, use_cache=False)
+            logits.append(lg / temperature)  # (B, V)
+        if len(models) == 2:
+            step_logp = geometric_mixture_logprobs(logits[0], logits[1], mixture_coef=mixture_coef)  # (B, V)
+        else:
+            step_logp = torch.log_softmax(logits[0], dim=-1)  # (B, V)
+        u = torch.rand(B, generator=generator, dtype=torch.float64).to(device)  # (B,)
+        cdf = step_logp.double().exp().cumsum(-1)  # (B, V)
+        nxt = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)  # (B,)
+        nxt = nxt.clamp(max=cdf.shape[-1] - 1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+        tokens[:, n] = nxt
+        out_mask[:, n] = ~done
+        logps[:, n] = torch.where(done, 0.0, step_logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1))
+        done = done | (nxt == eos_token_id)
+        if bool(done.all()):
+            break
+        step_ids = nxt.unsqueeze(-1)  # (B, 1)
+        step_pos = step_pos[:, -1:] + 1  # (B, 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)  # (B, T+1)
+        ids = torch.cat([ids, step_ids], dim=-1)
+        pos = torch.cat([pos, step_pos], dim=-1)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    n_used = n + 1
+    return SampledTokens(tokens[:, :n_used].cpu(), out_mask[:, :n_used].cpu(), logps[:, :n_used].cpu())
+
+
+@dataclass
+class Responses:
+    """Sampled responses, n per prompt, prompt-major: entry i·n + k is sample k of prompt i."""
+
+    prompts: list[str]  # (N,) the prompt of each response
+    prompt_ids: list[list[int]]  # (N,) encoded prompts (chat template applied)
+    response_ids: list[list[int]]  # (N,) sampled tokens, EOS included when produced
+    texts: list[str]  # (N,) decoded responses (special tokens removed)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def generate(
+    policy: PreTrainedModel | None,
+    ref: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    mixture_coef: float,
+    max_new_tokens: int,
+    seed: int | Sequence[int],
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    use_cache: bool = True,
+) -> Responses:
+    """``n`` responses for each prompt from π^μ (see :func:`sample_tokens`), deterministic in ``seed``.
+
+    ``seed`` may be a sequence of ints (e.g. (seed, iteration, purpose)); it is hashed into one
+    generator seed. The same seed, models and batch size give the same responses.
+    """
+    gen = torch.Generator().manual_seed(_seed_int(seed))
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    all_prompts = [p for p in prompts for _ in range(n)]
+    all_ids = [list(e) for e in encoded for _ in range(n)]
+    response_ids: list[list[int]] = []
+    for start in range(0, len(all_ids), batch_size):
+        out = sample_tokens(
+            policy,
+            ref,
+            all_ids[start : start + batch_size],
+            mixture_coef=mixture_coef,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            generator=gen,
+            use_cache=use_cache,
+        )
+        response_ids += out.as_lists()
+    texts = [s.strip() for s in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+    return Responses(all_prompts, all_ids, response_ids, texts)
+
+
+def _seed_int(seed: int | Sequence[int]) -> int:
+    """An int seed from an int or a tuple of ints (numpy's SeedSequence hashing, stable across runs)."""
+    entropy = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] % (2**63))

@@ -1,0 +1,365 @@
+"""LM self-play: the mixture sampler, the oracle cache and estimators, the class-level game, and the
+trainer on a tiny model (parameters change, the reference does not, resume equals uninterrupted).
+
+The tiny policy is a random 2-layer Llama over the arena vocabulary; its responses are mostly
+nonsense, which is fine: every text has an arena class, so the gold oracle and the class-level
+metrics apply to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+from prefgame.arena.world import N_CLASSES, N_PROMPT_TYPES, Arena, GoldOracle, all_prompts
+from prefgame.config import load_config
+from prefgame.game.lm_sampling import generate, sample_tokens
+from prefgame.game.lm_selfplay import (
+    ClassGame,
+    PreferenceCache,
+    cross_matrices,
+    draw_pairs,
+    group_matrices,
+    leave_one_out_win_rates,
+)
+from prefgame.game.solvers import solve_equilibrium
+from prefgame.lm import build_pairs_batch, encode_prompt
+from prefgame.losses import geometric_mixture_logprobs
+from prefgame.train.selfplay import ARENA_PRESETS, SelfPlayConfig, run_selfplay, selfplay_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "selfplay"
+
+
+def tiny_model(seed: int, tok) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = tiny_llama_config(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def models(tok):
+    return tiny_model(0, tok), tiny_model(1, tok)
+
+
+@pytest.fixture(scope="module")
+def pi0_dir(tmp_path_factory, tok) -> Path:
+    """A saved tiny π0 (random weights) with the arena tokenizer."""
+    path = tmp_path_factory.mktemp("pi0")
+    tiny_model(0, tok).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def prompt_ids(tok, n: int = 5) -> list[list[int]]:
+    """Arena prompts of different lengths, so the batch has left padding."""
+    prompts = [p.text for p in all_prompts()[:: 2700 // n][:n]]
+    ids = [encode_prompt(tok, p) for p in prompts]
+    assert n == 1 or len({len(i) for i in ids}) > 1
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+
+
+def teacher_forced_logps(model, prompts, tokens, mask, pad_id) -> torch.Tensor:
+    """Log-softmax (B, N, V) of ``model`` at each generated position, from a right-padded full pass."""
+    responses = [row[m].tolist() for row, m in zip(tokens, mask)]
+    batch = build_pairs_batch(prompts, responses, pad_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    out = torch.zeros(tokens.shape[0], tokens.shape[1], logits.shape[-1])
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        out[b, : len(r)] = torch.log_softmax(logits[b, len(p) - 1 : len(p) - 1 + len(r)].float(), dim=-1)
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_mixture_sampler_logprobs_match_teacher_forcing(tok, models, beta):
+    """The log-prob the sampler reports for each token equals log_softmax((1−β)ℓπ + βℓπ0)[token],
+    recomputed from a plain right-padded forward pass of both models: β = 0 is exactly π, β = 1 is π0,
+    and left padding (prompts of different lengths) changes nothing."""
+    policy, ref = models
+    ids = prompt_ids(tok)
+    gen = torch.Generator().manual_seed(3)
+    out = sample_tokens(
+        policy, ref, ids, mixture_coef=beta, max_new_tokens=6, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, generator=gen,
+    )  # fmt: skip
+    lp_pi = teacher_forced_logps(policy, ids, out.tokens, out.mask, tok.pad_token_id)
+    lp_0 = teacher_forced_logps(ref, ids, out.tokens, out.mask, tok.pad_token_id)
+    expected = {0.0: lp_pi, 1.0: lp_0}.get(beta)
+    if expected is None:
+        expected = geometric_mixture_logprobs(lp_pi, lp_0, mixture_coef=beta)
+    picked = expected.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
+    torch.testing.assert_close(out.logps[out.mask], picked[out.mask], rtol=0, atol=2e-5)
+    assert bool(out.mask[:, 0].all())
+
+
+def test_mixture_sampler_one_step_frequencies(tok, models):
+    """One sampled token per row from π^μ, β = ½, over 6,000 rows: the empirical distribution is within
+    total-variation 0.06 of the exact mixture (the expected sampling error is ≈ 0.03 here)."""
+    policy, ref = models
+    ids = [prompt_ids(tok, 1)[0]] * 6000
+    out = sample_tokens(
+        policy, ref, ids, mixture_coef=0.5, max_new_tokens=1, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    with torch.no_grad():
+        x = torch.tensor([ids[0]])
+        exact = geometric_mixture_logprobs(policy(x).logits[0, -1], ref(x).logits[0, -1], mixture_coef=0.5).exp()
+    freq = torch.bincount(out.tokens[:, 0], minlength=exact.shape[0]).double() / len(ids)
+    assert 0.5 * (freq - exact.double()).abs().sum() < 0.06
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_cached_and_uncached_sampling_agree(tok, models, beta):
+    """Same seed → the KV-cache loop and the recompute-the-prefix loop give the same tokens."""
+    policy, ref = models
+    kwargs = dict(n=2, mixture_coef=beta, max_new_tokens=8, seed=(5, 1), batch_size=4)
+    prompts = [p.text for p in all_prompts()[::700]]
+    cached = generate(policy, ref, tok, prompts, use_cache=True, **kwargs)
+    uncached = generate(policy, ref, tok, prompts, use_cache=False, **kwargs)
+    assert cached.response_ids == uncached.response_ids
+    assert cached.texts == uncached.texts
+    again = generate(policy, ref, tok, prompts, use_cache=True, **kwargs)
+    assert again.response_ids == cached.response_ids  # deterministic in the seed
+
+
+def test_sampler_needs_only_the_models_it_uses(tok, models):
+    policy, _ = models
+    ids = prompt_ids(tok, 2)
+    common = dict(max_new_tokens=3, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    a = sample_tokens(policy, None, ids, mixture_coef=0.0, generator=torch.Generator().manual_seed(1), **common)
+    b = sample_tokens(None, policy, ids, mixture_coef=1.0, generator=torch.Generator().manual_seed(1), **common)
+    assert torch.equal(a.tokens, b.tokens)
+    with pytest.raises(ValueError):
+        sample_tokens(policy, None, ids, mixture_coef=0.5, **common)
+
+
+# ---------------------------------------------------------------------------------------------- oracle and estimators
+
+
+class CountingOracle:
+    """P(a ≻ b) = σ(len(a) − len(b)) in words; records every pair it is asked."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def preference(self, prompts, a, b):
+        self.calls.append(len(a))
+        d = torch.tensor([len(x.split()) - len(y.split()) for x, y in zip(a, b)], dtype=torch.float64)
+        return torch.sigmoid(d)
+
+
+def test_preference_cache_queries_each_pair_once():
+    """(x, a, b), (x, b, a) and repeats share one query; a = b costs none and is ½; one call per batch."""
+    oracle = CountingOracle()
+    cache = PreferenceCache(oracle)
+    p = cache.query(["x", "x", "x", "x", "y"], ["a b", "c", "a b", "c", "c"], ["c", "a b", "c", "c", "a b"])
+    s = torch.sigmoid(torch.tensor(1.0, dtype=torch.float64)).item()
+    torch.testing.assert_close(p, torch.tensor([s, 1 - s, s, 0.5, 1 - s], dtype=torch.float64))
+    assert oracle.calls == [2]  # (x, a b, c) and (y, a b, c)
+    cache.query(["x"], ["c"], ["a b"])
+    assert oracle.calls == [2]  # answered from the table
+    assert cache.stats() == {"oracle_pairs_requested": 6, "oracle_pairs_queried": 2}
+
+
+def test_group_and_cross_matrices_and_win_rates():
+    """Texts of 1, 2, 3 words: M[i, j] = σ(i − j). Leave-one-out win rate of the 3-word text is
+    (σ(2) + σ(1))/2; the cross matrix against texts of 2 words is σ(i − 1)."""
+    oracle = CountingOracle()
+    cache = PreferenceCache(oracle)
+    texts = ["a", "a b", "a b c"]
+    mats = group_matrices(cache, ["x"] * 3, texts, 3)
+    sig = torch.sigmoid
+    expected = sig(torch.arange(3.0)[:, None] - torch.arange(3.0)[None]).double()
+    torch.testing.assert_close(mats[0], expected)
+    assert oracle.calls == [3]  # the upper triangle, in one call
+    win = leave_one_out_win_rates(mats)
+    torch.testing.assert_close(win[2], ((sig(torch.tensor(2.0)) + sig(torch.tensor(1.0))) / 2).double())
+    cross = cross_matrices(cache, ["x"] * 3, texts, ["b c"] * 3, 3)
+    torch.testing.assert_close(cross[0], sig(torch.arange(3.0) - 1.0).double()[:, None].expand(3, 3))
+
+
+def test_draw_pairs_skips_identical_and_draws_winners():
+    """M = [[½, 1, 0], [0, ½, ½], [1, ½, ½]] for one prompt; samples 1 and 2 are identical tokens,
+    so the pairs are (0, 1) and (0, 2) only, and P ∈ {0, 1} makes the winners certain: 0 beats 1,
+    2 beats 0."""
+    mats = torch.tensor([[[0.5, 1.0, 0.0], [0.0, 0.5, 0.5], [1.0, 0.5, 0.5]]], dtype=torch.float64)
+    chosen, rejected, p = draw_pairs(mats, [[1, 2], [3], [3]], np.random.default_rng(0))
+    assert sorted(zip(chosen.tolist(), rejected.tolist())) == [(0, 1), (2, 0)]
+    assert np.all(p == 1.0)
+
+
+def test_class_game_measures_equilibrium_and_reference():
+    """At π* the regularized gap is 0 and TV to π* is 0; π0 itself has KL 0 and win rate ½ vs π0."""
+    arena = Arena()
+    ref = arena.demonstrator_distribution()
+    game = ClassGame(arena.gold_matrix, ref, arena.type_probs, tau=0.2)
+    at_star = game.measure(game.pi_star)
+    assert at_star["gap"] < 1e-10 and at_star["tv_to_equilibrium"] < 1e-12
+    at_ref = game.measure(ref)
+    assert abs(at_ref["class_kl"]) < 1e-12 and abs(at_ref["win_rate_vs_ref"] - 0.5) < 1e-12
+    assert at_ref["exploitability"] == pytest.approx(arena.exploitability(ref), abs=1e-12)
+    pi_star, _ = solve_equilibrium(arena.gold_matrix - 0.5, ref, 0.2)
+    torch.testing.assert_close(game.pi_star, pi_star)
+    assert game.pi_star.shape == (N_PROMPT_TYPES, N_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+TINY = [
+    "sampling.prompts_per_iteration=4",
+    "sampling.samples_per_prompt=3",
+    "sampling.max_new_tokens=6",
+    "train.iterations=2",
+    "train.steps_per_iteration=2",
+    "train.batch_size=6",
+    "train.micro_batch_size=3",
+    "train.lr=1e-2",
+    "eval.every=1",
+    "eval.prompts=12",
+    "eval.samples_per_prompt=1",
+    "eval.reference_samples_per_prompt=1",
+]
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("algorithm", list(ARENA_PRESETS))
+def test_trainer_updates_policy_not_reference(pi0_dir, tmp_path, algorithm, monkeypatch):
+    """Two iterations on a tiny model: every parameter tensor of the policy changes, π0 does not, the
+    metrics files are complete and vLLM is never imported."""
+    from prefgame.train import selfplay
+
+    seen = {}
+    original = selfplay.SelfPlay.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen["sp"] = self
+        seen["ref_before"] = {k: v.clone() for k, v in self.ref.state_dict().items()}
+
+    monkeypatch.setattr(selfplay.SelfPlay, "__init__", spy)
+    out = tmp_path / algorithm
+    metrics = run_selfplay(pi0_dir, algorithm=algorithm, output_dir=out, overrides=TINY)
+    before = load_file(str(pi0_dir / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert set(changed) == set(before), f"unchanged: {set(before) - set(changed)}"
+    sp = seen["sp"]
+    assert all(torch.equal(v, seen["ref_before"][k]) for k, v in sp.ref.state_dict().items())
+    assert not any(p.requires_grad for p in sp.ref.parameters())
+    rows = read_rows(out)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for key in ("win_rate_vs_ref", "kl_to_ref", "class/exploitability", "class/gap", "class/tv_to_equilibrium"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[1]["win_rate_vs_previous"] is not None
+    assert metrics["final"]["iteration"] == 2 and "exploitability_ratio" in metrics
+    assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
+    assert "vllm" not in sys.modules
+
+
+class KilledError(Exception):
+    pass
+
+
+class KillAfter:
+    """The gold oracle, raising on its n-th call: a run killed in the middle of an iteration."""
+
+    def __init__(self, oracle, n: int) -> None:
+        self.oracle, self.n, self.name = oracle, n, oracle.name
+
+    def preference(self, prompts, a, b):
+        self.n -= 1
+        if self.n < 0:
+            raise KilledError
+        return self.oracle.preference(prompts, a, b)
+
+
+@pytest.mark.parametrize("algorithm", ["nash_md", "extragradient"])
+def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm):
+    """A run killed during iteration 2 (of 3) and resumed ends with bit-identical policy weights and
+    identical metrics rows to an uninterrupted run with the same seed."""
+    arena = Arena()
+    overrides = [*TINY, "train.iterations=3"]
+    full = tmp_path / "full"
+    run_selfplay(pi0_dir, GoldOracle(arena), algorithm=algorithm, output_dir=full, overrides=overrides)
+    # Oracle calls: 1 for the starting measurement, then per iteration the training calls (nash_md 1,
+    # extragradient 2: one per half) and 2 for the measurement (vs π0, vs the previous iterate).
+    # nash_md: killed at the measurement of iteration 2 (after its update, before its checkpoint);
+    # extragradient: killed between its half step and its full step of iteration 2.
+    calls_before = {"nash_md": 1 + 2 * 3 + 1, "extragradient": 1 + 2 * 4 + 1}[algorithm]
+    killed = tmp_path / "killed"
+    with pytest.raises(KilledError):
+        run_selfplay(
+            pi0_dir, KillAfter(GoldOracle(arena), calls_before), algorithm=algorithm,
+            output_dir=killed, overrides=overrides,
+        )  # fmt: skip
+    assert not (killed / "metrics.json").exists()
+    resumed = [*overrides, "resume=true"]
+    run_selfplay(pi0_dir, GoldOracle(arena), algorithm=algorithm, output_dir=killed, overrides=resumed)
+    a = load_file(str(full / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_rows(full) == read_rows(killed)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def test_shipped_arena_configs_match_presets():
+    """configs/selfplay/<algorithm>.yaml sets what ARENA_PRESETS sets (run_selfplay's defaults)."""
+    for algorithm in ARENA_PRESETS:
+        from_file = load_config(SelfPlayConfig, CONFIGS / f"{algorithm}.yaml")
+        from_preset = selfplay_config(algorithm, None, [f"policy.name_or_path={from_file.policy.name_or_path}"])
+        a, b = dataclasses.asdict(from_file), dataclasses.asdict(from_preset)
+        a.pop("output_dir"), b.pop("output_dir")
+        assert a == b, algorithm
+
+
+def test_gpu_config_loads_and_configs_validate():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 6
+    for f in files:
+        load_config(SelfPlayConfig, f)
+    with pytest.raises(Exception, match="eta"):
+        load_config(SelfPlayConfig, None, ["algorithm=inpo", "game.tau=0.5", "game.eta=4"])
+
+
+def test_factory_oracle_hook(monkeypatch):
+    """oracle.kind=factory imports 'module:function' and calls it as function(path, **options)."""
+    import types
+
+    from prefgame.errors import ConfigError
+    from prefgame.train.selfplay import OracleConfig, build_oracle
+
+    module = types.ModuleType("fake_pm")
+    module.load = lambda path, scale=1.0: dataclasses.make_dataclass("O", ["name", "preference"])(
+        f"pm:{path}:{scale}", lambda x, a, b: torch.full((len(a),), 0.5)
+    )
+    monkeypatch.setitem(sys.modules, "fake_pm", module)
+    oracle = build_oracle(OracleConfig(kind="factory", factory="fake_pm:load", path="p", options={"scale": 2}), None)
+    assert oracle.name == "pm:p:2"
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        build_oracle(OracleConfig(kind="factory", factory="fake_pm:nothing"), None)
