@@ -52,7 +52,8 @@ def param(default: Any, help: str, *, secret: bool = False) -> Any:
         return dataclasses.field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    # repr=False keeps a secret out of every repr of its config (logs, tracebacks, debuggers).
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def _hints(cls: type) -> dict[str, Any]:

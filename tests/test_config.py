@@ -247,6 +247,7 @@ def test_secret_fields_are_redacted_in_written_yaml(tmp_path: Path) -> None:
     assert yaml.safe_load(text)["api_key"] == REDACTED
     assert "sk-very-secret" not in config_help(Toy)
     assert config_to_dict(cfg, redact=False)["api_key"] == "sk-very-secret"
+    assert "sk-very-secret" not in repr(cfg)
     # An empty secret is written as is (nothing to hide), so the round trip holds.
     assert load_config(Toy, run_dir.file("config.yaml")).api_key == REDACTED
     empty = Toy()
