@@ -68,6 +68,14 @@ JOBS: list[JobCommand] = [
         "prefgame selfplay --config configs/selfplay/nash_md.yaml policy.name_or_path=runs/quickstart/pi0/model",
     ),
     JobCommand(
+        "ppo",
+        "PPO from π0 against a Bradley–Terry reward model (value head, GAE, clipped objectives, KL to π0)",
+        "prefgame.train.ppo:PPOConfig",
+        "prefgame.train.ppo:run",
+        "prefgame ppo --config configs/ppo/arena.yaml policy.name_or_path=runs/quickstart/pi0/model "
+        "reward.path=runs/ppo-reward",
+    ),
+    JobCommand(
         "train-pm",
         "train a preference model: bt reward, gpm / pairwise general preference, gated multi-objective",
         "prefgame.train.pm:PMConfig",

@@ -9,7 +9,8 @@ hand the tensors in.
   pessimistic ensemble score (§3.1).
 - :mod:`~prefgame.losses.policy` — DPO/cDPO/R-DPO/IPO (§3.4), SPPO, INPO, magnetic mirror descent,
   Nash-MD (§3.3).
-- :mod:`~prefgame.losses.rl` — PPO: KL-shaped rewards, GAE, clipped policy and value losses (§3.4).
+- :mod:`~prefgame.losses.rl` — PPO: KL-shaped rewards, GAE, clipped policy and value losses, KL loss
+  (§3.4).
 """
 
 from prefgame.losses.logprobs import (
@@ -38,7 +39,7 @@ from prefgame.losses.preference import (
     regression_loss,
     ridge_fit,
 )
-from prefgame.losses.rl import compute_gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
+from prefgame.losses.rl import compute_gae, kl_loss, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 
 __all__ = [
     "bt_loss",
@@ -46,6 +47,7 @@ __all__ = [
     "dpo_loss",
     "geometric_mixture_logprobs",
     "inpo_loss",
+    "kl_loss",
     "kl_penalized_rewards",
     "masked_mean",
     "masked_sum",

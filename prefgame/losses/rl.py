@@ -144,3 +144,37 @@ def ppo_value_loss(
             "value": masked_mean(values, mask),
         }
     return loss, metrics
+
+
+def kl_loss(
+    logps: Tensor,
+    ref_logps: Tensor,
+    mask: Tensor,
+    *,
+    estimator: str = "k3",
+    normalizer: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL(π‖π0) as a loss term on sampled response tokens ("KL in the loss", §3.4), per-token estimators
+    of d = log π(y_t) − log π0(y_t) for y_t drawn from (approximately) π:
+
+        k1 = d                 unbiased value, but its gradient is not the gradient of the KL
+        k2 = ½ d²              its gradient equals ∇KL in expectation (on-policy samples)
+        k3 = e^{−d} − 1 + d    unbiased value, always ≥ 0 (the GRPO choice)
+
+    ℓ = masked mean (or masked sum / ``normalizer``) of the estimator; logps, ref_logps, mask (B, T).
+    Metrics: kl (masked mean of d, the k1 value), estimate (masked mean of the chosen estimator).
+    """
+    mask = mask.bool()
+    d = torch.where(mask, logps - ref_logps, 0.0)  # (B, T)
+    if estimator == "k1":
+        per_token = d
+    elif estimator == "k2":
+        per_token = 0.5 * d**2
+    elif estimator == "k3":
+        per_token = torch.exp(-d) - 1.0 + d
+    else:
+        raise ValueError(f"estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
+    loss = reduce_mean(per_token, mask, normalizer=normalizer)
+    with torch.no_grad():
+        metrics = {"kl": masked_mean(d, mask), "estimate": masked_mean(per_token, mask)}
+    return loss, metrics

@@ -1,0 +1,689 @@
+"""PPO with a Bradley–Terry reward model (``prefgame ppo``, DESIGN §3.4): the RLHF baseline.
+
+Each iteration t:
+
+1. draws ``train.rollout_batch_size`` prompts (a function of (seed, t)) and samples one response per
+   prompt from the current policy π_θ with the KV cache (:func:`prefgame.game.lm_sampling.generate`);
+2. scores every response with the BT reward model, r(x, y) (:meth:`PreferenceModel.reward`), and
+   subtracts ``reward.missing_eos_penalty`` from responses cut at ``sampling.max_new_tokens``
+   without an end-of-sequence token;
+3. one no-gradient pass gives log π_old(y_t), V_old(t) and the token entropy; one pass of the frozen
+   reference π0 gives log π0(y_t);
+4. token rewards r_t = −β(log π_old − log π0)(y_t) + [t = last]·score (``ppo.kl_coef`` = β;
+   :func:`~prefgame.losses.kl_penalized_rewards`), or with ``ppo.kl_in_loss`` the score alone and
+   β·KL added to the loss (:func:`~prefgame.losses.kl_loss`); optional whitening of the token
+   rewards (``ppo.whiten_rewards``, scale only); GAE advantages and returns
+   (:func:`~prefgame.losses.compute_gae`), advantages whitened over the batch;
+5. ``ppo.epochs`` passes over the rollout in mini-batches of ``train.mini_batch_size`` sequences (one
+   optimizer step each, cut into micro-batches of ``train.micro_batch_size``), minimizing
+   clipped policy loss + ``ppo.vf_coef`` · clipped value loss (+ β·KL in the loss).
+
+Value function: a linear head on the policy's last hidden state (one shared trunk, one forward pass
+for log-probabilities and values). V(t) is read from the hidden state that predicts token t. The head
+starts at zero, so value-loss gradients reach the trunk only as the head grows; ``ppo.vf_coef``
+scales them. (A separate value model would double the compute per step; on the arena the shared trunk
+trains as well and is twice as fast.)
+
+Token losses are sums over the mini-batch's response tokens divided by its global token count, so
+micro-batch × accumulation (and data-parallel processes) equals one full mini-batch. Resume is exact
+at iteration granularity: every random draw comes from a generator seeded by (seed, iteration,
+purpose) and a checkpoint holds the policy, its value head, the optimizer and the scheduler.
+
+Measurements every ``eval.every`` iterations on held-out prompts: mean reward, the Monte Carlo
+sequence-level KL(π‖π0), response length and EOS rate; on the arena also the exact gold win rate
+against π0 and the exploitability of the class distributions measured from samples
+(:meth:`Arena.win_rate`, :meth:`Arena.exploitability`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from prefgame.arena.job import ArenaConfig
+from prefgame.config import config_to_dict, load_config, param
+from prefgame.errors import PrefgameError
+from prefgame.game.lm_sampling import Responses, generate
+from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer
+from prefgame.losses import (
+    compute_gae,
+    kl_loss,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    response_logprobs,
+    sequence_logprobs,
+)
+from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
+from prefgame.train.common import (
+    NonFiniteGuard,
+    TrainConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    save_checkpoint,
+)
+from prefgame.train.selfplay import PolicyConfig, PromptsConfig
+from prefgame.train.sft import save_model
+
+# Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
+PROMPTS, ROLLOUT, ORDER, EVAL, REF_EVAL = 0, 1, 2, 3, 4
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class PPORewardConfig:
+    path: str = param("", "BT (or gated) reward model: the 'prefgame train-pm' output_dir or its model/ folder")
+    batch_size: int = param(256, "responses per reward-model forward pass")
+    missing_eos_penalty: float = param(
+        1.0, "subtracted from the score of a response cut without an end-of-sequence token (0: none)"
+    )
+
+
+@dataclass
+class PPOAlgoConfig:
+    kl_coef: float = param(0.05, "β: per-token KL penalty to π0 in the reward (or in the loss with kl_in_loss)")
+    kl_in_loss: bool = param(False, "add β·KL(π‖π0) to the loss instead of shaping the reward with it")
+    kl_estimator: Literal["k1", "k2", "k3"] = param("k3", "kl_in_loss: per-token KL estimator (losses.kl_loss)")
+    gamma: float = param(1.0, "discount γ of GAE")
+    lam: float = param(0.95, "λ of GAE")
+    clip_range: float = param(0.2, "ε of the clipped policy objective")
+    clip_range_value: float = param(0.2, "ε_v of the clipped value objective")
+    vf_coef: float = param(0.1, "weight of the value loss")
+    epochs: int = param(4, "PPO epochs over each rollout batch")
+    whiten_rewards: bool = param(False, "whiten the token rewards over the batch (scale only, mean kept)")
+    whiten_advantages: bool = param(True, "whiten the advantages over the batch")
+
+    def __post_init__(self) -> None:
+        if self.kl_coef < 0 or self.clip_range <= 0 or self.clip_range_value <= 0 or self.vf_coef < 0:
+            raise ValueError("ppo.kl_coef and ppo.vf_coef must be ≥ 0, the clip ranges > 0")
+        if self.epochs < 1 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("ppo.epochs must be ≥ 1 and ppo.gamma, ppo.lam in [0, 1]")
+
+
+@dataclass
+class PPOSamplingConfig:
+    max_new_tokens: int = param(40, "response length limit in tokens")
+    batch_size: int = param(256, "sequences per generation batch")
+    use_cache: bool = param(True, "reuse the KV cache between tokens (false recomputes the prefix)")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("sampling.max_new_tokens and sampling.batch_size must be ≥ 1")
+
+
+@dataclass
+class PPOTrainConfig:
+    seed: int = param(0, "seed of prompts, samples and mini-batch order (resume is exact)")
+    iterations: int = param(30, "rollout + update iterations")
+    rollout_batch_size: int = param(64, "prompts (one response each) per iteration, over all processes")
+    mini_batch_size: int = param(32, "sequences per optimizer step (the rollout is split into these)")
+    micro_batch_size: int = param(32, "sequences per forward pass (gradient accumulation)")
+    lr: float = param(3e-4, "AdamW learning rate of policy and value head")
+    warmup_steps: int = param(5, "linear learning-rate warm-up, in optimizer steps")
+    schedule: Literal["constant", "cosine", "linear"] = param("constant", "learning-rate decay after warm-up")
+    weight_decay: float = param(0.0, "AdamW weight decay")
+    max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
+        "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
+    )
+    gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
+    logprob_chunk_size: int = param(1024, "response rows projected to the vocabulary at a time")
+    save_every: int = param(10, "checkpoint every N iterations (0: only the final model)")
+    keep_checkpoints: int = param(2, "how many recent checkpoints to keep")
+    report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
+    max_nonfinite_steps: int = param(3, "stop after this many consecutive non-finite steps")
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError("train.iterations must be ≥ 0")
+        if min(self.rollout_batch_size, self.mini_batch_size, self.micro_batch_size) < 1:
+            raise ValueError("train.rollout_batch_size, mini_batch_size and micro_batch_size must be ≥ 1")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError("train.rollout_batch_size must be a multiple of train.mini_batch_size")
+
+
+@dataclass
+class PPOEvalConfig:
+    every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
+    prompts: int = param(240, "held-out prompts")
+    samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
+    reference_samples_per_prompt: int = param(4, "π0 responses per held-out prompt (measured once)")
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.samples_per_prompt < 1 or self.reference_samples_per_prompt < 1:
+            raise ValueError("eval.prompts, eval.samples_per_prompt and eval.reference_samples_per_prompt must be ≥ 1")
+
+
+@dataclass
+class PPOConfig:
+    output_dir: str = param("runs/ppo", "where the policy, checkpoints, metrics and log are written")
+    resume: bool = param(False, "continue from the last iteration checkpoint in output_dir")
+    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    policy: PolicyConfig = param(PolicyConfig, "π0 (initial policy and frozen reference)")
+    reward: PPORewardConfig = param(PPORewardConfig, "the BT reward model")
+    prompts: PromptsConfig = param(PromptsConfig, "where prompts come from")
+    arena: ArenaConfig = param(ArenaConfig, "the arena world (prompts.source=arena: exact gold measurements)")
+    ppo: PPOAlgoConfig = param(PPOAlgoConfig, "the PPO objective")
+    sampling: PPOSamplingConfig = param(PPOSamplingConfig, "response sampling")
+    train: PPOTrainConfig = param(PPOTrainConfig, "optimization")
+    eval: PPOEvalConfig = param(PPOEvalConfig, "measurements")
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final hidden states whose row t predicts token t + 1, (B, T−1, H)."""
+    base = getattr(model, model.base_model_prefix)
+    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+
+
+def _token_logps(model: nn.Module, hidden: Tensor, input_ids: Tensor, mask: Tensor, chunk_size: int) -> Tensor:
+    """log π(y_t) at response positions, (B, T−1); only response rows are projected, in chunks."""
+    weight = model.get_output_embeddings().weight  # (V, H)
+    return response_logprobs(hidden, weight, input_ids[:, 1:], mask, chunk_size=chunk_size)
+
+
+class PolicyWithValue(nn.Module):
+    """π_θ and V_φ on one trunk: forward → (log π(y_t) (B, T−1), V(t) (B, T−1)), 0 off the response."""
+
+    def __init__(self, model: nn.Module, *, chunk_size: int = 1024) -> None:
+        super().__init__()
+        self.model = model
+        self.value_head = nn.Linear(model.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+        mask = response_mask[:, 1:].bool()  # (B, T−1): position t predicts response token t + 1
+        hidden = _hidden(self.model, input_ids, attention_mask)  # (B, T−1, H)
+        return _token_logps(self.model, hidden, input_ids, mask, self.chunk_size), self.values(hidden, mask)
+
+    def values(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """V(t) from the hidden state that predicts token t + 1, (B, T−1) float32, 0 off ``mask``."""
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return torch.where(mask, values, 0.0)
+
+
+@torch.no_grad()
+def _token_entropy(model: nn.Module, hidden: Tensor, mask: Tensor, chunk_size: int) -> Tensor:
+    """Entropy of π(· | context) at the response positions, (N,), ``chunk_size`` rows at a time."""
+    weight = model.get_output_embeddings().weight
+    rows = hidden[mask]  # (N, H)
+    out = []
+    for start in range(0, rows.shape[0], chunk_size):
+        logp = torch.log_softmax((rows[start : start + chunk_size] @ weight.T).float(), dim=-1)  # (c, V)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out) if out else rows.new_zeros(0, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class Rollout:
+    """One iteration's samples and their per-token quantities; token tensors are (B, T−1) and aligned
+    with the right-padded batch :meth:`PPO.batch` builds (column t predicts token t + 1)."""
+
+    responses: Responses
+    mask: Tensor  # bool, response tokens
+    old_logps: Tensor
+    ref_logps: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    metrics: dict[str, float]
+
+
+class PPO:
+    """State of one PPO run and its operations: rollout, optimize, measure."""
+
+    def __init__(self, cfg: PPOConfig, log) -> None:
+        self.cfg, self.log = cfg, log
+        tc = cfg.train
+        self.acc = make_accelerator(self._train_config(), cfg.output_dir)
+        if tc.rollout_batch_size % self.acc.num_processes:
+            raise PrefgameError(
+                f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
+                f"{self.acc.num_processes} processes; choose a multiple"
+            )
+        if not cfg.policy.name_or_path:
+            raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
+        if not cfg.reward.path:
+            raise PrefgameError("reward.path is empty: give a BT reward model folder (prefgame train-pm, kind bt)")
+        dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
+        self.tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
+        policy = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
+        if tc.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(self.acc.device)
+        self.ref.requires_grad_(False)
+        self.ref.eval()
+        self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
+        self.module = PolicyWithValue(policy, chunk_size=tc.logprob_chunk_size)
+        self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), self._train_config())
+        self.wrapper, self.optimizer = self.acc.prepare(self.module, self.optimizer)
+        self.policy = policy
+        self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
+        self.steps_done = 0  # optimizer steps taken (for messages)
+        self.arena = cfg.arena.build() if cfg.prompts.source == "arena" else None
+        self.train_prompts, self.eval_prompts = self._prompt_pools()
+
+    def _train_config(self) -> TrainConfig:
+        tc = self.cfg.train
+        steps_per_iteration = self.cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
+        return TrainConfig(
+            seed=tc.seed,
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            warmup_steps=tc.warmup_steps,
+            schedule=tc.schedule,
+            max_steps=tc.iterations * steps_per_iteration,
+            batch_size=tc.mini_batch_size,
+            micro_batch_size=tc.micro_batch_size,
+            max_grad_norm=tc.max_grad_norm,
+            mixed_precision=tc.mixed_precision,
+            report_to=tc.report_to,
+        )
+
+    def _prompt_pools(self) -> tuple[list[str], list[str]]:
+        """(training prompts, held-out prompts): a seeded permutation, the first ``eval.prompts`` held out."""
+        cfg = self.cfg
+        if cfg.prompts.source == "arena":
+            texts = [p.text for p in self.arena.prompts]
+        else:
+            if not cfg.prompts.path:
+                raise PrefgameError("prompts.path is empty: give a prompt file, or set prompts.source=arena")
+            from prefgame.data.load import load_raw
+
+            table = load_raw(cfg.prompts.path, split=cfg.prompts.split)
+            if cfg.prompts.field not in table.column_names:
+                raise PrefgameError(
+                    f"{cfg.prompts.path}: no column '{cfg.prompts.field}' (columns: {', '.join(table.column_names)})"
+                )
+            texts = list(dict.fromkeys(str(x) for x in table[cfg.prompts.field] if str(x).strip()))
+        order = np.random.default_rng([cfg.train.seed, 0x99]).permutation(len(texts))
+        n_eval = min(cfg.eval.prompts, len(texts) // 2)
+        return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
+
+    # -- operations ---------------------------------------------------------------------------------
+    def iteration_prompts(self, t: int) -> list[str]:
+        """This process's share of iteration t's prompts."""
+        rng = np.random.default_rng([self.cfg.train.seed, t, PROMPTS])
+        n = self.cfg.train.rollout_batch_size
+        idx = rng.choice(len(self.train_prompts), size=n, replace=n > len(self.train_prompts))
+        return [self.train_prompts[i] for i in idx][self.acc.process_index :: self.acc.num_processes]
+
+    def sample(self, model, prompts: Sequence[str], seed: tuple[int, ...], n: int = 1) -> Responses:
+        sc = self.cfg.sampling
+        return generate(
+            model, None, self.tok, prompts, n=n, mixture_coef=0.0, max_new_tokens=sc.max_new_tokens,
+            seed=seed, batch_size=sc.batch_size, use_cache=sc.use_cache,
+        )  # fmt: skip
+
+    def batch(self, responses: Responses, idx) -> dict[str, Tensor]:
+        b = build_pairs_batch(
+            [responses.prompt_ids[i] for i in idx], [responses.response_ids[i] for i in idx], self.tok.pad_token_id
+        )
+        return {k: v.to(self.acc.device) for k, v in b.items()}
+
+    def eos_missing(self, responses: Responses) -> Tensor:
+        eos = self.tok.eos_token_id
+        return torch.tensor([len(r) == 0 or r[-1] != eos for r in responses.response_ids])
+
+    @torch.no_grad()
+    def scores(self, responses: Responses) -> Tensor:
+        """r(x, y) of the reward model, (N,) float32 on CPU."""
+        return self.reward_model.reward(responses.prompts, responses.texts).float().cpu()
+
+    @torch.no_grad()
+    def rollout(self, t: int) -> Rollout:
+        """Sample, score, and compute the per-token rewards, advantages and returns of iteration t."""
+        cfg, acc, p = self.cfg, self.acc, self.cfg.ppo
+        ys = self.sample(self.policy, self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, acc.process_index))
+        scores = self.scores(ys)  # (B,)
+        full = self.batch(ys, range(len(ys)))
+        mask = full["response_mask"][:, 1:].bool()  # (B, T−1)
+        old_logps, values, ref_logps = (torch.zeros(mask.shape, device=acc.device) for _ in range(3))
+        entropies = []
+        self.module.eval()
+        chunk = cfg.train.logprob_chunk_size
+        for start in range(0, len(ys), cfg.train.micro_batch_size):
+            rows = slice(start, start + cfg.train.micro_batch_size)
+            mb = {k: v[rows] for k, v in full.items()}
+            with acc.autocast():
+                hidden = _hidden(self.policy, mb["input_ids"], mb["attention_mask"])  # (b, T−1, H)
+                old_logps[rows] = _token_logps(self.policy, hidden, mb["input_ids"], mask[rows], chunk).float()
+                values[rows] = self.module.values(hidden, mask[rows])
+                entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
+                ref_hidden = _hidden(self.ref, mb["input_ids"], mb["attention_mask"])
+                ref_logps[rows] = _token_logps(self.ref, ref_hidden, mb["input_ids"], mask[rows], chunk).float()
+        self.module.train()
+        eos_missing = self.eos_missing(ys).to(acc.device)
+        penalty = cfg.reward.missing_eos_penalty or None
+        kl_coef = 0.0 if p.kl_in_loss else p.kl_coef
+        rewards, info = kl_penalized_rewards(
+            scores.to(acc.device), old_logps, ref_logps, mask, kl_coef=kl_coef,
+            eos_missing=eos_missing, missing_eos_penalty=penalty,
+        )  # fmt: skip
+        if p.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, mask, gamma=p.gamma, lam=p.lam)
+        if p.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        metrics = {
+            "score": float(scores.mean()),
+            "kl": float(info["kl"]),
+            "non_score_reward": float(info["non_score_reward"]),
+            "entropy": float(torch.cat(entropies).mean()),
+            "response_tokens": float(mask.sum(-1).float().mean()),
+            "eos_rate": 1.0 - float(eos_missing.float().mean()),
+            "value_mean": float(masked_mean(values, mask)),
+            "return_mean": float(masked_mean(returns, mask)),
+        }
+        return Rollout(ys, mask, old_logps, ref_logps, values, advantages, returns, metrics)
+
+    def micro_loss(self, ro: Rollout, rows: np.ndarray, normalizer: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of a micro-batch: a sum over its response tokens divided by ``normalizer``."""
+        p = self.cfg.ppo
+        batch = self.batch(ro.responses, rows)
+        width = batch["input_ids"].shape[1] - 1  # rollout tensors are padded to the longest sequence
+        idx = torch.as_tensor(rows, device=self.acc.device)
+
+        def take(x: Tensor) -> Tensor:
+            return x[idx, :width]
+
+        mask = take(ro.mask)
+        logps, values = self.wrapper(**batch)
+        pg_loss, pg_m = ppo_policy_loss(
+            logps, take(ro.old_logps), take(ro.advantages), mask, clip_range=p.clip_range, normalizer=normalizer
+        )
+        vf_loss, vf_m = ppo_value_loss(
+            values, take(ro.values), take(ro.returns), mask, clip_range_value=p.clip_range_value, normalizer=normalizer
+        )
+        loss = pg_loss + p.vf_coef * vf_loss
+        metrics = {"pg_loss": pg_loss.detach(), "vf_loss": vf_loss.detach(), **pg_m, **vf_m}
+        if p.kl_in_loss:
+            kl, kl_m = kl_loss(logps, take(ro.ref_logps), mask, estimator=p.kl_estimator, normalizer=normalizer)
+            loss = loss + p.kl_coef * kl
+            metrics["kl_loss"] = kl.detach()
+        return loss, metrics
+
+    def optimize(self, ro: Rollout, t: int) -> dict[str, float]:
+        """``ppo.epochs`` passes over the rollout, one optimizer step per mini-batch."""
+        tc, acc = self.cfg.train, self.acc
+        n_local = len(ro.responses)
+        mini = tc.mini_batch_size // acc.num_processes
+        sums: dict[str, float] = {}
+        n_steps = 0
+        for epoch in range(self.cfg.ppo.epochs):
+            order = np.random.default_rng([tc.seed, t, ORDER, epoch]).permutation(n_local)
+            for start in range(0, n_local, mini):
+                rows = order[start : start + mini]
+                step = self.step(ro, rows)
+                for k, v in step.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_steps += 1
+        return {k: v / max(n_steps, 1) for k, v in sums.items()}
+
+    def step(self, ro: Rollout, rows: np.ndarray) -> dict[str, float]:
+        """One optimizer step on the mini-batch ``rows`` (micro-batches × accumulation)."""
+        tc, acc = self.cfg.train, self.acc
+        n_tokens = acc.reduce(ro.mask[torch.as_tensor(rows)].sum().float(), reduction="sum")  # global tokens
+        normalizer = float(n_tokens.clamp(min=1))
+        micro = [rows[i : i + tc.micro_batch_size] for i in range(0, len(rows), tc.micro_batch_size)]
+        step_loss = torch.zeros((), device=acc.device)
+        sums: dict[str, float] = {}
+        for k, mb in enumerate(micro):
+            ctx = acc.no_sync(self.wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                loss, metrics = self.micro_loss(ro, mb, normalizer)
+                acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
+            step_loss += loss.detach()
+            for key, v in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(v) * len(mb) / len(rows)
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.wrapper.parameters(), max_norm)
+        step_loss = acc.reduce(step_loss, reduction="sum")
+        if self.guard.check(self.steps_done, step_loss, grad_norm):
+            self.optimizer.step()
+        self.steps_done += 1
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": float(step_loss), "grad_norm": float(grad_norm), **sums}
+
+    @torch.no_grad()
+    def sequence_logps(self, model, responses: Responses) -> Tensor:
+        """log π(y | x) summed over response tokens, (N,) float32 on CPU."""
+        out = []
+        for start in range(0, len(responses), self.cfg.train.micro_batch_size):
+            b = self.batch(responses, range(start, min(start + self.cfg.train.micro_batch_size, len(responses))))
+            mask = b["response_mask"][:, 1:].bool()
+            with self.acc.autocast():
+                hidden = _hidden(model, b["input_ids"], b["attention_mask"])
+                logps = _token_logps(model, hidden, b["input_ids"], mask, self.cfg.train.logprob_chunk_size)
+            out.append(sequence_logprobs(logps.float(), mask).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+# ---------------------------------------------------------------------------------------------- measurements
+
+
+class Evaluator:
+    """Held-out measurements: reward, Monte Carlo KL(π‖π0), length, EOS rate; arena gold figures."""
+
+    def __init__(self, ppo: PPO) -> None:
+        self.ppo = ppo
+        ec = ppo.cfg.eval
+        self.reference = ppo.sample(
+            ppo.ref, ppo.eval_prompts, (ppo.cfg.train.seed, 0, REF_EVAL), n=ec.reference_samples_per_prompt
+        )
+        self.ref_classes = None
+        if ppo.arena is not None:
+            self.ref_classes = ppo.arena.class_distribution(self.reference.prompts, self.reference.texts)
+        self.ref_score = float(ppo.scores(self.reference).mean())
+        self.seconds = 0.0
+
+    def measure(self, t: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        ppo = self.ppo
+        was_training = ppo.policy.training
+        ppo.policy.eval()
+        ys = ppo.sample(ppo.policy, ppo.eval_prompts, (ppo.cfg.train.seed, t, EVAL), n=ppo.cfg.eval.samples_per_prompt)
+        log_ratio = ppo.sequence_logps(ppo.policy, ys) - ppo.sequence_logps(ppo.ref, ys)  # (N,)
+        ppo.policy.train(was_training)
+        scores = ppo.scores(ys)
+        row: dict[str, Any] = {
+            "eval/score": float(scores.mean()),
+            "eval/score_ref": self.ref_score,
+            "eval/kl_to_ref": float(log_ratio.mean()),
+            "eval/kl_to_ref_se": float(log_ratio.std() / math.sqrt(len(log_ratio))) if len(log_ratio) > 1 else 0.0,
+            "eval/response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
+            "eval/eos_rate": 1.0 - float(ppo.eos_missing(ys).float().mean()),
+        }
+        if ppo.arena is not None:
+            classes = ppo.arena.class_distribution(ys.prompts, ys.texts)
+            row["eval/gold_win_rate_vs_ref"] = ppo.arena.win_rate(classes, self.ref_classes)
+            row["eval/exploitability"] = ppo.arena.exploitability(classes)
+            row["eval/exploitability_ref"] = ppo.arena.exploitability(self.ref_classes)
+        self.seconds += time.perf_counter() - start
+        return row
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def _load_reward_model(cfg: PPORewardConfig, device):
+    from prefgame.models import load_preference_model
+
+    model = load_preference_model(cfg.path, device=device, batch_size=cfg.batch_size)
+    if not model.heads[0].is_reward:
+        raise PrefgameError(
+            f"reward.path={cfg.path}: a '{model.kind}' model has no scalar reward; PPO needs kind bt or gated"
+        )
+    model.requires_grad_(False)
+    return model
+
+
+def run(cfg: PPOConfig) -> dict:
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    out = RunDir(cfg.output_dir, name="prefgame.ppo")
+    log = out.start_logging()
+    try:
+        return train(cfg, out, log)
+    finally:
+        out.close()
+
+
+def train(cfg: PPOConfig, out: RunDir, log) -> dict:
+    t_start = time.perf_counter()
+    tc = cfg.train
+    seed_everything(tc.seed)
+    resume_from = latest_checkpoint(out.path) if cfg.resume else None
+    ppo = PPO(cfg, log)
+    acc = ppo.acc
+    if acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    trackers = [s.strip() for s in tc.report_to.split(",") if s.strip() and s.strip() != "none"]
+    if trackers:
+        from prefgame.train.pm import _flat
+
+        acc.init_trackers("prefgame-ppo", config=_flat(config_to_dict(cfg)))
+    start = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
+                                scheduler=ppo.scheduler)  # fmt: skip
+        start = state["step"]
+        out.truncate_metrics(start)
+        log.info(f"resumed from {resume_from} at iteration {start}")
+    n_params = sum(p.numel() for p in ppo.policy.parameters())
+    log.info(
+        f"ppo: {tc.iterations} iterations × {tc.rollout_batch_size} prompts, {cfg.ppo.epochs} epochs of "
+        f"mini-batches of {tc.mini_batch_size}, β={cfg.ppo.kl_coef} ({'loss' if cfg.ppo.kl_in_loss else 'reward'}), "
+        f"policy {n_params / 1e6:.2f}M parameters, reward model {ppo.reward_model.name}"
+    )
+    evaluator = Evaluator(ppo) if acc.is_main_process else None
+    initial: dict[str, Any] = {}
+    if evaluator is not None and start == 0:
+        initial = evaluator.measure(0)
+        out.log_metrics(0, {"iteration": 0, **initial})
+    elif evaluator is not None:  # the measurement of π0 written by the interrupted run
+        rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
+        initial = next((r for r in rows if r.get("iteration") == 0), {})
+        initial = {k: v for k, v in initial.items() if k.startswith("eval/")}
+    progress = Progress(tc.iterations - start, "ppo", log, every_s=5.0)
+    final = initial
+    train_seconds = 0.0
+    for t in range(start, tc.iterations):
+        t0 = time.perf_counter()
+        ro = ppo.rollout(t)
+        info = ppo.optimize(ro, t)
+        train_seconds += time.perf_counter() - t0
+        done = t + 1
+        row: dict[str, Any] = {
+            "iteration": done, **ro.metrics, **info, "lr": ppo.scheduler.get_last_lr()[0],
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
+        if evaluator is not None and ((cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations):
+            final = evaluator.measure(done)
+            row.update(final)
+        if acc.is_main_process:
+            out.log_metrics(done, row)
+            if trackers:
+                acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
+            if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
+                save_checkpoint(
+                    out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
+                    scheduler=ppo.scheduler, state={}, keep=tc.keep_checkpoints,
+                )  # fmt: skip
+        progress.update(**{k: row[k] for k in ("score", "kl", "eval/gold_win_rate_vs_ref") if k in row})
+    acc.wait_for_everyone()
+    metrics: dict[str, Any] = {
+        "iterations": tc.iterations,
+        "kl_coef": cfg.ppo.kl_coef,
+        "kl_in_loss": cfg.ppo.kl_in_loss,
+        "parameters": n_params,
+        "reward_model": str(cfg.reward.path),
+        "initial": initial,
+        "final": final,
+        "nonfinite_steps": ppo.guard.total,
+        "seconds": {
+            "total": time.perf_counter() - t_start,
+            "iterations": train_seconds,
+            "measurements": evaluator.seconds if evaluator else 0.0,
+        },
+        "model_path": str(out.path / "model"),
+    }
+    if acc.is_main_process:
+        save_model(ppo.policy, ppo.tok, out.path / "model")
+        from safetensors.torch import save_file
+
+        head = {k: v.detach().contiguous().cpu() for k, v in ppo.module.value_head.state_dict().items()}
+        save_file(head, str(out.path / "value_head.safetensors"))
+        out.write_metrics(metrics)
+        log.info(summary_line(metrics))
+    if trackers:
+        acc.end_training()
+    return metrics
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    f = m.get("final", {})
+    text = (
+        f"ppo done (β={m['kl_coef']}): reward {f.get('eval/score', math.nan):.3f} "
+        f"(π0 {f.get('eval/score_ref', math.nan):.3f}), KL to π0 {f.get('eval/kl_to_ref', math.nan):.3f}"
+    )
+    if "eval/gold_win_rate_vs_ref" in f:
+        text += f", gold win rate vs π0 {f['eval/gold_win_rate_vs_ref']:.3f}"
+    return text + f"; model in {m['model_path']}"
+
+
+# ---------------------------------------------------------------------------------------------- library entry
+
+
+def ppo_config(config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> PPOConfig:
+    return load_config(PPOConfig, config_file, list(overrides))
+
+
+def train_ppo_arena(
+    pi0_path: str | Path,
+    reward_model_path: str | Path,
+    output_dir: str | Path = "runs/ppo",
+    *,
+    kl_coef: float | None = None,
+    overrides: Sequence[str] = (),
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """PPO from the π0 folder ``pi0_path`` against the BT reward model at ``reward_model_path`` on the
+    arena prompts, with the arena defaults of :class:`PPOConfig` (configs/ppo/arena.yaml holds the same
+    values); ``kl_coef`` sets β, ``overrides`` are ``key=value`` strings. Returns the final metrics,
+    with ``model_path`` the trained policy's folder."""
+    args = [f"policy.name_or_path={pi0_path}", f"reward.path={reward_model_path}", f"output_dir={output_dir}"]
+    if kl_coef is not None:
+        args.append(f"ppo.kl_coef={kl_coef}")
+    cfg = ppo_config(None, [*args, *overrides])
+    out = RunDir(cfg.output_dir, name="prefgame.ppo")
+    log = out.start_logging(quiet=quiet)
+    try:
+        return train(cfg, out, log)
+    finally:
+        out.close()
