@@ -163,15 +163,29 @@ class RunDir:
         atomic_write_json(self.file("metrics.json"), metrics)
 
     def start_fresh(self) -> None:
-        """Remove outputs of an earlier run (not resumed) so nothing stale looks current."""
+        """Remove outputs of an earlier run (not resumed) so nothing stale looks current.
+
+        Old checkpoints go too: a later ``resume=true`` must continue this run, not the earlier one.
+        """
         for name in ("metrics.json", "metrics.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 self.file(name).unlink()
+        for name in ("checkpoints", "model"):
+            shutil.rmtree(self.file(name), ignore_errors=True)
 
     # -- logging -----------------------------------------------------------------------------
     def start_logging(self, *, quiet: bool = False) -> logging.Logger:
         root = logging.getLogger("prefgame")
         root.setLevel(logging.INFO)
+        rank = int(os.environ.get("RANK", "0"))  # set by torchrun / accelerate launch
+        if rank > 0:  # other data-parallel processes: warnings on the console; rank 0 writes log.txt
+            if not any(getattr(h, "_prefgame_console", False) for h in root.handlers):
+                console = logging.StreamHandler(sys.stderr)
+                console.setLevel(logging.WARNING)
+                console.setFormatter(logging.Formatter(f"[prefgame rank {rank}] %(message)s"))
+                console._prefgame_console = True  # type: ignore[attr-defined]
+                root.addHandler(console)
+            return self.logger
         self._handler = logging.FileHandler(self.file("log.txt"), encoding="utf-8")
         self._handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(self._handler)
@@ -205,6 +219,4 @@ class Progress:
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-            self.logger.info(
-                f"{self.desc}: {self.done}/{self.total} ({rate:.2f}/s, eta {eta:.0f}s) {extra}".rstrip()
-            )
+            self.logger.info(f"{self.desc}: {self.done}/{self.total} ({rate:.2f}/s, eta {eta:.0f}s) {extra}".rstrip())

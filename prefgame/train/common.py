@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,9 +55,7 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
     report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
-    max_nonfinite_steps: int = param(
-        3, "stop after this many consecutive steps with a non-finite loss or gradient"
-    )
+    max_nonfinite_steps: int = param(3, "stop after this many consecutive steps with a non-finite loss or gradient")
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.micro_batch_size <= 0:
@@ -70,7 +69,16 @@ def make_accelerator(cfg: TrainConfig, output_dir: str | Path) -> Accelerator:
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
-    acc = Accelerator(mixed_precision=precision, log_with=trackers or None, project_dir=str(output_dir))
+    # Under torchrun / accelerate launch on a machine without GPUs, accelerate only joins the process
+    # group when told to use the CPU (gloo); without it every process would train alone on the full batch.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = world_size > 1 and not torch.cuda.is_available()
+    acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None, project_dir=str(output_dir))
+    if acc.num_processes != world_size:
+        raise PrefgameError(
+            f"launched as {world_size} processes but accelerate joined {acc.num_processes}: "
+            "use 'accelerate launch --config_file configs/accelerate/<config>.yaml -m prefgame ...' or torchrun"
+        )
     if cfg.batch_size % acc.num_processes:
         raise PrefgameError(
             f"train.batch_size={cfg.batch_size} is not divisible by the {acc.num_processes} processes; "
@@ -97,9 +105,7 @@ def step_indices(n_examples: int, batch_size: int, seed: int, step: int) -> np.n
     return np.asarray(out)
 
 
-def local_micro_batches(
-    indices: np.ndarray, micro_batch_size: int, rank: int, world_size: int
-) -> Iterator[np.ndarray]:
+def local_micro_batches(indices: np.ndarray, micro_batch_size: int, rank: int, world_size: int) -> Iterator[np.ndarray]:
     """This process's strided share of a step's indices, cut into micro-batches."""
     mine = indices[rank::world_size]
     for start in range(0, len(mine), micro_batch_size):
@@ -121,9 +127,7 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_optimizer(
-    params, cfg: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(params, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 
@@ -176,9 +180,7 @@ def save_checkpoint(
         for name, module in modules.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(_untie(tensors), str(tmp / f"{name}.safetensors"))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt"
-        )
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     old = sorted(checkpoint_dir(output_dir).glob("step-*"))[:-keep] if keep > 0 else []
     for path in old:
@@ -198,9 +200,7 @@ def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = [
-        p for p in sorted(checkpoint_dir(output_dir).glob("step-*")) if (p / "trainer_state.json").exists()
-    ]
+    ckpts = [p for p in sorted(checkpoint_dir(output_dir).glob("step-*")) if (p / "trainer_state.json").exists()]
     return ckpts[-1] if ckpts else None
 
 

@@ -1,0 +1,147 @@
+"""Data-parallel invariance: a few optimizer steps run as two processes (CPU, gloo, launched with
+``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m prefgame ...``) end with the
+same parameters as one process with the same global batch.
+
+Why they should: each process takes a strided half of a step's examples (``local_micro_batches``),
+losses are sums over the step's examples divided by the global count, and the trainers multiply
+by the number of processes to undo DDP's gradient averaging. The two runs therefore differ only in
+float32 summation order (micro-batches of 4 on one process vs one micro-batch of 4 per process and
+an all-reduce), which after a few Adam steps moves weights by ~1e-6; a missing rescaling, a
+duplicated or dropped example, or processes that do not talk to each other move them by ≥ 1e-3.
+
+To cover another trainer, add a :class:`Case` to ``CASES``. Each case is one ``accelerate launch``
+(two Python start-ups, ~15–25 s on two busy cores) plus a fast in-process one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.launch import assert_same_weights, launch, load_weights
+
+from prefgame.cli import main
+
+ATOL = 2e-5  # observed differences are ~2e-6; a wrong gradient scale gives ≥ 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One trainer's invariance run: ``args(arena_dir, pi0_dir)`` are the job's key=value settings
+    (global batch 8); the one-process run uses micro-batches of 4, each of the two processes one of 4."""
+
+    job: str
+    args: Callable[[Path, Path], list[str]]
+    weights: str = "model"  # the folder under output_dir whose safetensors are compared
+
+
+def sft_args(arena: Path, pi0: Path) -> list[str]:
+    return [
+        f"data.path={arena / 'sft.jsonl'}",
+        f"model.tokenizer={arena / 'tokenizer'}",
+        *TINY_LM,
+        "data.max_length=64",
+        "data.eval_fraction=0",
+        *TRAIN,
+    ]
+
+
+def pm_args(arena: Path, pi0: Path) -> list[str]:
+    # The gpm kind with a fine-tuned backbone: DDP synchronizes the encoder and the head.
+    return [
+        f"data.path={arena / 'pairs.jsonl'}",
+        "data.eval_fraction=0.1",
+        "model.kind=gpm",
+        "model.backbone.freeze=false",
+        f"model.backbone.tokenizer={arena / 'tokenizer'}",
+        "model.backbone.hidden_size=32",
+        "model.backbone.num_layers=2",
+        "model.backbone.num_heads=2",
+        "model.backbone.intermediate_size=64",
+        "model.backbone.max_length=64",
+        *TRAIN,
+    ]
+
+
+def dpo_args(arena: Path, pi0: Path) -> list[str]:
+    return [
+        f"policy.name_or_path={pi0}",
+        f"data.path={arena / 'pairs.jsonl'}",
+        "data.eval_fraction=0",
+        "data.max_length=64",
+        *TRAIN,
+    ]
+
+
+def selfplay_args(arena: Path, pi0: Path) -> list[str]:
+    return [
+        f"policy.name_or_path={pi0}",
+        "algorithm=inpo",
+        "sampling.prompts_per_iteration=4",
+        "sampling.samples_per_prompt=2",
+        "sampling.max_new_tokens=6",
+        "train.iterations=2",
+        "train.steps_per_iteration=2",
+        "train.batch_size=8",
+        "train.lr=1e-2",
+        "train.mixed_precision=no",
+        "train.save_every=0",
+        "eval.every=0",
+        "eval.prompts=4",
+        "eval.samples_per_prompt=1",
+        "eval.reference_samples_per_prompt=1",
+    ]
+
+
+TINY_LM = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
+TRAIN = [
+    "train.max_steps=4",
+    "train.batch_size=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=1",
+    "train.eval_every=0",
+    "train.save_every=0",
+    "train.log_every=1",
+    "train.mixed_precision=no",
+]
+
+CASES = [
+    Case("sft", sft_args),
+    Case("train-pm", pm_args),
+    Case("dpo", dpo_args),
+    Case("selfplay", selfplay_args),
+]
+
+
+@pytest.fixture(scope="module")
+def pi0_dir(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny π0 (hidden 32, 2 layers) after 5 SFT steps, for the trainers that start from a policy."""
+    out = tmp_path_factory.mktemp("pi0")
+    args = [*sft_args(arena_dir, out), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={out}"]
+    assert main(["sft", *args]) == 0
+    return out / "model"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.job for c in CASES])
+def test_two_processes_equal_one(case: Case, arena_dir: Path, pi0_dir: Path, tmp_path: Path) -> None:
+    args = case.args(arena_dir, pi0_dir)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([case.job, *args, "train.micro_batch_size=4", f"output_dir={one}"]) == 0
+    launch(case.job, [*args, "train.micro_batch_size=4", f"output_dir={two}"], nproc=2)
+
+    for run_dir in (one, two):
+        assert (run_dir / "metrics.json").is_file()
+    assert_same_weights(one / case.weights, two / case.weights, atol=ATOL)
+    # The runs trained: the compared weights moved away from where they started.
+    if case.job in ("dpo", "selfplay"):
+        start, end = load_weights(pi0_dir), load_weights(one / case.weights)
+        assert any(not start[k].equal(end[k]) for k in start)
+    # Per-step losses are all-reduced over processes: the logged curves agree too.
+    curves = []
+    for run_dir in (one, two):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        curves.append([r["loss"] for r in rows if "loss" in r])
+    assert curves[0] and curves[0] == pytest.approx(curves[1], rel=1e-4)
