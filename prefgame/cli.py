@@ -68,6 +68,13 @@ JOBS: list[JobCommand] = [
         "prefgame selfplay --config configs/selfplay/nash_md.yaml policy.name_or_path=runs/quickstart/pi0/model",
     ),
     JobCommand(
+        "dpo",
+        "DPO family (dpo, ipo, cdpo, length-regularized), offline on pairs or online iterative with an oracle",
+        "prefgame.train.dpo:DPOConfig",
+        "prefgame.train.dpo:run",
+        "prefgame dpo --config configs/dpo/arena.yaml policy.name_or_path=runs/quickstart/pi0/model",
+    ),
+    JobCommand(
         "ppo",
         "PPO from π0 against a Bradley–Terry reward model (value head, GAE, clipped objectives, KL to π0)",
         "prefgame.train.ppo:PPOConfig",
@@ -89,10 +96,18 @@ JOBS: list[JobCommand] = [
         "prefgame.train.pm:score",
         "prefgame score model=runs/pm-gpm data=runs/arena/pairs.jsonl out=runs/pm-gpm/scored.jsonl",
     ),
+    JobCommand(
+        "generate",
+        "write model outputs for evaluation (jsonl: prompt, output, generator, lengths) from any causal LM",
+        "prefgame.generate:GenerateConfig",
+        "prefgame.generate:run",
+        "prefgame generate model=runs/quickstart/pi0/model prompts=arena max_prompts=200 out=runs/eval/pi0.jsonl",
+    ),
 ]
 
 TOOLS: list[ToolCommand] = [
     ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.cli"),
+    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.cli"),
 ]
 
 

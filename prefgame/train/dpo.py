@@ -1,0 +1,713 @@
+"""The DPO family (``prefgame dpo``, DESIGN §3.4): DPO, IPO, conservative DPO, length-regularized DPO.
+
+Loss (:func:`prefgame.losses.dpo_loss`), with Δ = log π(y_w)/π0(y_w) − log π(y_l)/π0(y_l) and
+z = βΔ − α(|y_w| − |y_l|):
+
+    sigmoid (DPO; cDPO with ε = label_smoothing): ℓ = −(1 − ε) log σ(z) − ε log σ(−z)
+    ipo:                                          ℓ = (z/β − 1/(2β))²
+
+β (``loss.beta``) is the inverse temperature of the implicit reward r = β log π/π0; α is
+``loss.length_alpha``. Two modes:
+
+- **offline** (``mode: offline``): a fixed preference data set loaded with :mod:`prefgame.data` (arena
+  pairs export, UltraFeedback-binarized, HH, any ``pairs`` format). The reference π0 is the initial
+  policy: its log-probabilities of every chosen and rejected response are computed once, before the
+  first step, and no reference model is kept in memory. Log-probabilities are taken over response
+  tokens only, projected to the vocabulary in chunks (:func:`prefgame.losses.response_logprobs`);
+  chosen and rejected sequences share one forward pass, and each step's examples are sorted by
+  length before they are cut into micro-batches (less padding, same gradient).
+- **online** (``mode: online``, iterative DPO): each round samples K responses per prompt from the
+  current policy (KV cache), asks a preference oracle (arena gold or annotator, a trained preference
+  model, a judge) for the K×K matrix of each prompt, pairs the sample with the highest leave-one-out
+  win rate against the one with the lowest, and takes ``online.steps_per_round`` steps with π0 fixed
+  as the reference. Sampling, oracle queries, optimization and the held-out measurements (win rates
+  and KL against π0; on the arena the exact class-level figures) are those of
+  :class:`prefgame.train.selfplay.SelfPlay`.
+
+Resume is exact: offline at step granularity, online at round granularity (see
+:mod:`prefgame.train.common`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from prefgame.arena.job import ArenaConfig
+from prefgame.config import load_config, param
+from prefgame.errors import DataError, PrefgameError
+from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer
+from prefgame.losses import dpo_loss, response_logprobs, sequence_logprobs, sequence_mean_logprobs
+from prefgame.oracle import PreferenceOracle
+from prefgame.run import Progress, RunDir, seed_everything
+from prefgame.train.common import (
+    NonFiniteGuard,
+    TrainConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    local_micro_batches,
+    make_accelerator,
+    make_optimizer,
+    save_checkpoint,
+    step_indices,
+)
+from prefgame.train.selfplay import (
+    OracleConfig,
+    PolicyConfig,
+    PromptsConfig,
+    SamplingConfig,
+    SelfPlayEvalConfig,
+)
+from prefgame.train.sft import save_model
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class DPODataConfig:
+    path: str = param("", "offline: preference pairs, a .jsonl/.json/.parquet/.csv file or a hub data set")
+    split: str = param("train", "split to read from a hub data set")
+    format: str = param("", "input format (pairs, hh, chat, ...); empty: detected from the columns")
+    skip_invalid: bool = param(False, "drop invalid rows (reported in the log) instead of stopping")
+    max_pairs: int = param(0, "use only the first N pairs (0: all)")
+    eval_fraction: float = param(0.05, "share of pairs held out for eval loss, reward accuracy and margins")
+    max_length: int = param(512, "truncate prompt+response to this many tokens (keeps the prompt's end)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("data.eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class DPOLossConfig:
+    loss_type: Literal["sigmoid", "ipo"] = param("sigmoid", "sigmoid: DPO / cDPO / R-DPO; ipo: IPO")
+    beta: float = param(0.1, "β, inverse temperature of the implicit reward β log π/π0")
+    label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid only): share of flipped labels")
+    length_alpha: float = param(0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward")
+    length_normalize: bool = param(
+        False, "offline: use the mean log-prob per response token instead of the sum (length-normalized IPO)"
+    )
+    chunk_size: int = param(1024, "response tokens projected to the vocabulary at once (chunked log-softmax)")
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError("loss.beta must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError("loss.label_smoothing must be in [0, 0.5)")
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ValueError("loss.label_smoothing applies to loss_type=sigmoid only")
+        if self.chunk_size < 1:
+            raise ValueError("loss.chunk_size must be ≥ 1")
+
+
+@dataclass
+class OnlineConfig:
+    rounds: int = param(20, "online: rounds of sample → rank → train")
+    steps_per_round: int = param(4, "online: optimizer steps on each round's pairs")
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.steps_per_round < 1:
+            raise ValueError("online.rounds must be ≥ 0 and online.steps_per_round ≥ 1")
+
+
+@dataclass
+class DPOConfig:
+    output_dir: str = param("runs/dpo", "where the policy, checkpoints, metrics and log are written")
+    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    mode: Literal["offline", "online"] = param("offline", "offline: a fixed data set; online: iterative DPO")
+    policy: PolicyConfig = param(PolicyConfig, "π0: the initial policy, and the fixed reference")
+    loss: DPOLossConfig = param(DPOLossConfig, "the DPO-family loss")
+    data: DPODataConfig = param(DPODataConfig, "offline: the preference data set")
+    train: TrainConfig = param(
+        TrainConfig, "optimization (online: max_steps, eval_every and save_every are set by the online section)"
+    )
+    arena_eval_prompts: int = param(
+        0, "offline, arena data: measure the exact gold win rate vs π0 from this many sampled prompts at the end"
+    )
+    online: OnlineConfig = param(OnlineConfig, "online: rounds")
+    oracle: OracleConfig = param(OracleConfig, "online: the preference oracle that ranks the K samples")
+    prompts: PromptsConfig = param(PromptsConfig, "online: where prompts come from")
+    arena: ArenaConfig = param(ArenaConfig, "the arena world (arena prompts, arena oracles, arena_eval_prompts)")
+    sampling: SamplingConfig = param(SamplingConfig, "online: K samples per prompt from the current policy")
+    eval: SelfPlayEvalConfig = param(SelfPlayEvalConfig, "online: held-out measurements every N rounds")
+
+    def __post_init__(self) -> None:
+        if self.mode == "online" and self.loss.length_normalize:
+            raise ValueError("loss.length_normalize is offline only (online pairs use sequence sums)")
+        if self.arena_eval_prompts < 0:
+            raise ValueError("arena_eval_prompts must be ≥ 0")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class PairSet:
+    """Tokenized preference pairs (chosen preferred) and π0's log-probabilities of both responses."""
+
+    prompt_ids: list[list[int]]
+    chosen_ids: list[list[int]]
+    rejected_ids: list[list[int]]
+    ref_chosen: torch.Tensor | None = None  # (N,) log π0(y_w | x)
+    ref_rejected: torch.Tensor | None = None  # (N,) log π0(y_l | x)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def take(self, idx: Sequence[int]) -> PairSet:
+        return PairSet(
+            [self.prompt_ids[i] for i in idx], [self.chosen_ids[i] for i in idx], [self.rejected_ids[i] for i in idx]
+        )
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) tokens of the longer of the two sequences of each pair (what a micro-batch pads to)."""
+        return np.array([len(p) + max(len(c), len(r)) for p, c, r in zip(*self.columns())])
+
+    def columns(self):
+        return self.prompt_ids, self.chosen_ids, self.rejected_ids
+
+    def batch(self, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """Chosen rows 0..b−1 then rejected rows b..2b−1 of one right-padded batch (see build_pairs_batch)."""
+        prompts = [self.prompt_ids[i] for i in idx]
+        responses = [self.chosen_ids[i] for i in idx] + [self.rejected_ids[i] for i in idx]
+        return build_pairs_batch(prompts + prompts, responses, pad_id)
+
+
+def truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Keep the prompt's end and the response's start so that the pair fits in ``max_length`` tokens."""
+    if len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids, response_ids
+    prompt_ids = prompt_ids[-max(max_length - len(response_ids), max_length // 2) :]
+    return prompt_ids, response_ids[: max_length - len(prompt_ids)]
+
+
+def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int]]:
+    """The pairs of ``cfg.path`` with the preferred response first; ties (label ½) are dropped."""
+    from prefgame.data import load_preferences
+
+    data = load_preferences(cfg.path, split=cfg.split, format=cfg.format or None, skip_invalid=cfg.skip_invalid)
+    if data.kind != "pairs":
+        raise DataError(f"{cfg.path}: read as {data.kind} ({data.format} format); DPO needs preference pairs")
+    ds = data.dataset
+    if cfg.max_pairs:
+        ds = ds.select(range(min(cfg.max_pairs, len(ds))))
+    pairs = PairSet([], [], [])
+    ties = 0
+    for messages, chosen, rejected, label in zip(ds["prompt_messages"], ds["chosen"], ds["rejected"], ds["label"]):
+        if label == 0.5:
+            ties += 1
+            continue
+        if label < 0.5:
+            chosen, rejected = rejected, chosen
+        p_ids = encode_prompt(tokenizer, messages)
+        pc, c_ids = truncate(p_ids, encode_response(tokenizer, chosen), cfg.max_length)
+        pr, r_ids = truncate(p_ids, encode_response(tokenizer, rejected), cfg.max_length)
+        p_ids = pc if len(pc) <= len(pr) else pr  # one prompt for both: the shorter cut
+        pairs.prompt_ids.append(p_ids)
+        pairs.chosen_ids.append(c_ids[: cfg.max_length - len(p_ids)])
+        pairs.rejected_ids.append(r_ids[: cfg.max_length - len(p_ids)])
+    if not len(pairs):
+        raise DataError(f"{cfg.path}: no pair with a strict preference (all {ties} rows are ties)")
+    return pairs, {"rows": len(ds), "ties_dropped": ties}
+
+
+# ---------------------------------------------------------------------------------------------- log-probs
+
+
+class PairLogps(torch.nn.Module):
+    """A causal LM whose forward returns per-sequence log π(y | x) over response tokens, (B,).
+
+    The final hidden states of response positions only are projected to the vocabulary, ``chunk_size``
+    rows at a time in forward and backward (:func:`prefgame.losses.response_logprobs`): no (B, T, V)
+    logits, and none for prompt or padding tokens. Trainers hand this module to
+    ``accelerator.prepare`` so that data-parallel wrappers see the forward that computes the loss.
+    """
+
+    def __init__(self, model, *, chunk_size: int = 1024, length_normalize: bool = False) -> None:
+        super().__init__()
+        self.model, self.chunk_size, self.length_normalize = model, chunk_size, length_normalize
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise PrefgameError("DPO's chunked log-probs need an lm head without bias (Llama, Qwen, GPT-2 …)")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor):
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]  # (B, T−1, H)
+        mask = response_mask[:, 1:]  # (B, T−1): position t predicts token t+1
+        weight = self.model.get_output_embeddings().weight  # (V, H)
+        token_logps = response_logprobs(hidden, weight, input_ids[:, 1:], mask, chunk_size=self.chunk_size)
+        reduce = sequence_mean_logprobs if self.length_normalize else sequence_logprobs
+        return reduce(token_logps, mask)  # (B,)
+
+
+@torch.no_grad()
+def pair_logps(
+    module: PairLogps, pairs: PairSet, pad_id: int, *, batch_size: int, device, autocast=contextlib.nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_w | x), log π(y_l | x) of every pair, (N,) each, float32 on CPU, in eval mode.
+
+    Pairs are processed in order of length so that each batch pads little.
+    """
+    was_training = module.training
+    module.eval()
+    n = len(pairs)
+    chosen, rejected = torch.zeros(n), torch.zeros(n)
+    order = np.argsort(pairs.lengths, kind="stable")
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pairs.batch(idx, pad_id).items()}
+        with autocast():
+            logps = module(**batch).float().cpu()  # (2b,)
+        chosen[idx], rejected[idx] = logps[: len(idx)], logps[len(idx) :]
+    module.train(was_training)
+    return chosen, rejected
+
+
+def response_token_counts(pairs: PairSet, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.tensor([len(pairs.chosen_ids[i]) for i in idx], dtype=torch.float32),
+        torch.tensor([len(pairs.rejected_ids[i]) for i in idx], dtype=torch.float32),
+    )
+
+
+def loss_kwargs(cfg: DPOLossConfig) -> dict[str, Any]:
+    return {"beta": cfg.beta, "loss_type": cfg.loss_type, "label_smoothing": cfg.label_smoothing}
+
+
+def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
+    """Eval loss, reward accuracy, margins and mean implicit rewards on held-out pairs."""
+    bs = cfg.train.micro_batch_size
+    chosen, rejected = pair_logps(module, pairs, pad_id, batch_size=bs, device=device, autocast=autocast)
+    lc, lr = response_token_counts(pairs, range(len(pairs)))
+    loss, metrics = dpo_loss(
+        chosen, rejected, pairs.ref_chosen, pairs.ref_rejected,
+        chosen_lengths=lc, rejected_lengths=lr, length_alpha=cfg.loss.length_alpha, **loss_kwargs(cfg.loss),
+    )  # fmt: skip
+    return {"eval_loss": float(loss), **{f"eval_{k}": float(v) for k, v in metrics.items()}}
+
+
+# ---------------------------------------------------------------------------------------------- offline
+
+
+def run(cfg: DPOConfig) -> dict:
+    out = RunDir(cfg.output_dir, name="prefgame.dpo")
+    log = out.start_logging()
+    try:
+        return train(cfg, out, log)
+    finally:
+        out.close()
+
+
+def train(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> dict:
+    if not cfg.policy.name_or_path:
+        raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
+    if cfg.mode == "online":
+        return train_online(cfg, out, log, oracle=oracle)
+    if not cfg.data.path:
+        raise PrefgameError("data.path is empty: give a pairs file, e.g. data.path=runs/quickstart/data/pairs.jsonl")
+    return train_offline(cfg, out, log)
+
+
+def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
+    t_start = time.perf_counter()
+    tc = cfg.train
+    seed_everything(tc.seed)
+    acc = make_accelerator(tc, out.path)
+    resume_from = latest_checkpoint(out.path) if cfg.resume else None
+    if acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    trackers = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"]
+    if trackers:
+        acc.init_trackers("prefgame-dpo")
+    tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
+    dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
+    model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    pairs, data_info = load_pair_set(cfg.data, tok)
+    order = np.random.default_rng(tc.seed).permutation(len(pairs))
+    n_eval = int(round(cfg.data.eval_fraction * len(pairs)))
+    eval_set, train_set = pairs.take(order[:n_eval]), pairs.take(order[n_eval:])
+    if not len(train_set):
+        raise DataError(f"{cfg.data.path}: no training pairs left after holding out {n_eval} for evaluation")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        f"dpo offline ({cfg.loss.loss_type}, β={cfg.loss.beta}): {len(train_set)} train / {len(eval_set)} eval "
+        f"pairs ({data_info['ties_dropped']} ties dropped), model {n_params / 1e6:.2f}M parameters"
+    )
+    module = PairLogps(model, chunk_size=cfg.loss.chunk_size, length_normalize=cfg.loss.length_normalize)
+    model.to(acc.device)
+
+    # π0 = the initial policy: its log-probs are computed once; no reference model stays in memory.
+    t_ref = time.perf_counter()
+    for part in (train_set, eval_set):
+        if len(part):
+            part.ref_chosen, part.ref_rejected = pair_logps(
+                module, part, tok.pad_token_id, batch_size=tc.micro_batch_size, device=acc.device,
+                autocast=acc.autocast,
+            )  # fmt: skip
+    ref_seconds = time.perf_counter() - t_ref
+
+    optimizer, scheduler = make_optimizer(module.parameters(), tc)
+    wrapper, optimizer = acc.prepare(module, optimizer)
+    start_step = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+        start_step = state["step"]
+        out.truncate_metrics(start_step)
+        log.info(f"resumed from {resume_from} at step {start_step}")
+
+    def evaluate() -> dict:
+        return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+
+    initial_eval = evaluate() if len(eval_set) else {}
+    lengths = train_set.lengths
+    guard = NonFiniteGuard(tc.max_nonfinite_steps)
+    progress = Progress(tc.max_steps - start_step, "dpo", log)
+    last: dict[str, float] = {"loss": math.nan}
+    t_train = time.perf_counter()
+    for step in range(start_step, tc.max_steps):
+        idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
+        idx = idx[np.argsort(lengths[idx], kind="stable")]  # length-grouped micro-batches, same step
+        micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
+        step_loss = torch.zeros((), device=acc.device)
+        sums: dict[str, float] = {}
+        for k, mb in enumerate(micro):
+            batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
+            lc, lr = response_token_counts(train_set, mb)
+            ctx = acc.no_sync(wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                logps = wrapper(**batch).float()  # (2b,) chosen then rejected
+                loss, metrics = dpo_loss(
+                    logps[: len(mb)], logps[len(mb) :],
+                    train_set.ref_chosen[mb].to(acc.device), train_set.ref_rejected[mb].to(acc.device),
+                    chosen_lengths=lc.to(acc.device), rejected_lengths=lr.to(acc.device),
+                    length_alpha=cfg.loss.length_alpha, normalizer=tc.batch_size, **loss_kwargs(cfg.loss),
+                )  # fmt: skip   a sum over the micro-batch / the global pair count
+                acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
+            step_loss += loss.detach()
+            for name, value in metrics.items():  # micro-batch means → step means
+                sums[name] = sums.get(name, 0.0) + float(value) * len(mb) * acc.num_processes / tc.batch_size
+        grad_norm = acc.clip_grad_norm_(wrapper.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
+        step_loss = acc.reduce(step_loss, reduction="sum")
+        if guard.check(step, step_loss, grad_norm):
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        last = {"loss": float(step_loss), **sums}
+        row: dict[str, float] = {}
+        if done % tc.log_every == 0 or done == tc.max_steps:
+            row.update(last, grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
+        if len(eval_set) and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps:
+            row.update(evaluate())
+        if row and acc.is_main_process:
+            out.log_metrics(done, row)
+            if trackers:
+                acc.log(row, step=done)
+        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
+            save_checkpoint(
+                out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler, state={},
+                keep=tc.keep_checkpoints,
+            )  # fmt: skip
+        progress.update(loss=last["loss"])
+    acc.wait_for_everyone()
+    train_seconds = time.perf_counter() - t_train
+    final_eval = evaluate() if len(eval_set) else {}
+    metrics: dict[str, Any] = {
+        "mode": "offline",
+        "loss_type": cfg.loss.loss_type,
+        "train_loss": last["loss"],
+        "train": {k: v for k, v in last.items() if k != "loss"},
+        "eval_initial": initial_eval,
+        "eval": final_eval,
+        "steps": tc.max_steps,
+        "train_pairs": len(train_set),
+        "eval_pairs": len(eval_set),
+        **data_info,
+        "parameters": n_params,
+        "nonfinite_steps": guard.total,
+    }
+    if acc.is_main_process:
+        save_model(model, tok, out.path / "model")
+        if cfg.arena_eval_prompts:
+            metrics["arena"] = arena_gold_eval(
+                model, load_causal_lm(cfg.policy.name_or_path).to(acc.device), tok, cfg.arena.build(),
+                n_prompts=cfg.arena_eval_prompts, seed=tc.seed, max_new_tokens=cfg.sampling.max_new_tokens,
+            )  # fmt: skip
+        metrics["seconds"] = {
+            "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
+        }  # fmt: skip
+        out.write_metrics(metrics)
+        if trackers:
+            acc.end_training()
+        log.info(summary_line(metrics))
+    return metrics
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    text = f"dpo {m['mode']} ({m['loss_type']}) done: train loss {m['train_loss']:.4f}"
+    if m.get("eval"):
+        e, e0 = m["eval"], m["eval_initial"]
+        text += (
+            f", eval loss {e0['eval_loss']:.4f} → {e['eval_loss']:.4f}, reward accuracy "
+            f"{e['eval_rewards/accuracy']:.3f}, margin {e['eval_rewards/margin']:.3f}"
+        )
+    if "arena" in m:
+        text += f", gold win rate vs π0 {m['arena']['gold_win_rate_vs_ref']:.3f}"
+    final = m.get("final") or {}
+    if "win_rate_vs_ref" in final:
+        text += f", win rate vs π0 {final['win_rate_vs_ref']:.3f}, KL {final['kl_to_ref']:.3f}"
+    return text
+
+
+@torch.no_grad()
+def arena_gold_eval(
+    policy, ref, tokenizer, arena, *, n_prompts: int, seed: int, max_new_tokens: int = 40, batch_size: int = 256
+) -> dict[str, float]:
+    """Exact gold win rate of ``policy`` against ``ref`` on the arena, from sampled class distributions.
+
+    Both models answer the same ``n_prompts`` arena prompts (one sample each, KV cache); each policy's
+    class distribution per prompt type is measured with :meth:`Arena.class_distribution` and the win
+    rate is :meth:`Arena.win_rate` (exact given the two distributions). Also the Monte Carlo
+    sequence-level KL(π‖π0) on the policy's samples and the unregularized exploitability of both.
+    """
+    from prefgame.game.lm_sampling import generate
+
+    rng = np.random.default_rng([seed, 777])
+    prompts = [p.text for p in arena.sample_prompts(n_prompts, rng)]
+    samples = {}
+    for name, model in (("policy", policy), ("ref", ref)):
+        samples[name] = generate(
+            model, None, tokenizer, prompts, n=1, mixture_coef=0.0, max_new_tokens=max_new_tokens,
+            seed=(seed, 777, len(samples)), batch_size=batch_size,
+        )  # fmt: skip
+    pi = arena.class_distribution(prompts, samples["policy"].texts)
+    pi0 = arena.class_distribution(prompts, samples["ref"].texts)
+    ys = samples["policy"]
+    device = next(policy.parameters()).device
+    logps = []
+    for model in (policy, ref):
+        module = PairLogps(model)
+        values = []
+        for start in range(0, len(ys), batch_size):
+            idx = range(start, min(start + batch_size, len(ys)))
+            batch = build_pairs_batch([ys.prompt_ids[i] for i in idx], [ys.response_ids[i] for i in idx], 0)
+            values.append(module(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+        logps.append(torch.cat(values))
+    log_ratio = logps[0] - logps[1]
+    return {
+        "prompts": n_prompts,
+        "gold_win_rate_vs_ref": arena.win_rate(pi, pi0),
+        "kl_to_ref": float(log_ratio.mean()),
+        "kl_to_ref_se": float(log_ratio.std() / math.sqrt(len(log_ratio))),
+        "exploitability": arena.exploitability(pi),
+        "ref_exploitability": arena.exploitability(pi0),
+        "response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- online
+
+
+def selfplay_config(cfg: DPOConfig):
+    """The :class:`SelfPlayConfig` whose :class:`SelfPlay` machinery the online mode drives."""
+    from prefgame.train.selfplay import SelfPlayConfig, SelfPlayTrainConfig
+
+    tc = cfg.train
+    return SelfPlayConfig(
+        output_dir=cfg.output_dir,
+        resume=cfg.resume,
+        algorithm="sppo",  # unused: online DPO supplies its own round (online_round)
+        policy=cfg.policy,
+        oracle=cfg.oracle,
+        prompts=cfg.prompts,
+        arena=cfg.arena,
+        sampling=cfg.sampling,
+        train=SelfPlayTrainConfig(
+            seed=tc.seed,
+            iterations=cfg.online.rounds,
+            steps_per_iteration=cfg.online.steps_per_round,
+            batch_size=tc.batch_size,
+            micro_batch_size=tc.micro_batch_size,
+            lr=tc.lr,
+            warmup_steps=tc.warmup_steps,
+            schedule=tc.schedule,
+            weight_decay=tc.weight_decay,
+            max_grad_norm=tc.max_grad_norm,
+            mixed_precision=tc.mixed_precision,
+            max_nonfinite_steps=tc.max_nonfinite_steps,
+            keep_checkpoints=tc.keep_checkpoints,
+        ),
+        eval=cfg.eval,
+    )
+
+
+def best_worst_pairs(win_rates: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each prompt's K samples (prompt-major (M·K,) leave-one-out win rates): the global indices of
+    the sample with the highest and the lowest win rate. Prompts whose samples all tie are skipped."""
+    groups = win_rates.view(-1, k)  # (M, K)
+    best, worst = groups.argmax(-1), groups.argmin(-1)  # (M,)
+    keep = (groups.max(-1).values > groups.min(-1).values).numpy()
+    base = np.arange(groups.shape[0]) * k
+    return (base + best.numpy())[keep], (base + worst.numpy())[keep]
+
+
+def online_round(sp, t: int, prefs, loss: DPOLossConfig) -> dict[str, float]:
+    """One round: K samples per prompt from π_t, oracle K×K matrices, best vs worst, DPO steps vs π0."""
+    from prefgame.game.lm_selfplay import group_matrices, leave_one_out_win_rates
+    from prefgame.train.selfplay import POLICY_SAMPLES, STEP_ORDER, Examples
+
+    seed, k = sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
+    ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
+    win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
+    chosen, rejected = best_worst_pairs(win, k)
+    ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
+    n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)
+
+    def loss_fn(mb, cols, normalizer):
+        w, l = chosen[mb], rejected[mb]
+        x = cols[0]
+        return dpo_loss(
+            cols[0], cols[1], ref[w].to(x), ref[l].to(x), chosen_lengths=n_tokens[w].to(x),
+            rejected_lengths=n_tokens[l].to(x), length_alpha=loss.length_alpha, normalizer=normalizer,
+            **loss_kwargs(loss),
+        )  # fmt: skip
+
+    info = sp.optimize(Examples(ys, np.stack([chosen, rejected]), loss_fn), (seed, t, STEP_ORDER))
+    return {"pairs": len(chosen), "win_rate_gap": float((win[chosen] - win[rejected]).mean()), **info}
+
+
+def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> dict:
+    from prefgame.train.selfplay import Evaluator, SelfPlay
+
+    t_start = time.perf_counter()
+    spc = selfplay_config(cfg)
+    seed_everything(spc.train.seed)
+    resume_from = latest_checkpoint(out.path) if cfg.resume else None
+    sp = SelfPlay(spc, out, log, oracle=oracle)
+    if sp.acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    start = 0
+    if resume_from is not None:
+        state = load_checkpoint(
+            resume_from, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler
+        )
+        start, sp.version = state["step"], state.get("version", 0)
+        out.truncate_metrics(start)
+        log.info(f"resumed from {resume_from} at round {start}")
+    n_params = sum(p.numel() for p in sp.policy.parameters())
+    rounds = cfg.online.rounds
+    log.info(
+        f"dpo online ({cfg.loss.loss_type}, β={cfg.loss.beta}): {rounds} rounds × "
+        f"{cfg.sampling.prompts_per_iteration} prompts × K={cfg.sampling.samples_per_prompt}, "
+        f"policy {n_params / 1e6:.2f}M parameters, oracle {sp.oracle.name}"
+    )
+    evaluator = Evaluator.build(sp)
+    first = evaluator.measure(start)
+    if start == 0 and sp.acc.is_main_process:
+        out.log_metrics(0, {"round": 0, **first})
+    progress = Progress(rounds - start, "dpo online", log, every_s=5.0)
+    row: dict[str, Any] = {}
+    for t in range(start, rounds):
+        t0 = time.perf_counter()
+        prefs = sp.preferences()
+        info = online_round(sp, t, prefs, cfg.loss)
+        done = t + 1
+        row = {"round": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
+        if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
+            row.update(evaluator.measure(done))
+        if sp.acc.is_main_process:
+            out.log_metrics(done, row)
+            save_checkpoint(
+                out.path, done, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler,
+                state={"version": sp.version}, keep=cfg.train.keep_checkpoints,
+            )  # fmt: skip
+        progress.update(**{k: v for k, v in row.items() if k in ("loss", "win_rate_vs_ref")})
+    sp.acc.wait_for_everyone()
+    from prefgame.run import read_jsonl
+
+    measured = [r for r in read_jsonl(out.file("metrics.jsonl")) if "win_rate_vs_ref" in r]
+    metrics: dict[str, Any] = {
+        "mode": "online",
+        "loss_type": cfg.loss.loss_type,
+        "train_loss": row.get("loss", math.nan),
+        "rounds": rounds,
+        "initial": measured[0] if measured else {},
+        "final": measured[-1] if measured else {},
+        "oracle": sp.oracle.name,
+        "parameters": n_params,
+        "nonfinite_steps": sp.guard.total,
+    }
+    if sp.acc.is_main_process:
+        policy = sp.acc.unwrap_model(sp.wrapper).model
+        save_model(policy, sp.tok, out.path / "model")
+        if cfg.arena_eval_prompts:
+            metrics["arena"] = arena_gold_eval(
+                policy, sp.ref, sp.tok, sp.arena or cfg.arena.build(), n_prompts=cfg.arena_eval_prompts,
+                seed=cfg.train.seed, max_new_tokens=cfg.sampling.max_new_tokens,
+            )  # fmt: skip
+        metrics["seconds"] = {"total": time.perf_counter() - t_start, "measurements": evaluator.seconds}
+        out.write_metrics(metrics)
+        log.info(summary_line(metrics))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- library entry
+
+
+def dpo_config(config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> DPOConfig:
+    return load_config(DPOConfig, config_file, list(overrides))
+
+
+def train_dpo_arena(
+    pi0_path: str | Path,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    mode: Literal["offline", "online"] = "offline",
+    overrides: Sequence[str] = (),
+    eval_prompts: int = 2000,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """DPO from the π0 checkpoint ``pi0_path`` on the arena export ``data_dir`` (its pairs.jsonl).
+
+    Settings: configs/dpo/arena.yaml (offline) or configs/dpo/arena-online.yaml (online, gold
+    oracle), whose values are :data:`ARENA_PRESETS`, then ``overrides`` (``key=value``). Returns the
+    run's metrics plus ``model_path``; ``metrics["arena"]`` holds the exact gold win rate against π0
+    measured on ``eval_prompts`` sampled prompts (0: skip it).
+    """
+    paths = [
+        f"policy.name_or_path={pi0_path}",
+        f"output_dir={output_dir}",
+        f"data.path={Path(data_dir) / 'pairs.jsonl'}",
+        f"arena_eval_prompts={eval_prompts}",
+    ]
+    cfg = load_config(DPOConfig, None, [*ARENA_PRESETS[mode], *paths, *overrides])
+    out = RunDir(cfg.output_dir, name="prefgame.dpo")
+    log = out.start_logging(quiet=quiet)
+    try:
+        metrics = train(cfg, out, log)
+    finally:
+        out.close()
+    return {**metrics, "model_path": str(Path(cfg.output_dir) / "model")}
+
+
+# The arena settings (configs/dpo/arena.yaml and arena-online.yaml hold the same values).
+ARENA_PRESETS: dict[str, list[str]] = {
+    "offline": [],
+    "online": [],
+}
