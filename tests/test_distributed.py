@@ -88,7 +88,6 @@ def selfplay_args(arena: Path, pi0: Path) -> list[str]:
         "train.batch_size=8",
         "train.lr=1e-2",
         "train.mixed_precision=no",
-        "train.save_every=0",
         "eval.every=0",
         "eval.prompts=4",
         "eval.samples_per_prompt=1",
