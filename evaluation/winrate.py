@@ -238,8 +238,7 @@ def length_controlled_win_rate(
     len_b = np.asarray(len_baseline, dtype=float).reshape(-1)
     if not (len(y) == len(len_m) == len(len_b)):
         raise DataError(
-            f"outcomes, len_model and len_baseline must have the same length; "
-            f"got {len(y)}, {len(len_m)}, {len(len_b)}"
+            f"outcomes, len_model and len_baseline must have the same length; got {len(y)}, {len(len_m)}, {len(len_b)}"
         )
     if len(y) == 0:
         raise DataError("length_controlled_win_rate needs at least one outcome")

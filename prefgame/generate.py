@@ -1,0 +1,150 @@
+"""``prefgame generate``: model outputs for evaluation, from any causal-LM checkpoint.
+
+Writes one JSON line per output: ``prompt``, ``output``, ``generator`` (the name the win-rate report
+shows), ``sample`` (k-th output for the prompt), and the lengths ``prompt_tokens``, ``output_tokens``
+and ``output_words``. This is the ``samples`` format ``prefgame evaluate winrate`` judges: give it one
+file per model, generated from the same prompts.
+
+Prompts come from the arena's grammar (``prompts=arena``) or from any data set ``prefgame.data`` reads
+(a local .jsonl/.json/.parquet/.csv file or a hub name): the ``field`` column when it exists (a plain
+prompt list), otherwise the prompts of the normalized preference data (pairs, ratings or battles in
+any supported format). Repeated prompts are generated once. The HF backend samples in batches with
+the KV cache (:func:`prefgame.lm.sample`); ``backend=vllm`` uses vLLM on a GPU (imported only then).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from prefgame.config import param
+from prefgame.errors import PrefgameError
+from prefgame.run import atomic_write_json, write_jsonl
+
+log = logging.getLogger("prefgame.generate")
+
+
+@dataclass
+class GenerateConfig:
+    model: str = param("", "causal LM checkpoint folder (e.g. runs/quickstart/pi0/model) or hub name")
+    tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
+    generator: str = param("", "name of this model in the outputs and reports; empty: the checkpoint's folder name")
+    prompts: str = param("", "'arena' (the arena's prompt grammar), or a prompt / preference data file or hub name")
+    split: str = param("train", "split of a hub data set")
+    field: str = param("prompt", "column holding the prompt text in a plain prompt file")
+    max_prompts: int = param(0, "use the first N distinct prompts (arena: N sampled with seed); 0: all")
+    samples_per_prompt: int = param(1, "outputs per prompt")
+    max_new_tokens: int = param(256, "output length limit in tokens")
+    temperature: float = param(1.0, "sampling temperature; 0: greedy")
+    batch_size: int = param(64, "prompts per generation batch (hf)")
+    seed: int = param(0, "seed of sampling (and of the arena prompt draw)")
+    backend: Literal["hf", "vllm"] = param("hf", "hf: transformers with the KV cache; vllm: vLLM on a GPU")
+    dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype (bfloat16 only on a GPU)")
+    out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json")
+    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("samples_per_prompt, max_new_tokens and batch_size must be >= 1")
+        if self.temperature < 0 or self.max_prompts < 0:
+            raise ValueError("temperature and max_prompts must be >= 0")
+
+
+def load_prompts(cfg: GenerateConfig) -> list[str]:
+    """The distinct prompts of ``cfg.prompts`` in file order (arena: ``max_prompts`` drawn with ``seed``)."""
+    if cfg.prompts == "arena":
+        from prefgame.arena.world import Arena
+
+        n = cfg.max_prompts or 240
+        return [p.text for p in Arena().sample_prompts(n, np.random.default_rng(cfg.seed))]
+    from prefgame.data.load import load_preferences, load_raw
+
+    raw = load_raw(cfg.prompts, split=cfg.split)
+    if cfg.field in raw.column_names and isinstance(raw[0][cfg.field], str):
+        texts = raw[cfg.field]
+    else:  # preference data in any supported format: its normalized prompts
+        texts = load_preferences(cfg.prompts, split=cfg.split).dataset["prompt"]
+    prompts = list(dict.fromkeys(str(t) for t in texts if str(t).strip()))
+    if not prompts:
+        raise PrefgameError(f"{cfg.prompts}: no prompts found (column '{cfg.field}' is empty or missing)")
+    return prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
+
+
+def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str], list[str], object]:
+    """(prompt per output, output texts, tokenizer): ``samples_per_prompt`` outputs per prompt, prompt-major."""
+    from prefgame.lm import load_causal_lm, load_tokenizer, sample
+
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    if cfg.backend == "vllm":
+        from prefgame.train.selfplay import SamplingConfig, VLLMSampler
+
+        sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        engine = VLLMSampler(cfg.model, tok, sampling, cfg.dtype, cfg.seed)
+        return repeated, engine.generate(prompts, n=cfg.samples_per_prompt, seed=(cfg.seed,)).texts, tok
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.dtype == "bfloat16" and device == "cpu":
+        raise PrefgameError("dtype=bfloat16 is for GPUs (about 400x slower on this CPU): use dtype=float32")
+    model = load_causal_lm(cfg.model, dtype=getattr(torch, cfg.dtype)).to(device)
+    outputs = sample(
+        model,
+        tok,
+        repeated,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    return repeated, outputs, tok
+
+
+def run(cfg: GenerateConfig) -> dict:
+    for key in ("model", "prompts", "out"):
+        if not getattr(cfg, key):
+            raise PrefgameError(
+                f"generate needs {key}=...: e.g. prefgame generate model=runs/quickstart/pi0/model "
+                "prompts=arena out=runs/eval/pi0.jsonl"
+            )
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    start = time.perf_counter()
+    prompts = load_prompts(cfg)
+    name = cfg.generator or Path(cfg.model.rstrip("/")).name
+    if name == "model":  # a training output's model/ folder: name it after the run
+        name = Path(cfg.model.rstrip("/")).parent.name
+    log.info(f"generating {cfg.samples_per_prompt} output(s) for {len(prompts)} prompts with {name} ({cfg.backend})")
+    repeated, outputs, tok = generate_outputs(cfg, prompts)
+    rows = []
+    for i, (prompt, output) in enumerate(zip(repeated, outputs)):
+        rows.append(
+            {
+                "prompt": prompt,
+                "output": output,
+                "generator": name,
+                "sample": i % cfg.samples_per_prompt,
+                "prompt_tokens": len(tok(prompt, add_special_tokens=False)["input_ids"]),
+                "output_tokens": len(tok(output, add_special_tokens=False)["input_ids"]),
+                "output_words": len(output.split()),
+            }
+        )
+    write_jsonl(cfg.out, rows)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "generator": name,
+        "model": cfg.model,
+        "prompts": len(prompts),
+        "outputs": len(rows),
+        "mean_output_tokens": float(np.mean([r["output_tokens"] for r in rows])),
+        "empty_outputs": sum(not r["output"] for r in rows),
+        "seconds": seconds,
+    }
+    out = Path(cfg.out)
+    atomic_write_json(out.with_name(out.stem + ".metrics.json"), metrics)
+    print(f"prefgame generate: wrote {len(rows)} outputs of {name} to {out} in {seconds:.1f}s")
+    return metrics

@@ -1,0 +1,80 @@
+"""``prefgame generate``: outputs of a tiny random Llama on arena prompts, prompt files and preference data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+from prefgame.cli import main
+from prefgame.config import load_config
+from prefgame.errors import PrefgameError
+from prefgame.generate import GenerateConfig, load_prompts, run
+from prefgame.lm import load_causal_lm, load_tokenizer, sample
+from prefgame.run import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A saved tiny causal LM (random weights) with the arena tokenizer, in a folder named model/."""
+    path = tmp_path_factory.mktemp("policy-a") / "model"
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        tiny_llama_config(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    ).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def config(model_dir: Path, out: Path, **overrides) -> GenerateConfig:
+    keys = {"model": str(model_dir), "prompts": "arena", "max_prompts": 5, "max_new_tokens": 8, "out": str(out)}
+    keys.update(overrides)
+    return load_config(GenerateConfig, None, [f"{k}={v}" for k, v in keys.items()])
+
+
+def test_arena_prompts_rows_lengths_and_determinism(model_dir, tmp_path):
+    metrics = run(config(model_dir, tmp_path / "a.jsonl", samples_per_prompt=2))
+    rows = read_jsonl(tmp_path / "a.jsonl")
+    assert len(rows) == 10 and metrics["outputs"] == 10 and metrics["prompts"] == 5
+    # the checkpoint folder is called model/: the generator is named after the run folder around it
+    assert {r["generator"] for r in rows} == {model_dir.parent.name}
+    assert [r["sample"] for r in rows] == [0, 1] * 5
+    assert [r["prompt"] for r in rows[::2]] == [r["prompt"] for r in rows[1::2]]
+    tok = load_tokenizer(str(model_dir))
+    for r in rows:
+        assert set(r) == {"prompt", "output", "generator", "sample", "prompt_tokens", "output_tokens", "output_words"}
+        assert r["output_tokens"] == len(tok(r["output"], add_special_tokens=False)["input_ids"]) <= 8
+        assert r["output_words"] == len(r["output"].split())
+    # the same seed gives the same outputs, and they are exactly prefgame.lm.sample's
+    run(config(model_dir, tmp_path / "b.jsonl", samples_per_prompt=2))
+    assert read_jsonl(tmp_path / "b.jsonl") == rows
+    direct = sample(load_causal_lm(str(model_dir)), tok, [r["prompt"] for r in rows], max_new_tokens=8, seed=0)
+    assert direct == [r["output"] for r in rows]
+    assert json.loads((tmp_path / "a.metrics.json").read_text())["mean_output_tokens"] > 0
+
+
+def test_prompts_from_a_prompt_file_and_from_preference_data(model_dir, tmp_path, arena_dir):
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["q one", "q two", "q one", "q three"]))
+    cfg = config(model_dir, tmp_path / "p.jsonl", prompts=str(prompt_file), field="text", max_prompts=0)
+    assert load_prompts(cfg) == ["q one", "q two", "q three"]  # distinct, in file order
+    # a pairs file (no 'text' column): the normalized prompts of the preference data
+    pairs = config(model_dir, tmp_path / "q.jsonl", prompts=str(arena_dir / "pairs.jsonl"), field="text")
+    expected = list(dict.fromkeys(r["prompt"] for r in read_jsonl(arena_dir / "pairs.jsonl")))[:5]
+    assert load_prompts(pairs) == expected
+
+
+def test_cli_and_errors(model_dir, tmp_path, capsys):
+    out = tmp_path / "cli.jsonl"
+    code = main(["generate", f"model={model_dir}", "prompts=arena", "max_prompts=3", "max_new_tokens=4",
+                 f"out={out}", "generator=pi0", "temperature=0"])  # fmt: skip
+    assert code == 0 and [r["generator"] for r in read_jsonl(out)] == ["pi0"] * 3
+    assert "wrote 3 outputs of pi0" in capsys.readouterr().out
+    with pytest.raises(PrefgameError, match="generate needs out="):
+        run(load_config(GenerateConfig, None, [f"model={model_dir}", "prompts=arena"]))
+    assert main(["generate", "model=/no/such/model", "prompts=arena", f"out={tmp_path / 'y.jsonl'}"]) == 2
