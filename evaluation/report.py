@@ -405,8 +405,9 @@ def model_accuracy(
             known = set(subsets[both])
             sec = {k: [v for v in vs if v in known] for k, vs in sections.items()} if sections else None
             acc = accuracy_by_subset(labels.loc[both, m], labels.loc[both, r], subsets[both], sections=sec)
+            section_mean = np.nan if acc.section_mean is None else acc.section_mean
             overall.append(
-                {"model": m, "against": r, "accuracy": acc.overall, "n": acc.n, "section_mean": acc.section_mean}
+                {"model": m, "against": r, "accuracy": acc.overall, "n": acc.n, "section_mean": section_mean}
             )
             for subset, srow in acc.subsets.iterrows():
                 per_subset.append(
