@@ -8,6 +8,10 @@ or an encoder such as BERT/MiniLM) and its tokenizer, and maps token sequences t
   it is position T−1. Position ids are computed from the attention mask, so both padding sides
   give the same vector.
 - ``pooling="mean"``: the mean hidden state over real tokens.
+- ``pooling="sum"``: the sum over real tokens. On layer 0 (``layers=[0]``, the token embeddings,
+  computed without running the transformer) this is a fixed linear map of the word counts of the
+  sequence — a bag-of-words encoder, exact and cheap; the arena figures use it to compare what the
+  heads can represent, independently of how well a small transformer learns to read text.
 
 Three kinds of sequences are built here, so every model kind tokenizes the same way:
 ``prompt_ids(x)`` (the prompt as the model sees it before a response), ``response_ids(x, y)``
@@ -44,15 +48,13 @@ class BackboneConfig:
         "empty: a new tiny Llama sized for the arena",
     )
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own (new model: arena)")
-    pooling: Literal["last", "mean"] = param("last", "sequence vector: last real token or mean of tokens")
+    pooling: Literal["last", "mean", "sum"] = param("last", "sequence vector: last real token, mean or sum of tokens")
     layers: list[int] = param(
         [-1],
         "hidden-state layers pooled and concatenated (0: token embeddings, -1: last layer); "
         "e.g. [0, -1] keeps word identity next to the contextual features",
     )
-    padding_side: Literal["right", "left"] = param(
-        "right", "how batches are padded (both give the same vectors)"
-    )
+    padding_side: Literal["right", "left"] = param("right", "how batches are padded (both give the same vectors)")
     text_format: Literal["auto", "chat", "pair", "plain"] = param(
         "auto", "how prompt and response are laid out (see prefgame.models.backbone)"
     )
@@ -101,10 +103,32 @@ class TextEncoder(nn.Module):
         self.layers = tuple(layers)
         self.hidden_size = int(model.config.hidden_size) * len(self.layers)
         self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        self._token_cache: dict[str, list[int]] = {}
+        self._prompt_cache: dict[str, str] = {}
 
     # -- tokenization -----------------------------------------------------------------------
+    _CACHE_LIMIT = 200_000
+
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self._token_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._remember({text: ids})
+        return ids
+
+    def _remember(self, tokens: dict[str, list[int]]) -> None:
+        if len(self._token_cache) + len(tokens) > self._CACHE_LIMIT:
+            self._token_cache.clear()
+        self._token_cache.update(tokens)
+
+    def prefetch(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
+        """Tokenize many prompts and responses in one batched tokenizer call (cached for the
+        ``*_ids`` methods; the same token ids as one call per text)."""
+        texts = {self._prompt_string(x) for x in prompts} | {self._segment_string(y) for y in responses}
+        todo = sorted(t for t in texts if t not in self._token_cache)
+        if todo:
+            ids = self.tokenizer(todo, add_special_tokens=False)["input_ids"]
+            self._remember(dict(zip(todo, ids)))
 
     def _end_id(self) -> int:
         tok = self.tokenizer
@@ -112,12 +136,23 @@ class TextEncoder(nn.Module):
             return tok.sep_token_id
         return tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_string(self, prompt: str) -> str:
         if self.text_format == "pair":
-            return self._ids(prompt)
-        if self.text_format == "chat":
-            return self._ids(prompt_text(self.tokenizer, prompt))
-        return self._ids(f"user: {prompt}\nassistant:")
+            return prompt
+        if self.text_format == "chat":  # rendering the template is slow: once per prompt
+            text = self._prompt_cache.get(prompt)
+            if text is None:
+                if len(self._prompt_cache) > self._CACHE_LIMIT:
+                    self._prompt_cache.clear()
+                text = self._prompt_cache[prompt] = prompt_text(self.tokenizer, prompt)
+            return text
+        return f"user: {prompt}\nassistant:"
+
+    def _segment_string(self, response: str) -> str:
+        return response if self.text_format in ("chat", "pair") else " " + response
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        return self._ids(self._prompt_string(prompt))
 
     def _wrap(self, prompt_tokens: list[int]) -> list[int]:
         if self.text_format == "pair":
@@ -126,8 +161,7 @@ class TextEncoder(nn.Module):
 
     def _segment(self, response: str) -> list[int]:
         """A response followed by the end token (EOS, or SEP for pair layout)."""
-        text = response if self.text_format in ("chat", "pair") else " " + response
-        return [*self._ids(text), self._end_id()]
+        return [*self._ids(self._segment_string(response)), self._end_id()]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt alone, as the model sees it before a response."""
@@ -170,12 +204,13 @@ class TextEncoder(nn.Module):
         if self._takes_position_ids:
             # positions count real tokens only, so left padding gives the same positions as right
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.layers == (0,):  # token embeddings only: no transformer pass
+            emb = self.model.get_input_embeddings()(input_ids)  # (B, T, H)
+            return pool(emb, attention_mask, self.pooling)
         if self.layers == (-1,):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             return pool(out.last_hidden_state, attention_mask, self.pooling)  # (B, H)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs
-        )
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
         # hidden_states[0] is the embedding output, [-1] the (normed) last layer
         hidden = [out.last_hidden_state if i == -1 else out.hidden_states[i] for i in self.layers]
         return torch.cat([pool(h, attention_mask, self.pooling) for h in hidden], dim=-1)  # (B, L·H)
@@ -200,16 +235,18 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """(B, T, H) hidden states, (B, T) mask → (B, H).
 
     "last": the last position whose mask is 1 (works for right and left padding alike);
-    "mean": the masked mean over positions.
+    "mean": the masked mean over positions; "sum": the masked sum.
     """
     mask = attention_mask.to(hidden.dtype)
+    if pooling == "sum":
+        return (hidden * mask.unsqueeze(-1)).sum(1)
     if pooling == "mean":
         return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
     if pooling == "last":
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * positions).argmax(dim=1)  # (B,) index of the last real token
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+    raise ValueError(f"pooling must be 'last', 'mean' or 'sum', got {pooling!r}")
 
 
 def resolve_text_format(tokenizer, text_format: str) -> str:
@@ -239,9 +276,7 @@ def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
         try:
             model = AutoModel.from_pretrained(cfg.name_or_path, dtype=dtype)
         except (OSError, ValueError) as exc:
-            raise PrefgameError(
-                f"cannot load backbone from '{cfg.name_or_path}': {str(exc).splitlines()[0]}"
-            ) from None
+            raise PrefgameError(f"cannot load backbone from '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
     else:
         from transformers import LlamaModel
 

@@ -7,6 +7,11 @@ logit of P(a ≻ b | x) = σ(s). Views are sequences built by :class:`~prefgame.
     "x"        the prompt alone                    h_x                (B, H)
     "ab", "ba" prompt + both responses, each order h_{x,a,b}, h_{x,b,a} (B, H)
 
+Two options shared by the heads: ``prompt_input`` feeds the head [h_{x,y}, h_x] instead of h_{x,y}
+(the reward or preference vector then reads the prompt's own vector too), and every head first
+standardizes its inputs with :class:`InputNorm` (per-feature mean and scale, identity until the
+trainer sets them from the training vectors of a frozen backbone).
+
 Every head's score is exactly anti-symmetric by construction: swapping a and b swaps the two
 terms of a difference, so s(b, a) = −s(a, b) and s(a, a) = 0 hold bit for bit in floating point.
 
@@ -42,23 +47,65 @@ def mlp(in_dim: int, out_dim: int, *, hidden: int, layers: int) -> nn.Module:
     return nn.Sequential(*mods)
 
 
+class InputNorm(nn.Module):
+    """Per-feature standardization (h − μ) / σ of backbone vectors (identity until :meth:`fit`).
+
+    Frozen backbones have arbitrary scales (a random embedding table: ~0.02; an LLM's hidden states:
+    outlier dimensions in the hundreds); standardizing makes one learning rate fit every backbone.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, h: Tensor) -> None:
+        """Set μ, σ from vectors h (N, dim); constant features get σ = 1."""
+        h = h.double()
+        std = h.std(0, correction=0)
+        self.mean.copy_(h.mean(0))
+        self.scale.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return (h - self.mean.to(h.dtype)) / self.scale.to(h.dtype)
+
+
+class _ResponseInput(nn.Module):
+    """The head's input for one response: norm(h_{x,y}) or norm([h_{x,y}, h_x]) with ``prompt_input``."""
+
+    def __init__(self, in_dim: int, prompt_input: bool) -> None:
+        super().__init__()
+        self.prompt_input = prompt_input
+        self.dim = 2 * in_dim if prompt_input else in_dim
+        self.norm = InputNorm(self.dim)
+
+    def forward(self, h_y: Tensor, h_x: Tensor | None) -> Tensor:
+        if self.prompt_input:
+            if h_x is None:
+                raise ValueError("this head reads the prompt vector (prompt_input): pass h_x")
+            h_y = torch.cat([h_y, h_x.expand(h_y.shape[0], -1)], dim=-1)
+        return self.norm(h_y)
+
+
 class RewardHead(nn.Module):
     """Bradley–Terry reward head: r(x, y) = MLP(h_{x,y}), P(a ≻ b) = σ(r_a − r_b)."""
 
     kind = "bt"
-    views = ("a", "b")
     is_reward = True
 
-    def __init__(self, in_dim: int, *, hidden: int = 0, layers: int = 1) -> None:
+    def __init__(self, in_dim: int, *, hidden: int = 0, layers: int = 1, prompt_input: bool = False) -> None:
         super().__init__()
-        self.net = mlp(in_dim, 1, hidden=hidden, layers=layers)
+        self.views = ("a", "b", "x") if prompt_input else ("a", "b")
+        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.net = mlp(self.inputs.dim, 1, hidden=hidden, layers=layers)
 
     def reward(self, h_y: Tensor, h_x: Tensor | None = None) -> Tensor:
         """(N, H) → (N,)."""
-        return self.net(h_y).squeeze(-1)
+        return self.net(self.inputs(h_y, h_x)).squeeze(-1)
 
     def forward(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
-        reward_a, reward_b = self.reward(emb["a"]), self.reward(emb["b"])  # (B,), (B,)
+        reward_a, reward_b = self.reward(emb["a"], emb.get("x")), self.reward(emb["b"], emb.get("x"))  # (B,)
         return {"score": reward_a - reward_b, "reward_a": reward_a, "reward_b": reward_b}
 
 
@@ -88,6 +135,7 @@ class GPMHead(nn.Module):
         prompt_gate: bool = True,
         normalize: bool = False,
         temperature: float = 1.0,
+        prompt_input: bool = False,
     ) -> None:
         super().__init__()
         self.blocks, self.prompt_gate, self.normalize, self.temperature = (
@@ -96,16 +144,18 @@ class GPMHead(nn.Module):
             normalize,
             temperature,
         )
-        self.views = ("a", "b", "x") if prompt_gate else ("a", "b")
-        self.embed = mlp(in_dim, 2 * blocks, hidden=hidden, layers=layers)
+        self.views = ("a", "b", "x") if prompt_gate or prompt_input else ("a", "b")
+        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.prompt_norm = InputNorm(in_dim)
+        self.embed = mlp(self.inputs.dim, 2 * blocks, hidden=hidden, layers=layers)
         # softplus(0.5413) = 1: eigenvalues start at 1
         init = torch.full((1 if prompt_gate else blocks,), 0.5413)
         self.log_eigen = nn.Parameter(init)
         self.gate = mlp(in_dim, blocks, hidden=hidden, layers=layers) if prompt_gate else None
 
-    def vectors(self, h_y: Tensor) -> Tensor:
+    def vectors(self, h_y: Tensor, h_x: Tensor | None = None) -> Tensor:
         """(N, H) → preference vectors v (N, 2k)."""
-        v = self.embed(h_y)
+        v = self.embed(self.inputs(h_y, h_x))
         return F.normalize(v, dim=-1) if self.normalize else v
 
     def eigenvalues(self, h_x: Tensor | None, n: int) -> Tensor:
@@ -113,7 +163,7 @@ class GPMHead(nn.Module):
         scale = F.softplus(self.log_eigen)  # (1,) or (k,)
         if self.gate is None:
             return scale.expand(n, self.blocks)
-        return self.blocks * torch.softmax(self.gate(h_x), dim=-1) * scale  # (N, k)
+        return self.blocks * torch.softmax(self.gate(self.prompt_norm(h_x)), dim=-1) * scale  # (N, k)
 
     def pair_score(self, v_a: Tensor, v_b: Tensor, lam: Tensor) -> Tensor:
         """s(a, b) for aligned rows: v_a, v_b (N, 2k), λ (N, k) → (N,)."""
@@ -130,7 +180,7 @@ class GPMHead(nn.Module):
         return (g - g.T) / self.temperature
 
     def forward(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
-        v_a, v_b = self.vectors(emb["a"]), self.vectors(emb["b"])  # (B, 2k)
+        v_a, v_b = self.vectors(emb["a"], emb.get("x")), self.vectors(emb["b"], emb.get("x"))  # (B, 2k)
         lam = self.eigenvalues(emb.get("x"), v_a.shape[0])  # (B, k)
         return {"score": self.pair_score(v_a, v_b, lam)}
 
@@ -149,29 +199,30 @@ class PairwiseHead(nn.Module):
 
     def __init__(self, in_dim: int, *, hidden: int = 0, layers: int = 1) -> None:
         super().__init__()
+        self.inputs = _ResponseInput(in_dim, False)
         self.net = mlp(in_dim, 1, hidden=hidden, layers=layers)
 
     def forward(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
-        f_ab = self.net(emb["ab"]).squeeze(-1)  # (B,)
+        f_ab = self.net(self.inputs(emb["ab"], None)).squeeze(-1)  # (B,)
         if "ba" not in emb:
             return {"score": f_ab}
-        f_ba = self.net(emb["ba"]).squeeze(-1)  # (B,)
+        f_ba = self.net(self.inputs(emb["ba"], None)).squeeze(-1)  # (B,)
         return {"score": 0.5 * (f_ab - f_ba)}
 
 
 class GatedHead(nn.Module):
     """ArmoRM-style multi-objective reward with a prompt gate (§3.1).
 
-    Stage 1 (set by :meth:`set_regression`, e.g. from :func:`~prefgame.losses.ridge_fit`): per-
-    objective ratings r(x, y) = μ + σ ⊙ (h_{x,y} W + c), (N, k), with μ, σ the per-objective mean and
-    standard deviation of the ratings (:meth:`set_standardization`; 0 and 1 by default): gradient
-    descent then fits standardized targets (a small fine-tuned backbone learns the 0–4 scale badly).
+    Stage 1 (per-objective ratings, (N, k)): r(x, y) = μ + σ ⊙ z, with μ, σ the per-objective mean
+    and standard deviation of the ratings (:meth:`set_standardization`; 0 and 1 by default), so that
+    gradient descent fits standardized targets z. z is linear, z = u W + c on the head input u
+    (norm(h_{x,y}), or norm([h_{x,y}, h_x]) with ``prompt_input``) — set in closed form by
+    :meth:`set_regression` (e.g. from :func:`~prefgame.losses.ridge_fit`) or trained with
+    ``train_regression`` — or, with ``regression_hidden`` > 0, an MLP z = MLP(u) trained by gradient
+    descent (a frozen backbone whose vectors are not linear in the objectives, e.g. word counts).
     Verbosity debiasing: r' = r − r_v · λ with λ (k,) from :func:`debias_coefficients` (0 for
-    objectives that are not debiased). Stage 2:
-    g(x) = softmax(MLP(h_x)/T) (N, k) on the simplex, f(x, y) = scale · Σ_i g_i(x) r'_i(x, y).
-
-    ``train_regression`` makes W, c trainable parameters (stage 1 by gradient descent with
-    :func:`~prefgame.losses.regression_loss`); otherwise they are fixed buffers.
+    objectives that are not debiased). Stage 2: g(x) = softmax(MLP(norm(h_x))/T) (N, k) on the
+    simplex, f(x, y) = scale · Σ_i g_i(x) r'_i(x, y).
     """
 
     kind = "gated"
@@ -190,13 +241,18 @@ class GatedHead(nn.Module):
         learn_scale: bool = True,
         verbosity_index: int = -1,
         train_regression: bool = False,
+        regression_hidden: int = 0,
+        prompt_input: bool = False,
     ) -> None:
         super().__init__()
         k = len(objectives)
         self.objectives = list(objectives)
         self.temperature, self.verbosity_index = temperature, verbosity_index
-        weight, bias = torch.zeros(in_dim, k), torch.zeros(k)
-        if train_regression:
+        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.prompt_norm = InputNorm(in_dim)
+        self.regressor = mlp(self.inputs.dim, k, hidden=regression_hidden, layers=1) if regression_hidden > 0 else None
+        weight, bias = torch.zeros(self.inputs.dim, k), torch.zeros(k)
+        if train_regression and self.regressor is None:
             self.reg_weight, self.reg_bias = nn.Parameter(weight), nn.Parameter(bias)
         else:
             self.register_buffer("reg_weight", weight)
@@ -209,6 +265,12 @@ class GatedHead(nn.Module):
         self.log_scale = nn.Parameter(log_scale) if learn_scale else None
         if not learn_scale:
             self.register_buffer("fixed_log_scale", log_scale)
+
+    def regression_parameters(self) -> list[nn.Parameter]:
+        """The stage-1 parameters (empty when stage 1 is a closed-form fit)."""
+        if self.regressor is not None:
+            return list(self.regressor.parameters())
+        return [p for p in (self.reg_weight, self.reg_bias) if isinstance(p, nn.Parameter)]
 
     @torch.no_grad()
     def set_regression(self, weight: Tensor, bias: Tensor) -> None:
@@ -224,10 +286,14 @@ class GatedHead(nn.Module):
     def set_debias(self, coefficients: Tensor) -> None:
         self.debias.copy_(coefficients)
 
-    def ratings(self, h_y: Tensor) -> Tensor:
+    def ratings(self, h_y: Tensor, h_x: Tensor | None = None) -> Tensor:
         """Stage-1 per-objective predictions r (N, k)."""
-        z = h_y @ self.reg_weight.to(h_y.dtype) + self.reg_bias.to(h_y.dtype)  # standardized units
-        return self.rating_mean.to(h_y.dtype) + self.rating_std.to(h_y.dtype) * z
+        u = self.inputs(h_y, h_x)
+        if self.regressor is not None:
+            z = self.regressor(u)
+        else:
+            z = u @ self.reg_weight.to(u.dtype) + self.reg_bias.to(u.dtype)  # standardized units
+        return self.rating_mean.to(u.dtype) + self.rating_std.to(u.dtype) * z
 
     def debiased(self, r: Tensor) -> Tensor:
         """r' = r − r_v λ (N, k); unchanged when there is no verbosity objective."""
@@ -236,15 +302,16 @@ class GatedHead(nn.Module):
         return r - r[:, self.verbosity_index : self.verbosity_index + 1] * self.debias.to(r.dtype)
 
     def gating_weights(self, h_x: Tensor) -> Tensor:
-        """g(x) = softmax(MLP(h_x)/T), (N, k), rows on the simplex."""
-        return torch.softmax(self.gate(h_x) / self.temperature, dim=-1)
+        """g(x) = softmax(MLP(norm(h_x))/T), (N, k), rows on the simplex."""
+        return torch.softmax(self.gate(self.prompt_norm(h_x)) / self.temperature, dim=-1)
 
     def scale(self) -> Tensor:
         return (self.log_scale if self.log_scale is not None else self.fixed_log_scale).exp()
 
     def reward(self, h_y: Tensor, h_x: Tensor) -> Tensor:
         """f(x, y) = scale · Σ_i g_i(x) r'_i(x, y), (N,)."""
-        return self.scale() * (self.gating_weights(h_x) * self.debiased(self.ratings(h_y))).sum(-1)
+        r = self.debiased(self.ratings(h_y, h_x))  # (N, k)
+        return self.scale() * (self.gating_weights(h_x) * r).sum(-1)
 
     def forward(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
         reward_a, reward_b = self.reward(emb["a"], emb["x"]), self.reward(emb["b"], emb["x"])

@@ -48,6 +48,12 @@ FORMAT_VERSION = 1
 class HeadConfig:
     hidden_size: int = param(0, "head MLP width (0: a linear head, the usual choice on a big backbone)")
     num_layers: int = param(1, "head MLP hidden layers (when hidden_size > 0)")
+    prompt_input: bool = param(
+        False, "the head reads [h_{x,y}, h_x]: the prompt's own vector next to the response's (bt, gpm, gated)"
+    )
+    standardize: bool = param(
+        True, "frozen backbone: standardize head inputs per feature with training-set mean and std"
+    )
 
 
 @dataclass
@@ -68,9 +74,7 @@ class GatedConfig:
     verbosity_objective: str = param(
         "", "objective treated as verbosity for debiasing (empty: no debiasing; arena: detail)"
     )
-    debias_objectives: list[str] = param(
-        [], "objectives debiased against verbosity (empty: all others)"
-    )
+    debias_objectives: list[str] = param([], "objectives debiased against verbosity (empty: all others)")
     debias_tolerance: float = param(0.03, "debias until |corr(r'_i, r_verbosity)| ≤ this")
     gate_temperature: float = param(1.0, "T in g(x) = softmax(MLP(h_x)/T)")
     scale_init: float = param(1.0, "initial scale of the final reward")
@@ -82,12 +86,15 @@ class GatedConfig:
     stage1_steps: int = param(300, "sgd stage 1: optimizer steps on the ratings")
     stage1_lr: float = param(0.0, "sgd stage 1: peak learning rate (0: train.lr)")
     stage1_batch_size: int = param(0, "sgd stage 1: ratings per optimizer step (0: train.batch_size)")
-    stage1_lr: float = param(0.0, "sgd stage 1: peak learning rate (0: train.lr)")
-    stage1_batch_size: int = param(0, "sgd stage 1: ratings per optimizer step (0: train.batch_size)")
+    regression_hidden: int = param(
+        0, "stage-1 regression: 0 linear (ridge or sgd); > 0 an MLP of this width (sgd only)"
+    )
 
     def __post_init__(self) -> None:
         if self.gate_temperature <= 0 or self.scale_init <= 0 or self.ridge_l2 < 0:
             raise ValueError("gated.gate_temperature, gated.scale_init must be > 0 and ridge_l2 ≥ 0")
+        if self.regression_hidden > 0 and self.stage1 == "ridge":
+            raise ValueError("gated.regression_hidden > 0 (an MLP) needs gated.stage1=sgd")
 
 
 @dataclass
@@ -117,7 +124,7 @@ def build_head(cfg: PMModelConfig, in_dim: int, *, objectives: Sequence[str] = (
     """One head of kind ``cfg.kind`` (initialized from the current torch RNG)."""
     h = cfg.head
     if cfg.kind == "bt":
-        return RewardHead(in_dim, hidden=h.hidden_size, layers=h.num_layers)
+        return RewardHead(in_dim, hidden=h.hidden_size, layers=h.num_layers, prompt_input=h.prompt_input)
     if cfg.kind == "gpm":
         g = cfg.gpm
         return GPMHead(
@@ -128,6 +135,7 @@ def build_head(cfg: PMModelConfig, in_dim: int, *, objectives: Sequence[str] = (
             prompt_gate=g.prompt_gate,
             normalize=g.normalize,
             temperature=g.temperature,
+            prompt_input=h.prompt_input,
         )
     if cfg.kind == "pairwise":
         return PairwiseHead(in_dim, hidden=h.hidden_size, layers=h.num_layers)
@@ -145,6 +153,8 @@ def build_head(cfg: PMModelConfig, in_dim: int, *, objectives: Sequence[str] = (
             learn_scale=g.learn_scale,
             verbosity_index=verbosity_index,
             train_regression=g.stage1 == "sgd",
+            regression_hidden=g.regression_hidden,
+            prompt_input=h.prompt_input,
         )
     raise PrefgameError(f"unknown preference model kind '{cfg.kind}' (choose one of {', '.join(KINDS)})")
 
@@ -208,6 +218,7 @@ class PreferenceModel(nn.Module):
     ) -> dict[str, list[list[int]]]:
         """Token sequences of each view for aligned (prompt, a, b) rows."""
         enc = self.encoder
+        enc.prefetch(prompts, [*a, *b])
         build = {
             "a": lambda x, ya, yb: enc.response_ids(x, ya),
             "b": lambda x, ya, yb: enc.response_ids(x, yb),
@@ -269,9 +280,7 @@ class PreferenceModel(nn.Module):
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
-    def preference(
-        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
-    ) -> Tensor:
+    def preference(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> Tensor:
         """P(a_i ≻ b_i | x_i) = σ(s_i), (N,) float64."""
         prompts, responses_a, responses_b = list(prompts), list(responses_a), list(responses_b)
         return torch.sigmoid(self.score(prompts, responses_a, responses_b).double())
@@ -313,7 +322,7 @@ class PreferenceModel(nn.Module):
             member = []
             for head in self.heads:
                 lam = head.eigenvalues(h_x, 1)[0]  # (k_blocks,)
-                member.append(head.score_matrix(head.vectors(h_y), lam))
+                member.append(head.score_matrix(head.vectors(h_y, h_x), lam))
             s = combine_scores(torch.stack(member), self.cfg.ensemble.mode, self.cfg.ensemble.c).cpu()
         return torch.sigmoid(s.double())
 

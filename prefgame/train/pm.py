@@ -214,14 +214,18 @@ class PairForward(nn.Module):
 
 
 class RatingsForward(nn.Module):
-    """Backbone + gated head's stage-1 regression: sequences → per-objective predictions (B, k)."""
+    """Backbone + gated head's stage-1 regression: response (and prompt) sequences → predictions (B, k).
+
+    With ``prompt_input`` the batch holds the B response sequences, then the B prompt sequences.
+    """
 
     def __init__(self, model: PreferenceModel, head: nn.Module) -> None:
         super().__init__()
         self.encoder, self.head = model.encoder, head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.head.ratings(self.encoder(input_ids, attention_mask))
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
+        h = self.encoder(input_ids, attention_mask)  # (B or 2B, H)
+        return self.head.ratings(h[:n], h[n:] if h.shape[0] > n else None)
 
 
 def pair_loss_fn(kind: str, cfg: PMLossConfig) -> Callable[[dict, Tensor, Tensor, float], tuple]:
@@ -335,15 +339,16 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     verbosity_index = -1
     if mc.kind == "gated":
         ratings = load_ratings(
-            cfg.data.ratings_path, cfg.data.ratings_split, list(mc.gated.objectives),
+            cfg.data.ratings_path,
+            cfg.data.ratings_split,
+            list(mc.gated.objectives),
             skip_invalid=cfg.data.skip_invalid,
         )
         objectives = ratings.objectives
         if mc.gated.verbosity_objective:
             if mc.gated.verbosity_objective not in objectives:
                 raise PrefgameError(
-                    f"gated.verbosity_objective '{mc.gated.verbosity_objective}' is not an objective "
-                    f"({objectives})"
+                    f"gated.verbosity_objective '{mc.gated.verbosity_objective}' is not an objective ({objectives})"
                 )
             verbosity_index = objectives.index(mc.gated.verbosity_objective)
 
@@ -354,9 +359,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     for i in range(mc.ensemble.size):
         torch.manual_seed(tc.seed + 1000 * (i + 1))
         heads.append(build_head(mc, encoder.hidden_size, objectives=objectives, verbosity_index=verbosity_index))
-    model = PreferenceModel(
-        encoder, heads, mc, info=ModelInfo(mc.kind, objectives, verbosity_index), batch_size=64
-    )
+    model = PreferenceModel(encoder, heads, mc, info=ModelInfo(mc.kind, objectives, verbosity_index), batch_size=64)
     model.to(acc.device)
     if frozen:
         encoder.requires_grad_(False)
@@ -508,9 +511,7 @@ def _train_step(
         step_loss += loss.detach()
         for key, value in m.items():
             sums[key] = sums.get(key, 0.0) + float(value) * len(mb)
-    grad_norm = acc.clip_grad_norm_(
-        module.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-    )
+    grad_norm = acc.clip_grad_norm_(module.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
     step_loss = acc.reduce(step_loss, reduction="sum")
     if guard.check(local, step_loss, grad_norm):
         optimizer.step()
@@ -557,6 +558,13 @@ def _build_phases(
         # every view the model has, so that swapped pairs find their vectors
         cache["train"] = model.embed(model.views, train_set.prompts, train_set.chosen, train_set.rejected)
         cache["eval"] = model.embed(model.views, eval_set.prompts, eval_set.chosen, eval_set.rejected)
+        if mc.head.standardize and mc.kind != "gated":  # gated: fitted on the ratings in stage 1
+            train = cache["train"]
+            pair = ("ab", "ba") if mc.kind == "pairwise" else ("a", "b")
+            h_y = torch.cat([train[pair[0]], train[pair[1]]])
+            h_x = torch.cat([train["x"], train["x"]]) if "x" in train else None
+            for head in model.heads:
+                fit_input_norms(head, h_y, h_x)
 
     def frozen_pair_loss(head):
         def micro_loss(module, idx, swapped, normalizer):
@@ -631,15 +639,29 @@ def _build_phases(
         if frozen:
             phases.append(
                 Phase(
-                    f"member-{i}", tc.max_steps, tc.seed + i, head, len(train_set), cache_pairs,
-                    frozen_pair_loss(head), pairs_normalizer, evaluator(i),
+                    f"member-{i}",
+                    tc.max_steps,
+                    tc.seed + i,
+                    head,
+                    len(train_set),
+                    cache_pairs,
+                    frozen_pair_loss(head),
+                    pairs_normalizer,
+                    evaluator(i),
                 )
             )
         else:
             phases.append(
                 Phase(
-                    "member-0", tc.max_steps, tc.seed, PairForward(model, head), len(train_set),
-                    lambda: None, full_pair_loss, pairs_normalizer, evaluator(0),
+                    "member-0",
+                    tc.max_steps,
+                    tc.seed,
+                    PairForward(model, head),
+                    len(train_set),
+                    lambda: None,
+                    full_pair_loss,
+                    pairs_normalizer,
+                    evaluator(0),
                 )
             )
     return phases, cache
@@ -652,7 +674,8 @@ def _stage1_phase(cfg: PMConfig, acc, model: PreferenceModel, ratings: Ratings, 
     head = model.heads[0]
     values = torch.as_tensor(ratings.values, dtype=torch.float32)
     observed = ~torch.isnan(values)
-    cache: dict[str, Tensor] = {}
+    with_prompt = head.inputs.prompt_input
+    cache: dict[str, Tensor | None] = {}
 
     def setup() -> None:
         _set_trainable(head, regression=True)
@@ -660,16 +683,21 @@ def _stage1_phase(cfg: PMConfig, acc, model: PreferenceModel, ratings: Ratings, 
         std = torch.where(observed, values - mean, 0.0).pow(2).sum(0).div(observed.sum(0).clamp(min=1)).sqrt()
         head.set_standardization(mean, std.clamp(min=1e-6))
         if mc.backbone.freeze and "h" not in cache:
-            cache["h"] = _rating_vectors(model, ratings)
+            cache["h"], cache["x"] = _rating_vectors(model, ratings, with_prompt=with_prompt)
+            if mc.head.standardize:
+                fit_input_norms(head, cache["h"], cache["x"], prompt=_prompt_vectors(model, ratings))
 
     def micro_loss(module, idx, swapped, normalizer):
         target, mask = values[idx].to(device), observed[idx].to(device)
         if mc.backbone.freeze:
-            pred = module(cache["h"][idx].to(device))
+            h_x = cache["x"][idx].to(device) if cache["x"] is not None else None
+            pred = module(cache["h"][idx].to(device), h_x)
         else:
             seqs = [model.encoder.response_ids(ratings.prompts[i], ratings.responses[i]) for i in idx]
+            if with_prompt:
+                seqs += [model.encoder.prompt_ids(ratings.prompts[i]) for i in idx]
             batch = model.encoder.collate(seqs)
-            pred = module(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            pred = module(batch["input_ids"].to(device), batch["attention_mask"].to(device), len(idx))
         return regression_loss(pred, target, mask, normalizer=normalizer)
 
     module = _RatingsHead(head) if mc.backbone.freeze else RatingsForward(model, head)
@@ -694,21 +722,37 @@ class _RatingsHead(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, h: Tensor) -> Tensor:
-        return self.head.ratings(h)
+    def forward(self, h: Tensor, h_x: Tensor | None) -> Tensor:
+        return self.head.ratings(h, h_x)
 
 
 def _set_trainable(head: nn.Module, *, regression: bool) -> None:
     """Stage 1 trains the rating regression only; stage 2 the gate and the reward scale only."""
     for p in head.parameters():
         p.requires_grad_(not regression)
-    for p in (head.reg_weight, head.reg_bias):
-        if isinstance(p, nn.Parameter):
-            p.requires_grad_(regression)
+    for p in head.regression_parameters():
+        p.requires_grad_(regression)
 
 
-def _rating_vectors(model: PreferenceModel, ratings: Ratings) -> Tensor:
+def fit_input_norms(head: nn.Module, h_y: Tensor, h_x: Tensor | None, *, prompt: Tensor | None = None) -> None:
+    """Set a head's input standardization from training vectors: the response input from h_y (and
+    h_x, row-aligned, with ``prompt_input``), the prompt gate's from ``prompt`` (default h_x)."""
+    u = torch.cat([h_y, h_x], dim=-1) if head.inputs.prompt_input else h_y
+    head.inputs.norm.fit(u)
+    prompt = h_x if prompt is None else prompt
+    if hasattr(head, "prompt_norm") and prompt is not None:
+        head.prompt_norm.fit(prompt)
+
+
+def _rating_vectors(model: PreferenceModel, ratings: Ratings, *, with_prompt: bool) -> tuple[Tensor, Tensor | None]:
+    """Vectors of the rated (prompt, response) rows, and of their prompts when the head reads them."""
     seqs = [model.encoder.response_ids(x, y) for x, y in zip(ratings.prompts, ratings.responses)]
+    h_y = model.encoder.embed(seqs, batch_size=model.batch_size * 4)
+    return h_y, _prompt_vectors(model, ratings) if with_prompt else None
+
+
+def _prompt_vectors(model: PreferenceModel, ratings: Ratings) -> Tensor:
+    seqs = [model.encoder.prompt_ids(x) for x in ratings.prompts]
     return model.encoder.embed(seqs, batch_size=model.batch_size * 4)
 
 
@@ -722,18 +766,23 @@ def _gated_setup(cfg: PMConfig, model: PreferenceModel, ratings: Ratings, state:
     model.encoder.requires_grad_(False)
     for head in model.heads:
         _set_trainable(head, regression=False)
-    h = _rating_vectors(model, ratings).double()  # (n, H)
+    head0 = model.heads[0]
+    h, h_x = _rating_vectors(model, ratings, with_prompt=head0.inputs.prompt_input)  # (n, H)
     values = torch.as_tensor(ratings.values, dtype=torch.float64)
     mask = ~torch.isnan(values)
-    head0 = model.heads[0]
     if g.stage1 == "ridge":
-        centered = h - h.mean(0)
+        if cfg.model.head.standardize:
+            fit_input_norms(head0, h, h_x, prompt=_prompt_vectors(model, ratings))
+        with torch.no_grad():
+            u = head0.inputs(h.double(), None if h_x is None else h_x.double())  # (n, D) the regression input
+        centered = u - u.mean(0)
         l2 = g.ridge_l2 * float((centered * centered).sum(0).mean())
-        weight, bias = ridge_fit(h, values, mask, l2)
+        weight, bias = ridge_fit(u, values, mask, l2)
         head0.set_standardization(torch.zeros_like(bias), torch.ones_like(bias))  # raw units
         head0.set_regression(weight.float(), bias.float())
+    device = head0.reg_weight.device
     with torch.no_grad():
-        pred = head0.ratings(h.float().to(head0.reg_weight.device)).double().cpu()  # (n, k)
+        pred = head0.ratings(h.to(device), None if h_x is None else h_x.to(device)).double().cpu()  # (n, k)
     resid = torch.where(mask, pred - values, 0.0)
     ss_res = (resid**2).sum(0)
     mean = torch.where(mask, values, 0.0).sum(0) / mask.sum(0).clamp(min=1)
@@ -755,7 +804,11 @@ def _gated_setup(cfg: PMConfig, model: PreferenceModel, ratings: Ratings, state:
             "lambda": {o: float(lam[i]) for i, o in enumerate(ratings.objectives)},
         }
     for head in model.heads:
-        if head is not head0:
+        if head is not head0:  # every member shares stage 1 (and its input standardization)
+            head.inputs.load_state_dict(head0.inputs.state_dict())
+            head.prompt_norm.load_state_dict(head0.prompt_norm.state_dict())
+            if head0.regressor is not None:
+                head.regressor.load_state_dict(head0.regressor.state_dict())
             head.set_regression(head0.reg_weight.detach(), head0.reg_bias.detach())
             head.set_standardization(head0.rating_mean, head0.rating_std)
         head.set_debias(lam.float())

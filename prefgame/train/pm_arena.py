@@ -1,32 +1,33 @@
-"""BT, GPM and gated preference models on the arena, end to end in a few CPU minutes.
+"""BT, GPM and gated preference models on the arena, end to end in well under a CPU minute.
 
 :func:`train_arena_preference_models` is what the quickstart calls. It
 
-1. samples its data from the world: per-objective ratings, training pairs and held-out pairs, every
-   pair labeled with the gold soft label P*(chosen ≻ rejected) (noise-free targets; no annotator);
-2. trains the **gated** model first, with a new tiny Llama backbone fine-tuned by stage 1 (masked
-   rating regression, gradient descent), then its gate on frozen vectors (stage 2, BT loss);
-3. trains **BT** and **GPM** heads on that same backbone, frozen: each model is a head on cached
-   vectors, so the three differ only in what their heads can represent;
-4. returns one table row per model: held-out accuracy, expected accuracy under the gold preference
-   (overall and on in-cycle pairs) next to the Bayes-optimal figures, and for the gated model the
-   correlation of its gating weights with the true w(x).
+1. takes training pairs and per-objective ratings (the quickstart's ``data/pairs.jsonl`` and
+   ``data/ratings.jsonl``, or samples them from the world when no path is given) and samples a
+   separate held-out set from the world (labels: the gold soft label P*(chosen ≻ rejected));
+2. trains a **BT** reward model, a **GPM** (general preference, embedding form) and a **gated**
+   (ArmoRM-style) model with ``prefgame.train.pm`` — all on one frozen backbone, so the three differ
+   only in what their heads can represent;
+3. returns one :class:`ArenaPMRow` per model: held-out accuracy, expected accuracy under the gold
+   preference (overall and on in-cycle pairs) next to the Bayes-optimal figures, the gated model's
+   gating-weight correlation with the true w(x), and the folder ``load_preference_model`` restores.
 
-Why this backbone: the arena's features must be read from text, and correctness relates the
-response's number to the prompt's a + b. A frozen π0 (the SFT policy) does not expose it (a probe on
-its vectors is at chance), while a small encoder fine-tuned on the ratings learns it in about a
-thousand steps; mean pooling of the token embeddings next to the last layer (``layers=[0, -1]``)
-keeps the word identities that style (the cyclic term) and the prompt type need. See
-docs/preference_models.md for the measurements.
+The backbone is the arena tiny Llama's (randomly initialized, frozen) token-embedding layer with sum
+pooling: a fixed linear map of the word counts of the prompt and of prompt + response, which every
+head reads side by side (``head.prompt_input``). Every arena feature is a simple function of those
+counts (style: the largest word family; relevance: the topic word in both; correctness: the sum of
+the prompt's digits equals the response's number; length: the word count; safety: an unsafe word),
+so an MLP head can read them all, and the comparison isolates the heads: BT cannot represent the
+cyclic style term, GPM can. A small transformer learning these features from text needs far more
+CPU time (see docs/preference_models.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,162 +35,157 @@ from prefgame.arena import export
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.models.backbone import BackboneConfig
-from prefgame.models.model import EnsembleConfig, GatedConfig, GPMConfig, HeadConfig, PMModelConfig
+from prefgame.models.model import GatedConfig, GPMConfig, HeadConfig, PMModelConfig
 from prefgame.run import RunDir, write_jsonl
 from prefgame.train.common import TrainConfig
-from prefgame.train.pm import PMConfig, PMDataConfig, PMLossConfig, train_preference_model
+from prefgame.train.pm import PMConfig, PMDataConfig, train_preference_model
 
 log = logging.getLogger("prefgame.pm_arena")
+
+KINDS = ("bt", "gpm", "gated")
+MODEL_NAMES = {"bt": "BT reward", "gpm": "GPM (general preference)", "gated": "gated (ArmoRM-style)"}
 
 
 @dataclass
 class ArenaPMConfig:
     arena: ArenaConfig = param(ArenaConfig, "the world (its cycle strength decides what BT can reach)")
-    seed: int = param(0, "seed of the data and of training")
-    train_pairs: int = param(6000, "training pairs (gold soft labels)")
-    eval_pairs: int = param(3000, "held-out pairs")
-    minimal_pair_fraction: float = param(0.5, "share of pairs that differ in one feature")
-    ratings: int = param(6000, "responses with per-objective ratings (gated stage 1 and the backbone)")
-    backbone_hidden_size: int = param(64, "hidden size of the new backbone")
-    backbone_layers: int = param(1, "transformer layers of the new backbone")
-    stage1_steps: int = param(1400, "backbone + rating-head fine-tuning steps (batch 32)")
-    stage1_lr: float = param(1e-2, "learning rate of stage 1")
-    head_steps: int = param(600, "optimizer steps of each head (gate, BT, GPM)")
-    head_lr: float = param(3e-3, "learning rate of the heads")
-    head_hidden_size: int = param(256, "MLP width of the BT and GPM heads")
+    seed: int = param(0, "seed of sampled data and of training")
+    train_pairs: int = param(4000, "training pairs sampled from the world when no pairs file is given")
+    ratings: int = param(2000, "rated responses sampled from the world when no ratings file is given")
+    eval_pairs: int = param(3000, "held-out pairs sampled from the world (gold soft labels)")
+    minimal_pair_fraction: float = param(0.5, "share of sampled pairs that differ in one feature")
+    backbone_hidden_size: int = param(128, "width of the token embeddings (≥ the 95-word vocabulary)")
+    head_hidden_size: int = param(256, "MLP width of every head (and of the gated stage-1 regression)")
+    head_steps: int = param(1500, "optimizer steps of the BT and GPM heads and of the gated stage 2")
+    head_lr: float = param(3e-3, "peak learning rate of the heads")
+    batch_size: int = param(128, "pairs (or ratings) per optimizer step")
+    stage1_steps: int = param(1500, "gated stage 1: optimizer steps of the rating regression")
     gpm_blocks: int = param(4, "k of the GPM (2k-dimensional preference vectors)")
 
 
-def _data(cfg: ArenaPMConfig, folder: Path) -> dict[str, Path]:
+@dataclass
+class ArenaPMRow:
+    """One model's figures on the held-out arena pairs."""
+
+    model: str  # display name
+    kind: str  # bt, gpm or gated
+    accuracy: float  # held-out accuracy against the side of the gold label
+    expected_accuracy: float  # E[P* if the model picks a else 1 − P*]: comparable to bayes_accuracy
+    bayes_accuracy: float  # E[max(P*, 1 − P*)]: the best any model can reach
+    in_cycle_expected_accuracy: float | None  # the same on pairs decided by the cyclic term alone
+    in_cycle_bayes_accuracy: float | None
+    in_cycle_pairs: int
+    gating_correlation: float | None  # gated: Pearson r of mean gating weights vs true w(x)
+    seconds: float
+    model_dir: str  # load_preference_model(model_dir) restores the model
+
+
+def _sampled_data(cfg: ArenaPMConfig, folder: Path, pairs_path: str, ratings_path: str) -> dict[str, str]:
     arena = cfg.arena.build()
     rng = np.random.default_rng([cfg.seed, 0xA7])
     frac = cfg.minimal_pair_fraction
-    sets = {
-        "ratings": export.ratings(arena, cfg.ratings, rng),
-        "train": export.labeled_pairs(arena, cfg.train_pairs, rng, minimal_pair_fraction=frac),
-        "eval": export.labeled_pairs(arena, cfg.eval_pairs, rng, minimal_pair_fraction=frac),
-    }
-    paths = {}
-    for name, rows in sets.items():
+    paths = {"train": pairs_path, "ratings": ratings_path}
+    sets = {"eval": lambda: export.labeled_pairs(arena, cfg.eval_pairs, rng, minimal_pair_fraction=frac)}
+    if not pairs_path:
+        sets["train"] = lambda: export.labeled_pairs(arena, cfg.train_pairs, rng, minimal_pair_fraction=frac)
+    if not ratings_path:
+        sets["ratings"] = lambda: export.ratings(arena, cfg.ratings, rng)
+    for name, sample in sets.items():
+        rows = sample()
         if name != "ratings":  # a pair of identical texts carries no preference
             rows = [r for r in rows if r["chosen"] != r["rejected"]]
-        paths[name] = folder / f"{name}.jsonl"
+        paths[name] = str(folder / f"{name}.jsonl")
         write_jsonl(paths[name], rows)
     return paths
 
 
-def _head_train(cfg: ArenaPMConfig, steps: int) -> TrainConfig:
-    return TrainConfig(
-        seed=cfg.seed,
-        lr=cfg.head_lr,
-        warmup_steps=20,
-        max_steps=steps,
-        batch_size=128,
-        micro_batch_size=128,
-        eval_every=0,
-        save_every=0,
-        log_every=50,
-        mixed_precision="no",
-    )
-
-
-def _fit(pm: PMConfig) -> dict:
-    out = RunDir(pm.output_dir)
-    try:
-        out.start_fresh()
-        return train_preference_model(pm, out, logging.getLogger("prefgame.train.pm"))
-    finally:
-        out.close()
-
-
-def train_arena_preference_models(cfg: ArenaPMConfig, output_dir: str | Path) -> list[dict[str, Any]]:
-    """Train gated, BT and GPM models on arena data under ``output_dir``; return the table rows.
-
-    Each row: model, accuracy (held-out, vs the gold label's side), expected_accuracy and
-    bayes_accuracy (overall), in_cycle_expected_accuracy and in_cycle_bayes_accuracy, in_cycle_pairs,
-    gating_correlation (gated only; None otherwise), seconds.
-    """
-    t0 = time.perf_counter()
-    output_dir = Path(output_dir)
-    paths = _data(cfg, output_dir / "data")
-    data = PMDataConfig(
-        path=str(paths["train"]), eval_path=str(paths["eval"]), ratings_path=str(paths["ratings"])
-    )
+def arena_pm_config(cfg: ArenaPMConfig, kind: str, output_dir: str | Path, data: PMDataConfig) -> PMConfig:
+    """The train-pm config of one kind (what configs/pm/{bt,gpm,gated}.yaml spell out)."""
     backbone = BackboneConfig(
         name_or_path="",
-        pooling="mean",
-        layers=[0, -1],
+        pooling="sum",
+        layers=[0],
         max_length=96,
-        freeze=False,
+        freeze=True,
         hidden_size=cfg.backbone_hidden_size,
-        num_layers=cfg.backbone_layers,
+        num_layers=1,
         num_heads=4,
         intermediate_size=4 * cfg.backbone_hidden_size,
     )
-    gated = PMConfig(
-        output_dir=str(output_dir / "gated"),
-        model=PMModelConfig(
-            kind="gated",
-            backbone=backbone,
-            head=HeadConfig(hidden_size=0),
-            gated=GatedConfig(
-                verbosity_objective="detail",
-                debias_objectives=["relevance", "correctness", "safety"],
-                stage1="sgd",
-                stage1_steps=cfg.stage1_steps,
-                stage1_lr=cfg.stage1_lr,
-                stage1_batch_size=32,
-            ),
-        ),
-        data=data,
-        train=_head_train(cfg, cfg.head_steps),
-        arena_metrics=True,
-        arena=cfg.arena,
+    head = HeadConfig(hidden_size=cfg.head_hidden_size, num_layers=1, prompt_input=True, standardize=True)
+    gated = GatedConfig(
+        verbosity_objective="detail",
+        debias_objectives=["relevance", "correctness", "safety"],
+        stage1="sgd",
+        stage1_steps=cfg.stage1_steps,
+        regression_hidden=cfg.head_hidden_size,
     )
-    results = {"gated": _fit(gated)}
-    frozen = BackboneConfig(
-        name_or_path=str(output_dir / "gated" / "model" / "backbone"),
-        pooling="mean",
-        layers=[0, -1],
-        max_length=96,
-        freeze=True,
+    train = TrainConfig(
+        seed=cfg.seed,
+        lr=cfg.head_lr,
+        warmup_steps=20,
+        max_steps=cfg.head_steps,
+        batch_size=cfg.batch_size,
+        micro_batch_size=cfg.batch_size,
+        eval_every=0,
+        save_every=0,
+        log_every=100,
+        mixed_precision="no",
     )
-    head = HeadConfig(hidden_size=cfg.head_hidden_size, num_layers=1)
-    for kind in ("bt", "gpm"):
-        pm = PMConfig(
-            output_dir=str(output_dir / kind),
-            model=PMModelConfig(
-                kind=kind,
-                backbone=frozen,
-                head=head,
-                gpm=GPMConfig(blocks=cfg.gpm_blocks),
-                ensemble=EnsembleConfig(size=1),
-            ),
-            data=data,
-            loss=PMLossConfig(),
-            train=_head_train(cfg, cfg.head_steps),
-            arena_metrics=True,
-            arena=cfg.arena,
-        )
-        results[kind] = _fit(pm)
+    model = PMModelConfig(kind=kind, backbone=backbone, head=head, gpm=GPMConfig(blocks=cfg.gpm_blocks), gated=gated)
+    return PMConfig(
+        output_dir=str(output_dir), model=model, data=data, train=train, arena_metrics=True, arena=cfg.arena
+    )
+
+
+def train_arena_preference_models(
+    output_dir: str | Path,
+    *,
+    pairs_path: str | Path = "",
+    ratings_path: str | Path = "",
+    cfg: ArenaPMConfig | None = None,
+) -> list[ArenaPMRow]:
+    """Train BT, GPM and gated models on arena data; one folder each under ``output_dir``.
+
+    pairs_path: arena pairs with gold soft labels (e.g. the quickstart's ``data/pairs.jsonl``);
+    ratings_path: per-objective ratings (``data/ratings.jsonl``); either empty: sampled from the
+    world. Held-out pairs are always sampled from the world (``output_dir/data/eval.jsonl``).
+    Returns the rows in the order BT, GPM, gated. About 30 s on one CPU thread at 4000 pairs.
+    """
+    cfg = cfg or ArenaPMConfig()
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    paths = _sampled_data(cfg, output_dir / "data", str(pairs_path), str(ratings_path))
+    data = PMDataConfig(path=paths["train"], eval_path=paths["eval"], ratings_path=paths["ratings"])
     rows = []
-    for name, kind in (("BT reward", "bt"), ("GPM (general preference)", "gpm"), ("gated (ArmoRM-style)", "gated")):
-        m = results[kind]
+    for kind in KINDS:
+        pm = arena_pm_config(cfg, kind, output_dir / kind, data)
+        out = RunDir(pm.output_dir)
+        try:
+            out.start_fresh()
+            out.write_config(pm)
+            m = train_preference_model(pm, out, logging.getLogger("prefgame.train.pm"))
+        finally:
+            out.close()
         a = m["arena"]
         rows.append(
-            {
-                "model": name,
-                "kind": kind,
-                "accuracy": m["eval"]["accuracy"],
-                "expected_accuracy": a["expected_accuracy"],
-                "bayes_accuracy": a["bayes_accuracy"],
-                "in_cycle_expected_accuracy": a["in_cycle"]["expected_accuracy"],
-                "in_cycle_bayes_accuracy": a["in_cycle"]["bayes_accuracy"],
-                "in_cycle_pairs": a["in_cycle"]["n"],
-                "gating_correlation": a.get("gating", {}).get("pearson"),
-                "seconds": m["seconds"],
-            }
+            ArenaPMRow(
+                model=MODEL_NAMES[kind],
+                kind=kind,
+                accuracy=m["eval"]["accuracy"],
+                expected_accuracy=a["expected_accuracy"],
+                bayes_accuracy=a["bayes_accuracy"],
+                in_cycle_expected_accuracy=a["in_cycle"]["expected_accuracy"],
+                in_cycle_bayes_accuracy=a["in_cycle"]["bayes_accuracy"],
+                in_cycle_pairs=a["in_cycle"]["n"],
+                gating_correlation=a.get("gating", {}).get("pearson"),
+                seconds=m["seconds"],
+                model_dir=str(output_dir / kind / "model"),
+            )
         )
     log.info(f"arena preference models trained in {time.perf_counter() - t0:.0f}s")
     return rows
 
+
+def rows_as_dicts(rows: list[ArenaPMRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
