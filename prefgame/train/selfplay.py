@@ -107,9 +107,7 @@ class OracleConfig:
         "PreferenceOracle built by `factory` (e.g. a trained preference model or a judge)",
     )
     annotator: str = param("careful", "kind=annotator: the annotator's name (arena.world.DEFAULT_ANNOTATORS)")
-    factory: str = param(
-        "", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle"
-    )
+    factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
     path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
     options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
 
@@ -290,9 +288,7 @@ class VLLMSampler:
         except ImportError:
             raise PrefgameError("sampling.backend=vllm needs vLLM: pip install 'prefgame[vllm]'") from None
         self.tokenizer, self.cfg = tokenizer, cfg
-        self.llm = LLM(
-            model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization
-        )
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
         self.version = -1
 
     def sync(self, policy, version: int) -> None:
@@ -419,8 +415,15 @@ class SelfPlay:
         n = min(self.cfg.sampling.prompts_per_iteration, len(self.train_prompts))
         return [self.train_prompts[i] for i in rng.choice(len(self.train_prompts), size=n, replace=False)]
 
-    def sample(self, prompts: Sequence[str], seed: tuple[int, ...], *, mixture_coef: float = 0.0, n: int | None = None,
-               model=None) -> Responses:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seed: tuple[int, ...],
+        *,
+        mixture_coef: float = 0.0,
+        n: int | None = None,
+        model=None,
+    ) -> Responses:
         """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0."""
         sc = self.cfg.sampling
         n = sc.samples_per_prompt if n is None else n
@@ -804,6 +807,22 @@ def train(
     return metrics
 
 
+# The figures of each measured iteration that summarize() copies into metrics["history"]: oracle win
+# rates and Monte Carlo KL on held-out prompts, and on the arena the exact class-level figures
+# (class/win_rate_vs_ref is the exact gold win rate of the class distribution against π0's).
+HISTORY_KEYS = (
+    "iteration",
+    "win_rate_vs_ref",
+    "win_rate_vs_previous",
+    "kl_to_ref",
+    "class/exploitability",
+    "class/gap",
+    "class/tv_to_equilibrium",
+    "class/class_kl",
+    "class/win_rate_vs_ref",
+)
+
+
 def summarize(cfg: SelfPlayConfig, out: RunDir, evaluator: Evaluator, n_params: int) -> dict[str, Any]:
     """Final figures from metrics.jsonl: the first and last measured rows and their changes."""
     rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
@@ -818,6 +837,7 @@ def summarize(cfg: SelfPlayConfig, out: RunDir, evaluator: Evaluator, n_params: 
         "final": final,
         "nonfinite_steps": evaluator.sp.guard.total,
     }
+    metrics["history"] = [{k: r[k] for k in HISTORY_KEYS if k in r} for r in measured]  # convergence trace
     if evaluator.game is not None and initial.get("class/exploitability") is not None:
         metrics["equilibrium"] = evaluator.game.summary()
         metrics["exploitability_ratio"] = final["class/exploitability"] / initial["class/exploitability"]
