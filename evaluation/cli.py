@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from evaluation.report import (
@@ -73,6 +74,9 @@ class WinrateConfig:
 @dataclass
 class AgreementConfig:
     labels: str = param("", "labels file: one row per pair, one column per source (P(a ≻ b)), e.g. labels.jsonl")
+    arena_pairs: int = param(
+        0, "instead of labels: label N arena pairs by gold, every annotator and a biased judge (both orders)"
+    )
     sources: list[str] = param([], "label columns to compare (empty: every numeric column)")
     reference: str = param("", "source the biases are measured against (e.g. gold); empty: none")
     models: list[str] = param([], "sources that are preference models: accuracy against every other source")
@@ -165,11 +169,20 @@ def winrate_part(cfg: EvaluateConfig, out: RunDir) -> tuple[ReportSection, dict[
     return section, info
 
 
-def agreement_part(cfg: EvaluateConfig) -> ReportSection:
+def agreement_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
     a = cfg.agreement
-    if not a.labels:
-        raise ConfigError("agreement needs agreement.labels=FILE (one column per label source)")
-    labels = read_table(a.labels)
+    if bool(a.labels) == bool(a.arena_pairs):
+        raise ConfigError("agreement needs either agreement.labels=FILE or agreement.arena_pairs=N (one of the two)")
+    if a.labels:
+        labels = read_table(a.labels)
+    else:  # the arena: demonstrator response pairs, labeled now; kept as labels.jsonl
+        from evaluation.arena import arena_label_table
+        from prefgame.arena.export import response_pairs
+
+        arena = ArenaConfig(seed=cfg.seed).build()
+        prompts, ra, rb = response_pairs(arena, a.arena_pairs, np.random.default_rng(cfg.seed), minimal_pair_fraction=0)
+        labels = arena_label_table(arena, prompts, ra, rb, seed=cfg.seed)
+        write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
     return agreement_section(
         labels,
         sources=a.sources or None,
@@ -187,9 +200,11 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
     if part not in PARTS:
         raise ConfigError(f"unknown evaluate part '{part}': use one of {', '.join(PARTS)}")
     want_winrate = part == "winrate" or (part == "report" and (cfg.winrate.battles or cfg.winrate.samples))
-    want_agreement = part == "agreement" or (part == "report" and cfg.agreement.labels)
+    want_agreement = part == "agreement" or (part == "report" and (cfg.agreement.labels or cfg.agreement.arena_pairs))
     if not (want_winrate or want_agreement):
-        raise ConfigError("evaluate report needs winrate.battles, winrate.samples or agreement.labels")
+        raise ConfigError(
+            "evaluate report needs winrate.battles, winrate.samples, agreement.labels or agreement.arena_pairs"
+        )
     out = RunDir(cfg.output_dir)
     log = out.start_logging()
     try:
@@ -200,7 +215,7 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
             section, metrics["winrate_inputs"] = winrate_part(cfg, out)
             sections.append(section)
         if want_agreement:
-            sections.append(agreement_part(cfg))
+            sections.append(agreement_part(cfg, out))
         for section in sections:
             metrics.update(section.metrics)
         paths = write_report(out.path, sections, title=cfg.title)
@@ -220,9 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="part", metavar="{winrate,agreement,report}", required=True)
     examples = {
         "winrate": "prefgame evaluate winrate winrate.battles=runs/arena/battles.jsonl winrate.baseline=demonstrator",
-        "agreement": "prefgame evaluate agreement agreement.labels=runs/eval/labels.jsonl agreement.reference=gold",
+        "agreement": "prefgame evaluate agreement agreement.arena_pairs=1000 agreement.reference=gold",
         "report": "prefgame evaluate report winrate.battles=runs/arena/battles.jsonl "
-        "agreement.labels=runs/eval/labels.jsonl agreement.reference=gold",
+        "agreement.labels=runs/quickstart/labels.jsonl agreement.reference=gold",
     }
     for part, help_text in PARTS.items():
         p = sub.add_parser(

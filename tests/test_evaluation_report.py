@@ -294,6 +294,12 @@ def test_evaluate_cli_winrate_agreement_report(arena_dir, arena_labels, tmp_path
                  "agreement.reference=gold"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "position bias: first-position" in printed and "length bias:   verbose-lover" in printed
+    # the arena labels its own pairs when no labels file is given, and keeps them
+    out = tmp_path / "ag-arena"
+    assert main(["evaluate", "agreement", f"output_dir={out}", "agreement.arena_pairs=300"]) == 0
+    assert len(read_jsonl(out / "labels.jsonl")) == 300 and (out / "tables" / "kappa.json").exists()
+    assert main(["evaluate", "agreement", f"output_dir={out}", "agreement.arena_pairs=300",
+                 f"agreement.labels={labels_file}"]) == 2  # fmt: skip
 
     # generated outputs judged now by the arena's gold preference, plus the labels: one report
     samples = arena_samples(40)
