@@ -586,3 +586,60 @@ def test_local_judge_rejects_unknown_verdict_tokens(local_judge):
 
     with pytest.raises(PrefgameError, match="is not one known token"):
         LocalLMJudge(local_judge.model, local_judge.tokenizer, verdict_tokens=("Yes", "No"))
+
+
+# -- the LLM judge in evaluation reports -------------------------------------------------------------
+def test_evaluate_winrate_with_the_llm_judge_and_its_cache(server, tmp_path, monkeypatch):
+    """`prefgame evaluate winrate` judging generated outputs through the real client: the model whose
+    outputs say GOOD wins every pair; a second run is answered from the cache with zero requests."""
+    from prefgame.cli import main
+    from prefgame.run import write_jsonl
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the key comes from the environment and is never written
+    prompts = [f"question {i} ?" for i in range(5)]
+    files = []
+    for name, text in (("good", "GOOD answer"), ("plain", "plain answer here")):
+        files.append(tmp_path / f"{name}.jsonl")
+        write_jsonl(
+            files[-1], [{"prompt": p, "output": f"{text} {i}", "generator": name} for i, p in enumerate(prompts)]
+        )
+    args = ["evaluate", "winrate", f"output_dir={tmp_path / 'eval'}", f"winrate.samples=[{files[0]},{files[1]}]",
+            "winrate.baseline=plain", "winrate.judge.kind=llm", "winrate.judge.llm.model=judge-test",
+            f"winrate.judge.llm.base_url={server.base_url}", f"winrate.judge.llm.cache_dir={tmp_path / 'cache'}",
+            "winrate.judge.llm.backoff_base_s=0.01", "n_bootstrap=10"]  # fmt: skip
+    server.faults.extend(["429", "500"])  # retried: every pair still completes
+    assert main(args) == 0
+    assert server.requests == 2 * 5 + 2
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["win_rate_vs_baseline"] == {"good": 1.0}
+    usage = metrics["winrate_inputs"]["judge_usage"]
+    assert (usage["judgments"], usage["retries"], usage["failures"]) == (10, 2, 0)
+    assert main(args) == 0 and server.requests == 12  # all from the cache
+    for path in (tmp_path / "eval").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="replace"), path
+
+
+def test_llm_judge_columns_in_arena_label_tables_show_its_position_bias(server, tmp_path):
+    """An LLM judge among the label sources keeps its two single-order verdicts, so the agreement
+    report measures its position consistency: the fake judge always answers A on BIASED prompts."""
+    import pandas as pd
+
+    from evaluation.report import judge_table
+
+    judge = LLMJudge(judge_config(server, tmp_path))
+    prompts = ["BIASED pick one ."] * 3 + ["pick one ."] * 3
+    a = ["GOOD x", "y", "z z z", "GOOD x", "y", "z z z"]
+    b = ["y", "GOOD x", "z", "y", "GOOD x", "z"]
+    records = judge.judge_pairs(prompts, a, b)
+    labels = pd.DataFrame({"prompt": prompts, "response_a": a, "response_b": b})
+    labels["llm"] = [r.preference for r in records]
+    labels["llm:first"] = [1.0 if r.ab.verdict == "A" else 0.0 for r in records]
+    labels["llm:swapped"] = [1.0 if r.ba.verdict == "A" else 0.0 for r in records]
+    table = judge_table(labels, ["llm"])
+    # BIASED rows: both orders say "first" -> inconsistent, toward the first slot (3 of 6 pairs), and the
+    # combined label is a tie; the other 3 pairs are consistent.
+    assert table.loc["llm", "consistency"] == pytest.approx(0.5)
+    assert table.loc["llm", "biased_first"] == pytest.approx(0.5) and table.loc["llm", "biased_second"] == 0.0
+    assert labels["llm"].tolist()[:3] == [0.5, 0.5, 0.5]
+    assert table.loc["llm", "first_slot_rate"] == pytest.approx((3 + 2) / 6)  # GOOD first in rows 4; longer in 6
