@@ -156,17 +156,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: theirs)")
     parser.add_argument("--device", default="cpu", help="torch device of the games")
     parser.add_argument("--max-iters", type=int, default=100_000, help="iteration cap in the rules table")
+    parser.add_argument(
+        "--tables", default="solver,rules,mwu", help="comma-separated subset of the tables: solver, rules, mwu"
+    )
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
         limit_blas_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads\n")
     shapes = [(256, 16), (16, 100)] if args.quick else [(1024, 16), (64, 100)]
-    solver_table(shapes, args.repeats, args.device)
-    print()
-    rules_table(4 if args.quick else 8, 100, 20_000 if args.quick else args.max_iters, args.device)
-    print()
-    mwu_table((100, 1_000, 10_000), args.device)
+    if "solver" in tables:
+        solver_table(shapes, args.repeats, args.device)
+        print()
+    if "rules" in tables:
+        rules_table(4 if args.quick else 8, 100, 20_000 if args.quick else args.max_iters, args.device)
+        print()
+    if "mwu" in tables:
+        mwu_table((100, 1_000, 10_000), args.device)
 
 
 if __name__ == "__main__":

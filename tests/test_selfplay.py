@@ -34,7 +34,13 @@ from prefgame.game.lm_selfplay import (
 from prefgame.game.solvers import solve_equilibrium
 from prefgame.lm import build_pairs_batch, encode_prompt
 from prefgame.losses import geometric_mixture_logprobs
-from prefgame.train.selfplay import ARENA_PRESETS, SelfPlayConfig, run_selfplay, selfplay_config
+from prefgame.train.selfplay import (
+    ARENA_PRESETS,
+    QUICKSTART_OVERRIDES,
+    SelfPlayConfig,
+    run_selfplay,
+    selfplay_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "selfplay"
 
@@ -276,6 +282,9 @@ def test_trainer_updates_policy_not_reference(pi0_dir, tmp_path, algorithm, monk
         assert all(np.isfinite(r[key]) for r in rows), key
     assert rows[1]["win_rate_vs_previous"] is not None
     assert metrics["final"]["iteration"] == 2 and "exploitability_ratio" in metrics
+    history = metrics["history"]  # the convergence trace: one row per measurement, from metrics.jsonl
+    assert [h["iteration"] for h in history] == [0, 1, 2]
+    assert [h["class/exploitability"] for h in history] == [r["class/exploitability"] for r in rows]
     assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
     assert "vllm" not in sys.modules
 
@@ -345,6 +354,14 @@ def test_gpu_config_loads_and_configs_validate():
         load_config(SelfPlayConfig, f)
     with pytest.raises(Exception, match="eta"):
         load_config(SelfPlayConfig, None, ["algorithm=inpo", "game.tau=0.5", "game.eta=4"])
+
+
+def test_quickstart_overrides_apply_to_every_preset():
+    """The quickstart's short run is valid on top of each arena preset and keeps the preset's game."""
+    for algorithm in ARENA_PRESETS:
+        cfg = selfplay_config(algorithm, None, QUICKSTART_OVERRIDES)
+        assert cfg.algorithm == algorithm and cfg.train.iterations == 8 and cfg.eval.every == 4
+        assert cfg.game == selfplay_config(algorithm).game
 
 
 def test_factory_oracle_hook(monkeypatch):
