@@ -79,7 +79,7 @@ from prefgame.train.selfplay import PolicyConfig, PromptsConfig
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
-PROMPTS, ROLLOUT, ORDER, EVAL, REF_EVAL = 0, 1, 2, 3, 4
+PROMPTS, ROLLOUT, ORDER, EVAL, REF_EVAL, REF_STATS = 0, 1, 2, 3, 4, 5
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -89,6 +89,12 @@ PROMPTS, ROLLOUT, ORDER, EVAL, REF_EVAL = 0, 1, 2, 3, 4
 class PPORewardConfig:
     path: str = param("", "BT (or gated) reward model: the 'prefgame train-pm' output_dir or its model/ folder")
     batch_size: int = param(256, "responses per reward-model forward pass")
+    normalize: bool = param(
+        True,
+        "standardize r(x, y) with the mean and std of π0's rewards (BT rewards have an arbitrary offset and "
+        "scale); kl_coef and missing_eos_penalty are then in units of π0's reward std",
+    )
+    normalize_samples: int = param(256, "π0 responses (on training prompts) that give the normalization")
     missing_eos_penalty: float = param(
         1.0, "subtracted from the score of a response cut without an end-of-sequence token (0: none)"
     )
@@ -284,6 +290,7 @@ class PPO:
         self.steps_done = 0  # optimizer steps taken (for messages)
         self.arena = cfg.arena.build() if cfg.prompts.source == "arena" else None
         self.train_prompts, self.eval_prompts = self._prompt_pools()
+        self.score_shift, self.score_scale = self._score_normalization()
 
     def _train_config(self) -> TrainConfig:
         tc = self.cfg.train
@@ -322,6 +329,18 @@ class PPO:
         n_eval = min(cfg.eval.prompts, len(texts) // 2)
         return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
 
+    def _score_normalization(self) -> tuple[float, float]:
+        """(mean, std) of r(x, y) over π0 samples on training prompts; (0, 1) when not normalizing.
+        Deterministic in the seed, so every process and a resumed run compute the same numbers."""
+        rc = self.cfg.reward
+        if not rc.normalize:
+            return 0.0, 1.0
+        rng = np.random.default_rng([self.cfg.train.seed, 0, REF_STATS])
+        idx = rng.choice(len(self.train_prompts), size=rc.normalize_samples, replace=True)
+        ys = self.sample(self.ref, [self.train_prompts[i] for i in idx], (self.cfg.train.seed, 0, REF_STATS))
+        raw = self.scores(ys).double()
+        return float(raw.mean()), float(raw.std().clamp(min=1e-6)) if len(raw) > 1 else 1.0
+
     # -- operations ---------------------------------------------------------------------------------
     def iteration_prompts(self, t: int) -> list[str]:
         """This process's share of iteration t's prompts."""
@@ -357,7 +376,8 @@ class PPO:
         """Sample, score, and compute the per-token rewards, advantages and returns of iteration t."""
         cfg, acc, p = self.cfg, self.acc, self.cfg.ppo
         ys = self.sample(self.policy, self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, acc.process_index))
-        scores = self.scores(ys)  # (B,)
+        raw_scores = self.scores(ys)  # (B,)
+        scores = (raw_scores - self.score_shift) / self.score_scale
         full = self.batch(ys, range(len(ys)))
         mask = full["response_mask"][:, 1:].bool()  # (B, T−1)
         old_logps, values, ref_logps = (torch.zeros(mask.shape, device=acc.device) for _ in range(3))
@@ -388,7 +408,8 @@ class PPO:
         if p.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         metrics = {
-            "score": float(scores.mean()),
+            "score": float(raw_scores.mean()),
+            "score_normalized": float(scores.mean()),
             "kl": float(info["kl"]),
             "non_score_reward": float(info["non_score_reward"]),
             "entropy": float(torch.cat(entropies).mean()),
