@@ -390,10 +390,15 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             with ctx, acc.autocast():
                 logps = wrapper(**batch).float()  # (2b,) chosen then rejected
                 loss, metrics = dpo_loss(
-                    logps[: len(mb)], logps[len(mb) :],
-                    train_set.ref_chosen[mb].to(acc.device), train_set.ref_rejected[mb].to(acc.device),
-                    chosen_lengths=lc.to(acc.device), rejected_lengths=lr.to(acc.device),
-                    length_alpha=cfg.loss.length_alpha, normalizer=tc.batch_size, **loss_kwargs(cfg.loss),
+                    logps[: len(mb)],
+                    logps[len(mb) :],
+                    train_set.ref_chosen[mb].to(acc.device),
+                    train_set.ref_rejected[mb].to(acc.device),
+                    chosen_lengths=lc.to(acc.device),
+                    rejected_lengths=lr.to(acc.device),
+                    length_alpha=cfg.loss.length_alpha,
+                    normalizer=tc.batch_size,
+                    **loss_kwargs(cfg.loss),
                 )  # fmt: skip   a sum over the micro-batch / the global pair count
                 acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
             step_loss += loss.detach()

@@ -1,0 +1,286 @@
+"""Few-step CPU tests of the DPO trainer (prefgame.train.dpo) on a tiny Llama (hidden 32, 2 layers) and
+the exported arena pairs, and hand-checked values of its helpers.
+
+What they show: a short offline run lowers the training loss from ln 2, every parameter moves, the
+reference is π0 (the implicit rewards recomputed from π0 on disk match), a resumed run equals an
+uninterrupted one bit for bit, micro-batches × accumulation give the full-batch update; the online
+mode trains, keeps π0 fixed, and resumes exactly at round granularity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefgame.config import load_config
+from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer
+from prefgame.train import dpo
+from prefgame.train.dpo import DPOConfig, PairLogps, best_worst_pairs, load_pair_set, truncate
+from prefgame.train.sft import SFTModelConfig, build_model, save_model
+
+
+@pytest.fixture(scope="module")
+def pi0(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialized Llama saved as a π0 checkpoint (training needs no SFT to be tested)."""
+    cfg = SFTModelConfig(
+        tokenizer=str(arena_dir / "tokenizer"), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64
+    )
+    model, tok = build_model(cfg, seed=0)
+    path = tmp_path_factory.mktemp("pi0") / "model"
+    save_model(model, tok, path)
+    return path
+
+
+def dpo_config(pi0: Path, arena_dir: Path, output_dir: Path, *overrides: str) -> DPOConfig:
+    base = [
+        f"output_dir={output_dir}",
+        f"policy.name_or_path={pi0}",
+        f"data.path={arena_dir / 'pairs.jsonl'}",
+        "data.skip_invalid=true",
+        "data.max_pairs=120",
+        "data.eval_fraction=0.2",
+        "data.max_length=64",
+        "loss.beta=0.5",
+        "loss.chunk_size=16",  # several chunks per micro-batch
+        "train.lr=3e-3",
+        "train.warmup_steps=1",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "train.log_every=1",
+        "train.mixed_precision=no",
+    ]
+    return load_config(DPOConfig, None, [*base, *overrides])
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(pi0: Path, arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[DPOConfig, dict]:
+    out = tmp_path_factory.mktemp("dpo")
+    cfg = dpo_config(
+        pi0, arena_dir, out, "train.max_steps=12", "train.batch_size=16", "train.micro_batch_size=16",
+        "train.eval_every=6", "train.save_every=6",
+    )  # fmt: skip
+    return cfg, dpo.run(cfg)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def test_truncate_keeps_prompt_end_and_response_start() -> None:
+    assert truncate([1, 2, 3], [4, 5], 8) == ([1, 2, 3], [4, 5])
+    # 6 + 6 > 8: the prompt keeps max(8 − 6, 8 // 2) = 4 tokens from its end, the response the first 4
+    assert truncate([1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], 8) == ([3, 4, 5, 6], [7, 8, 9, 10])
+
+
+def test_best_worst_pairs_hand_example() -> None:
+    # K = 3, two prompts: win rates (0.2, 0.9, 0.4) → best 1, worst 0; (0.5, 0.5, 0.5) → all tie, skipped
+    chosen, rejected = best_worst_pairs(torch.tensor([0.2, 0.9, 0.4, 0.5, 0.5, 0.5], dtype=torch.float64), 3)
+    assert chosen.tolist() == [1] and rejected.tolist() == [0]
+
+
+def test_pair_logps_equal_full_logits_log_softmax(pi0: Path) -> None:
+    """Σ over response tokens of log_softmax(logits)[next token], from the model's own full logits."""
+    model = load_causal_lm(str(pi0))
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 2]]
+    batch = build_pairs_batch(prompts, responses, pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = []
+    for b, (p, r) in enumerate(zip(prompts, responses)):  # token t of the response is predicted at len(p)+t−1
+        expected.append(sum(float(logp[b, len(p) + t - 1, tok]) for t, tok in enumerate(r)))
+    for chunk in (1, 3, 1024):
+        got = PairLogps(model, chunk_size=chunk)(**batch)
+        torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-5)
+    mean = PairLogps(model, length_normalize=True)(**batch)
+    want = torch.tensor([expected[0] / 2, expected[1] / 4], dtype=torch.float64)
+    torch.testing.assert_close(mean.double(), want, rtol=0, atol=1e-5)
+
+
+def test_load_pair_set_orders_pairs_and_drops_ties(tmp_path: Path, pi0: Path) -> None:
+    rows = [
+        {"prompt": "what is 1 plus 1 ?", "chosen": "the answer is 2 .", "rejected": "moonlit .", "label": 0.8},
+        {"prompt": "what is 1 plus 2 ?", "chosen": "golden .", "rejected": "the answer is 3 .", "label": 0.3},
+        {"prompt": "what is 2 plus 2 ?", "chosen": "golden .", "rejected": "moonlit .", "label": 0.5},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_tokenizer(str(pi0))
+    pairs, info = load_pair_set(load_config(DPOConfig, None, [f"data.path={path}"]).data, tok)
+    assert len(pairs) == 2 and info == {"rows": 3, "ties_dropped": 1}
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
+    assert decode(pairs.chosen_ids[0]) == "the answer is 2 ."
+    assert decode(pairs.chosen_ids[1]) == "the answer is 3 ."  # label < ½: the pair is swapped
+    assert all(ids[-1] == tok.eos_token_id for ids in pairs.chosen_ids + pairs.rejected_ids)
+
+
+# -- a short offline run ----------------------------------------------------------------------------
+
+
+def test_short_run_lowers_held_out_loss_and_writes_outputs(trained) -> None:
+    cfg, metrics = trained
+    out = Path(cfg.output_dir)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["eval"] == pytest.approx(metrics["eval"])
+    # at step 0 the policy is π0: every log-ratio is 0, so the loss is −log σ(0) = ln 2 and rewards are 0
+    assert saved["eval_initial"]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert saved["eval_initial"]["eval_rewards/margin"] == pytest.approx(0.0, abs=1e-6)
+    # a random tiny model on 92 pairs fits its training pairs (it cannot generalize from so few)
+    first_loss = metric_rows(out)[0]["loss"]
+    assert first_loss == pytest.approx(math.log(2), abs=1e-6) and saved["train_loss"] < math.log(2) - 0.1
+    assert saved["train"]["rewards/margin"] > 0
+    # 120 rows, 5 ties dropped, 20% held out
+    assert (saved["train_pairs"], saved["eval_pairs"], saved["steps"]) == (92, 23, 12)
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "log.txt", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+    rows = metric_rows(out)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13))
+    assert [r["step"] for r in rows if "eval_loss" in r] == [6]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000006"]
+    assert all(0.0 <= r["rewards/accuracy"] <= 1.0 for r in rows if "loss" in r)
+
+
+def test_every_parameter_changed_and_reference_is_pi0(trained, pi0: Path) -> None:
+    cfg, metrics = trained
+    policy, ref = load_causal_lm(str(Path(cfg.output_dir) / "model")), load_causal_lm(str(pi0))
+    trained_params = dict(policy.named_parameters())
+    for name, p0 in ref.named_parameters():
+        assert not torch.equal(trained_params[name], p0), f"{name} did not change"
+    # The implicit rewards of the final evaluation, β·log π/π0, recomputed with π0 read from disk:
+    # the reference log-probs were computed once from π0 and never moved with the policy.
+    tok = load_tokenizer(str(pi0))
+    pairs, _ = load_pair_set(cfg.data, tok)
+    order = np.random.default_rng(cfg.train.seed).permutation(len(pairs))
+    eval_set = pairs.take(order[: metrics["eval_pairs"]])
+    pol_c, pol_r = dpo.pair_logps(PairLogps(policy), eval_set, tok.pad_token_id, batch_size=64, device="cpu")
+    ref_c, ref_r = dpo.pair_logps(PairLogps(ref), eval_set, tok.pad_token_id, batch_size=64, device="cpu")
+    beta = cfg.loss.beta
+    assert metrics["eval"]["eval_rewards/chosen"] == pytest.approx(float(beta * (pol_c - ref_c).mean()), abs=1e-4)
+    assert metrics["eval"]["eval_rewards/rejected"] == pytest.approx(float(beta * (pol_r - ref_r).mean()), abs=1e-4)
+
+
+# -- resume and invariance --------------------------------------------------------------------------
+
+
+def test_resume_equals_uninterrupted(pi0: Path, arena_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    settings = (
+        "train.max_steps=8", "train.batch_size=8", "train.micro_batch_size=4", "train.save_every=4",
+        "train.eval_every=3", "train.keep_checkpoints=1",
+    )  # fmt: skip
+    dpo.run(dpo_config(pi0, arena_dir, tmp_path / "full", *settings))
+    real_step_indices = dpo.step_indices
+
+    def interrupting_step_indices(n, batch_size, seed, step):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_step_indices(n, batch_size, seed, step)
+
+    monkeypatch.setattr(dpo, "step_indices", interrupting_step_indices)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.run(dpo_config(pi0, arena_dir, tmp_path / "part", *settings))
+    monkeypatch.undo()
+    out = tmp_path / "part"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000004"]
+    assert not (out / "metrics.json").exists() and max(r["step"] for r in metric_rows(out)) == 6
+    resumed = dpo.run(dpo_config(pi0, arena_dir, out, *settings, "resume=true"))
+    assert "resumed from" in (out / "log.txt").read_text()
+    expected, got = weights(tmp_path / "full"), weights(out)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert metric_rows(out) == metric_rows(tmp_path / "full")
+    final = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert resumed["eval"] == final["eval"] and resumed["train_loss"] == final["train_loss"]
+
+
+@pytest.mark.parametrize("variant", [(), ("loss.loss_type=ipo", "loss.length_alpha=0.02")])
+def test_micro_batches_give_the_same_update_as_one_batch(pi0, arena_dir, tmp_path, variant) -> None:
+    """Loss = Σ over the step's pairs / the global pair count: 4 micro-batches of 2 (sorted by length)
+    accumulate the full batch's gradient, so loss and gradient norm per step match, and the weights."""
+    for micro in (8, 2):
+        cfg = dpo_config(
+            pi0, arena_dir, tmp_path / f"micro{micro}", "train.max_steps=3", "train.batch_size=8",
+            f"train.micro_batch_size={micro}", "data.eval_fraction=0", *variant,
+        )  # fmt: skip
+        dpo.run(cfg)
+    for key in ("loss", "grad_norm", "rewards/margin"):
+        values = [[r[key] for r in metric_rows(tmp_path / f"micro{m}")] for m in (8, 2)]
+        assert values[0] == pytest.approx(values[1], rel=1e-5, abs=1e-6), key  # float32 summation order
+    one, accumulated = weights(tmp_path / "micro8"), weights(tmp_path / "micro2")
+    for name in one:
+        # Adam divides by √v: float32 summation noise in near-zero gradient entries is magnified, so the
+        # weights agree to ~5e-6 (the learning rate, the size of one step, is 3e-3)
+        torch.testing.assert_close(accumulated[name], one[name], rtol=0, atol=2e-5, msg=name)
+
+
+# -- online ---------------------------------------------------------------------------------------
+
+
+def online_config(pi0: Path, output_dir: Path, *overrides: str) -> DPOConfig:
+    return load_config(
+        DPOConfig,
+        None,
+        [
+            "mode=online", f"output_dir={output_dir}", f"policy.name_or_path={pi0}", "oracle.kind=gold",
+            "online.rounds=3", "online.steps_per_round=2", "sampling.prompts_per_iteration=6",
+            "sampling.samples_per_prompt=3", "sampling.max_new_tokens=12", "train.batch_size=4",
+            "train.micro_batch_size=2", "train.lr=3e-3", "train.warmup_steps=1", "train.mixed_precision=no",
+            "eval.every=0", "eval.prompts=12", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
+            "loss.beta=0.5", *overrides,
+        ],
+    )  # fmt: skip
+
+
+def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: Path, monkeypatch) -> None:
+    real_round = dpo.online_round
+    seen = []
+
+    def recording_round(sp, t, prefs, loss):
+        seen.append(sp)
+        return real_round(sp, t, prefs, loss)
+
+    monkeypatch.setattr(dpo, "online_round", recording_round)
+    full = dpo.run(online_config(pi0, tmp_path / "full"))
+    monkeypatch.undo()
+    rows = metric_rows(tmp_path / "full")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["pairs"] > 0 and r["win_rate_gap"] > 0 for r in rows[1:])
+    assert full["initial"]["kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # π_0 is π0 at round 0
+    pi0_weights = load_causal_lm(str(pi0)).state_dict()
+    policy = weights(tmp_path / "full")
+    for name, p0 in pi0_weights.items():
+        if name in policy:
+            assert not torch.equal(policy[name], p0), f"{name} did not change"
+    for name, value in seen[-1].ref.state_dict().items():  # the reference after the last round is π0
+        assert torch.equal(value, pi0_weights[name]), name
+
+    real_round = dpo.online_round
+
+    def interrupting_round(sp, t, prefs, loss):
+        if t == 2:
+            raise KeyboardInterrupt
+        return real_round(sp, t, prefs, loss)
+
+    monkeypatch.setattr(dpo, "online_round", interrupting_round)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.run(online_config(pi0, tmp_path / "part"))
+    monkeypatch.undo()
+    dpo.run(online_config(pi0, tmp_path / "part", "resume=true"))
+    expected, got = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    # win_rate_vs_previous is measured against the last measured iterate, which a resumed run re-measures
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "win_rate_vs_previous")} for r in rs]  # noqa: E731
+    assert strip(metric_rows(tmp_path / "part")) == strip(rows)
