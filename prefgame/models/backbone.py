@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prefgame.config import param
@@ -103,7 +104,7 @@ class TextEncoder(nn.Module):
         self.layers = tuple(layers)
         self.hidden_size = int(model.config.hidden_size) * len(self.layers)
         self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
-        self._token_cache: dict[str, list[int]] = {}
+        self._token_cache: dict[str, tuple[int, ...]] = {}
         self._prompt_cache: dict[str, str] = {}
 
     # -- tokenization -----------------------------------------------------------------------
@@ -112,11 +113,11 @@ class TextEncoder(nn.Module):
     def _ids(self, text: str) -> list[int]:
         ids = self._token_cache.get(text)
         if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             self._remember({text: ids})
-        return ids
+        return list(ids)  # callers may extend it; the cache keeps an immutable tuple
 
-    def _remember(self, tokens: dict[str, list[int]]) -> None:
+    def _remember(self, tokens: dict[str, tuple[int, ...]]) -> None:
         if len(self._token_cache) + len(tokens) > self._CACHE_LIMIT:
             self._token_cache.clear()
         self._token_cache.update(tokens)
@@ -128,7 +129,7 @@ class TextEncoder(nn.Module):
         todo = sorted(t for t in texts if t not in self._token_cache)
         if todo:
             ids = self.tokenizer(todo, add_special_tokens=False)["input_ids"]
-            self._remember(dict(zip(todo, ids)))
+            self._remember({t: tuple(i) for t, i in zip(todo, ids)})
 
     def _end_id(self) -> int:
         tok = self.tokenizer
@@ -157,7 +158,7 @@ class TextEncoder(nn.Module):
     def _wrap(self, prompt_tokens: list[int]) -> list[int]:
         if self.text_format == "pair":
             return [self.tokenizer.cls_token_id, *prompt_tokens, self.tokenizer.sep_token_id]
-        return prompt_tokens
+        return list(prompt_tokens)  # a copy: the caller extends it, and the tokens are cached
 
     def _segment(self, response: str) -> list[int]:
         """A response followed by the end token (EOS, or SEP for pair layout)."""
@@ -219,6 +220,11 @@ class TextEncoder(nn.Module):
     def embed(self, sequences: Sequence[Sequence[int]], *, batch_size: int = 256) -> torch.Tensor:
         """Vectors (N, H) in float32 on CPU, computed in eval mode in length-sorted batches."""
         device = next(self.model.parameters()).device
+        if self.layers == (0,) and self.pooling in ("sum", "mean"):  # a bag of token embeddings: no padding
+            flat = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=device)
+            lengths = torch.tensor([0] + [len(s) for s in sequences[:-1]], dtype=torch.long, device=device)
+            weight = self.model.get_input_embeddings().weight
+            return F.embedding_bag(flat, weight, lengths.cumsum(0), mode=self.pooling).float().cpu()  # (N, H)
         was_training = self.training
         self.eval()
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))

@@ -155,16 +155,17 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind != "pairs":
         raise DataError(f"{path}: expected preference pairs (prompt/chosen/rejected), got {data.kind} data")
-    ds = data.dataset
-    sc = np.array([np.nan if v is None else v for v in ds["score_chosen"]], dtype=float)
-    sr = np.array([np.nan if v is None else v for v in ds["score_rejected"]], dtype=float)
+    ds = data.dataset.select_columns(["prompt", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"])
+    cols = ds.to_dict()  # one Arrow → Python conversion (row-wise column access is ~10× slower)
+    sc = np.array([np.nan if v is None else v for v in cols["score_chosen"]], dtype=float)
+    sr = np.array([np.nan if v is None else v for v in cols["score_rejected"]], dtype=float)
     return Pairs(
-        list(ds["prompt"]),
-        list(ds["chosen"]),
-        list(ds["rejected"]),
-        np.asarray(ds["label"], dtype=float),
+        cols["prompt"],
+        cols["chosen"],
+        cols["rejected"],
+        np.asarray(cols["label"], dtype=float),
         np.nan_to_num(sc - sr, nan=0.0),
-        list(ds["subset"]),
+        cols["subset"],
     )
 
 
@@ -188,8 +189,9 @@ def load_ratings(path: str, split: str, objectives: list[str], *, skip_invalid: 
     missing = [o for o in names if o not in available]
     if missing:
         raise DataError(f"{path}: no rating column(s) {missing} (rating columns: {available})")
-    values = np.stack([np.asarray(ds[o], dtype=float) for o in names], axis=1)
-    return Ratings(list(ds["prompt"]), list(ds["response"]), values, names)
+    cols = ds.select_columns(["prompt", "response", *names]).to_dict()
+    values = np.stack([np.array([np.nan if v is None else v for v in cols[o]], dtype=float) for o in names], axis=1)
+    return Ratings(cols["prompt"], cols["response"], values, names)
 
 
 def split_eval(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
