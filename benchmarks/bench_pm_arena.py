@@ -46,16 +46,22 @@ def main() -> int:
             "wall_seconds": time.perf_counter() - wall,
             "cpu_seconds": time.process_time() - cpu,
         }
-        print(f"\n== arena cycle={cycle}: {args.train_pairs} training pairs, "
-              f"{results[name]['cpu_seconds']:.0f} CPU s ({results[name]['wall_seconds']:.0f} s wall)")
-        print(f"{'model':<26} {'held-out acc':>12} {'expected':>9} {'Bayes':>7} {'in-cycle':>9} "
-              f"{'Bayes':>7} {'gating r':>9}")
+        print(
+            f"\n== arena cycle={cycle}: {args.train_pairs} training pairs, "
+            f"{results[name]['cpu_seconds']:.0f} CPU s ({results[name]['wall_seconds']:.0f} s wall)"
+        )
+        print(
+            f"{'model':<26} {'held-out acc':>12} {'expected':>9} {'Bayes':>7} {'in-cycle':>9} "
+            f"{'Bayes':>7} {'gating r':>9}"
+        )
         for r in rows:
             cyc = "-" if r.in_cycle_expected_accuracy is None else f"{r.in_cycle_expected_accuracy:.4f}"
             cyc_bayes = "-" if r.in_cycle_bayes_accuracy is None else f"{r.in_cycle_bayes_accuracy:.4f}"
             gate = "-" if r.gating_correlation is None else f"{r.gating_correlation:.3f}"
-            print(f"{r.model:<26} {r.accuracy:>12.4f} {r.expected_accuracy:>9.4f} {r.bayes_accuracy:>7.4f} "
-                  f"{cyc:>9} {cyc_bayes:>7} {gate:>9}")
+            print(
+                f"{r.model:<26} {r.accuracy:>12.4f} {r.expected_accuracy:>9.4f} {r.bayes_accuracy:>7.4f} "
+                f"{cyc:>9} {cyc_bayes:>7} {gate:>9}"
+            )
     cyc = {r["kind"]: r for r in results["cyclic"]["rows"]}
     flat = {r["kind"]: r for r in results["no_cycle"]["rows"]}
     checks = {

@@ -90,11 +90,22 @@ def _heads(out: Path) -> dict[str, torch.Tensor]:
 
 
 KIND_SETTINGS = {
-    "gpm-frozen": ("gpm", {"model.head.prompt_input": "true", "model.backbone.pooling": "sum", "model.backbone.layers": "[0]"}),
+    "gpm-frozen": (
+        "gpm",
+        {"model.head.prompt_input": "true", "model.backbone.pooling": "sum", "model.backbone.layers": "[0]"},
+    ),
     "bt-finetuned": ("bt", {"model.backbone.freeze": "false"}),
     "pairwise-finetuned": ("pairwise", {"model.backbone.freeze": "false", "loss.pairwise_single_pass": "true"}),
-    "gated-sgd": ("gated", {"model.gated.stage1": "sgd", "model.gated.regression_hidden": "8", "model.gated.stage1_steps": "4",
-                            "model.gated.verbosity_objective": "detail", "model.head.prompt_input": "true"}),
+    "gated-sgd": (
+        "gated",
+        {
+            "model.gated.stage1": "sgd",
+            "model.gated.regression_hidden": "8",
+            "model.gated.stage1_steps": "4",
+            "model.gated.verbosity_objective": "detail",
+            "model.head.prompt_input": "true",
+        },
+    ),
     "gated-ridge-ensemble": ("gated", {"model.ensemble.size": "2", "model.gated.verbosity_objective": "detail"}),
 }
 
@@ -171,8 +182,9 @@ def test_score_writes_probabilities_next_to_rows(tmp_path, data):
     assert len(rows) == len(inputs) and all(r["prompt"] == i["prompt"] for r, i in zip(rows, inputs))
     assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
     model = load_preference_model(tmp_path / "run")
-    direct = model.preference([r["prompt"] for r in inputs[:5]], [r["chosen"] for r in inputs[:5]],
-                              [r["rejected"] for r in inputs[:5]])
+    direct = model.preference(
+        [r["prompt"] for r in inputs[:5]], [r["chosen"] for r in inputs[:5]], [r["rejected"] for r in inputs[:5]]
+    )
     assert np.allclose([r["probability"] for r in rows[:5]], direct.numpy(), atol=1e-6)
     assert metrics["n"] == len(rows) and (tmp_path / "scored.metrics.json").exists()
 
@@ -188,13 +200,17 @@ def test_gated_needs_ratings(tmp_path, data):
 def test_arena_function_small(tmp_path):
     from prefgame.train.pm_arena import ArenaPMConfig, train_arena_preference_models
 
-    cfg = ArenaPMConfig(train_pairs=300, ratings=200, eval_pairs=200, head_steps=20, stage1_steps=20,
-                        head_hidden_size=16, batch_size=32)
+    cfg = ArenaPMConfig(
+        train_pairs=300, ratings=200, eval_pairs=200, head_steps=20, stage1_steps=20, head_hidden_size=16, batch_size=32
+    )
     rows = train_arena_preference_models(tmp_path, cfg=cfg)
     assert [r.kind for r in rows] == ["bt", "gpm", "gated"]
     for r in rows:
         assert 0.5 <= r.bayes_accuracy <= 1.0 and 0.0 <= r.expected_accuracy <= r.bayes_accuracy + 1e-9
         assert (r.gating_correlation is not None) == (r.kind == "gated")
         oracle = load_preference_model(r.model_dir)
-        p = oracle.preference(["please explain music briefly and what is 1 plus 2 ?"], ["yeah , music carries the rhythm . the answer is 3 . cool ."], ["certainly , music carries the rhythm . the answer is 5 . indeed ."])
+        prompt = "please explain music briefly and what is 1 plus 2 ?"
+        a = "yeah , music carries the rhythm . the answer is 3 . cool ."
+        b = "certainly , music carries the rhythm . the answer is 5 . indeed ."
+        p = oracle.preference([prompt], [a], [b])
         assert p.shape == (1,) and 0.0 <= float(p) <= 1.0

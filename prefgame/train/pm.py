@@ -155,7 +155,8 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind != "pairs":
         raise DataError(f"{path}: expected preference pairs (prompt/chosen/rejected), got {data.kind} data")
-    ds = data.dataset.select_columns(["prompt", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"])
+    columns = ["prompt", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"]
+    ds = data.dataset.select_columns(columns)
     cols = ds.to_dict()  # one Arrow → Python conversion (row-wise column access is ~10× slower)
     sc = np.array([np.nan if v is None else v for v in cols["score_chosen"]], dtype=float)
     sr = np.array([np.nan if v is None else v for v in cols["score_rejected"]], dtype=float)
