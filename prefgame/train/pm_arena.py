@@ -158,7 +158,8 @@ def train_arena_preference_models(
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
     paths = _sampled_data(cfg, output_dir / "data", str(pairs_path), str(ratings_path))
-    data = PMDataConfig(path=paths["train"], eval_path=paths["eval"], ratings_path=paths["ratings"])
+    # skip_invalid: exported arena pairs may hold a few pairs of identical texts (no preference)
+    data = PMDataConfig(path=paths["train"], eval_path=paths["eval"], ratings_path=paths["ratings"], skip_invalid=True)
     rows = []
     for kind in kinds:
         pm = arena_pm_config(cfg, kind, output_dir / kind, data)
