@@ -272,3 +272,28 @@ def test_minilm_encoder_if_installed(texts):
     model = PreferenceModel(encoder, [build_head(cfg, encoder.hidden_size)], cfg).eval()
     p = model.preference(prompts[:4], a[:4], b[:4]) + model.preference(prompts[:4], b[:4], a[:4])
     assert torch.allclose(p, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_sum_pooling_is_word_counts_through_the_embedding_table(texts):
+    prompts, a, _ = texts
+    enc = build_encoder(BackboneConfig(**{**TINY, "hidden_size": 128}, pooling="sum", layers=[0]))
+    seqs = [enc.response_ids(x, y) for x, y in zip(prompts, a)]
+    table = enc.model.get_input_embeddings().weight.detach()
+    counts = torch.zeros(len(seqs), table.shape[0])
+    for i, s in enumerate(seqs):
+        for t in s:
+            counts[i, t] += 1
+    # the cached fast path (embedding bag) and the padded forward pass both equal counts @ table
+    padded = enc(**enc.collate(seqs)).detach()
+    assert torch.allclose(enc.embed(seqs), counts @ table, atol=1e-5)
+    assert torch.allclose(padded, counts @ table, atol=1e-5)
+
+
+def test_input_norm_hand_computed():
+    from prefgame.models.heads import InputNorm
+
+    norm = InputNorm(2)
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    assert torch.equal(norm(x), x)  # identity until fitted
+    norm.fit(x)  # column 0: mean 2, std 1; column 1: constant → mean 5, scale 1
+    assert torch.equal(norm(x), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
