@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers.launch import assert_same_weights, launch, load_weights
+from helpers.tiny import TRAIN, pm_args, sft_args
 
 from prefgame.cli import main
 
@@ -38,34 +39,6 @@ class Case:
     weights: str = "model"  # the folder under output_dir whose safetensors are compared
 
 
-def sft_args(arena: Path, pi0: Path) -> list[str]:
-    return [
-        f"data.path={arena / 'sft.jsonl'}",
-        f"model.tokenizer={arena / 'tokenizer'}",
-        *TINY_LM,
-        "data.max_length=64",
-        "data.eval_fraction=0",
-        *TRAIN,
-    ]
-
-
-def pm_args(arena: Path, pi0: Path) -> list[str]:
-    # The gpm kind with a fine-tuned backbone: DDP synchronizes the encoder and the head.
-    return [
-        f"data.path={arena / 'pairs.jsonl'}",
-        "data.eval_fraction=0.1",
-        "model.kind=gpm",
-        "model.backbone.freeze=false",
-        f"model.backbone.tokenizer={arena / 'tokenizer'}",
-        "model.backbone.hidden_size=32",
-        "model.backbone.num_layers=2",
-        "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=64",
-        "model.backbone.max_length=64",
-        *TRAIN,
-    ]
-
-
 def dpo_args(arena: Path, pi0: Path) -> list[str]:
     return [
         f"policy.name_or_path={pi0}",
@@ -73,6 +46,8 @@ def dpo_args(arena: Path, pi0: Path) -> list[str]:
         "data.eval_fraction=0",
         "data.max_length=64",
         *TRAIN,
+        "train.max_steps=4",
+        "train.save_every=0",
     ]
 
 
@@ -95,21 +70,17 @@ def selfplay_args(arena: Path, pi0: Path) -> list[str]:
     ]
 
 
-TINY_LM = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
-TRAIN = [
-    "train.max_steps=4",
-    "train.batch_size=8",
-    "train.lr=3e-3",
-    "train.warmup_steps=1",
-    "train.eval_every=0",
-    "train.save_every=0",
-    "train.log_every=1",
-    "train.mixed_precision=no",
-]
+def sft_case(arena: Path, pi0: Path) -> list[str]:
+    return [*sft_args(arena), "train.max_steps=4", "train.save_every=0"]
+
+
+def pm_case(arena: Path, pi0: Path) -> list[str]:
+    return [*pm_args(arena), "train.max_steps=4", "train.save_every=0"]
+
 
 CASES = [
-    Case("sft", sft_args),
-    Case("train-pm", pm_args),
+    Case("sft", sft_case),
+    Case("train-pm", pm_case),
     Case("dpo", dpo_args),
     Case("selfplay", selfplay_args),
 ]
@@ -119,7 +90,7 @@ CASES = [
 def pi0_dir(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny π0 (hidden 32, 2 layers) after 5 SFT steps, for the trainers that start from a policy."""
     out = tmp_path_factory.mktemp("pi0")
-    args = [*sft_args(arena_dir, out), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={out}"]
+    args = [*sft_args(arena_dir), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={out}"]
     assert main(["sft", *args]) == 0
     return out / "model"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny
 from helpers.launch import REPO, assert_same_weights, job_env
 from safetensors.torch import load_file
 
@@ -32,47 +33,14 @@ from prefgame.errors import PrefgameError
 from prefgame.train import sft
 from prefgame.train.common import NonFiniteGuard, latest_checkpoint
 
-TINY_LM = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64"]
-
 
 def sft_args(arena: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"output_dir={out}",
-        f"data.path={arena / 'sft.jsonl'}",
-        f"model.tokenizer={arena / 'tokenizer'}",
-        *TINY_LM,
-        "data.max_length=64",
-        "data.eval_fraction=0.05",
-        "train.batch_size=8",
-        "train.micro_batch_size=8",
-        "train.lr=3e-3",
-        "train.warmup_steps=2",
-        "train.eval_every=0",
-        "train.log_every=1",
-        "train.mixed_precision=no",
-        *extra,
-    ]
+    settings = ["data.eval_fraction=0.05", "train.micro_batch_size=8", "train.warmup_steps=2"]
+    return [f"output_dir={out}", *tiny.sft_args(arena), *settings, *extra]
 
 
 def pm_args(arena: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        f"output_dir={out}",
-        f"data.path={arena / 'pairs.jsonl'}",
-        "data.eval_fraction=0.1",
-        "model.kind=gpm",
-        "model.backbone.freeze=false",
-        f"model.backbone.tokenizer={arena / 'tokenizer'}",
-        *(f"model.backbone.{kv.split('.', 1)[1]}" for kv in TINY_LM),
-        "model.backbone.max_length=64",
-        "train.batch_size=8",
-        "train.micro_batch_size=8",
-        "train.lr=3e-3",
-        "train.warmup_steps=2",
-        "train.eval_every=0",
-        "train.log_every=1",
-        "train.mixed_precision=no",
-        *extra,
-    ]
+    return [f"output_dir={out}", *tiny.pm_args(arena), "train.micro_batch_size=8", "train.warmup_steps=2", *extra]
 
 
 def start_prefgame(*args: str, cwd: Path = REPO, **env: str) -> subprocess.Popen:
@@ -127,23 +95,57 @@ def metric_rows(run_dir: Path) -> list[dict]:
 # -- SIGKILL at a random point, then resume=true -----------------------------------------------------
 
 
+def dpo_args(arena: Path, pi0: Path, out: Path, *extra: str) -> list[str]:
+    settings = ["data.eval_fraction=0.05", "data.max_length=64", "train.micro_batch_size=8", "train.warmup_steps=2"]
+    return [f"output_dir={out}", f"policy.name_or_path={pi0}", f"data.path={arena / 'pairs.jsonl'}"] + [
+        *tiny.TRAIN,
+        *settings,
+        *extra,
+    ]
+
+
+def selfplay_args(arena: Path, pi0: Path, out: Path, *extra: str) -> list[str]:
+    sampling = ["sampling.prompts_per_iteration=4", "sampling.samples_per_prompt=2", "sampling.max_new_tokens=6"]
+    evaluation = ["eval.every=0", "eval.prompts=4", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1"]
+    train = ["train.steps_per_iteration=2", "train.batch_size=8", "train.lr=1e-2", "train.mixed_precision=no"]
+    return [f"output_dir={out}", f"policy.name_or_path={pi0}", "algorithm=inpo", *sampling, *evaluation, *train, *extra]
+
+
+def step_settings(steps: int) -> list[str]:
+    return [f"train.max_steps={steps}", "train.save_every=5", "train.keep_checkpoints=2"]
+
+
 KILL_CASES = {
-    # job: (settings, steps, checkpoint every, compared folder)
-    "sft": (sft_args, 60, 5, "model"),
-    "train-pm": (pm_args, 40, 5, "model"),
+    # job: (settings (arena, π0, output_dir, *extra), run length, steps until the first checkpoint)
+    "sft": (lambda arena, pi0, out, *extra: sft_args(arena, out, *step_settings(60), *extra), 60, 5),
+    "train-pm": (lambda arena, pi0, out, *extra: pm_args(arena, out, *step_settings(40), *extra), 40, 5),
+    "dpo": (lambda arena, pi0, out, *extra: dpo_args(arena, pi0, out, *step_settings(40), *extra), 40, 5),
+    # a checkpoint after every iteration; metrics.jsonl's "step" is the iteration
+    "selfplay": (lambda arena, pi0, out, *extra: selfplay_args(arena, pi0, out, "train.iterations=12", *extra), 12, 1),
+}
+KNOWN_BUGS = {
+    "dpo": "prefgame/train/dpo.py:374 computes eval_initial after loading the checkpoint, so a resumed run "
+    "reports the checkpoint's eval as the initial one (weights and metrics.jsonl do match); fix: keep it in the "
+    "checkpoint state as sft does",
+    "selfplay": "prefgame/train/selfplay.py:658/700 keeps the previous evaluation's samples in memory only, so "
+    "after a resume win_rate_vs_previous compares against the resume point's policy (weights do match); fix: "
+    "store previous.prompts/texts in the checkpoint's trainer state and restore them",
 }
 
 
-@pytest.mark.parametrize("job", list(KILL_CASES))
-def test_sigkill_then_resume_equals_uninterrupted(job: str, arena_dir: Path, tmp_path: Path) -> None:
-    args, steps, every, compared = KILL_CASES[job]
+@pytest.mark.parametrize(
+    "job",
+    [pytest.param(job, marks=pytest.mark.xfail(job in KNOWN_BUGS, reason=KNOWN_BUGS.get(job, ""), strict=True))
+     for job in KILL_CASES],
+)  # fmt: skip
+def test_sigkill_then_resume_equals_uninterrupted(job: str, arena_dir: Path, pi0: Path, tmp_path: Path) -> None:
+    args, steps, first = KILL_CASES[job]
     seed = int(os.environ.get("PREFGAME_FAULT_SEED", time.time_ns() % 2**31))
-    kill_at = random.Random(seed).randint(every + 1, steps - 3)  # a logged step after the first checkpoint
+    kill_at = random.Random(seed).randint(first + 1, steps - 3)  # a logged step after the first checkpoint
     note = f"{job}: PREFGAME_FAULT_SEED={seed} (kill after step {kill_at})"
-    settings = [f"train.max_steps={steps}", f"train.save_every={every}", "train.keep_checkpoints=2"]
 
     killed = tmp_path / "killed"
-    proc = start_prefgame(job, *args(arena_dir, killed, *settings))
+    proc = start_prefgame(job, *args(arena_dir, pi0, killed))
     try:
         deadline = time.monotonic() + 240
         while logged_steps(killed) < kill_at and proc.poll() is None and time.monotonic() < deadline:
@@ -159,10 +161,10 @@ def test_sigkill_then_resume_equals_uninterrupted(job: str, arena_dir: Path, tmp
     assert last is not None and 0 < int(last.name.split("-")[1]) < steps, note
 
     full = tmp_path / "full"
-    assert main([job, *args(arena_dir, full, *settings)]) == 0
-    assert main([job, *args(arena_dir, killed, *settings, "resume=true")]) == 0, note
+    assert main([job, *args(arena_dir, pi0, full)]) == 0
+    assert main([job, *args(arena_dir, pi0, killed, "resume=true")]) == 0, note
     assert f"resumed from {last}" in (killed / "log.txt").read_text(), note
-    assert_same_weights(full / compared, killed / compared)  # bit for bit
+    assert_same_weights(full / "model", killed / "model")  # bit for bit
     assert metric_rows(killed) == metric_rows(full), note
     final, resumed = (json.loads((d / "metrics.json").read_text()) for d in (full, killed))
     resumed.pop("seconds"), final.pop("seconds")

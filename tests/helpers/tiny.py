@@ -1,0 +1,42 @@
+"""``key=value`` settings of few-step jobs on the test arena with a tiny Llama (hidden 32, 2 layers),
+shared by the scaling and fault tests. Callers add max_steps, micro-batch, checkpoint and eval settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_LM = ["hidden_size=32", "num_layers=2", "num_heads=2", "intermediate_size=64"]
+TRAIN = [
+    "train.batch_size=8",
+    "train.lr=3e-3",
+    "train.warmup_steps=1",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "train.mixed_precision=no",
+]
+
+
+def sft_args(arena: Path) -> list[str]:
+    """``prefgame sft`` on the arena's demonstrations, no held-out rows."""
+    return [
+        f"data.path={arena / 'sft.jsonl'}",
+        f"model.tokenizer={arena / 'tokenizer'}",
+        *(f"model.{kv}" for kv in TINY_LM),
+        "data.max_length=64",
+        "data.eval_fraction=0",
+        *TRAIN,
+    ]
+
+
+def pm_args(arena: Path) -> list[str]:
+    """``prefgame train-pm``: the gpm kind with a fine-tuned backbone (encoder and head both train)."""
+    return [
+        f"data.path={arena / 'pairs.jsonl'}",
+        "data.eval_fraction=0.1",
+        "model.kind=gpm",
+        "model.backbone.freeze=false",
+        f"model.backbone.tokenizer={arena / 'tokenizer'}",
+        *(f"model.backbone.{kv}" for kv in TINY_LM),
+        "model.backbone.max_length=64",
+        *TRAIN,
+    ]
