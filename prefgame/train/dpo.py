@@ -627,10 +627,12 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
         out.log_metrics(0, {"round": 0, **first})
     progress = Progress(rounds - start, "dpo online", log, every_s=5.0)
     row: dict[str, Any] = {}
+    round_seconds = 0.0
     for t in range(start, rounds):
         t0 = time.perf_counter()
         prefs = sp.preferences()
         info = online_round(sp, t, prefs, cfg.loss)
+        round_seconds += time.perf_counter() - t0
         done = t + 1
         row = {"round": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
         if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
@@ -665,7 +667,9 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
                 policy, sp.ref, sp.tok, sp.arena or cfg.arena.build(), n_prompts=cfg.arena_eval_prompts,
                 seed=cfg.train.seed, max_new_tokens=cfg.sampling.max_new_tokens,
             )  # fmt: skip
-        metrics["seconds"] = {"total": time.perf_counter() - t_start, "measurements": evaluator.seconds}
+        metrics["seconds"] = {
+            "total": time.perf_counter() - t_start, "rounds": round_seconds, "measurements": evaluator.seconds,
+        }  # fmt: skip
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
     return metrics
@@ -683,9 +687,9 @@ def train_dpo_arena(
     data_dir: str | Path,
     output_dir: str | Path,
     *,
-    mode: Literal["offline", "online"] = "offline",
+    mode: Literal["offline", "online"] = "online",
     overrides: Sequence[str] = (),
-    eval_prompts: int = 2000,
+    eval_prompts: int = 1000,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """DPO from the π0 checkpoint ``pi0_path`` on the arena export ``data_dir`` (its pairs.jsonl).
@@ -711,8 +715,19 @@ def train_dpo_arena(
     return {**metrics, "model_path": str(Path(cfg.output_dir) / "model")}
 
 
-# The arena settings (configs/dpo/arena.yaml and arena-online.yaml hold the same values).
+# The arena settings; configs/dpo/arena.yaml (offline) and arena-online.yaml (online) hold the same values.
 ARENA_PRESETS: dict[str, list[str]] = {
-    "offline": [],
-    "online": [],
-}
+    "offline": [
+        "mode=offline", "data.skip_invalid=true", "data.eval_fraction=0.05", "data.max_length=64",
+        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4", "train.warmup_steps=10", "train.max_steps=60",
+        "train.batch_size=32", "train.micro_batch_size=32", "train.eval_every=20", "train.save_every=0",
+        "train.log_every=10",
+    ],
+    "online": [
+        "mode=online", "oracle.kind=gold", "prompts.source=arena", "sampling.prompts_per_iteration=64",
+        "sampling.samples_per_prompt=6", "sampling.max_new_tokens=40", "online.rounds=12",
+        "online.steps_per_round=4", "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4",
+        "train.warmup_steps=2", "train.batch_size=32", "train.micro_batch_size=32", "eval.every=0",
+        "eval.prompts=120", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
+    ],
+}  # fmt: skip
