@@ -59,9 +59,7 @@ def kl_penalized_rewards(
 
 
 @torch.no_grad()
-def compute_gae(
-    rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
+def compute_gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalized advantage estimation over response tokens (§3.4). Returns (advantages, returns).
 
         δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   G_t = A_t + V_t
