@@ -358,6 +358,28 @@ def test_cdpo_ipo_and_length_regularized_hand_values():
         dpo_loss(*args, beta=0.1, loss_type="ipo", label_smoothing=0.1)
 
 
+def test_cdpo_and_ipo_gradients_and_batch_reduction_hand_values():
+    """cDPO: ∂ℓ/∂z = −(1 − ε)σ(−z) + εσ(z) = ε − σ(−z); z = βΔ = 0.2, ε = 0.1, ∂z/∂log π(y_w) = β:
+    grad = 0.1 · (0.1 − 0.450166002688) = −0.035016600269, and +0.035016600269 for log π(y_l).
+    IPO β = 0.5: ℓ = (Δ − 1)², ∂ℓ/∂log π(y_w) = 2(Δ − 1) = 2 at Δ = 2, −2 for log π(y_l).
+    Batch of Δ = 2 and Δ = 3 (IPO β = 0.5): mean (1 + 4)/2 = 2.5; with normalizer 4: 5/4 = 1.25.
+    Reward accuracy counts a tie r_w = r_l as wrong: pairs (Δ = 2, Δ = 0) → 0.5."""
+    pc, pr = t(-10.0).requires_grad_(), t(-12.0).requires_grad_()
+    loss, _ = dpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.1, label_smoothing=0.1)
+    grads = torch.autograd.grad(loss, (pc, pr))
+    close(grads[0], t(0.1 * (0.1 - 0.45016600268752216)))
+    close(grads[1], t(-0.1 * (0.1 - 0.45016600268752216)))
+    loss, _ = dpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.5, loss_type="ipo")
+    grads = torch.autograd.grad(loss, (pc, pr))
+    close(grads[0], t(2.0))
+    close(grads[1], t(-2.0))
+    batch = (t(-10.0, -10.0), t(-12.0, -13.0), t(-11.0, -11.0), t(-11.0, -11.0))
+    close(dpo_loss(*batch, beta=0.5, loss_type="ipo")[0], 2.5)
+    close(dpo_loss(*batch, beta=0.5, loss_type="ipo", normalizer=4)[0], 1.25)
+    _, metrics = dpo_loss(t(-10.0, -11.0), t(-12.0, -11.0), t(-11.0, -11.0), t(-11.0, -11.0), beta=0.1)
+    close(metrics["rewards/accuracy"], 0.5)
+
+
 def test_sppo_hand_value_and_gradient():
     """log π_θ − log π_t = −1 − (−1.5) = 0.5; target η(P̂ − ½) = 2·0.3 = 0.6 → (−0.1)² = 0.01,
     ∂ℓ/∂log π_θ = 2·(−0.1) = −0.2."""
