@@ -9,7 +9,8 @@ float32 summation order (micro-batches of 4 on one process vs one micro-batch of
 an all-reduce), which after a few Adam steps moves weights by ~1e-6; a missing rescaling, a
 duplicated or dropped example, or processes that do not talk to each other move them by ≥ 1e-3.
 
-To cover another trainer, add a :class:`Case` to ``CASES``. Each case is one ``accelerate launch``
+To cover another trainer, add a :class:`Case` to ``CASES``. PPO is a strict xfail: it shards its
+rollouts by process, which the case's ``known_bug`` describes. Each case is one ``accelerate launch``
 (two Python start-ups, ~15–25 s on two busy cores) plus a fast in-process one-process run.
 """
 
@@ -37,6 +38,7 @@ class Case:
     job: str
     args: Callable[[Path, Path], list[str]]
     weights: str = "model"  # the folder under output_dir whose safetensors are compared
+    known_bug: str = ""  # why the trainer is not invariant yet (the case is a strict xfail until fixed)
 
 
 def dpo_args(arena: Path, pi0: Path) -> list[str]:
@@ -70,6 +72,26 @@ def selfplay_args(arena: Path, pi0: Path) -> list[str]:
     ]
 
 
+def ppo_args(arena: Path, pi0: Path) -> list[str]:
+    return [
+        f"policy.name_or_path={pi0}",
+        f"reward.path={pi0.parent.parent / 'reward'}",  # the BT reward model the pi0_dir fixture trains
+        "reward.normalize_samples=8",
+        "sampling.max_new_tokens=6",
+        "ppo.epochs=1",
+        "train.iterations=2",
+        "train.rollout_batch_size=8",
+        "train.mini_batch_size=8",
+        "train.lr=1e-2",
+        "train.mixed_precision=no",
+        "train.save_every=0",
+        "eval.every=0",
+        "eval.prompts=4",
+        "eval.samples_per_prompt=1",
+        "eval.reference_samples_per_prompt=1",
+    ]
+
+
 def sft_case(arena: Path, pi0: Path) -> list[str]:
     return [*sft_args(arena), "train.max_steps=4", "train.save_every=0"]
 
@@ -83,19 +105,34 @@ CASES = [
     Case("train-pm", pm_case),
     Case("dpo", dpo_args),
     Case("selfplay", selfplay_args),
+    Case(
+        "ppo",
+        ppo_args,
+        known_bug="prefgame/train/ppo.py shards rollouts by process: each rank samples its strided prompts with "
+        "the seed (seed, t, ROLLOUT, process_index) (line 378), whitens advantages over its own share (408) and "
+        "shuffles its own mini-batches (457), so results depend on the process count; fix: per-prompt seeds, "
+        "globally reduced whitening statistics and a global mini-batch order",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def pi0_dir(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny π0 (hidden 32, 2 layers) after 5 SFT steps, for the trainers that start from a policy."""
-    out = tmp_path_factory.mktemp("pi0")
-    args = [*sft_args(arena_dir), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={out}"]
+    """A tiny π0 (hidden 32, 2 layers) after 5 SFT steps, for the trainers that start from a policy, and
+    next to it (``../../reward``) a BT reward model on a frozen tiny backbone, for PPO."""
+    root = tmp_path_factory.mktemp("pi0")
+    args = [*sft_args(arena_dir), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={root / 'sft'}"]
     assert main(["sft", *args]) == 0
-    return out / "model"
+    reward = [*pm_args(arena_dir), "model.kind=bt", "model.backbone.freeze=true", "train.max_steps=5"]
+    assert main(["train-pm", *reward, "train.save_every=0", f"output_dir={root / 'reward'}"]) == 0
+    return root / "sft" / "model"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.job for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=c.job, marks=pytest.mark.xfail(bool(c.known_bug), reason=c.known_bug, strict=True))
+     for c in CASES],
+)  # fmt: skip
 def test_two_processes_equal_one(case: Case, arena_dir: Path, pi0_dir: Path, tmp_path: Path) -> None:
     args = case.args(arena_dir, pi0_dir)
     one, two = tmp_path / "one", tmp_path / "two"
