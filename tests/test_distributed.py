@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers.launch import assert_same_weights, launch, load_weights
-from helpers.tiny import TRAIN, pm_args, sft_args
+from helpers.tiny import TRAIN, pm_args, sft_args, train_pi0_and_reward
 
 from prefgame.cli import main
 
@@ -118,14 +118,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def pi0_dir(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny π0 (hidden 32, 2 layers) after 5 SFT steps, for the trainers that start from a policy, and
-    next to it (``../../reward``) a BT reward model on a frozen tiny backbone, for PPO."""
-    root = tmp_path_factory.mktemp("pi0")
-    args = [*sft_args(arena_dir), "train.max_steps=5", "train.micro_batch_size=8", f"output_dir={root / 'sft'}"]
-    assert main(["sft", *args]) == 0
-    reward = [*pm_args(arena_dir), "model.kind=bt", "model.backbone.freeze=true", "train.max_steps=5"]
-    assert main(["train-pm", *reward, "train.save_every=0", f"output_dir={root / 'reward'}"]) == 0
-    return root / "sft" / "model"
+    """A tiny π0 (hidden 32, 2 layers) and next to it (``../../reward``) a BT reward model for PPO."""
+    pi0, _ = train_pi0_and_reward(arena_dir, tmp_path_factory.mktemp("pi0"))
+    return pi0
 
 
 @pytest.mark.parametrize(

@@ -40,3 +40,15 @@ def pm_args(arena: Path) -> list[str]:
         "model.backbone.max_length=64",
         *TRAIN,
     ]
+
+
+def train_pi0_and_reward(arena: Path, root: Path) -> tuple[Path, Path]:
+    """A tiny π0 after 5 SFT steps and a BT reward model (frozen tiny backbone, 5 steps) under ``root``,
+    for the trainers that start from a policy (dpo, selfplay, ppo); returns (π0 folder, reward run)."""
+    from prefgame.cli import main
+
+    sft = [*sft_args(arena), "train.max_steps=5", "train.micro_batch_size=8", "train.save_every=0"]
+    assert main(["sft", *sft, f"output_dir={root / 'sft'}"]) == 0
+    reward = [*pm_args(arena), "model.kind=bt", "model.backbone.freeze=true", "train.max_steps=5"]
+    assert main(["train-pm", *reward, "train.save_every=0", f"output_dir={root / 'reward'}"]) == 0
+    return root / "sft" / "model", root / "reward"
