@@ -217,7 +217,9 @@ def test_micro_batches_give_the_same_update_as_one_batch(pi0, arena_dir, tmp_pat
         dpo.run(cfg)
     for key in ("loss", "grad_norm", "rewards/margin"):
         values = [[r[key] for r in metric_rows(tmp_path / f"micro{m}")] for m in (8, 2)]
-        assert values[0] == pytest.approx(values[1], rel=1e-5, abs=1e-6), key  # float32 summation order
+        # step 1 agrees to float32 summation order; later steps also carry the weights' Adam noise (below)
+        assert values[0][0] == pytest.approx(values[1][0], rel=1e-5, abs=1e-6), key
+        assert values[0] == pytest.approx(values[1], rel=1e-4, abs=1e-5), key
     one, accumulated = weights(tmp_path / "micro8"), weights(tmp_path / "micro2")
     for name in one:
         # Adam divides by √v: float32 summation noise in near-zero gradient entries is magnified, so the

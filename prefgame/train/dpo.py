@@ -129,6 +129,9 @@ class DPOConfig:
     train: TrainConfig = param(
         TrainConfig, "optimization (online: max_steps, eval_every and save_every are set by the online section)"
     )
+    reference_batch_size: int = param(
+        0, "offline: pairs per forward pass of the one-time reference pass (0: 4 × train.micro_batch_size)"
+    )
     arena_eval_prompts: int = param(
         0, "offline, arena data: measure the exact gold win rate vs π0 from this many sampled prompts at the end"
     )
@@ -354,8 +357,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     for part in (train_set, eval_set):
         if len(part):
             part.ref_chosen, part.ref_rejected = pair_logps(
-                module, part, tok.pad_token_id, batch_size=tc.micro_batch_size, device=acc.device,
-                autocast=acc.autocast,
+                module, part, tok.pad_token_id, batch_size=cfg.reference_batch_size or 4 * tc.micro_batch_size,
+                device=acc.device, autocast=acc.autocast,
             )  # fmt: skip
     ref_seconds = time.perf_counter() - t_ref
 
