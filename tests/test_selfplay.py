@@ -306,19 +306,23 @@ class KillAfter:
         return self.oracle.preference(prompts, a, b)
 
 
-@pytest.mark.parametrize("algorithm", ["nash_md", "extragradient"])
-def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm):
-    """A run killed during iteration 2 (of 3) and resumed ends with bit-identical policy weights and
-    identical metrics rows to an uninterrupted run with the same seed."""
+@pytest.mark.parametrize(("algorithm", "every"), [("nash_md", 1), ("extragradient", 1), ("inpo", 0)])
+def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every):
+    """A run killed during iteration 3 (of 3) and resumed ends with bit-identical policy weights,
+    identical metrics rows and the same metrics.json (timings aside) as an uninterrupted run.
+
+    With eval.every=0 the last measurement before the kill is π0's (iteration 0), so the final
+    win_rate_vs_previous is only right when the checkpoint carries those samples' texts."""
     arena = Arena()
-    overrides = [*TINY, "train.iterations=3"]
+    overrides = [*TINY, "train.iterations=3", f"eval.every={every}"]
     full = tmp_path / "full"
     run_selfplay(pi0_dir, GoldOracle(arena), algorithm=algorithm, output_dir=full, overrides=overrides)
-    # Oracle calls: 1 for the starting measurement, then per iteration the training calls (nash_md 1,
-    # extragradient 2: one per half) and 2 for the measurement (vs π0, vs the previous iterate).
+    # Oracle calls: 1 for the starting measurement, then per iteration the training calls (nash_md and
+    # inpo 1, extragradient 2: one per half) and, when measured, 2 (vs π0, vs the previous iterate).
     # nash_md: killed at the measurement of iteration 2 (after its update, before its checkpoint);
-    # extragradient: killed between its half step and its full step of iteration 2.
-    calls_before = {"nash_md": 1 + 2 * 3 + 1, "extragradient": 1 + 2 * 4 + 1}[algorithm]
+    # extragradient: killed between its half step and its full step of iteration 2; inpo (measured
+    # only at 0 and 3): killed at the training call of iteration 3, resumed from the iteration-2 checkpoint.
+    calls_before = {"nash_md": 1 + 2 * 3 + 1, "extragradient": 1 + 2 * 4 + 1, "inpo": 1 + 2}[algorithm]
     killed = tmp_path / "killed"
     with pytest.raises(KilledError):
         run_selfplay(
@@ -332,6 +336,11 @@ def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm):
     b = load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_rows(full) == read_rows(killed)
+    summaries = [json.loads((d / "metrics.json").read_text()) for d in (full, killed)]
+    for m in summaries:
+        m.pop("seconds")
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["final"]["win_rate_vs_previous"] is not None
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -701,6 +701,26 @@ class Evaluator:
         self.seconds += time.perf_counter() - start
         return row
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run measures as an uninterrupted one: the texts of
+        the last measurement's samples (the opponents of the next ``win_rate_vs_previous``)."""
+        return {"previous_texts": None if self.previous is None else list(self.previous.texts)}
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`state`; False when ``state`` has none (a checkpoint of an older version)."""
+        texts = state.get("previous_texts")
+        if texts is None:
+            return False
+        sp, n = self.sp, self.sp.cfg.eval.samples_per_prompt
+        prompts = [p for p in sp.eval_prompts for _ in range(n)]
+        if len(texts) != len(prompts):
+            raise PrefgameError(
+                f"the checkpoint holds {len(texts)} evaluation samples, the config asks for {len(prompts)}: "
+                "resume with the eval settings of the interrupted run"
+            )
+        self.previous = Responses(prompts, [], [], list(texts))  # only prompts and texts are read
+        return True
+
 
 def _smoothed_classes(sp: SelfPlay, responses: Responses) -> torch.Tensor:
     """π0's class distribution per prompt type: counts plus ``reference_prior`` pseudo-samples of the
@@ -746,13 +766,14 @@ def train(
         if resume_from is None:
             out.start_fresh()
         out.write_config(cfg)
-    start = 0
+    start, state = 0, {}
     if resume_from is not None:
         state = load_checkpoint(
             resume_from, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler
         )
         start = state["step"]
         sp.version = state.get("version", 0)
+        sp.guard.total = state.get("nonfinite_steps", 0)
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at iteration {start}")
     n_params = sum(p.numel() for p in sp.policy.parameters())
@@ -764,14 +785,15 @@ def train(
     if evaluator.game is not None:
         eq = evaluator.game.summary()["equilibrium"]
         log.info(f"class-level equilibrium (τ={cfg.game.tau}): exploitability {eq['exploitability']:.4f}")
-    # figures of the starting policy (π0, or the resumed iterate: also the opponent of the next win rate)
-    first = evaluator.measure(start)
-    if start == 0 and sp.acc.is_main_process:
-        out.log_metrics(0, {"iteration": 0, **first})
+    # figures of π0 (also the opponent of the next win_rate_vs_previous); a resumed run takes that
+    # opponent from the checkpoint instead, as the uninterrupted run holds it at this point
+    if start == 0 or not evaluator.load_state(state):
+        first = evaluator.measure(start)
+        if start == 0 and sp.acc.is_main_process:
+            out.log_metrics(0, {"iteration": 0, **first})
     iterate = ITERATIONS[cfg.algorithm]
     progress = Progress(tc.iterations - start, f"selfplay {cfg.algorithm}", log, every_s=5.0)
     train_seconds = 0.0
-    row: dict[str, Any] = first
     for t in range(start, tc.iterations):
         t0 = time.perf_counter()
         prefs = sp.preferences()
@@ -789,7 +811,7 @@ def train(
                 modules={"policy": sp.policy},
                 optimizer=sp.optimizer,
                 scheduler=sp.scheduler,
-                state={"version": sp.version},
+                state={"version": sp.version, "nonfinite_steps": sp.guard.total, **evaluator.state()},
                 keep=tc.keep_checkpoints,
             )
         progress.update(**{k: v for k, v in row.items() if k in ("loss", "class/exploitability", "win_rate_vs_ref")})
@@ -826,7 +848,9 @@ HISTORY_KEYS = (
 def summarize(cfg: SelfPlayConfig, out: RunDir, evaluator: Evaluator, n_params: int) -> dict[str, Any]:
     """Final figures from metrics.jsonl: the first and last measured rows and their changes."""
     rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
-    measured = [r for r in rows if "win_rate_vs_ref" in r]
+    # wall times stay out of the figures (they are in metrics["seconds"]), so that a resumed run's
+    # summary equals an uninterrupted run's
+    measured = [{k: v for k, v in r.items() if k != "seconds"} for r in rows if "win_rate_vs_ref" in r]
     initial, final = (measured[0], measured[-1]) if measured else ({}, {})
     metrics: dict[str, Any] = {
         "algorithm": cfg.algorithm,
