@@ -138,6 +138,9 @@ KNOWN_BUGS = {
     "dpo": "prefgame/train/dpo.py:374 computes eval_initial after loading the checkpoint, so a resumed run "
     "reports the checkpoint's eval as the initial one (weights and metrics.jsonl do match); fix: keep it in the "
     "checkpoint state as sft does",
+    "selfplay": "prefgame/train/selfplay.py:658/700 keeps the previous evaluation's samples in memory only, so "
+    "after a resume win_rate_vs_previous (metrics.jsonl, metrics.json's final row) compares against another "
+    "policy's samples (weights do match); fix: keep previous.prompts/texts in the checkpoint's trainer state",
 }
 
 
