@@ -174,10 +174,15 @@ def test_sigkill_then_resume_equals_uninterrupted(job: str, arena_dir: Path, pi0
     last = latest_checkpoint(killed)
     assert last is not None and 0 < int(last.name.split("-")[1]) < steps, note
 
+    stale = killed / "checkpoints" / ".step-00000099.x1y2.tmp"  # what a kill during a checkpoint write leaves
+    stale.mkdir()
+    (stale / "trainer_state.json").write_text('{"step": 99')
     full = tmp_path / "full"
     assert main([job, *args(arena_dir, pi0, full)]) == 0
     assert main([job, *args(arena_dir, pi0, killed, "resume=true")]) == 0, note
-    assert f"resumed from {last}" in (killed / "log.txt").read_text(), note
+    assert f"resumed from {last}" in (killed / "log.txt").read_text(), note  # not from the stale folder
+    if latest_checkpoint(killed) != last:
+        assert not stale.exists(), note  # removed by the next checkpoint write
     assert_same_weights(full / "model", killed / "model")  # bit for bit
     assert metric_rows(killed) == metric_rows(full), note
     # metrics.json agrees except for timings and paths naming the output folder

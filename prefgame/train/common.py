@@ -176,6 +176,8 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     target = checkpoint_dir(output_dir) / f"step-{step:08d}"
+    for stale in checkpoint_dir(output_dir).glob(".step-*.tmp"):  # a write cut by a kill
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(target) as tmp:
         for name, module in modules.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
