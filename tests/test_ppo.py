@@ -103,6 +103,32 @@ def test_gae_hand_sequence_with_kl_shaped_rewards():
     close(ret, t(0.6775, 0.895, 0.97).view(1, 3))
 
 
+def test_whitening_from_summed_shard_moments_equals_global():
+    """Two "processes" hold rows x = (1, 2 | masked 9) and (3, 5). Each shard's moments (Σx, Σx², n) are
+    (3, 5, 2) and (8, 34, 2); their sum (11, 39, 4) gives x̄ = 2.75, var = (39 − 4·2.75²)/3 = 2.9166…,
+    the global statistics, and not the per-shard ones (x̄ = 1.5 and 4)."""
+    from prefgame.losses import masked_whiten
+    from prefgame.losses.rl import masked_moments, whiten_from_moments
+
+    x = torch.tensor([[1.0, 2.0, 9.0], [3.0, 5.0, 0.0]], dtype=D)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    shards = [masked_moments(x[i : i + 1], mask[i : i + 1]) for i in range(2)]
+    close(shards[0], t(3.0, 5.0, 2.0))
+    close(shards[1], t(8.0, 34.0, 2.0))
+    total = shards[0] + shards[1]
+    mean, std = 2.75, math.sqrt((39 - 4 * 2.75**2) / 3)
+    expected = torch.tensor([[1 - mean, 2 - mean, 0.0], [3 - mean, 5 - mean, 0.0]], dtype=D) / std
+    for i in range(2):  # each shard whitened with the global moments
+        close(whiten_from_moments(x[i : i + 1], mask[i : i + 1], total, eps=0.0), expected[i : i + 1])
+    close(whiten_from_moments(x, mask, total, eps=0.0), masked_whiten(x, mask, eps=0.0))
+    close(
+        whiten_from_moments(x, mask, total, shift_mean=False, eps=0.0),
+        torch.where(mask, expected + mean, 0.0),
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        whiten_from_moments(x, mask, t(1.0, 1.0, 1.0))
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
 
 

@@ -176,3 +176,35 @@ def kl_loss(
     with torch.no_grad():
         metrics = {"kl": masked_mean(d, mask), "estimate": masked_mean(per_token, mask)}
     return loss, metrics
+
+
+@torch.no_grad()
+def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
+    """(Σ x, Σ x², n) over the masked entries of ``x``, float64, shape (3,). Moments of shards add up, so
+    summing them over data-parallel processes (``accelerator.reduce(..., "sum")``) gives the global
+    ones that :func:`whiten_from_moments` needs."""
+    mask = mask.bool()
+    values = x[mask].double()  # (N,)
+    return torch.stack([values.sum(), (values**2).sum(), values.new_tensor(float(values.numel()))])
+
+
+@torch.no_grad()
+def whiten_from_moments(
+    x: Tensor, mask: Tensor, moments: Tensor, *, shift_mean: bool = True, eps: float = 1e-8
+) -> Tensor:
+    """Whiten the masked entries of ``x`` with the mean and unbiased variance given by ``moments``
+    (Σ x, Σ x², n) — those of a larger batch, e.g. the sum of :func:`masked_moments` over processes:
+
+        x̄ = Σx / n,   var = (Σx² − n x̄²) / (n − 1),   y = (x − x̄) / sqrt(var + eps)  [+ x̄ without shift_mean]
+
+    With the moments of ``x`` itself this is :func:`prefgame.losses.masked_whiten`. Masked-out outputs are 0.
+    """
+    total, total_sq, n = moments.double().unbind()
+    if float(n) < 2:
+        raise ValueError("whitening needs at least 2 masked entries")
+    mean = total / n
+    var = ((total_sq - n * mean**2) / (n - 1)).clamp(min=0.0)
+    whitened = (x.double() - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, 0.0).to(x.dtype)

@@ -13,7 +13,8 @@ Each iteration t:
    :func:`~prefgame.losses.kl_penalized_rewards`), or with ``ppo.kl_in_loss`` the score alone and
    β·KL added to the loss (:func:`~prefgame.losses.kl_loss`); optional whitening of the token
    rewards (``ppo.whiten_rewards``, scale only); GAE advantages and returns
-   (:func:`~prefgame.losses.compute_gae`), advantages whitened over the batch;
+   (:func:`~prefgame.losses.compute_gae`), advantages whitened over the whole rollout (moments summed over
+   processes, :func:`~prefgame.losses.rl.whiten_from_moments`);
 5. ``ppo.epochs`` passes over the rollout in mini-batches of ``train.mini_batch_size`` sequences (one
    optimizer step each, cut into micro-batches of ``train.micro_batch_size``), minimizing
    clipped policy loss + ``ppo.vf_coef`` · clipped value loss (+ β·KL in the loss).
@@ -59,12 +60,12 @@ from prefgame.losses import (
     kl_loss,
     kl_penalized_rewards,
     masked_mean,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
     response_logprobs,
     sequence_logprobs,
 )
+from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
 from prefgame.train.common import (
     NonFiniteGuard,
@@ -403,10 +404,10 @@ class PPO:
             eos_missing=eos_missing, missing_eos_penalty=penalty,
         )  # fmt: skip
         if p.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = self.whiten(rewards, mask, shift_mean=False)
         advantages, returns = compute_gae(rewards, values, mask, gamma=p.gamma, lam=p.lam)
         if p.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = self.whiten(advantages, mask)
         metrics = {
             "score": float(raw_scores.mean()),
             "score_normalized": float(scores.mean()),
@@ -419,6 +420,14 @@ class PPO:
             "return_mean": float(masked_mean(returns, mask)),
         }
         return Rollout(ys, mask, old_logps, ref_logps, values, advantages, returns, metrics)
+
+    def whiten(self, x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
+        """Whiten over the iteration's whole rollout: with several processes the moments are summed over
+        them, so every process uses the global mean and variance (as one process with the full batch)."""
+        moments = masked_moments(x, mask)
+        if self.acc.num_processes > 1:
+            moments = self.acc.reduce(moments.to(self.acc.device), reduction="sum")
+        return whiten_from_moments(x, mask, moments, shift_mean=shift_mean)
 
     def micro_loss(self, ro: Rollout, rows: np.ndarray, normalizer: float) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of a micro-batch: a sum over its response tokens divided by ``normalizer``."""
