@@ -109,9 +109,9 @@ CASES = [
         "ppo",
         ppo_args,
         known_bug="prefgame/train/ppo.py shards rollouts by process: each rank samples its strided prompts with "
-        "the seed (seed, t, ROLLOUT, process_index) (line 378), whitens advantages over its own share (408) and "
-        "shuffles its own mini-batches (457), so results depend on the process count; fix: per-prompt seeds, "
-        "globally reduced whitening statistics and a global mini-batch order",
+        "the seed (seed, t, ROLLOUT, process_index) (line 379) and shuffles its own mini-batches, so results "
+        "depend on the process count (whitening is global since dc83631); fix: per-prompt sampling seeds and a "
+        "global mini-batch order",
     ),
 ]
 
