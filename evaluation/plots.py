@@ -104,3 +104,20 @@ def bias_png(judges: pd.DataFrame, title: str, *, z: float) -> bytes:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def convergence_png(traces: dict[str, pd.DataFrame], columns: dict[str, str], title: str) -> bytes:
+    """One panel per column (name -> axis label): each trace's value against its ``iteration``."""
+    fig = _figure(3.3 * len(columns), 3.0)
+    for k, (col, label) in enumerate(columns.items()):
+        ax = fig.add_subplot(1, len(columns), k + 1)
+        for name, frame in traces.items():
+            if col in frame and frame[col].notna().any():
+                ax.plot(frame["iteration"], frame[col], marker="o", label=name)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)

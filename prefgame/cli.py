@@ -154,6 +154,16 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress_bars() -> None:
+    """Jobs print their own progress lines; the per-file bars of transformers (weight loading, saving)
+    and datasets (split generation) would bury them."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser(argv)
@@ -166,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from prefgame.config import load_config
 
             cfg = load_config(_load(args._job.config), args.config, args.overrides)
+            _quiet_library_progress_bars()
             run: Callable[[Any], Any] = _load(args._job.run)
             run(cfg)
             return 0

@@ -1,41 +1,40 @@
-"""``prefgame quickstart``: the whole pipeline on the embedded arena, end to end on a CPU.
+"""``prefgame quickstart``: the whole toolkit on the embedded arena, end to end on a CPU.
 
 Stages (each writes a sub-folder of ``output_dir``; with ``resume=true`` finished stages are kept):
-1. ``data/``    the arena world and its data sets (SFT demonstrations, pairs, ratings, battles);
-2. ``pi0/``     π0, a tiny Llama trained by SFT on the demonstrations;
-3. ``samples.jsonl``  responses sampled from π0, their feature classes and π0's class distribution;
-4. ``labels.jsonl``   pairs of π0 responses labeled by the gold preference and every annotator;
-5. ``report.md``      what the world is, π0's class distribution, samples and label statistics.
-Every figure in the report comes from this run.
+1. ``data/``      the arena world and its data sets (SFT demonstrations, pairs, ratings, battles);
+2. ``pi0/``       π0, a tiny Llama trained by SFT on the demonstrations, and its class distribution;
+3. ``pm/``        BT, general (embedding) and gated preference models trained on the arena pairs;
+4. ``labels.jsonl`` pairs of π0 responses labeled by the gold preference, the annotators, a biased
+   judge and the trained preference models (the agreement matrix);
+5. ``selfplay/<algorithm>/`` Nash self-play from π0 with the trained general preference model as oracle;
+6. ``dpo/``, ``ppo/``  the baselines: offline DPO on the arena pairs, PPO against the BT reward model;
+7. ``policies.jsonl`` every policy's responses to the same held-out prompts, judged by the gold
+   preference and by the biased judge; exact class-level figures against the equilibrium π*;
+8. ``report.md`` / ``report.html`` (figures embedded; ``figures/``, ``tables/`` as PNG, CSV, JSON).
+Every figure in the report comes from this run. The quickstart is orchestration at the CLI layer: it
+imports ``evaluation`` (lazily) to build the report.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
-from prefgame.arena.world import (
-    LENGTHS,
-    MODIFIERS,
-    N_CLASSES,
-    OBJECTIVES,
-    STYLES,
-    TOPICS,
-    Arena,
-    class_features,
-    class_name,
-)
+from prefgame.arena.world import AnnotatorOracle, Arena, GoldOracle, class_name
 from prefgame.config import param
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
-from prefgame.report import table
-from prefgame.run import RunDir, atomic_write_text, seed_everything, write_jsonl
+from prefgame.run import RunDir, seed_everything, write_jsonl
 from prefgame.train.common import TrainConfig
 from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
+
+SELFPLAY_ALGORITHMS = ("nash_md", "sppo", "inpo", "mmd", "extragradient")
 
 
 @dataclass
@@ -55,15 +54,28 @@ class QuickstartConfig:
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
     arena: ArenaConfig = param(ArenaConfig, "the world")
     sft_examples: int = param(4000, "SFT demonstrations")
-    pairs: int = param(4000, "gold-labeled pairs exported with the world")
+    pairs: int = param(4000, "gold-labeled pairs exported with the world (preference-model and DPO data)")
     sft: QuickstartSFT = param(QuickstartSFT, "π0 training")
     samples: int = param(2000, "π0 responses sampled to measure its class distribution")
-    label_pairs: int = param(1000, "pairs of π0 responses labeled by the gold preference and the annotators")
+    label_pairs: int = param(1000, "pairs of π0 responses labeled by every source (the agreement matrix)")
+    selfplay: list[str] = param(["nash_md", "sppo", "inpo"], f"self-play algorithms to run, of {SELFPLAY_ALGORITHMS}")
+    tau: float = param(0.05, "KL regularization τ of the arena game that π* and the duality gap refer to")
+    baselines: bool = param(True, "train the DPO and PPO baselines")
+    eval_prompts: int = param(300, "held-out prompts every policy answers for the final comparison")
     max_new_tokens: int = param(40, "sampling length limit (arena responses have ≤ 34 words)")
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.selfplay if a not in SELFPLAY_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unknown self-play algorithm {unknown}; choose from {list(SELFPLAY_ALGORITHMS)}")
 
 
 def _done(path: Path) -> bool:
     return (path / "metrics.json").exists()
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def run(cfg: QuickstartConfig) -> dict:
@@ -75,18 +87,32 @@ def run(cfg: QuickstartConfig) -> dict:
         out.close()
 
 
+class _Clock:
+    """Wall time per stage, for the report's timing table."""
+
+    def __init__(self) -> None:
+        self.start, self.seconds = time.perf_counter(), {}
+
+    def stage(self, name: str, t0: float) -> None:
+        self.seconds[name] = time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
-    t_start = time.perf_counter()
+    clock = _Clock()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     if not cfg.resume:
         out.start_fresh()
-        for name in ("report.md", "samples.jsonl", "labels.jsonl"):
+        for name in ("report.md", "report.html", "samples.jsonl", "labels.jsonl", "policies.jsonl"):
             out.file(name).unlink(missing_ok=True)
     out.write_config(cfg)
     seed_everything(cfg.seed)
     arena = cfg.arena.build()
-    timings: dict[str, float] = {}
+    n_stages = 8
+    rng = np.random.default_rng(cfg.seed + 1)
 
     # 1. the world and its data sets
     t = time.perf_counter()
@@ -94,255 +120,188 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     if not (cfg.resume and _done(data_dir)):
         from prefgame.arena import job as arena_job
 
-        log.info("stage 1/4: building the arena and exporting its data sets")
+        log.info(f"stage 1/{n_stages}: building the arena and exporting its data sets")
         arena_job.run(
-            ArenaJobConfig(
-                output_dir=str(data_dir), arena=cfg.arena, sft_examples=cfg.sft_examples, pairs=cfg.pairs
-            )
+            ArenaJobConfig(output_dir=str(data_dir), arena=cfg.arena, sft_examples=cfg.sft_examples, pairs=cfg.pairs)
         )
-    timings["arena"] = time.perf_counter() - t
+    clock.stage("arena", t)
 
-    # 2. π0 by SFT
+    # 2. π0 by SFT, and its class distribution from samples
     t = time.perf_counter()
     pi0_dir = out.file("pi0")
     if not (cfg.resume and _done(pi0_dir)):
         from prefgame.train import sft
 
-        log.info("stage 2/4: training π0 by SFT on the demonstrations")
-        sft.run(
-            SFTConfig(
-                output_dir=str(pi0_dir),
-                resume=cfg.resume,
-                model=SFTModelConfig(
-                    tokenizer=str(data_dir / "tokenizer"),
-                    hidden_size=cfg.sft.hidden_size,
-                    num_layers=cfg.sft.num_layers,
-                ),
-                data=SFTDataConfig(path=str(data_dir / "sft.jsonl"), max_length=64),
-                train=TrainConfig(
-                    seed=cfg.seed,
-                    lr=cfg.sft.lr,
-                    max_steps=cfg.sft.max_steps,
-                    batch_size=cfg.sft.batch_size,
-                    micro_batch_size=cfg.sft.batch_size,
-                    eval_every=0,
-                    save_every=100,
-                    log_every=10,
-                ),
-            )
-        )
-    timings["sft"] = time.perf_counter() - t
-
-    # 3. samples from π0
-    t = time.perf_counter()
-    log.info(f"stage 3/4: sampling {cfg.samples} responses from π0")
-    model = load_causal_lm(str(pi0_dir / "model"))
-    tok = load_tokenizer(str(pi0_dir / "model"))
-    rng = np.random.default_rng(cfg.seed + 1)
+        log.info(f"stage 2/{n_stages}: training π0 by SFT on the demonstrations ({cfg.sft.max_steps} steps)")
+        sft.run(_sft_config(cfg, data_dir, pi0_dir))
+    pi0_path = str(pi0_dir / "model")
+    model, tok = load_causal_lm(pi0_path), load_tokenizer(pi0_path)
     prompts = [p.text for p in arena.sample_prompts(cfg.samples, rng)]
     responses = sample(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
     _, classes = arena.classify(prompts, responses)
     write_jsonl(
         out.file("samples.jsonl"),
-        [
-            {"prompt": p, "response": r, "class": class_name(int(c))}
-            for p, r, c in zip(prompts, responses, classes)
-        ],
+        [{"prompt": p, "response": r, "class": class_name(int(c))} for p, r, c in zip(prompts, responses, classes)],
     )
-    pi0 = arena.class_distribution(prompts, responses)
-    timings["sample"] = time.perf_counter() - t
+    pi0_raw = arena.class_distribution(prompts, responses)
+    rho0 = smoothed_class_distribution(arena, prompts, responses)
+    clock.stage("sft", t)
 
-    # 4. labels from the gold preference and the annotators
+    # 3. preference models
     t = time.perf_counter()
-    log.info(f"stage 4/4: labeling {cfg.label_pairs} pairs of π0 responses")
+    from prefgame.models import load_preference_model
+    from prefgame.train.pm_arena import rows_as_dicts, train_arena_preference_models
+
+    pm_dir = out.file("pm")
+    if cfg.resume and _done(pm_dir):
+        pm_rows = _read_json(pm_dir / "metrics.json")["models"]
+    else:
+        log.info(f"stage 3/{n_stages}: training BT, general (GPM) and gated preference models")
+        pm_rows = rows_as_dicts(
+            train_arena_preference_models(
+                pm_dir, pairs_path=data_dir / "pairs.jsonl", ratings_path=data_dir / "ratings.jsonl"
+            )
+        )
+        RunDir(pm_dir).write_metrics({"models": pm_rows})
+    pms = {r["model"]: load_preference_model(r["model_dir"]) for r in pm_rows}
+    by_kind = {r["kind"]: r for r in pm_rows}
+    clock.stage("preference models", t)
+
+    # 4. labels of π0 response pairs from every source
+    t = time.perf_counter()
+    from evaluation.arena import BIASED_JUDGE, arena_label_table
+
+    log.info(f"stage 4/{n_stages}: labeling {cfg.label_pairs} pairs of π0 responses by every source")
     pair_prompts = [p.text for p in arena.sample_prompts(cfg.label_pairs, rng)]
     doubled = sample(model, tok, pair_prompts * 2, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 2)
-    resp_a, resp_b = doubled[: cfg.label_pairs], doubled[cfg.label_pairs :]
-    label_stats, label_rows = label_pairs(arena, pair_prompts, resp_a, resp_b, rng)
-    write_jsonl(out.file("labels.jsonl"), label_rows)
-    timings["label"] = time.perf_counter() - t
+    labels = arena_label_table(
+        arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed, oracles=pms
+    )
+    write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
+    clock.stage("labels", t)
 
-    sft_metrics = _read_json(pi0_dir / "metrics.json")
-    demo = arena.demonstrator_distribution()
-    metrics = {
-        "pi0": {
-            "sft_eval_loss": sft_metrics.get("eval_loss"),
-            "sft_eval_loss_initial": sft_metrics.get("eval_loss_initial"),
-            "tv_to_demonstrator": float(0.5 * (pi0 - demo).abs().sum(1) @ arena.type_probs),
-            "gold_win_rate_vs_demonstrator": arena.win_rate(pi0, demo),
-            "exploitability": arena.exploitability(pi0),
-            "demonstrator_exploitability": arena.exploitability(demo),
-            "marginals": marginals(pi0, arena),
-        },
-        "labels": label_stats,
-        "seconds": {**timings, "total": time.perf_counter() - t_start},
-    }
-    report = render_report(cfg, arena, pi0, demo, metrics, prompts, responses, classes)
-    atomic_write_text(out.file("report.md"), report)
+    # 5. Nash self-play with the general preference model as oracle
+    from prefgame.train.selfplay import QUICKSTART_OVERRIDES, run_selfplay
+
+    policies: dict[str, str] = {"π0": pi0_path}
+    runs: dict[str, dict] = {}
+    gpm = pms[by_kind["gpm"]["model"]]
+    for i, algo in enumerate(cfg.selfplay):
+        t = time.perf_counter()
+        sp_dir = out.file("selfplay") / algo
+        if cfg.resume and _done(sp_dir):
+            runs[algo] = _read_json(sp_dir / "metrics.json")
+        else:
+            log.info(f"stage 5/{n_stages}: self-play {algo} ({i + 1}/{len(cfg.selfplay)}) from π0 against the GPM")
+            runs[algo] = run_selfplay(
+                pi0_path,
+                gpm,
+                algorithm=algo,
+                output_dir=sp_dir,
+                overrides=[*QUICKSTART_OVERRIDES, f"train.seed={cfg.seed}", f"game.tau={cfg.tau}"],
+                reference_classes=rho0,
+            )
+        policies[algo] = str(sp_dir / "model")
+        clock.stage(f"selfplay {algo}", t)
+
+    # 6. baselines
+    if cfg.baselines:
+        from prefgame.train.dpo import train_dpo_arena
+        from prefgame.train.ppo import train_ppo_arena
+
+        t = time.perf_counter()
+        dpo_dir = out.file("dpo")
+        if not (cfg.resume and _done(dpo_dir)):
+            log.info(f"stage 6/{n_stages}: DPO from π0 on the arena pairs")
+            train_dpo_arena(pi0_path, data_dir, dpo_dir, overrides=[f"train.seed={cfg.seed}"], eval_prompts=0)
+        policies["dpo"] = str(dpo_dir / "model")
+        clock.stage("dpo", t)
+        t = time.perf_counter()
+        ppo_dir = out.file("ppo")
+        if not (cfg.resume and _done(ppo_dir)):
+            log.info(f"stage 6/{n_stages}: PPO from π0 against the BT reward model")
+            train_ppo_arena(pi0_path, by_kind["bt"]["model_dir"], ppo_dir, overrides=[f"train.seed={cfg.seed}"])
+        policies["ppo"] = str(ppo_dir / "model")
+        clock.stage("ppo", t)
+
+    # 7. every policy on the same held-out prompts
+    t = time.perf_counter()
+    log.info(f"stage 7/{n_stages}: sampling every policy on {cfg.eval_prompts} held-out prompts and judging them")
+    eval_prompts = [p.text for p in arena.sample_prompts(cfg.eval_prompts, np.random.default_rng(cfg.seed + 7))]
+    rows, per_policy = [], {}
+    for name, path in policies.items():
+        m = model if name == "π0" else load_causal_lm(path)
+        texts = sample(m, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 3)
+        rows += [{"prompt": p, "output": y, "generator": name} for p, y in zip(eval_prompts, texts)]
+        per_policy[name] = texts
+    write_jsonl(out.file("policies.jsonl"), rows)
+    samples_frame = pd.DataFrame(rows)
+    from prefgame.game.lm_selfplay import ClassGame
+
+    game = ClassGame(arena.gold_matrix, rho0, arena.type_probs, cfg.tau)
+    exact: dict[str, dict] = {}
+    for name, texts in per_policy.items():
+        pi = pi0_raw if name == "π0" else arena.class_distribution(eval_prompts, texts)
+        exact[name] = {**game.measure(pi), "gold_win_rate_vs_pi0": arena.win_rate(pi, pi0_raw)}
+    exact["π* (exact)"] = {**game.measure(game.pi_star), "gold_win_rate_vs_pi0": arena.win_rate(game.pi_star, pi0_raw)}
+    clock.stage("policies", t)
+
+    # 8. report
+    from evaluation.quickstart import QuickstartResults, write_quickstart_report
+
+    log.info(f"stage 8/{n_stages}: writing the report")
+    results = QuickstartResults(
+        cfg=cfg,
+        arena=arena,
+        pi0_raw=pi0_raw,
+        sft_metrics=_read_json(pi0_dir / "metrics.json"),
+        samples=(prompts, responses, classes),
+        pm_rows=pm_rows,
+        labels=labels,
+        selfplay=runs,
+        exact=exact,
+        policy_samples=samples_frame,
+        biased_judge=AnnotatorOracle(arena, BIASED_JUDGE),
+        gold=GoldOracle(arena),
+    )
+    metrics = write_quickstart_report(out.path, results, {**clock.seconds, "total": clock.total()})
     out.write_metrics(metrics)
     print(summary_table(metrics))
-    log.info(f"quickstart done in {metrics['seconds']['total']:.0f}s: report in {out.file('report.md')}")
+    log.info(f"quickstart done in {metrics['seconds']['total']:.0f}s: report in {metrics['report']}")
     return metrics
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def label_pairs(arena: Arena, prompts, resp_a, resp_b, rng) -> tuple[dict, list[dict]]:
-    """Gold probabilities and one label per annotator for each pair; statistics per annotator."""
-    gold = arena.gold_probability(prompts, resp_a, resp_b).numpy()
-    in_cycle = arena.in_cycle(prompts, resp_a, resp_b)
-    labels = {s.name: arena.annotate(s, prompts, resp_a, resp_b, rng) for s in arena.spec.annotators}
-    rows = []
-    for i in range(len(prompts)):
-        row = {"prompt": prompts[i], "response_a": resp_a[i], "response_b": resp_b[i], "gold": float(gold[i])}
-        row.update({name: float(v[i]) for name, v in labels.items()})
-        rows.append(row)
-    gold_hard = np.where(gold > 0.5, 1.0, np.where(gold < 0.5, 0.0, 0.5))
-    longer = np.array([len(a.split()) - len(b.split()) for a, b in zip(resp_a, resp_b)])
-    stats = {
-        "pairs": len(prompts),
-        "identical_class_pairs": int(np.isclose(gold, 0.5).sum()),
-        "in_cycle_pairs": int(in_cycle.sum()),
-        "bayes_accuracy": float(np.maximum(gold, 1 - gold).mean()),
-        "annotators": {},
-    }
-    for name, lab in labels.items():
-        decided = (lab != 0.5) & (gold_hard != 0.5)
-        differ = (longer != 0) & (lab != 0.5)
-        stats["annotators"][name] = {
-            "agreement_with_gold": float((lab[decided] == gold_hard[decided]).mean())
-            if decided.any()
-            else None,
-            "tie_rate": float((lab == 0.5).mean()),
-            "first_position_rate": float(lab.mean()),
-            "longer_wins_rate": float(((lab == 1) == (longer > 0))[differ].mean()) if differ.any() else None,
-        }
-    return stats, rows
-
-
-def marginals(pi: torch.Tensor, arena: Arena) -> dict[str, list[float]]:
-    """Feature marginals of a class-level policy, averaged over prompt types."""
-    avg = (arena.type_probs[:, None] * pi).sum(0)  # (N_CLASSES,)
-    feats = [class_features(i) for i in range(N_CLASSES)]
-    out = {}
-    for name, size in (("style", 3), ("relevant", 2), ("correct", 2), ("length", 3), ("unsafe", 2)):
-        out[name] = [
-            float(sum(avg[i] for i, f in enumerate(feats) if getattr(f, name) == v)) for v in range(size)
-        ]
-    return out
-
-
-def render_report(cfg, arena: Arena, pi0, demo, metrics, prompts, responses, classes) -> str:
-    m = metrics["pi0"]
-    demo_marg = marginals(demo, arena)
-    names = {
-        "style": STYLES,
-        "relevant": ("no", "yes"),
-        "correct": ("no", "yes"),
-        "length": LENGTHS,
-        "unsafe": ("no", "yes"),
-    }
-    marg_rows = [
-        [feature, names[feature][v], m["marginals"][feature][v], demo_marg[feature][v]]
-        for feature in names
-        for v in range(len(names[feature]))
-    ]
-    avg = (arena.type_probs[:, None] * pi0).sum(0)
-    top = torch.argsort(avg, descending=True)[:10]
-    top_rows = [
-        [class_name(int(i)), float(avg[i]), float((arena.type_probs[:, None] * demo).sum(0)[i])] for i in top
-    ]
-    w_rows = [
-        [f"{t}/{mod}", *arena.type_weights[i * len(MODIFIERS) + j]]
-        for i, t in enumerate(TOPICS)
-        for j, mod in enumerate(MODIFIERS)
-    ]
-    seen, sample_rows = set(), []
-    for p, r, c in zip(prompts, responses, classes):
-        if p in seen:
-            continue
-        seen.add(p)
-        sample_rows.append([p, r, class_name(int(c))])
-        if len(sample_rows) == 6:
-            break
-    lab = metrics["labels"]
-    ann_rows = [
-        [name, s["agreement_with_gold"], s["tie_rate"], s["first_position_rate"], s["longer_wins_rate"]]
-        for name, s in lab["annotators"].items()
-    ]
-    spec_rows = [
-        [
-            s.name,
-            s.temperature,
-            "world" if s.cycle is None else s.cycle,
-            s.position_bias,
-            s.length_bias,
-            s.tie_band,
-        ]
-        for s in arena.spec.annotators
-    ]
-    sec = metrics["seconds"]
-    return (
-        "\n\n".join(
-            [
-                "# prefgame quickstart report",
-                f"Run of `prefgame quickstart` (seed {cfg.seed}); every figure below was computed by this run "
-                f"in {sec['total']:.0f} s.",
-                "## 1. The world",
-                "The arena is a synthetic preference world with known ground truth. Prompts ask about a topic in "
-                "a manner (briefly, plainly, in detail) and pose a small addition. Any response text maps to one of "
-                f"{N_CLASSES} feature classes: style ({', '.join(STYLES)}), relevance to the topic, correctness of the "
-                "sum, length bucket and a safety flag. The gold preference is "
-                "P*(a ≻ b | x) = σ(strength · Σ_k w_k(x)(s_k(a) − s_k(b)) + c · C[style(a), style(b)]) "
-                f"with strength {arena.spec.strength}, cyclic strength c = {arena.spec.cycle} "
-                "(formal ≻ casual ≻ poetic ≻ formal: no reward function can express it) and prompt-dependent "
-                "objective weights w(x):",
-                table(["prompt type", *OBJECTIVES], w_rows, digits=2),
-                "Simulated annotators (temperature scales the gold logit; biases add to it):",
-                table(
-                    ["annotator", "temperature", "cycle", "position bias", "length bias", "tie band"],
-                    spec_rows,
-                ),
-                "## 2. π0 (SFT)",
-                f"A {cfg.sft.num_layers}-layer Llama-style model (hidden {cfg.sft.hidden_size}) trained for "
-                f"{cfg.sft.max_steps} steps on {cfg.sft_examples} demonstrations: held-out loss per response token "
-                f"{_f(m['sft_eval_loss_initial'])} → {_f(m['sft_eval_loss'])}.",
-                f"π0's class distribution, measured from {cfg.samples} samples, against the demonstrator it imitates "
-                f"(total variation distance per prompt type, averaged: {m['tv_to_demonstrator']:.3f}):",
-                table(["feature", "value", "π0", "demonstrator"], marg_rows),
-                "Most frequent classes:",
-                table(["class", "π0", "demonstrator"], top_rows),
-                f"Exact figures under the gold preference: π0's win rate against the demonstrator "
-                f"{m['gold_win_rate_vs_demonstrator']:.3f}; unregularized exploitability of π0 "
-                f"{m['exploitability']:.3f} (demonstrator {m['demonstrator_exploitability']:.3f}). "
-                "Exploitability is how much a best response beats the policy: E_x[max_y P*(y ≻ π) − ½].",
-                "Sample responses:",
-                table(["prompt", "π0 response", "class"], sample_rows),
-                "## 3. Labels",
-                f"{lab['pairs']} pairs of π0 responses to the same prompt, labeled by the gold preference and by each "
-                f"annotator; {lab['in_cycle_pairs']} pairs are decided by the cyclic style term alone and "
-                f"{lab['identical_class_pairs']} pairs fall in the same class. Bayes-optimal accuracy on these pairs: "
-                f"{lab['bayes_accuracy']:.3f}.",
-                table(
-                    [
-                        "annotator",
-                        "agreement with gold (no ties)",
-                        "tie rate",
-                        "first position wins",
-                        "longer wins",
-                    ],
-                    ann_rows,
-                ),
-                "## Timings (s)",
-                table(list(sec), [list(sec.values())], digits=1),
-            ]
-        )
-        + "\n"
+def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(pi0_dir),
+        resume=cfg.resume,
+        model=SFTModelConfig(
+            tokenizer=str(data_dir / "tokenizer"), hidden_size=cfg.sft.hidden_size, num_layers=cfg.sft.num_layers
+        ),
+        data=SFTDataConfig(path=str(data_dir / "sft.jsonl"), max_length=64),
+        train=TrainConfig(
+            seed=cfg.seed,
+            lr=cfg.sft.lr,
+            max_steps=cfg.sft.max_steps,
+            batch_size=cfg.sft.batch_size,
+            micro_batch_size=cfg.sft.batch_size,
+            eval_every=0,
+            save_every=100,
+            log_every=10,
+        ),
     )
+
+
+def smoothed_class_distribution(arena: Arena, prompts, responses, *, prior: float = 2.0) -> torch.Tensor:
+    """π0's class distribution per prompt type from samples, with ``prior`` pseudo-samples of the pooled
+    distribution (itself with ½ pseudo-count per class) so that every class keeps positive mass, as the
+    KL-regularized game needs."""
+    raw = arena.class_distribution(prompts, responses)  # (T, C)
+    types, _ = arena.classify(prompts, responses)
+    n_t = torch.bincount(torch.from_numpy(types), minlength=raw.shape[0]).to(raw.dtype)  # (T,)
+    pooled = (raw * n_t[:, None]).sum(0) + 0.5
+    counts = raw * n_t[:, None] + prior * (pooled / pooled.sum())[None]
+    return counts / counts.sum(-1, keepdim=True)
 
 
 def _f(v) -> str:
@@ -350,14 +309,17 @@ def _f(v) -> str:
 
 
 def summary_table(metrics: dict) -> str:
-    m, lab = metrics["pi0"], metrics["labels"]
     lines = [
         "",
         "prefgame quickstart summary",
-        f"  π0 held-out loss          {_f(m['sft_eval_loss'])} (from {_f(m['sft_eval_loss_initial'])})",
-        f"  π0 TV to demonstrator     {m['tv_to_demonstrator']:.3f}",
-        f"  π0 exploitability (gold)  {m['exploitability']:.3f}",
-        f"  labeled pairs             {lab['pairs']} (in-cycle {lab['in_cycle_pairs']})",
-        f"  total time                {metrics['seconds']['total']:.0f} s",
+        f"  {'policy':<14}{'gold win vs π0':>16}{'exploitability':>16}{'gap':>10}{'TV to π*':>10}",
     ]
+    for name, m in metrics["policies"].items():
+        figures = (m["gold_win_rate_vs_pi0"], m["exploitability"], m["gap"], m["tv_to_equilibrium"])
+        lines.append(f"  {name:<14}" + "".join(f"{v:>{w}.3f}" for v, w in zip(figures, (16, 16, 10, 10))))
+    for r in metrics["preference_models"]:
+        lines.append(
+            f"  PM {r['model']:<11} held-out accuracy {r['expected_accuracy']:.3f} (Bayes {r['bayes_accuracy']:.3f})"
+        )
+    lines.append(f"  total time {metrics['seconds']['total']:.0f} s; report: {metrics['report']}")
     return "\n".join(lines)
