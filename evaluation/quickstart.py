@@ -198,7 +198,8 @@ def policies_section(r: QuickstartResults) -> ReportSection:
         f"Every policy answered the same {r.cfg.eval_prompts} held-out prompts; its class distribution is scored "
         "exactly under the gold preference. π* is the exact regularized equilibrium (Newton solve on the class-level "
         "game, with π0's smoothed class distribution as reference). KL here is over classes, a lower bound of the "
-        "sequence-level KL."
+        "sequence-level KL. The policies: π0 (SFT); each self-play algorithm against the trained GPM; `dpo`, "
+        "offline DPO on the exported arena pairs; `ppo`, PPO against the trained BT reward model."
     )
     frame = pd.DataFrame({name: {lab: m[key] for key, lab in EXACT_COLUMNS.items()} for name, m in r.exact.items()}).T
     frame.index.name = "policy"

@@ -212,8 +212,10 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         t = time.perf_counter()
         dpo_dir = out.file("dpo")
         if not (cfg.resume and _done(dpo_dir)):
-            log.info(f"stage 6/{n_stages}: DPO from π0 on the arena pairs")
-            train_dpo_arena(pi0_path, data_dir, dpo_dir, overrides=[f"train.seed={cfg.seed}"], eval_prompts=0)
+            log.info(f"stage 6/{n_stages}: offline DPO from π0 on the exported arena pairs")
+            train_dpo_arena(
+                pi0_path, data_dir, dpo_dir, mode="offline", overrides=[f"train.seed={cfg.seed}"], eval_prompts=0
+            )
         policies["dpo"] = str(dpo_dir / "model")
         clock.stage("dpo", t)
         t = time.perf_counter()
