@@ -176,7 +176,10 @@ def test_arena_job_through_the_cli(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for p in (REPO / "configs").glob("*/*.yaml")), ids=str)
 def test_shipped_config_files_load(path: Path) -> None:
-    job = next((job for job in JOBS if job.name == path.parts[1]), None)
+    command = {"pm": "train-pm"}.get(path.parts[1], path.parts[1])  # configs/<folder>/ -> its command
+    job = next((job for job in JOBS if job.name == command), None)
+    if path.parts[1] == "accelerate":
+        pytest.skip("accelerate launcher configs are read by accelerate, not by a prefgame job")
     if job is None:
         pytest.skip(f"no command named '{path.parts[1]}'")
     load_config(cli._load(job.config), REPO / path)
