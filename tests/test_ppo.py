@@ -312,3 +312,17 @@ def test_config_files_load_and_errors(tmp_path, reward_dir):
         train_ppo_arena("", reward_dir, tmp_path / "x", overrides=TINY)
     with pytest.raises(ConfigError, match="multiple"):
         ppo_config(None, ["train.rollout_batch_size=6", "train.mini_batch_size=4"])
+
+
+def test_flat_config_for_trackers():
+    """Nested keys join with dots; non-scalar leaves (a list, None) become strings."""
+    from prefgame.train.common import flat_config
+
+    nested = {"ppo": {"kl_coef": 0.05, "kl_in_loss": True}, "train": {"seed": 1, "sched": [1, 2]}, "x": None}
+    assert flat_config(nested) == {
+        "ppo.kl_coef": 0.05,
+        "ppo.kl_in_loss": True,
+        "train.seed": 1,
+        "train.sched": "[1, 2]",
+        "x": "None",
+    }

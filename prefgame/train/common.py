@@ -225,3 +225,15 @@ def load_checkpoint(
     optimizer.load_state_dict(opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict (``config_to_dict``) flattened to {"a.b.c": value} with scalar values (others as
+    strings): the form experiment trackers (``accelerator.init_trackers(config=...)``) accept."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

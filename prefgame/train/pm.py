@@ -56,6 +56,7 @@ from prefgame.run import Progress, RunDir, seed_everything, write_jsonl
 from prefgame.train.common import (
     NonFiniteGuard,
     TrainConfig,
+    flat_config,
     latest_checkpoint,
     load_checkpoint,
     local_micro_batches,
@@ -326,7 +327,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
         out.write_config(cfg)
     trackers = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"]
     if trackers:
-        acc.init_trackers("prefgame-pm", config=_flat(config_to_dict(cfg)))
+        acc.init_trackers("prefgame-pm", config=flat_config(config_to_dict(cfg)))
 
     # data
     pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
@@ -483,16 +484,6 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     if trackers:
         acc.end_training()
     return metrics
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def _train_step(

@@ -70,6 +70,7 @@ from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
 from prefgame.train.common import (
     NonFiniteGuard,
     TrainConfig,
+    flat_config,
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
@@ -595,9 +596,7 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
         out.write_config(cfg)
     trackers = [s.strip() for s in tc.report_to.split(",") if s.strip() and s.strip() != "none"]
     if trackers:
-        from prefgame.train.pm import _flat
-
-        acc.init_trackers("prefgame-ppo", config=_flat(config_to_dict(cfg)))
+        acc.init_trackers("prefgame-ppo", config=flat_config(config_to_dict(cfg)))
     start = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
