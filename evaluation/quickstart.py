@@ -231,14 +231,15 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
     agreement = agreement_section(
         r.labels, reference="gold", models=model_names, title="4. Agreement between label sources"
     )
-    gold_battles = policy_battles(r.policy_samples, r.gold, pairs="all", seed=r.cfg.seed)
-    judge_battles = policy_battles(r.policy_samples, r.biased_judge, pairs="all", seed=r.cfg.seed)
-    gold_wr = winrate_section(gold_battles, baseline="π0", seed=r.cfg.seed, title="7. Win rates and ratings (gold)")
-    judge_wr = _renamed(
-        winrate_section(judge_battles, baseline="π0", seed=r.cfg.seed, title="8. Win rates and ratings (biased judge)"),
-        "judge_",
-    )
-    timing = ReportSection("9. Timings")
+    win_sections, win_metrics = [], {}
+    if r.policy_samples["generator"].nunique() > 1:  # win rates need two policies at least
+        for judge, oracle, prefix in (("gold", r.gold, ""), ("biased judge", r.biased_judge, "judge_")):
+            battles = policy_battles(r.policy_samples, oracle, pairs="all", seed=r.cfg.seed)
+            title = f"{7 + len(win_sections)}. Win rates and ratings ({judge})"
+            section = winrate_section(battles, baseline="π0", seed=r.cfg.seed, title=title)
+            win_sections.append(_renamed(section, prefix) if prefix else section)
+            win_metrics[judge] = section.metrics
+    timing = ReportSection("Timings")
     timing.add_table("timings", pd.DataFrame({"seconds": seconds}).rename_axis("stage"), "Wall time per stage (s):")
     sections = [
         world_section(r),
@@ -247,8 +248,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         agreement,
         selfplay_section(r),
         policies_section(r),
-        gold_wr,
-        judge_wr,
+        *win_sections,
         timing,
     ]
     intro = (
@@ -262,8 +262,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         "selfplay": {a: {k: v for k, v in m.items() if k != "history"} for a, m in r.selfplay.items()},
         "policies": r.exact,
         "agreement": agreement.metrics,
-        "win_rates_gold": gold_wr.metrics,
-        "win_rates_biased_judge": judge_wr.metrics,
+        "win_rates": win_metrics,
         "seconds": seconds,
         "report": str(paths["html"]),
     }
