@@ -1,0 +1,61 @@
+"""``prefgame quickstart`` end to end at toy scale: every stage's output, the report's sections with
+figures from the run, and resume re-rendering the report from finished stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prefgame.cli import main
+
+SMALL = ["sft.max_steps=5", "samples=120", "label_pairs=60", "eval_prompts=30", "sft_examples=400", "pairs=600"]
+
+
+def _run(out: Path, *extra: str) -> None:
+    assert main(["quickstart", f"output_dir={out}", *SMALL, *extra]) == 0
+
+
+def _sections(report: str) -> list[str]:
+    return [line for line in report.splitlines() if line.startswith("## ")]
+
+
+def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    _run(out, "selfplay=[]", "baselines=false")
+    for name in ("config.yaml", "metrics.json", "samples.jsonl", "labels.jsonl", "policies.jsonl", "report.html"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {r["kind"] for r in metrics["preference_models"]} == {"bt", "gpm", "gated"}
+    assert set(metrics["policies"]) == {"π0", "π* (exact)"}
+    assert metrics["policies"]["π* (exact)"]["gap"] < 1e-8  # the exact equilibrium has no duality gap
+    report = (out / "report.md").read_text()
+    titles = _sections(report)
+    assert titles[:4] == [
+        "## 1. The world",
+        "## 2. π0 (SFT)",
+        "## 3. Preference models",
+        "## 4. Agreement between label sources",
+    ]
+    assert "π0's class distribution" in report and "| style | formal |" in report
+    labels = (out / "labels.jsonl").read_text().splitlines()
+    assert len(labels) == 60 and {"gold", "careful", "biased-judge"} <= set(json.loads(labels[0]))
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    # resume: every stage is kept; the report is written again from their outputs
+    stamp = (out / "pi0" / "model" / "model.safetensors").stat().st_mtime_ns
+    (out / "report.md").unlink()
+    _run(out, "selfplay=[]", "baselines=false", "resume=true")
+    assert (out / "pi0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert _sections((out / "report.md").read_text()) == titles
+
+
+@pytest.mark.slow
+def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    _run(out, "selfplay=[inpo]")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "ppo", "π* (exact)"}
+    titles = _sections((out / "report.md").read_text())
+    assert "## 5. Nash self-play: convergence" in titles and "## 7. Win rates and ratings (gold)" in titles
+    assert (out / "figures" / "selfplay_convergence.png").is_file()
