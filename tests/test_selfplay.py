@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from prefgame.game.lm_selfplay import (
 )
 from prefgame.game.solvers import solve_equilibrium
 from prefgame.lm import build_pairs_batch, encode_prompt
-from prefgame.losses import geometric_mixture_logprobs
+from prefgame.losses import geometric_mixture_logprobs, sequence_logprobs
 from prefgame.train.selfplay import (
     ARENA_PRESETS,
     QUICKSTART_OVERRIDES,
@@ -287,6 +288,44 @@ def test_trainer_updates_policy_not_reference(pi0_dir, tmp_path, algorithm, monk
     assert [h["class/exploitability"] for h in history] == [r["class/exploitability"] for r in rows]
     assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
     assert "vllm" not in sys.modules
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # optimizer.step is replaced
+def test_sampler_logps_replace_the_policy_forward_pass(pi0_dir, tmp_path):
+    """Policy samples at temperature 1 carry log π_t(y|x) from the sampler, equal (float rounding) to
+    a teacher-forced forward pass; mixture samples and other temperatures carry none, so the
+    trainer recomputes them. A pair batch with repeated sequences gives the gradient of one row per use."""
+    from prefgame.run import RunDir
+    from prefgame.train.selfplay import Examples, SelfPlay, selfplay_config
+
+    cfg = selfplay_config("inpo", None, [*TINY, f"policy.name_or_path={pi0_dir}", f"output_dir={tmp_path}"])
+    out = RunDir(cfg.output_dir)
+    sp = SelfPlay(cfg, out, logging.getLogger("test"))
+    prompts = sp.iteration_prompts(0)
+    ys = sp.sample(prompts, (0, 0, 1))
+    assert ys.logps is not None and ys.logps.shape == (len(ys),)
+    torch.testing.assert_close(sp.policy_logps(ys), sp.sequence_logps(sp.policy, ys), rtol=0, atol=1e-4)
+    assert sp.sample(prompts, (0, 0, 2), mixture_coef=0.2).logps is None
+    sp.cfg.sampling.temperature = 0.7
+    assert sp.sample(prompts, (0, 0, 1)).logps is None
+
+    # pairs (0, 1), (0, 2), (1, 2): the deduplicated forward gives the per-row gradient sum
+    columns = np.array([[0, 0, 1], [1, 2, 2]])
+
+    def loss_fn(mb, cols, normalizer):
+        return (cols[0] - 2 * cols[1]).sum() / normalizer, {}
+
+    sp.cfg.train.steps_per_iteration, sp.cfg.train.max_grad_norm = 1, 0.0
+    grads = {}
+    sp.optimizer.step = lambda: grads.update({n: p.grad.clone() for n, p in sp.policy.named_parameters()})
+    sp.optimize(Examples(ys, columns, loss_fn), (0, 0, 4))
+    sp.policy.zero_grad()
+    batch = sp._batch(ys, [0, 1, 2])
+    logps = sequence_logprobs(sp.wrapper(**batch), batch["response_mask"][:, 1:])
+    ((logps[0] + logps[0] + logps[1]) - 2 * (logps[1] + logps[2] + logps[2])).div(3).backward()
+    for n, p in sp.policy.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+    out.close()
 
 
 class KilledError(Exception):

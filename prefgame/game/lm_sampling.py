@@ -141,6 +141,9 @@ class Responses:
     prompt_ids: list[list[int]]  # (N,) encoded prompts (chat template applied)
     response_ids: list[list[int]]  # (N,) sampled tokens, EOS included when produced
     texts: list[str]  # (N,) decoded responses (special tokens removed)
+    # (N,) float32 log-prob of each response under the distribution it was sampled from (π^μ at the
+    # sampling temperature), summed over its tokens; None when the sampler does not report it (vLLM)
+    logps: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -170,6 +173,7 @@ def generate(
     all_prompts = [p for p in prompts for _ in range(n)]
     all_ids = [list(e) for e in encoded for _ in range(n)]
     response_ids: list[list[int]] = []
+    logps: list[torch.Tensor] = []
     for start in range(0, len(all_ids), batch_size):
         out = sample_tokens(
             policy,
@@ -184,8 +188,9 @@ def generate(
             use_cache=use_cache,
         )
         response_ids += out.as_lists()
+        logps.append(out.logps.sum(-1))  # (b,) zeros after the end add nothing
     texts = [s.strip() for s in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-    return Responses(all_prompts, all_ids, response_ids, texts)
+    return Responses(all_prompts, all_ids, response_ids, texts, torch.cat(logps) if logps else torch.zeros(0))
 
 
 def _seed_int(seed: int | Sequence[int]) -> int:

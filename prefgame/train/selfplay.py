@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import math
 import time
@@ -363,6 +364,8 @@ class SelfPlay:
         if cfg.sampling.backend == "vllm":
             self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
         self.train_prompts, self.eval_prompts = self._prompt_pools()
+        # the sampler runs the fp32 weights without autocast, as sequence_logps does only in this case
+        self._fp32 = dtype == torch.float32 and self.acc.mixed_precision == "no"
 
     def _train_config(self) -> TrainConfig:
         tc = self.cfg.train
@@ -424,14 +427,18 @@ class SelfPlay:
         n: int | None = None,
         model=None,
     ) -> Responses:
-        """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0."""
+        """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0.
+
+        ``logps`` of the result are the sampler's log π_t(y|x) when they equal what :meth:`sequence_logps`
+        computes for the current policy (policy samples at temperature 1, fp32 without autocast), else None.
+        """
         sc = self.cfg.sampling
         n = sc.samples_per_prompt if n is None else n
         if self.vllm is not None and mixture_coef == 0.0 and model is None:
             self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
             return self.vllm.generate(prompts, n=n, seed=seed)
         policy = self.policy if model is None else model
-        return generate(
+        ys = generate(
             policy,
             self.ref,
             self.tok,
@@ -444,6 +451,16 @@ class SelfPlay:
             batch_size=sc.batch_size,
             use_cache=sc.use_cache,
         )
+        exact = model is None and mixture_coef == 0.0 and sc.temperature == 1.0 and self._fp32
+        return ys if exact else dataclasses.replace(ys, logps=None)
+
+    def policy_logps(self, responses: Responses) -> torch.Tensor:
+        """log π_t(y | x) of responses sampled from the current policy π_t (no update since): the
+        sampler's figures when it kept them (the same sums of the same token log-probs, up to float
+        rounding), otherwise a forward pass (:meth:`sequence_logps`)."""
+        if responses.logps is not None:
+            return responses.logps.float()
+        return self.sequence_logps(self.policy, responses)
 
     @torch.no_grad()
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
@@ -483,11 +500,15 @@ class SelfPlay:
             step_loss = torch.zeros((), device=acc.device)
             for k, mb in enumerate(micro):
                 seq = ex.columns[:, mb]  # (C, b) sequence indices
-                batch = self._batch(ex.responses, seq.reshape(-1))
+                # a sequence in several pairs (inpo: K − 1 pairs each) runs once; indexing its log-prob
+                # again sums the gradients of its uses, as separate rows would
+                unique, where = np.unique(seq.reshape(-1), return_inverse=True)  # (U,), (C·b,)
+                batch = self._batch(ex.responses, unique)
                 ctx = acc.no_sync(self.wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
                 with ctx, acc.autocast():
-                    token_logps = self.wrapper(**batch)  # (C·b, T−1)
-                    logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (C·b,)
+                    token_logps = self.wrapper(**batch)  # (U, T−1)
+                    logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (U,)
+                    logps = logps[torch.as_tensor(where.reshape(-1), device=logps.device)]  # (C·b,)
                     cols = list(logps.view(seq.shape[0], len(mb)).unbind(0))
                     loss, last = ex.loss_fn(mb, cols, bs)  # a sum over the micro-batch / global count
                     acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
@@ -541,7 +562,7 @@ def sppo_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, fl
     prompts = sp.iteration_prompts(t)
     ys = sp.sample(prompts, (sp.cfg.train.seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, sp.cfg.sampling.samples_per_prompt))
-    old = sp.sequence_logps(sp.policy, ys)
+    old = sp.policy_logps(ys)
     eta = sp.cfg.game.eta
 
     def loss_fn(mb, cols, normalizer):
@@ -555,7 +576,7 @@ def mmd_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, flo
     prompts = sp.iteration_prompts(t)
     ys = sp.sample(prompts, (sp.cfg.train.seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, sp.cfg.sampling.samples_per_prompt))
-    old, ref = sp.sequence_logps(sp.policy, ys), sp.sequence_logps(sp.ref, ys)
+    old, ref = sp.policy_logps(ys), sp.sequence_logps(sp.ref, ys)
     g = sp.cfg.game
 
     def loss_fn(mb, cols, normalizer):
@@ -580,7 +601,7 @@ def nash_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str,
     opponents = sp.sample(prompts, (seed, t, MIXTURE_SAMPLES), mixture_coef=g.mixture_coef)
     pref = cross_matrices(prefs, ys.prompts, ys.texts, opponents.texts, k).mean(-1).reshape(-1)  # (N,)
     ref = sp.sequence_logps(sp.ref, ys)
-    coef = (pref - 0.5) - g.tau * (sp.sequence_logps(sp.policy, ys) - ref).double()  # (N,) c(y) at π_t
+    coef = (pref - 0.5) - g.tau * (sp.policy_logps(ys) - ref).double()  # (N,) c(y) at π_t
     groups = coef.view(-1, k)  # (M, K)
     baseline = ((groups.sum(-1, keepdim=True) - groups) / (k - 1)).reshape(-1)  # (N,) leave-one-out mean
     shifted = pref - baseline
@@ -615,7 +636,7 @@ def inpo_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, fl
     """Online mirror descent (INPO): IPO-style loss on pairs y, y' ∼ π_t (inpo_loss)."""
     seed = sp.cfg.train.seed
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
-    ex = _inpo_examples(sp, prefs, ys, sp.sequence_logps(sp.policy, ys), (seed, t, PAIR_LABELS))
+    ex = _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS))
     return {"pairs": ex.columns.shape[1], **sp.optimize(ex, (seed, t, STEP_ORDER))}
 
 
@@ -626,11 +647,12 @@ def extragradient_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dic
     theta_t = sp.snapshot()
     ys = sp.sample(prompts, (seed, t, POLICY_SAMPLES))
     half = sp.optimize(
-        _inpo_examples(sp, prefs, ys, sp.sequence_logps(sp.policy, ys), (seed, t, PAIR_LABELS)),
+        _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS)),
         (seed, t, STEP_ORDER),
     )
     ys_half = sp.sample(prompts, (seed, t, HALF_POLICY_SAMPLES))  # y ∼ π_{t+½}
     sp.restore(theta_t)  # back to θ_t: "old" log-probs and the full step are taken at π_t
+    # ys_half's sampler log-probs are π_{t+½}'s; the loss needs π_t's, so a forward pass at θ_t
     ex = _inpo_examples(sp, prefs, ys_half, sp.sequence_logps(sp.policy, ys_half), (seed, t, HALF_PAIR_LABELS))
     full = sp.optimize(ex, (seed, t, HALF_STEP_ORDER))
     return {"half_loss": half.get("loss", math.nan), "pairs": ex.columns.shape[1], **full}
@@ -680,7 +702,7 @@ class Evaluator:
         start = time.perf_counter()
         sp = self.sp
         ys = sp.sample(sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt)
-        log_ratio = sp.sequence_logps(sp.policy, ys) - sp.sequence_logps(sp.ref, ys)  # (N,)
+        log_ratio = sp.policy_logps(ys) - sp.sequence_logps(sp.ref, ys)  # (N,)
         prefs = sp.preferences()
         opp = [self.reference.texts[i] for i in self._paired]
         vs_ref = prefs.query(ys.prompts, ys.texts, opp)
