@@ -140,11 +140,7 @@ def ppo_args(arena: Path, pi0: Path, out: Path, *extra: str) -> list[str]:
 
 
 KILL_CASES["ppo"] = (lambda arena, pi0, out, *extra: ppo_args(arena, pi0, out, "train.iterations=12", *extra), 12, 1)
-KNOWN_BUGS = {
-    "dpo": "prefgame/train/dpo.py:374 computes eval_initial after loading the checkpoint, so a resumed run "
-    "reports the checkpoint's eval as the initial one (weights and metrics.jsonl do match); fix: keep it in the "
-    "checkpoint state as sft does",
-}
+KNOWN_BUGS: dict[str, str] = {}  # job -> the precise bug that makes its kill test fail (strict xfail)
 
 
 @pytest.mark.parametrize(

@@ -364,6 +364,11 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
 
     optimizer, scheduler = make_optimizer(module.parameters(), tc)
     wrapper, optimizer = acc.prepare(module, optimizer)
+
+    def evaluate() -> dict:
+        return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+
+    initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
     start_step = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
@@ -371,10 +376,6 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         out.truncate_metrics(start_step)
         log.info(f"resumed from {resume_from} at step {start_step}")
 
-    def evaluate() -> dict:
-        return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
-
-    initial_eval = evaluate() if len(eval_set) else {}
     lengths = train_set.lengths
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "dpo", log)
