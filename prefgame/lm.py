@@ -17,7 +17,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from prefgame.errors import PrefgameError
 
 
+def _require_local_or_hub_name(name_or_path: str, what: str) -> None:
+    """A missing local folder is a user error worth one clear line; a hub name is exactly 'org/name'."""
+    hub_like = name_or_path.count("/") == 1 and not name_or_path.startswith(("/", ".", "~"))
+    if not Path(name_or_path).exists() and not hub_like:
+        raise PrefgameError(
+            f"{what} path not found: '{name_or_path}' (give a checkpoint folder or a hub name org/model)"
+        )
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    _require_local_or_hub_name(name_or_path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
@@ -31,16 +41,11 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 
 def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    if not Path(name_or_path).exists() and "/" not in name_or_path:
-        raise PrefgameError(
-            f"model path not found: '{name_or_path}' (give a checkpoint folder or a hub name org/model)"
-        )
+    _require_local_or_hub_name(name_or_path, "model")
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise PrefgameError(
-            f"cannot load causal LM from '{name_or_path}': {str(exc).splitlines()[0]}"
-        ) from None
+        raise PrefgameError(f"cannot load causal LM from '{name_or_path}': {str(exc).splitlines()[0]}") from None
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
