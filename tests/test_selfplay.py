@@ -408,7 +408,7 @@ def test_quickstart_overrides_apply_to_every_preset():
     """The quickstart's short run is valid on top of each arena preset and keeps the preset's game."""
     for algorithm in ARENA_PRESETS:
         cfg = selfplay_config(algorithm, None, QUICKSTART_OVERRIDES)
-        assert cfg.algorithm == algorithm and cfg.train.iterations == 8 and cfg.eval.every == 4
+        assert cfg.algorithm == algorithm and cfg.train.iterations == 10 and cfg.eval.every == 5
         assert cfg.game == selfplay_config(algorithm).game
 
 

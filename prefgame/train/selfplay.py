@@ -944,17 +944,18 @@ def run_selfplay(
 ARENA_PRESETS: dict[str, list[str]] = {
     "nash_md": ["game.tau=0.05", "game.mixture_coef=0.2", "train.lr=2e-4"],
     "sppo": ["game.tau=0.05", "game.eta=2", "train.lr=2e-4"],
-    "inpo": ["game.tau=0.05", "game.eta=10", "train.lr=2e-4"],
+    "inpo": ["game.tau=0.05", "game.eta=5", "train.lr=2e-4"],
     "mmd": ["game.tau=0.1", "game.eta=3", "train.lr=3e-4"],
     "extragradient": ["game.tau=0.05", "game.eta=10", "train.lr=3e-4"],
 }
 
 
-# A short run for the quickstart's budget (applied on top of an ARENA_PRESETS entry): 8 iterations ×
-# 16 prompts × K = 4, 2 optimizer steps each, measured before, at iteration 4 and after the last on
-# 120 held-out prompts. See docs/selfplay.md for its measured time and figures.
+# A short run for the quickstart's budget (applied on top of an ARENA_PRESETS entry): 10 iterations ×
+# 16 prompts × K = 4, 2 optimizer steps each at a constant lr 5e-4, measured before, at iteration 5
+# and after the last on 120 held-out prompts: 25–36 CPU-s for nash_md, sppo, inpo (docs/selfplay.md).
+# Longer runs at this lr drift (KL 6–17 nats by 14–16 iterations, exploitability rising again).
 QUICKSTART_OVERRIDES: tuple[str, ...] = (
-    "train.iterations=8",
+    "train.iterations=10",
     "sampling.prompts_per_iteration=16",
     "train.steps_per_iteration=2",
     "train.batch_size=64",
@@ -962,7 +963,7 @@ QUICKSTART_OVERRIDES: tuple[str, ...] = (
     "train.warmup_steps=0",
     "train.schedule=constant",
     "train.lr=5e-4",
-    "eval.every=4",
+    "eval.every=5",
     "eval.prompts=120",
     "eval.reference_samples_per_prompt=2",
 )
