@@ -263,8 +263,15 @@ def test_arena_evaluation_and_report_files(arena_labels, tmp_path):
     assert next(r for r in judges if r["source"] == "gold")["position_logodds"] is None  # NaN -> null
 
 
+# The CLI layer may dispatch into evaluation: the quickstart job orchestrates every layer and builds
+# its report with evaluation (lazily, inside the job); the rest of prefgame never imports it.
+CLI_LAYER = {"quickstart.py"}
+
+
 def test_prefgame_core_never_imports_evaluation():
     for path in (ROOT / "prefgame").rglob("*.py"):
+        if path.relative_to(ROOT / "prefgame").as_posix() in CLI_LAYER:
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom):
