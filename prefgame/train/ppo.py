@@ -9,9 +9,10 @@ Each iteration t:
    without an end-of-sequence token;
 3. one no-gradient pass gives log π_old(y_t), V_old(t) and the token entropy; one pass of the frozen
    reference π0 gives log π0(y_t);
-4. token rewards r_t = −β(log π_old − log π0)(y_t) + [t = last]·score (``ppo.kl_coef`` = β;
-   :func:`~prefgame.losses.kl_penalized_rewards`), or with ``ppo.kl_in_loss`` the score alone and
-   β·KL added to the loss (:func:`~prefgame.losses.kl_loss`); optional whitening of the token
+4. token rewards: with ``ppo.kl_in_loss`` (default) the score alone on the last token and β·KL added to
+   the loss (:func:`~prefgame.losses.kl_loss`, ``ppo.kl_coef`` = β), so β weighs KL against the whitened
+   policy loss and KL to π0 falls as β grows; otherwise r_t = −β(log π_old − log π0)(y_t) + [t = last]·score
+   (:func:`~prefgame.losses.kl_penalized_rewards`); optional whitening of the token
    rewards (``ppo.whiten_rewards``, scale only); GAE advantages and returns
    (:func:`~prefgame.losses.compute_gae`), advantages whitened over the whole rollout (moments summed over
    processes, :func:`~prefgame.losses.rl.whiten_from_moments`);
