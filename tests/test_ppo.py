@@ -326,3 +326,15 @@ def test_flat_config_for_trackers():
         "train.sched": "[1, 2]",
         "x": "None",
     }
+
+
+def test_arena_yaml_holds_the_defaults():
+    """configs/ppo/arena.yaml documents the arena defaults train_ppo_arena uses: apart from the paths, every
+    field equals PPOConfig()'s."""
+    from prefgame.config import config_to_dict
+
+    yaml_cfg = config_to_dict(load_config(PPOConfig, CONFIGS / "arena.yaml"))
+    defaults = config_to_dict(PPOConfig())
+    for cfg in (yaml_cfg, defaults):
+        cfg.pop("output_dir"), cfg["policy"].pop("name_or_path"), cfg["reward"].pop("path")
+    assert yaml_cfg == defaults
