@@ -51,7 +51,11 @@ class QuickstartConfig:
     output_dir: str = param("runs/quickstart", "where every stage and the report are written")
     resume: bool = param(False, "keep stages that already finished in output_dir and run the rest")
     seed: int = param(0, "seed of training and sampling")
-    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    num_threads: int = param(
+        1,
+        "CPU threads for PyTorch (0: PyTorch's default). One thread: the tiny models gain little from more, "
+        "and on a machine shared with other work several threads run several times slower",
+    )
     arena: ArenaConfig = param(ArenaConfig, "the world")
     sft_examples: int = param(4000, "SFT demonstrations")
     pairs: int = param(4000, "gold-labeled pairs exported with the world (preference-model and DPO data)")
