@@ -47,6 +47,7 @@ class QuickstartResults:
     policy_samples: pd.DataFrame  # prompt, output, generator
     biased_judge: Any  # PreferenceOracle
     gold: Any  # PreferenceOracle
+    llm_judge: Any = None  # prefgame.judges.LLMJudge when the run was given an endpoint
 
 
 def marginals(pi: torch.Tensor, arena: Arena) -> dict[str, list[float]]:
@@ -233,12 +234,17 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
     )
     win_sections, win_metrics = [], {}
     if r.policy_samples["generator"].nunique() > 1:  # win rates need two policies at least
-        for judge, oracle, prefix in (("gold", r.gold, ""), ("biased judge", r.biased_judge, "judge_")):
+        judges = [("gold", r.gold, ""), ("biased judge", r.biased_judge, "judge_")]
+        if r.llm_judge is not None:
+            judges.append((r.llm_judge.name, r.llm_judge, "llm_"))
+        for judge, oracle, prefix in judges:
             battles = policy_battles(r.policy_samples, oracle, pairs="all", seed=r.cfg.seed)
             title = f"{7 + len(win_sections)}. Win rates and ratings ({judge})"
             section = winrate_section(battles, baseline="π0", seed=r.cfg.seed, title=title)
             win_sections.append(_renamed(section, prefix) if prefix else section)
             win_metrics[judge] = section.metrics
+    if r.llm_judge is not None:
+        win_metrics["llm_judge_usage"] = dict(r.llm_judge.stats)  # requests, tokens, cost; never the key
     timing = ReportSection("Timings")
     timing.add_table("timings", pd.DataFrame({"seconds": seconds}).rename_axis("stage"), "Wall time per stage (s):")
     sections = [

@@ -29,6 +29,7 @@ import torch
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
 from prefgame.arena.world import AnnotatorOracle, Arena, GoldOracle, class_name
 from prefgame.config import param
+from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
 from prefgame.run import RunDir, seed_everything, write_jsonl
 from prefgame.train.common import TrainConfig
@@ -67,6 +68,10 @@ class QuickstartConfig:
     baselines: bool = param(True, "train the DPO and PPO baselines")
     eval_prompts: int = param(300, "held-out prompts every policy answers for the final comparison")
     max_new_tokens: int = param(40, "sampling length limit (arena responses have ≤ 34 words)")
+    llm_judge: bool = param(
+        False, "add an LLM judge over an OpenAI-compatible API (settings in judge.*) to the agreement and win rates"
+    )
+    judge: JudgeConfig = param(JudgeConfig, "the LLM judge (key from $OPENAI_API_KEY or judge.api_key, never written)")
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.selfplay if a not in SELFPLAY_ALGORITHMS]
@@ -178,8 +183,14 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     log.info(f"stage 4/{n_stages}: labeling {cfg.label_pairs} pairs of π0 responses by every source")
     pair_prompts = [p.text for p in arena.sample_prompts(cfg.label_pairs, rng)]
     doubled = sample(model, tok, pair_prompts * 2, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 2)
+    judge = None
+    if cfg.llm_judge:
+        from prefgame.judges import LLMJudge
+
+        judge = LLMJudge(cfg.judge, seed=cfg.seed)
+    oracles = {**pms, **({judge.name: judge} if judge else {})}
     labels = arena_label_table(
-        arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed, oracles=pms
+        arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed, oracles=oracles
     )
     write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
     clock.stage("labels", t)
@@ -269,6 +280,7 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         policy_samples=samples_frame,
         biased_judge=AnnotatorOracle(arena, BIASED_JUDGE),
         gold=GoldOracle(arena),
+        llm_judge=judge,
     )
     metrics = write_quickstart_report(out.path, results, {**clock.seconds, "total": clock.total()})
     out.write_metrics(metrics)

@@ -21,9 +21,18 @@ def _sections(report: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith("## ")]
 
 
-def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_path: Path) -> None:
-    out = tmp_path / "qs"
-    _run(out, "selfplay=[]", "baselines=false")
+def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    from test_judges import FakeJudgeServer
+
+    out, server = tmp_path / "qs", FakeJudgeServer()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-quickstart-secret")
+    judge = ["llm_judge=true", f"judge.base_url={server.base_url}", "judge.model=judge-test",
+             f"judge.cache_dir={tmp_path / 'judgments'}", "judge.backoff_base_s=0.01"]  # fmt: skip
+    try:
+        _run(out, "selfplay=[]", "baselines=false", *judge)
+    finally:
+        server.close()
+    assert server.requests > 0 and "sk-quickstart-secret" not in (out / "config.yaml").read_text()
     for name in ("config.yaml", "metrics.json", "samples.jsonl", "labels.jsonl", "policies.jsonl", "report.html"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -40,12 +49,15 @@ def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_p
     ]
     assert "π0's class distribution" in report and "| style | formal |" in report
     labels = (out / "labels.jsonl").read_text().splitlines()
-    assert len(labels) == 60 and {"gold", "careful", "biased-judge"} <= set(json.loads(labels[0]))
+    assert len(labels) == 60 and {"gold", "careful", "biased-judge", "llm-judge:judge-test"} <= set(
+        json.loads(labels[0])
+    )
+    assert "llm-judge:judge-test" in report  # the LLM judge joins the agreement tables
     assert "data:image/png;base64," in (out / "report.html").read_text()
     # resume: every stage is kept; the report is written again from their outputs
     stamp = (out / "pi0" / "model" / "model.safetensors").stat().st_mtime_ns
     (out / "report.md").unlink()
-    _run(out, "selfplay=[]", "baselines=false", "resume=true")
+    _run(out, "selfplay=[]", "baselines=false", "resume=true")  # no judge now: labels.jsonl is recomputed
     assert (out / "pi0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
     assert _sections((out / "report.md").read_text()) == titles
 
