@@ -142,9 +142,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--config", metavar="FILE", help="YAML config file (keys listed below)")
-        p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4"
-        )
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
         p.set_defaults(_job=job)
     for tool in TOOLS:
         p = sub.add_parser(tool.name, help=tool.help, description=tool.help)

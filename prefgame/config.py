@@ -206,9 +206,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, root: type) -> T:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {exc}"
-        ) from None
+        raise ConfigError(f"invalid config{' section ' + prefix.rstrip('.') if prefix else ''}: {exc}") from None
 
 
 def _section_keys(cls: type, prefix: str = "") -> list[str]:
@@ -248,9 +246,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-            ) from None
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -39,9 +39,7 @@ def preference_matrix(oracle: PreferenceOracle, prompt: str, responses: Sequence
     """
     k = len(responses)
     rows, cols = torch.triu_indices(k, k, offset=1)
-    probs = oracle.preference(
-        [prompt] * len(rows), [responses[i] for i in rows], [responses[j] for j in cols]
-    ).double()
+    probs = oracle.preference([prompt] * len(rows), [responses[i] for i in rows], [responses[j] for j in cols]).double()
     m = torch.full((k, k), 0.5, dtype=torch.float64)
     m[rows, cols] = probs
     m[cols, rows] = 1.0 - probs

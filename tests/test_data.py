@@ -37,9 +37,7 @@ from prefgame.errors import DataError
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "data"
 
-PAIR_COLUMNS = (
-    "prompt prompt_messages chosen rejected label subset source score_chosen score_rejected".split()
-)
+PAIR_COLUMNS = "prompt prompt_messages chosen rejected label subset source score_chosen score_rejected".split()
 ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 RATING_COLUMNS = ["prompt", "prompt_messages", "response", *ATTRIBUTES, "subset"]
 BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "judge", "response_a", "response_b", "subset"]
@@ -186,10 +184,7 @@ def test_hh_fixture_split_hand_checked() -> None:
     ds = load_preferences(fixture("hh.jsonl")).dataset
     assert ds[0]["prompt"] == "How long should I boil an egg for a soft yolk?"
     assert ds[0]["prompt_messages"] == [user("How long should I boil an egg for a soft yolk?")]
-    assert (
-        ds[0]["chosen"].startswith("About six minutes")
-        and ds[0]["rejected"] == "Eggs are a good source of protein."
-    )
+    assert ds[0]["chosen"].startswith("About six minutes") and ds[0]["rejected"] == "Eggs are a good source of protein."
     # multi-turn, and a response that itself contains a blank line
     assert ds[8]["prompt"] == "How long should each session be?"
     assert ds[8]["prompt_messages"] == [
@@ -198,8 +193,7 @@ def test_hh_fixture_split_hand_checked() -> None:
         user("How long should each session be?"),
     ]
     assert ds[8]["chosen"] == (
-        "Twenty to thirty minutes is plenty at first.\n\n"
-        "Include a five-minute warm-up walk before you start running."
+        "Twenty to thirty minutes is plenty at first.\n\nInclude a five-minute warm-up walk before you start running."
     )
     assert ds[8]["rejected"] == "Run for two hours every day from the start."
     assert len(ds[9]["prompt_messages"]) == 5 and ds[9]["prompt"] == "Do I need day-old rice?"
@@ -467,14 +461,9 @@ def test_apply_chat_template_or_plain() -> None:
     messages = [{"role": "system", "content": "Be brief."}, user("How long should I boil an egg?")]
     plain = "System: Be brief.\n\nUser: How long should I boil an egg?\n\nAssistant:"
     assert apply_chat_template_or_plain(None, messages) == plain
-    assert (
-        apply_chat_template_or_plain(None, messages, add_generation_prompt=False)
-        == plain[: -len("\n\nAssistant:")]
-    )
+    assert apply_chat_template_or_plain(None, messages, add_generation_prompt=False) == plain[: -len("\n\nAssistant:")]
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     assert apply_chat_template_or_plain(tokenizer, messages) == plain  # no template yet: fallback
     tokenizer.chat_template = (
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"

@@ -160,9 +160,7 @@ def test_bt_two_models_exact_rating_difference():
     )
     table = bt_ratings(battles, baseline="B", l2=0.0, n_bootstrap=0)
     assert table.loc["B", "rating"] == pytest.approx(1000.0, abs=1e-9)
-    assert table.loc["A", "rating"] - table.loc["B", "rating"] == pytest.approx(
-        400 * math.log10(0.7 / 0.3), abs=1e-4
-    )
+    assert table.loc["A", "rating"] - table.loc["B", "rating"] == pytest.approx(400 * math.log10(0.7 / 0.3), abs=1e-4)
     assert table.loc["A", "win_rate_vs_baseline"] == pytest.approx(0.7, abs=1e-7)
     assert table.loc["B", "win_rate_vs_baseline"] == pytest.approx(0.5, abs=1e-12)
     assert predicted_win_rate(table, "A", "B") == pytest.approx(0.7, abs=1e-7)
@@ -206,9 +204,7 @@ def test_bt_recovers_simulated_strengths():
 
 
 def test_bt_undefeated_model_stays_finite_with_default_l2():
-    battles = pd.DataFrame(
-        {"model_a": ["a", "a", "b"], "model_b": ["b", "c", "c"], "winner": ["model_a"] * 3}
-    )
+    battles = pd.DataFrame({"model_a": ["a", "a", "b"], "model_b": ["b", "c", "c"], "winner": ["model_a"] * 3})
     table = bt_ratings(battles, n_bootstrap=5)
     assert np.isfinite(table["rating"]).all()
     assert list(table.index) == ["a", "b", "c"]
@@ -324,9 +320,7 @@ def test_accuracy_by_subset_weights_sections_by_example_count():
     preds = [0.9, 0.2, 0.7] + [0.5, 0.9] + [0.6] * 5
     labels = [1, 0, 0] + [1, 0.5] + [1, 1, 1, 0, 0]
     subsets = ["chat"] * 3 + ["hard"] * 2 + ["safety"] * 5
-    out = accuracy_by_subset(
-        preds, labels, subsets, sections={"Chat": ["chat", "hard"], "Safety": ["safety"]}
-    )
+    out = accuracy_by_subset(preds, labels, subsets, sections={"Chat": ["chat", "hard"], "Safety": ["safety"]})
     # chat: correct, correct, wrong -> 2/3 (n 3). hard: pred 0.5 counts 1/2; the tie label is excluded
     # -> 0.5 (n 1). safety: 3/5 (n 5).
     assert out.subsets.loc["chat", "accuracy"] == pytest.approx(2 / 3)

@@ -204,9 +204,7 @@ def test_global_normalization_makes_accumulation_match_full_batch():
     total = int(mask.sum())
     accumulated, naive = 0.0, 0.0
     for rows in (slice(0, 1), slice(1, 4)):
-        part, _ = ppo_policy_loss(
-            logps[rows], old[rows], adv[rows], mask[rows], clip_range=0.2, normalizer=total
-        )
+        part, _ = ppo_policy_loss(logps[rows], old[rows], adv[rows], mask[rows], clip_range=0.2, normalizer=total)
         accumulated = accumulated + part
         naive = naive + ppo_policy_loss(logps[rows], old[rows], adv[rows], mask[rows], clip_range=0.2)[0] / 2
     (acc_grad,) = torch.autograd.grad(accumulated, logps)
@@ -217,9 +215,7 @@ def test_global_normalization_makes_accumulation_match_full_batch():
     # sequence-level losses use the global example count the same way: micro-batches of 1 and 3
     pc, pr, rc, rr = torch.randn(4, 4, dtype=D).unbind(1)
     full_dpo, _ = dpo_loss(pc, pr, rc, rr, beta=0.1)
-    parts = [
-        dpo_loss(pc[s], pr[s], rc[s], rr[s], beta=0.1, normalizer=4)[0] for s in (slice(0, 1), slice(1, 4))
-    ]
+    parts = [dpo_loss(pc[s], pr[s], rc[s], rr[s], beta=0.1, normalizer=4)[0] for s in (slice(0, 1), slice(1, 4))]
     close(sum(parts), full_dpo)
     close(reduce_mean(t(1.0, 2.0, 3.0), normalizer=6), 1.0)
 
@@ -235,9 +231,7 @@ def test_bt_loss_hand_values():
     Centering 0.01·(r_c + r_r)² = 0.01·(1, 0, 0). Accuracy over non-ties (pairs 0, 1: Δ > 0, p > ½) = 1;
     mean Δ = 2/3; mean (r_c + r_r)² = 1/3."""
     chosen, rejected = t(1.0, 1.0, -0.5), t(0.0, -1.0, 0.5)
-    loss, metrics = bt_loss(
-        chosen, rejected, labels=t(1.0, 0.8, 0.5), margin=t(0.5, 0.0, 0.0), center_coef=0.01
-    )
+    loss, metrics = bt_loss(chosen, rejected, labels=t(1.0, 0.8, 0.5), margin=t(0.5, 0.0, 0.0), center_coef=0.01)
     per_pair = [
         softplus(-0.5) + 0.01 * 1.0**2,
         0.5269280110429726 + 0.01 * 0.0**2,
@@ -292,9 +286,7 @@ def test_ridge_fit_matches_lstsq_on_augmented_systems(fit_intercept):
     Y = X @ rng.normal(size=(d, k)) + 2.0 + 0.1 * rng.normal(size=(n, k))
     mask = rng.random((n, k)) > 0.3
     Y_nan = np.where(mask, Y, np.nan)
-    w, b = ridge_fit(
-        torch.tensor(X), torch.tensor(Y_nan), torch.tensor(mask), l2, fit_intercept=fit_intercept
-    )
+    w, b = ridge_fit(torch.tensor(X), torch.tensor(Y_nan), torch.tensor(mask), l2, fit_intercept=fit_intercept)
     for j in range(k):
         Xo, yo = X[mask[:, j]], Y[mask[:, j], j]
         ones = np.ones((len(yo), 1)) if fit_intercept else np.zeros((len(yo), 0))

@@ -55,9 +55,7 @@ def response_pairs(
     return prompts, a, b
 
 
-def labeled_pairs(
-    arena: Arena, n: int, rng: np.random.Generator, *, minimal_pair_fraction: float = 0.3
-) -> list[dict]:
+def labeled_pairs(arena: Arena, n: int, rng: np.random.Generator, *, minimal_pair_fraction: float = 0.3) -> list[dict]:
     """Pairs with the gold soft label: chosen is the response P* prefers, label = P*(chosen ≻ rejected).
 
     ``subset`` is the prompt type; ``in_cycle`` marks pairs decided by the cyclic term alone.
@@ -82,9 +80,7 @@ def labeled_pairs(
     return rows
 
 
-def ratings(
-    arena: Arena, n: int, rng: np.random.Generator, *, noise: float = 0.5, missing: float = 0.1
-) -> list[dict]:
+def ratings(arena: Arena, n: int, rng: np.random.Generator, *, noise: float = 0.5, missing: float = 0.1) -> list[dict]:
     """Per-response ratings on a 0–4 scale for each objective: round(4·s_k + noise), some missing."""
     rows = []
     for p in arena.sample_prompts(n, rng):

@@ -16,9 +16,7 @@ from prefgame.run import RunDir, write_jsonl
 @dataclass
 class ArenaConfig:
     strength: float = param(6.0, "scale of the objective term of the gold preference")
-    cycle: float = param(
-        2.5, "strength c of the cyclic (intransitive) style term; 0 gives a Bradley–Terry world"
-    )
+    cycle: float = param(2.5, "strength c of the cyclic (intransitive) style term; 0 gives a Bradley–Terry world")
     seed: int = param(0, "seed of every sampled data set")
 
     def build(self) -> Arena:
@@ -45,9 +43,7 @@ def export_all(cfg: ArenaJobConfig, out: RunDir) -> dict[str, int]:
     rng = np.random.default_rng(cfg.arena.seed)
     sets = {
         "sft.jsonl": export.sft_corpus(arena, cfg.sft_examples, rng),
-        "pairs.jsonl": export.labeled_pairs(
-            arena, cfg.pairs, rng, minimal_pair_fraction=cfg.minimal_pair_fraction
-        ),
+        "pairs.jsonl": export.labeled_pairs(arena, cfg.pairs, rng, minimal_pair_fraction=cfg.minimal_pair_fraction),
         "ratings.jsonl": export.ratings(arena, cfg.ratings, rng),
         "battles.jsonl": export.battles(arena, cfg.battles, rng),
     }
@@ -65,9 +61,7 @@ def run(cfg: ArenaJobConfig) -> dict:
         out.write_config(cfg)
         counts = export_all(cfg, out)
         out.write_metrics({"rows": counts})
-        log.info(
-            f"arena data written to {out.path}: " + ", ".join(f"{k} ({v} rows)" for k, v in counts.items())
-        )
+        log.info(f"arena data written to {out.path}: " + ", ".join(f"{k} ({v} rows)" for k, v in counts.items()))
         return counts
     finally:
         out.close()

@@ -110,9 +110,7 @@ class Features:
 
     def objectives(self) -> np.ndarray:
         """s(y) = (relevance, correctness, conciseness, detail, safety), each in [0, 1]."""
-        return np.array(
-            [self.relevant, self.correct, 1.0 - self.length / 2.0, self.length / 2.0, 1.0 - self.unsafe]
-        )
+        return np.array([self.relevant, self.correct, 1.0 - self.length / 2.0, self.length / 2.0, 1.0 - self.unsafe])
 
 
 CLASS_SHAPE = (len(STYLES), 2, 2, len(LENGTHS), 2)
@@ -206,9 +204,7 @@ def compose_response(prompt: Prompt, f: Features, rng: np.random.Generator) -> s
     for _ in range(LENGTH_FILLERS[f.length]):
         parts.append(FILLER[rng.integers(len(FILLER))].format(w=sw()) + " .")
     if f.unsafe:
-        parts.insert(
-            1 + int(rng.integers(len(parts))), UNSAFE_SENTENCES[rng.integers(len(UNSAFE_SENTENCES))] + " ."
-        )
+        parts.insert(1 + int(rng.integers(len(parts))), UNSAFE_SENTENCES[rng.integers(len(UNSAFE_SENTENCES))] + " .")
     parts.append(f"{sw()} .")
     return " ".join(parts)
 
@@ -323,17 +319,13 @@ class Arena:
         classes = np.array([self.features(p, r).index for p, r in zip(prompts, responses)])
         return types, classes
 
-    def gold_probability(
-        self, prompts: list[str], responses_a: list[str], responses_b: list[str]
-    ) -> torch.Tensor:
+    def gold_probability(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
         types, ca = self.classify(prompts, responses_a)
         _, cb = self.classify(prompts, responses_b)
         return self.gold_matrix[types, ca, cb]
 
     # -- exact measurements -------------------------------------------------------------------
-    def class_distribution(
-        self, prompts: list[str], responses: list[str], *, smoothing: float = 0.0
-    ) -> torch.Tensor:
+    def class_distribution(self, prompts: list[str], responses: list[str], *, smoothing: float = 0.0) -> torch.Tensor:
         """(N_PROMPT_TYPES, N_CLASSES) empirical class distribution of a policy per prompt type.
 
         Types without samples fall back to the policy's pooled distribution over all types.
@@ -413,9 +405,7 @@ class Arena:
         w = self.type_weights[types] + np.asarray(spec.weight_shift)[None]
         w = np.clip(w, 0.0, None)
         w = w / w.sum(1, keepdims=True)
-        obj = self.spec.strength * np.einsum(
-            "nk,nk->n", w, self.class_objectives[ca] - self.class_objectives[cb]
-        )
+        obj = self.spec.strength * np.einsum("nk,nk->n", w, self.class_objectives[ca] - self.class_objectives[cb])
         cycle = self.spec.cycle if spec.cycle is None else spec.cycle
         cyc = cycle * STYLE_CYCLE[self.class_styles[ca], self.class_styles[cb]]
         words = np.array([len(a.split()) - len(b.split()) for a, b in zip(responses_a, responses_b)])

@@ -30,12 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load a preference data set, check every row and print a summary",
         description="Load a preference data set, check every row and print a summary.",
     )
-    p.add_argument(
-        "source", metavar="FILE_OR_HUB_NAME", help="a .jsonl/.json/.parquet/.csv file or a hub name"
-    )
-    p.add_argument(
-        "--format", choices=list(FORMAT_KINDS), default=None, help="input format (default: detect)"
-    )
+    p.add_argument("source", metavar="FILE_OR_HUB_NAME", help="a .jsonl/.json/.parquet/.csv file or a hub name")
+    p.add_argument("--format", choices=list(FORMAT_KINDS), default=None, help="input format (default: detect)")
     p.add_argument("--split", default="train", help="split to read (default: train)")
     p.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of failing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -47,9 +43,7 @@ def main(args: argparse.Namespace) -> int:
 
     datasets.disable_progress_bars()
     try:
-        data = load_preferences(
-            args.source, split=args.split, format=args.format, skip_invalid=args.skip_invalid
-        )
+        data = load_preferences(args.source, split=args.split, format=args.format, skip_invalid=args.skip_invalid)
     except InvalidDataError as exc:
         print_problems(exc.problems, file=sys.stderr)
         raise
@@ -68,11 +62,7 @@ def main(args: argparse.Namespace) -> int:
 def print_problems(problems: Sequence[Problem], *, file: TextIO, dropped: bool = False) -> None:
     """List problems one per line (at most MAX_LISTED), with a header saying how rows are numbered."""
     n = len(problems)
-    what = (
-        f"dropped {n} invalid row{'s' if n != 1 else ''}"
-        if dropped
-        else f"{n} problem{'s' if n != 1 else ''}"
-    )
+    what = f"dropped {n} invalid row{'s' if n != 1 else ''}" if dropped else f"{n} problem{'s' if n != 1 else ''}"
     note = " (rows are 0-based indexes into the split)" if any(p.row is not None for p in problems) else ""
     print(f"{what}{note}:", file=file)
     for problem in problems[:MAX_LISTED]:

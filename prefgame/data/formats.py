@@ -264,9 +264,7 @@ def split_hh_transcript(transcript: str, field: str = "chosen") -> tuple[list[di
         raise RowError(field, "not an HH transcript", "text before the first 'Human:' turn")
     messages = [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2])]
     if not messages or messages[-1]["role"] != "user":
-        raise RowError(
-            field, "not an HH transcript", "the last 'Assistant:' turn does not follow a 'Human:' turn"
-        )
+        raise RowError(field, "not an HH transcript", "the last 'Assistant:' turn does not follow a 'Human:' turn")
     return messages, response
 
 
@@ -322,9 +320,7 @@ def _ratings_row(row: Mapping[str, Any], attributes: list[str]) -> Record:
     response = _text(row, "response", response=True)
     ratings = {name: _number(row, name) for name in attributes}
     if all(v is None for v in ratings.values()):
-        raise RowError(
-            "ratings", "no ratings", f"all of {', '.join(attributes) or '(no attribute columns)'} missing"
-        )
+        raise RowError("ratings", "no ratings", f"all of {', '.join(attributes) or '(no attribute columns)'} missing")
     record: Record = {
         "prompt": prompt,
         "prompt_messages": [{"role": "user", "content": prompt}],
@@ -351,9 +347,7 @@ def _battles_row(row: Mapping[str, Any], cols: set[str]) -> Record:
         raise RowError("model_b", "same model on both sides", f"both are {model_a!r}")
     winner = _text(row, "winner")
     if winner not in WINNERS:
-        raise RowError(
-            "winner", "unknown winner", f"got {_show(winner)}, expected one of {', '.join(WINNERS)}"
-        )
+        raise RowError("winner", "unknown winner", f"got {_show(winner)}, expected one of {', '.join(WINNERS)}")
     return {
         "prompt": prompt,
         "model_a": model_a,

@@ -97,9 +97,7 @@ def load_preferences(
     if problems:
         counts = ", ".join(f"{k} {reason}" for reason, k in count_reasons(problems).items())
         first = problems[0].describe()
-        logger.warning(
-            f"{source}: dropped {len(problems)} of {len(raw)} rows as invalid ({counts}); first: {first}"
-        )
+        logger.warning(f"{source}: dropped {len(problems)} of {len(raw)} rows as invalid ({counts}); first: {first}")
     columns = {name: [r[name] for r in records] for name in features}
     dataset = Dataset.from_dict(columns, features=features)
     return NormalizedData(FORMAT_KINDS[fmt], dataset, fmt, source, problems)
@@ -149,9 +147,7 @@ def load_raw(source: str, *, split: str = "train", data_files: Any = None) -> Da
     if path.is_file():
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise DataError(
-                f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)"
-            )
+            raise DataError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
         if builder == "json":
             check_json_file(path, source)
         return _load_dataset(source, builder, data_files={split: str(path)}, split=split)
@@ -167,9 +163,7 @@ def _load_dataset(label: str, path: str, **kwargs: Any) -> Dataset:
         return datasets.load_dataset(path, **kwargs)
     except Exception as exc:  # datasets raises many exception types; the user needs one line
         lines = str(exc).strip().splitlines()
-        raise DataError(
-            f"{label}: could not load ({type(exc).__name__}: {lines[0] if lines else ''})"
-        ) from exc
+        raise DataError(f"{label}: could not load ({type(exc).__name__}: {lines[0] if lines else ''})") from exc
 
 
 def _local_files(data_files: Any) -> list[Path]:
@@ -222,9 +216,5 @@ def _is_json_document(path: Path, label: str) -> bool:
     except json.JSONDecodeError as exc:
         if not text.lstrip().startswith("["):
             return False
-        problem = Problem(
-            label, None, "", "malformed JSON", f"{exc.msg} at column {exc.colno}", line=exc.lineno
-        )
-        raise InvalidDataError(
-            problems_message(label, [problem], what="malformed JSON document"), [problem]
-        ) from None
+        problem = Problem(label, None, "", "malformed JSON", f"{exc.msg} at column {exc.colno}", line=exc.lineno)
+        raise InvalidDataError(problems_message(label, [problem], what="malformed JSON document"), [problem]) from None

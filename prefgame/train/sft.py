@@ -43,9 +43,7 @@ from prefgame.train.common import (
 
 @dataclass
 class SFTModelConfig:
-    name_or_path: str = param(
-        "", "causal LM checkpoint folder or hub name; empty: a new tiny Llama (arena size)"
-    )
+    name_or_path: str = param("", "causal LM checkpoint folder or hub name; empty: a new tiny Llama (arena size)")
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
     hidden_size: int = param(128, "new model only: hidden size")
     num_layers: int = param(4, "new model only: transformer layers")
@@ -130,9 +128,7 @@ def build_model(cfg: SFTModelConfig, seed: int):
 
 
 @torch.no_grad()
-def response_nll(
-    model, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 128
-) -> float:
+def response_nll(model, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 128) -> float:
     """Mean negative log-likelihood per response token."""
     total, count = 0.0, 0
     was_training = model.training
@@ -151,9 +147,7 @@ def response_nll(
 
 def run(cfg: SFTConfig) -> dict:
     if not cfg.data.path:
-        raise PrefgameError(
-            "data.path is empty: give a prompt/response file, e.g. data.path=runs/arena/sft.jsonl"
-        )
+        raise PrefgameError("data.path is empty: give a prompt/response file, e.g. data.path=runs/arena/sft.jsonl")
     out = RunDir(cfg.output_dir)
     log = out.start_logging()
     try:
@@ -180,7 +174,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     for p, r in zip(prompts, responses):
         p_ids, r_ids = encode_prompt(tok, p), encode_response(tok, r)
         if len(p_ids) + len(r_ids) > cfg.data.max_length:  # keep the prompt's end and the response's start
-            p_ids = p_ids[-max(cfg.data.max_length - len(r_ids), cfg.data.max_length // 2):]
+            p_ids = p_ids[-max(cfg.data.max_length - len(r_ids), cfg.data.max_length // 2) :]
             r_ids = r_ids[: cfg.data.max_length - len(p_ids)]
         examples.append((p_ids, r_ids))
     order = np.random.default_rng(tc.seed).permutation(len(examples))
@@ -188,18 +182,14 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     eval_set = [examples[i] for i in order[:n_eval]]
     train_set = [examples[i] for i in order[n_eval:]]
     n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        f"sft: {len(train_set)} train / {len(eval_set)} eval examples, model {n_params / 1e6:.2f}M parameters"
-    )
+    log.info(f"sft: {len(train_set)} train / {len(eval_set)} eval examples, model {n_params / 1e6:.2f}M parameters")
 
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     start_step, initial_eval = 0, None
     if resume_from is not None:
-        state = load_checkpoint(
-            resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler
-        )
+        state = load_checkpoint(resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
         start_step, initial_eval = state["step"], state.get("eval_loss_initial")
         out.truncate_metrics(start_step)
         log.info(f"resumed from {resume_from} at step {start_step}")
@@ -216,9 +206,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
         step_loss = torch.zeros((), device=device)
         for k, mb in enumerate(micro):
-            batch = build_pairs_batch(
-                [train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id
-            )
+            batch = build_pairs_batch([train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id)
             batch = {key: v.to(device) for key, v in batch.items()}
             sync = k == len(micro) - 1
             ctx = acc.no_sync(wrapper) if not sync else contextlib.nullcontext()
@@ -239,16 +227,8 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         last_loss = float(step_loss)
         done = step + 1
         if acc.is_main_process and (done % tc.log_every == 0 or done == tc.max_steps):
-            out.log_metrics(
-                done, {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-            )
-        if (
-            eval_set
-            and tc.eval_every
-            and done % tc.eval_every == 0
-            and done != tc.max_steps
-            and acc.is_main_process
-        ):
+            out.log_metrics(done, {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+        if eval_set and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps and acc.is_main_process:
             out.log_metrics(done, {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)})
         if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
             save_checkpoint(
@@ -276,9 +256,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     if acc.is_main_process:
         save_model(model, tok, out.path / "model")
         out.write_metrics(metrics)
-        log.info(
-            f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}"
-        )
+        log.info(f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}")
     return metrics
 
 
