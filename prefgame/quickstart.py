@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
-from prefgame.arena.world import AnnotatorOracle, Arena, GoldOracle, class_name
+from prefgame.arena.world import AnnotatorOracle, GoldOracle, class_name
 from prefgame.config import param
+from prefgame.game.lm_selfplay import ClassGame, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
 from prefgame.run import RunDir, seed_everything, write_jsonl
@@ -153,7 +154,7 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         [{"prompt": p, "response": r, "class": class_name(int(c))} for p, r, c in zip(prompts, responses, classes)],
     )
     pi0_raw = arena.class_distribution(prompts, responses)
-    rho0 = smoothed_class_distribution(arena, prompts, responses)
+    rho0 = smoothed_class_distribution(arena, prompts, responses, prior=2.0)
     clock.stage("sft", t)
 
     # 3. preference models
@@ -253,7 +254,6 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         per_policy[name] = texts
     write_jsonl(out.file("policies.jsonl"), rows)
     samples_frame = pd.DataFrame(rows)
-    from prefgame.game.lm_selfplay import ClassGame
 
     game = ClassGame(arena.gold_matrix, rho0, arena.type_probs, cfg.tau)
     exact: dict[str, dict] = {}
@@ -308,22 +308,6 @@ def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConf
             log_every=10,
         ),
     )
-
-
-def smoothed_class_distribution(arena: Arena, prompts, responses, *, prior: float = 2.0) -> torch.Tensor:
-    """π0's class distribution per prompt type from samples, with ``prior`` pseudo-samples of the pooled
-    distribution (itself with ½ pseudo-count per class) so that every class keeps positive mass, as the
-    KL-regularized game needs."""
-    raw = arena.class_distribution(prompts, responses)  # (T, C)
-    types, _ = arena.classify(prompts, responses)
-    n_t = torch.bincount(torch.from_numpy(types), minlength=raw.shape[0]).to(raw.dtype)  # (T,)
-    pooled = (raw * n_t[:, None]).sum(0) + 0.5
-    counts = raw * n_t[:, None] + prior * (pooled / pooled.sum())[None]
-    return counts / counts.sum(-1, keepdim=True)
-
-
-def _f(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
 
 
 def summary_table(metrics: dict) -> str:

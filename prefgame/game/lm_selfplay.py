@@ -147,6 +147,20 @@ def draw_pairs(
 # ------------------------------------------------------------------------------ arena class-level game
 
 
+def smoothed_class_distribution(
+    arena, prompts: Sequence[str], responses: Sequence[str], *, prior: float
+) -> torch.Tensor:
+    """A policy's class distribution per prompt type (T, C) from samples, with ``prior`` pseudo-samples of
+    its pooled distribution (itself given ½ pseudo-count per class) added to each type's counts, so that
+    every class keeps the positive mass a KL-regularized game's reference needs."""
+    raw = arena.class_distribution(list(prompts), list(responses))  # (T, C), rows sum to 1
+    types, _ = arena.classify(list(prompts), list(responses))
+    n_t = torch.bincount(torch.from_numpy(types), minlength=raw.shape[0]).double()  # (T,)
+    pooled = (raw * n_t[:, None]).sum(0) + 0.5  # (C,)
+    counts = raw * n_t[:, None] + prior * (pooled / pooled.sum())[None]
+    return counts / counts.sum(-1, keepdim=True)
+
+
 class ClassGame:
     """The arena's regularized class-level game, solved once; measures class-level policies exactly.
 

@@ -63,6 +63,7 @@ from prefgame.game.lm_selfplay import (
     draw_pairs,
     group_matrices,
     leave_one_out_win_rates,
+    smoothed_class_distribution,
 )
 from prefgame.lm import ResponseLogps, build_pairs_batch, encode_prompt, load_causal_lm, load_tokenizer
 from prefgame.losses import inpo_loss, mmd_loss, nash_md_pg_loss, sequence_logprobs, sppo_loss
@@ -689,7 +690,13 @@ class Evaluator:
         )
         game = None
         if sp.arena is not None and sp.cfg.prompts.source == "arena":
-            rho0 = reference_classes if reference_classes is not None else _smoothed_classes(sp, ref_resp)
+            rho0 = (
+                reference_classes
+                if reference_classes is not None
+                else smoothed_class_distribution(
+                    sp.arena, ref_resp.prompts, ref_resp.texts, prior=sp.cfg.eval.reference_prior
+                )
+            )
             game = ClassGame(sp.arena.gold_matrix, rho0, sp.arena.type_probs, sp.cfg.game.tau)
         ev = cls(sp, ref_resp, game)
         # the k-th policy sample of a prompt meets the k-th π0 sample of that prompt
@@ -742,21 +749,6 @@ class Evaluator:
             )
         self.previous = Responses(prompts, [], [], list(texts))  # only prompts and texts are read
         return True
-
-
-def _smoothed_classes(sp: SelfPlay, responses: Responses) -> torch.Tensor:
-    """π0's class distribution per prompt type: counts plus ``reference_prior`` pseudo-samples of the
-    pooled distribution (itself given ½ pseudo-count per class), so every class keeps positive mass."""
-    from prefgame.arena.world import N_PROMPT_TYPES
-
-    raw = sp.arena.class_distribution(responses.prompts, responses.texts)  # (T, C), rows sum to 1
-    types, _ = sp.arena.classify(responses.prompts, responses.texts)
-    n_t = torch.bincount(torch.from_numpy(types), minlength=N_PROMPT_TYPES).double()  # (T,)
-    pooled = (raw * n_t[:, None]).sum(0) + 0.5  # (C,)
-    pooled = pooled / pooled.sum()
-    lam = sp.cfg.eval.reference_prior
-    counts = raw * n_t[:, None] + lam * pooled[None]
-    return counts / counts.sum(-1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------------------------- driver
