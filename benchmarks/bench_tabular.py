@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of the Newton solver (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: theirs)")
     parser.add_argument("--device", default="cpu", help="torch device of the games")
-    parser.add_argument("--max-iters", type=int, default=100_000, help="iteration cap in the rules table")
+    parser.add_argument("--max-iters", type=int, default=200_000, help="iteration cap in the rules table")
     parser.add_argument(
         "--tables", default="solver,rules,mwu", help="comma-separated subset of the tables: solver, rules, mwu"
     )

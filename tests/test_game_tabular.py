@@ -19,6 +19,7 @@ from prefgame.game import (
     duality_gap,
     exploitability,
     get_rule,
+    harmonic_step_size,
     kl,
     random_game,
     run_dynamics,
@@ -144,24 +145,38 @@ def test_regularized_rules_reach_1e8_gap(game100, rule: str, max_iters: int, eta
     assert tv(pi, star).max().item() < 1e-3
 
 
-@pytest.mark.parametrize("eta", (1.0, 0.1))
-def test_nash_md_harmonic_steps_reach_1e8_gap(game100, eta: float) -> None:
-    """Nash-MD with lr_t = 1/(η(t + 2)) reaches gap 1e-8 in ≈1.3–1.7k (η = 1) and ≈10–12k (η = 0.1) steps."""
+@pytest.mark.parametrize(
+    "eta, max_iters", [(1.0, 2_000), (0.1, 20_000), pytest.param(0.01, 200_000, marks=pytest.mark.slow)]
+)
+def test_nash_md_harmonic_steps_reach_1e8_gap(game100, eta: float, max_iters: int) -> None:
+    """Nash-MD with the default lr_t = 2/(η(t + 2)) reaches gap 1e-8 within 500 (η = 1), 4.5–7k (η = 0.1)
+    and 30–48k (η = 0.01) steps on these 100-action games with a cyclic part (recorded every 500)."""
     A, ref = game100.A, game100.ref
-    pi, trace = run_dynamics("nash_md", A, ref, eta, 30_000, record_every=50, tol=1e-8)
+    pi, trace = run_dynamics("nash_md", A, ref, eta, max_iters, record_every=500, tol=1e-8)
     print(f"nash_md eta={eta}: iterations to gap<=1e-8 {trace.iters_to_tol.tolist()}")
     assert torch.all(trace.iters_to_tol >= 0)
+    star, _ = solve_equilibrium(A, ref, eta)
+    assert tv(pi, star).max().item() < 1e-3
 
 
-def test_nash_md_harmonic_steps_converge_at_rate_1_over_t(game100) -> None:
-    """At η = 0.01 Nash-MD's last iterate is O(1/T) from π*, so the gap (quadratic there) falls like
-    1/T²: 4× the steps gives ≈16× less gap. 1e-8 would take ≈5e6 steps, so we check the rate only."""
+def test_nash_md_step_scale_above_one_beats_the_analysis_schedule(game100) -> None:
+    """lr_t·η = c/(t + c): the error recursion e' ≈ (1 − lr·η)e + O(lr²) gives O(1/T) for c > 1 but only
+    O(log T / T) for c = 1, the schedule of the Nash-MD analysis. At η = 0.01 and 20k steps the default
+    (c = 2) is measured at gap 1e-7–5e-7 and c = 1 at 2e-4–6e-4."""
     A, ref, eta = game100.A, game100.ref, 0.01
-    _, trace = run_dynamics("nash_md", A, ref, eta, 20_000, record_every=5_000)
-    gap_5k, gap_20k = trace.gap[1], trace.gap[4]  # (B,) after 5k and 20k steps
-    slope = torch.log(gap_20k / gap_5k) / math.log(4.0)
-    print(f"nash_md eta=0.01: gap@5k {gap_5k.tolist()} gap@20k {gap_20k.tolist()} slope {slope.tolist()}")
-    assert torch.all(slope <= -1.5)
+    _, default = run_dynamics("nash_md", A, ref, eta, 20_000, record_every=20_000)
+    _, analysis = run_dynamics(
+        "nash_md", A, ref, eta, 20_000, step_size=harmonic_step_size(eta, scale=1.0), record_every=20_000
+    )
+    print(f"nash_md eta=0.01, 20k steps: gap c=2 {default.gap[-1].tolist()} c=1 {analysis.gap[-1].tolist()}")
+    assert torch.all(default.gap[-1] < analysis.gap[-1] / 20)
+
+
+def test_harmonic_step_size_keeps_the_mixture_valid() -> None:
+    schedule = harmonic_step_size(0.1)
+    assert [round(schedule(t) * 0.1, 12) for t in range(3)] == [1.0, round(2 / 3, 12), 0.5]
+    with pytest.raises(ConfigError, match="scale ≤ offset"):
+        harmonic_step_size(0.1, scale=3.0, offset=2.0)
 
 
 def test_nash_md_constant_step_is_biased(game100) -> None:
