@@ -286,3 +286,29 @@ def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: 
     # win_rate_vs_previous is measured against the last measured iterate, which a resumed run re-measures
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "win_rate_vs_previous")} for r in rs]  # noqa: E731
     assert strip(metric_rows(tmp_path / "part")) == strip(rows)
+
+
+def test_online_length_normalize_divides_policy_and_reference_logps_by_length(pi0: Path, tmp_path: Path, monkeypatch):
+    """The online mode's length-normalized loss sees log π(y|x)/|y| and log π0(y|x)/|y| where the plain
+    loss sees the sums: the first loss call of two runs with the same seed differs exactly by |y|."""
+    calls: dict[str, list] = {}
+    real_loss = dpo.dpo_loss
+
+    def spy(tag):
+        def recording_loss(pc, pr, rc, rr, **kw):
+            calls.setdefault(tag, []).append([t.detach().clone() for t in (pc, pr, rc, rr, kw["chosen_lengths"])])
+            calls[tag][-1].append(kw["rejected_lengths"].clone())
+            return real_loss(pc, pr, rc, rr, **kw)
+
+        return recording_loss
+
+    for tag, extra in (("sum", []), ("mean", ["loss.length_normalize=true"])):
+        monkeypatch.setattr(dpo, "dpo_loss", spy(tag))
+        dpo.run(online_config(pi0, tmp_path / tag, "online.rounds=1", "online.steps_per_round=1", *extra))
+    monkeypatch.undo()
+    (pc, pr, rc, rr, lc, lr), (mpc, mpr, mrc, mrr, mlc, mlr) = calls["sum"][0], calls["mean"][0]
+    assert torch.equal(lc, mlc) and torch.equal(lr, mlr) and bool((lc > 0).all())
+    torch.testing.assert_close(mpc * lc, pc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mpr * lr, pr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mrc * lc, rc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mrr * lr, rr, rtol=1e-5, atol=1e-5)

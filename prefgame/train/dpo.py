@@ -93,7 +93,7 @@ class DPOLossConfig:
     label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid only): share of flipped labels")
     length_alpha: float = param(0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward")
     length_normalize: bool = param(
-        False, "offline: use the mean log-prob per response token instead of the sum (length-normalized IPO)"
+        False, "use the mean log-prob per response token instead of the sum (policy and reference alike)"
     )
     chunk_size: int = param(1024, "response tokens projected to the vocabulary at once (chunked log-softmax)")
 
@@ -143,8 +143,6 @@ class DPOConfig:
     eval: SelfPlayEvalConfig = param(SelfPlayEvalConfig, "online: held-out measurements every N rounds")
 
     def __post_init__(self) -> None:
-        if self.mode == "online" and self.loss.length_normalize:
-            raise ValueError("loss.length_normalize is offline only (online pairs use sequence sums)")
         if self.arena_eval_prompts < 0:
             raise ValueError("arena_eval_prompts must be ≥ 0")
 
@@ -588,6 +586,12 @@ def online_round(sp, t: int, prefs, loss: DPOLossConfig) -> dict[str, float]:
     def loss_fn(mb, cols, normalizer):
         w, l = chosen[mb], rejected[mb]
         x = cols[0]
+        lw, ll = n_tokens[w].to(x), n_tokens[l].to(x)
+        if loss.length_normalize:  # mean log-prob per response token, as in the offline mode
+            return dpo_loss(
+                cols[0] / lw, cols[1] / ll, ref[w].to(x) / lw, ref[l].to(x) / ll, chosen_lengths=lw,
+                rejected_lengths=ll, length_alpha=loss.length_alpha, normalizer=normalizer, **loss_kwargs(loss),
+            )  # fmt: skip
         return dpo_loss(
             cols[0], cols[1], ref[w].to(x), ref[l].to(x), chosen_lengths=n_tokens[w].to(x),
             rejected_lengths=n_tokens[l].to(x), length_alpha=loss.length_alpha, normalizer=normalizer,
