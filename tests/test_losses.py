@@ -467,6 +467,37 @@ def test_inpo_population_gradient_equals_exact_update_regression():
     close(torch.autograd.grad(expected, theta_next)[0], torch.zeros(3, dtype=D), tol=1e-12)
 
 
+def test_inpo_expected_labels_hand_value_and_same_population_gradient():
+    """chosen_prob p: target η(p − ½). Hand value with the first test's pair (h = 0.62, η = 0.5), p = 0.9:
+    (0.62 − 0.2)² = 0.1764; p = ½ pulls h to 0: 0.3844. Over all pairs of π_t (each unordered pair once,
+    weight 2π_t(a)π_t(b), same pair both ways), the expected-label loss has the gradient of the
+    sampled-label loss averaged over the oracle's verdict, so the population gradients coincide."""
+    args = (t(-1.0), t(-2.0), t(-1.2), t(-1.8), t(-1.5), t(-1.0))
+    close(inpo_loss(*args, eta=0.5, tau=0.4, chosen_prob=t(0.9))[0], 0.1764)
+    close(inpo_loss(*args, eta=0.5, tau=0.4, chosen_prob=t(0.5))[0], 0.3844)
+    close(  # p = 1 is the sampled label
+        inpo_loss(*args, eta=0.5, tau=0.4, chosen_prob=t(1.0))[0], inpo_loss(*args, eta=0.5, tau=0.4)[0]
+    )
+    P = t(0.5, 0.8, 0.3, 0.2, 0.5, 0.9, 0.7, 0.1, 0.5).view(3, 3)
+    log_pt, log_p0 = torch.log(t(0.2, 0.5, 0.3)), torch.log(t(0.6, 0.3, 0.1))
+    eta, tau = 0.8, 0.5
+    theta = t(0.3, -0.2, 0.9).requires_grad_()
+    sampled, _ = _inpo_population(theta, log_pt, log_p0, P, eta, tau)
+    log_pi, pt = torch.log_softmax(theta, dim=0), log_pt.exp()
+    soft = 0.0
+    for a in range(3):
+        for b in range(3):
+            loss, _ = inpo_loss(
+                log_pi[a : a + 1], log_pi[b : b + 1], log_pt[a : a + 1], log_pt[b : b + 1],
+                log_p0[a : a + 1], log_p0[b : b + 1], eta=eta, tau=tau, chosen_prob=P[a, b : b + 1],
+            )  # fmt: skip
+            soft = soft + pt[a] * pt[b] * loss
+    g_sampled = torch.autograd.grad(sampled, theta, retain_graph=True)[0]
+    g_soft = torch.autograd.grad(soft, theta)[0]
+    assert g_soft.abs().max() > 1e-2
+    close(g_soft, g_sampled, tol=1e-12)
+
+
 def test_nash_md_surrogate_gradient_is_exact_in_expectation():
     """π = softmax(θ) over 3 actions, π0 = (0.5, 0.3, 0.2), f(y) = E_{y'}P(y ≻ y') − ½, τ = 0.3,
     J = Σ π f − τ KL(π‖π0). With k = log π − log π0:

@@ -428,3 +428,36 @@ def test_factory_oracle_hook(monkeypatch):
     assert oracle.name == "pm:p:2"
     with pytest.raises(ConfigError, match="cannot be imported"):
         build_oracle(OracleConfig(kind="factory", factory="fake_pm:nothing"), None)
+
+
+def test_inpo_expected_pair_labels_pass_the_oracle_probability(pi0_dir, tmp_path, monkeypatch):
+    """game.pair_labels=expected hands inpo_loss each pair's oracle probability P(chosen ≻ rejected) (the
+    ``p`` of draw_pairs); the default (sampled) hands none."""
+    from prefgame.train import selfplay
+
+    seen: dict[str, list] = {"sampled": [], "expected": []}
+    real_loss, real_draw = selfplay.inpo_loss, selfplay.draw_pairs
+    drawn: list[np.ndarray] = []
+
+    def drawing(*args, **kwargs):
+        chosen, rejected, p = real_draw(*args, **kwargs)
+        drawn.append(p)
+        return chosen, rejected, p
+
+    for mode in seen:
+        drawn.clear()
+
+        def recording(*args, mode=mode, **kwargs):
+            seen[mode].append(kwargs["chosen_prob"])
+            return real_loss(*args, **kwargs)
+
+        monkeypatch.setattr(selfplay, "inpo_loss", recording)
+        monkeypatch.setattr(selfplay, "draw_pairs", drawing)
+        overrides = [*TINY, "train.iterations=1", "train.batch_size=1000", "train.micro_batch_size=1000"]
+        overrides.append(f"game.pair_labels={mode}")
+        run_selfplay(pi0_dir, algorithm="inpo", output_dir=tmp_path / mode, overrides=overrides)
+    monkeypatch.undo()
+    assert seen["sampled"] and all(p is None for p in seen["sampled"])
+    probs = seen["expected"][0]  # one step on all pairs of the iteration, in the step's shuffled order
+    assert probs is not None and len(probs) == len(drawn[0])
+    assert sorted(probs.tolist()) == pytest.approx(sorted(drawn[0].tolist()), abs=1e-6)

@@ -131,6 +131,7 @@ def inpo_loss(
     *,
     eta: float,
     tau: float,
+    chosen_prob: Tensor | None = None,
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """INPO / online mirror descent as an IPO-style squared loss on pairs from π_t (§3.3). All (B,).
@@ -150,7 +151,15 @@ def inpo_loss(
         ℓ = (h(y_w, y_l) − η/2)²,   h = log π(y_w)/π(y_l) − (1−ητ) log π_t(y_w)/π_t(y_l)
                                          − ητ log π0(y_w)/π0(y_l)
 
-    No win-rate estimate is needed. Checks: at t = 0 (π_t = π0) this is IPO with β = 1/η. The same
+    No win-rate estimate is needed. Checks: at t = 0 (π_t = π0) this is IPO with β = 1/η.
+
+    With ``chosen_prob`` p = P(y_w ≻ y_l) from the oracle, the drawn label is replaced by its expectation
+    (Rao–Blackwell): E[ℓ | y, y'] = (h(y_w, y_l) − η(p − ½))² + const, so
+
+        ℓ = (h(y_w, y_l) − η(p − ½))²
+
+    has the same expected gradient with no label noise; the order of the pair no longer matters (h and
+    p − ½ both change sign). Pairs the oracle calls even (p = ½) then pull h to 0 instead of ±η/2. The same
     argument holds for pairs drawn from any μ with P(y ≻ μ) in place of P(y ≻ π_t), so the
     extragradient full step (EGPO) is this loss with old = π_t (the θ_t policy) on pairs sampled
     from the half-step policy π_{t+½}. Needs 0 ≤ ητ ≤ 1. Metrics: h (mean), logratio_margin (mean
@@ -162,7 +171,8 @@ def inpo_loss(
     old_margin = old_chosen_logps - old_rejected_logps  # (B,)
     ref_margin = ref_chosen_logps - ref_rejected_logps  # (B,)
     h = policy_margin - (1 - eta * tau) * old_margin - eta * tau * ref_margin  # (B,)
-    loss = reduce_mean((h - eta / 2) ** 2, normalizer=normalizer)
+    target = eta / 2 if chosen_prob is None else eta * (chosen_prob - 0.5)  # (B,) or scalar
+    loss = reduce_mean((h - target) ** 2, normalizer=normalizer)
     metrics = {"h": h.detach().mean(), "logratio_margin": (policy_margin - old_margin).detach().mean()}
     return loss, metrics
 

@@ -139,6 +139,11 @@ class GameConfig:
     mixture_coef: float = param(
         0.1, "β of nash_md: the opponent is the token-level mixture π^μ ∝ π^{1−β} π0^{β} (βτ in DESIGN §3.3)"
     )
+    pair_labels: Literal["sampled", "expected"] = param(
+        "sampled",
+        "inpo/extragradient pairs: sampled (winner drawn from the oracle's probability) or expected (the "
+        "loss uses the probability itself: same expected gradient, no label noise; inpo_loss chosen_prob)",
+    )
 
     def __post_init__(self) -> None:
         if self.tau <= 0 or self.eta <= 0:
@@ -618,16 +623,17 @@ def _inpo_examples(sp: SelfPlay, prefs: PreferenceCache, ys: Responses, old: tor
     """INPO pairs of ``ys`` (all pairs of a prompt's samples, winner drawn from the oracle); ``old``
     holds log π_t of ``ys``."""
     mats = group_matrices(prefs, ys.prompts, ys.texts, sp.cfg.sampling.samples_per_prompt)
-    chosen, rejected, _ = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
+    chosen, rejected, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
     ref = sp.sequence_logps(sp.ref, ys)
     g = sp.cfg.game
+    prob = torch.from_numpy(p) if g.pair_labels == "expected" else None  # (pairs,) P(chosen ≻ rejected)
 
     def loss_fn(mb, cols, normalizer):
         w, l = chosen[mb], rejected[mb]
         x = cols[0]
         return inpo_loss(
             cols[0], cols[1], old[w].to(x), old[l].to(x), ref[w].to(x), ref[l].to(x),
-            eta=g.eta, tau=g.tau, normalizer=normalizer,
+            eta=g.eta, tau=g.tau, chosen_prob=None if prob is None else prob[mb].to(x), normalizer=normalizer,
         )  # fmt: skip
 
     return Examples(ys, np.stack([chosen, rejected]), loss_fn)
