@@ -18,7 +18,8 @@ iteration t:
    mmd            magnetic mirror descent π_{t+1} ∝ [π_t π0^{ητ} exp(ηP(y≻π_t))]^{1/(1+ητ)} (α = τ),
                   the same regression with the magnet term.
    inpo           online mirror descent π_{t+1} ∝ π_t^{1−ητ} π0^{ητ} exp(ηP(y≻π_t)) as an IPO-style
-                  loss on all pairs of a prompt's samples, winner drawn from the oracle's probability.
+                  loss on all pairs of a prompt's samples, target the oracle's probability (or a winner
+                  drawn from it, ``game.pair_labels=sampled``).
    extragradient  EGPO: the inpo step from θ_t against π_t gives θ_{t+½}; then, from θ_t again (model
                   and optimizer state restored), the inpo step with pairs sampled from π_{t+½}.
    ============== =====================================================================================
@@ -140,9 +141,10 @@ class GameConfig:
         0.1, "β of nash_md: the opponent is the token-level mixture π^μ ∝ π^{1−β} π0^{β} (βτ in DESIGN §3.3)"
     )
     pair_labels: Literal["sampled", "expected"] = param(
-        "sampled",
-        "inpo/extragradient pairs: sampled (winner drawn from the oracle's probability) or expected (the "
-        "loss uses the probability itself: same expected gradient, no label noise; inpo_loss chosen_prob)",
+        "expected",
+        "inpo/extragradient pairs: expected (the loss uses the oracle's probability itself: the same "
+        "expected gradient as a drawn winner, without the label noise; inpo_loss chosen_prob) or sampled "
+        "(winner drawn from the probability, the original INPO recipe)",
     )
 
     def __post_init__(self) -> None:
@@ -620,7 +622,8 @@ def nash_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str,
 
 
 def _inpo_examples(sp: SelfPlay, prefs: PreferenceCache, ys: Responses, old: torch.Tensor, label_seed) -> Examples:
-    """INPO pairs of ``ys`` (all pairs of a prompt's samples, winner drawn from the oracle); ``old``
+    """INPO pairs of ``ys`` (all pairs of a prompt's samples, oriented by a draw from the oracle; the loss
+    uses the oracle's probability unless ``game.pair_labels=sampled``); ``old``
     holds log π_t of ``ys``."""
     mats = group_matrices(prefs, ys.prompts, ys.texts, sp.cfg.sampling.samples_per_prompt)
     chosen, rejected, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
