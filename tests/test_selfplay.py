@@ -461,3 +461,15 @@ def test_inpo_expected_pair_labels_pass_the_oracle_probability(pi0_dir, tmp_path
     probs = seen["expected"][0]  # one step on all pairs of the iteration, in the step's shuffled order
     assert probs is not None and len(probs) == len(drawn[0])
     assert sorted(probs.tolist()) == pytest.approx(sorted(drawn[0].tolist()), abs=1e-6)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_optimizer_restarts_adamw_every_iteration(pi0_dir, tmp_path, reset):
+    """With train.reset_optimizer the checkpointed AdamW state after iteration t holds only that
+    iteration's steps (its step count is steps_per_iteration); without, it accumulates over iterations."""
+    out = tmp_path / str(reset)
+    run_selfplay(pi0_dir, algorithm="inpo", output_dir=out, overrides=[*TINY, f"train.reset_optimizer={reset}"])
+    saved = torch.load(out / "checkpoints" / "step-00000002" / "optimizer.pt", weights_only=False)
+    state = saved["optimizer"]["state"]
+    steps = {float(s["step"]) for s in state.values()}
+    assert steps == ({2.0} if reset else {4.0})

@@ -187,6 +187,11 @@ class SelfPlayTrainConfig:
         "cosine", "learning-rate decay after warm-up, over all iterations × steps_per_iteration steps"
     )
     weight_decay: float = param(0.0, "AdamW weight decay")
+    reset_optimizer: bool = param(
+        False,
+        "clear AdamW's moment estimates at the start of every iteration: each iteration fits a new target, "
+        "and momentum carried across iterations lags the rotation of the game's cyclic part",
+    )
     max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
         "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
@@ -501,6 +506,8 @@ class SelfPlay:
         bs = min(tc.batch_size, n_examples)
         losses: list[float] = []
         last: dict[str, torch.Tensor] = {}
+        if tc.reset_optimizer:  # a fresh AdamW for this iteration's regression (step counts restart too)
+            getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
         self.policy.train()
         for s in range(tc.steps_per_iteration):
             idx = step_indices(n_examples, bs, _seed_int(seed), s)
