@@ -312,3 +312,16 @@ def test_online_length_normalize_divides_policy_and_reference_logps_by_length(pi
     torch.testing.assert_close(mpr * lr, pr, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mrc * lc, rc, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mrr * lr, rr, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "path"), [("offline", "configs/dpo/arena.yaml"), ("online", "configs/dpo/arena-online.yaml")]
+)
+def test_shipped_arena_configs_match_presets(mode: str, path: str) -> None:
+    """configs/dpo/arena*.yaml train what train_dpo_arena (ARENA_PRESETS) trains; only paths may differ."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = load_config(DPOConfig, root / path, [])
+    preset = load_config(DPOConfig, None, dpo.ARENA_PRESETS[mode])
+    for section in ("loss", "train", "online", "sampling", "oracle", "eval"):
+        assert getattr(shipped, section) == getattr(preset, section), section
+    assert shipped.mode == preset.mode

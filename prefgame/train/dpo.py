@@ -587,15 +587,12 @@ def online_round(sp, t: int, prefs, loss: DPOLossConfig) -> dict[str, float]:
         w, l = chosen[mb], rejected[mb]
         x = cols[0]
         lw, ll = n_tokens[w].to(x), n_tokens[l].to(x)
+        pc, pr, rc, rr = cols[0], cols[1], ref[w].to(x), ref[l].to(x)
         if loss.length_normalize:  # mean log-prob per response token, as in the offline mode
-            return dpo_loss(
-                cols[0] / lw, cols[1] / ll, ref[w].to(x) / lw, ref[l].to(x) / ll, chosen_lengths=lw,
-                rejected_lengths=ll, length_alpha=loss.length_alpha, normalizer=normalizer, **loss_kwargs(loss),
-            )  # fmt: skip
+            pc, pr, rc, rr = pc / lw, pr / ll, rc / lw, rr / ll
         return dpo_loss(
-            cols[0], cols[1], ref[w].to(x), ref[l].to(x), chosen_lengths=n_tokens[w].to(x),
-            rejected_lengths=n_tokens[l].to(x), length_alpha=loss.length_alpha, normalizer=normalizer,
-            **loss_kwargs(loss),
+            pc, pr, rc, rr, chosen_lengths=lw, rejected_lengths=ll, length_alpha=loss.length_alpha,
+            normalizer=normalizer, **loss_kwargs(loss),
         )  # fmt: skip
 
     info = sp.optimize(Examples(ys, np.stack([chosen, rejected]), loss_fn), (seed, t, STEP_ORDER))
