@@ -249,9 +249,9 @@ def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: 
     real_round = dpo.online_round
     seen = []
 
-    def recording_round(sp, t, prefs, loss):
+    def recording_round(sp, t, prefs, cfg):
         seen.append(sp)
-        return real_round(sp, t, prefs, loss)
+        return real_round(sp, t, prefs, cfg)
 
     monkeypatch.setattr(dpo, "online_round", recording_round)
     full = dpo.run(online_config(pi0, tmp_path / "full"))
@@ -270,10 +270,10 @@ def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: 
 
     real_round = dpo.online_round
 
-    def interrupting_round(sp, t, prefs, loss):
+    def interrupting_round(sp, t, prefs, cfg):
         if t == 2:
             raise KeyboardInterrupt
-        return real_round(sp, t, prefs, loss)
+        return real_round(sp, t, prefs, cfg)
 
     monkeypatch.setattr(dpo, "online_round", interrupting_round)
     with pytest.raises(KeyboardInterrupt):
@@ -325,3 +325,44 @@ def test_shipped_arena_configs_match_presets(mode: str, path: str) -> None:
     for section in ("loss", "train", "online", "sampling", "oracle", "eval"):
         assert getattr(shipped, section) == getattr(preset, section), section
     assert shipped.mode == preset.mode
+
+
+def test_online_ranks_responses_without_eos_last(pi0: Path, tmp_path: Path, monkeypatch) -> None:
+    """online.missing_eos_penalty: a response cut at max_new_tokens never beats a finished one of its
+    prompt when best and worst are picked; the round's missing_eos metric is the share of cut responses."""
+    samples, scores_seen = [], []
+    real_pick, real_round = dpo.best_worst_pairs, dpo.online_round
+
+    def picking(scores, k):
+        scores_seen.append(scores.clone())
+        return real_pick(scores, k)
+
+    def sampling_round(sp, t, prefs, cfg):
+        real_sample = sp.sample
+
+        def sample(*args, **kwargs):
+            samples.append(real_sample(*args, **kwargs))
+            return samples[-1]
+
+        sp.sample = sample
+        try:
+            return real_round(sp, t, prefs, cfg)
+        finally:
+            sp.sample = real_sample
+
+    monkeypatch.setattr(dpo, "best_worst_pairs", picking)
+    monkeypatch.setattr(dpo, "online_round", sampling_round)
+    dpo.run(online_config(pi0, tmp_path / "run", "online.rounds=2", "sampling.max_new_tokens=8"))
+    monkeypatch.undo()
+    rows = metric_rows(tmp_path / "run")[1:]
+    eos = load_tokenizer(str(pi0)).eos_token_id
+    assert len(samples) == len(scores_seen) == len(rows) == 2
+    mixed = 0
+    for row, ys, scores in zip(rows, samples, scores_seen):
+        cut = torch.tensor([ids[-1] != eos for ids in ys.response_ids])
+        assert row["missing_eos"] == pytest.approx(float(cut.float().mean()))
+        for group_cut, group in zip(cut.view(-1, 3), scores.view(-1, 3)):
+            if group_cut.any() and not group_cut.all():
+                mixed += 1
+                assert not group_cut[group.argmax()]
+    assert mixed > 0  # the check above ran

@@ -112,10 +112,18 @@ class DPOLossConfig:
 class OnlineConfig:
     rounds: int = param(20, "online: rounds of sample → rank → train")
     steps_per_round: int = param(4, "online: optimizer steps on each round's pairs")
+    missing_eos_penalty: float = param(
+        1.0,
+        "online: subtracted from the leave-one-out win rate of a response cut at sampling.max_new_tokens "
+        "without EOS before the best and worst are picked (1: it never wins a pair against a finished "
+        "response; 0: off)",
+    )
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.steps_per_round < 1:
             raise ValueError("online.rounds must be ≥ 0 and online.steps_per_round ≥ 1")
+        if self.missing_eos_penalty < 0:
+            raise ValueError("online.missing_eos_penalty must be ≥ 0")
 
 
 @dataclass
@@ -571,15 +579,22 @@ def best_worst_pairs(win_rates: torch.Tensor, k: int) -> tuple[np.ndarray, np.nd
     return (base + best.numpy())[keep], (base + worst.numpy())[keep]
 
 
-def online_round(sp, t: int, prefs, loss: DPOLossConfig) -> dict[str, float]:
-    """One round: K samples per prompt from π_t, oracle K×K matrices, best vs worst, DPO steps vs π0."""
+def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
+    """One round: K samples per prompt from π_t, oracle K×K matrices, best vs worst, DPO steps vs π0.
+
+    Responses cut without EOS are ranked down by ``online.missing_eos_penalty``: a cut text can read as
+    a long answer (e.g. one word repeated), and pairing it as the winner teaches the policy to ramble.
+    """
+    loss = cfg.loss
     from prefgame.game.lm_selfplay import group_matrices, leave_one_out_win_rates
     from prefgame.train.selfplay import POLICY_SAMPLES, STEP_ORDER, Examples
 
     seed, k = sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
-    chosen, rejected = best_worst_pairs(win, k)
+    eos = sp.tok.eos_token_id
+    cut = torch.tensor([not ids or ids[-1] != eos for ids in ys.response_ids], dtype=win.dtype)  # (M·K,)
+    chosen, rejected = best_worst_pairs(win - cfg.online.missing_eos_penalty * cut, k)
     ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
     n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)
 
@@ -596,7 +611,8 @@ def online_round(sp, t: int, prefs, loss: DPOLossConfig) -> dict[str, float]:
         )  # fmt: skip
 
     info = sp.optimize(Examples(ys, np.stack([chosen, rejected]), loss_fn), (seed, t, STEP_ORDER))
-    return {"pairs": len(chosen), "win_rate_gap": float((win[chosen] - win[rejected]).mean()), **info}
+    gap = float((win[chosen] - win[rejected]).mean())
+    return {"pairs": len(chosen), "win_rate_gap": gap, "missing_eos": float(cut.mean()), **info}
 
 
 def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> dict:
@@ -636,7 +652,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     for t in range(start, rounds):
         t0 = time.perf_counter()
         prefs = sp.preferences()
-        info = online_round(sp, t, prefs, cfg.loss)
+        info = online_round(sp, t, prefs, cfg)
         round_seconds += time.perf_counter() - t0
         done = t + 1
         row = {"round": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
@@ -729,9 +745,9 @@ ARENA_PRESETS: dict[str, list[str]] = {
         "train.log_every=10",
     ],
     "online": [
-        "mode=online", "oracle.kind=gold", "prompts.source=arena", "sampling.prompts_per_iteration=64",
-        "sampling.samples_per_prompt=6", "sampling.max_new_tokens=40", "online.rounds=12",
-        "online.steps_per_round=2", "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4",
+        "mode=online", "oracle.kind=gold", "prompts.source=arena", "sampling.prompts_per_iteration=256",
+        "sampling.samples_per_prompt=6", "sampling.max_new_tokens=40", "online.rounds=30",
+        "online.steps_per_round=8", "loss.loss_type=sigmoid", "loss.beta=0.2", "train.lr=2e-4",
         "train.warmup_steps=2", "train.batch_size=32", "train.micro_batch_size=32", "eval.every=0",
         "eval.prompts=120", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],
