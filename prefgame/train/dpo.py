@@ -747,7 +747,7 @@ ARENA_PRESETS: dict[str, list[str]] = {
     "online": [
         "mode=online", "oracle.kind=gold", "prompts.source=arena", "sampling.prompts_per_iteration=256",
         "sampling.samples_per_prompt=6", "sampling.max_new_tokens=40", "online.rounds=30",
-        "online.steps_per_round=8", "loss.loss_type=sigmoid", "loss.beta=0.2", "train.lr=2e-4",
+        "online.steps_per_round=8", "loss.loss_type=sigmoid", "loss.beta=0.3", "train.lr=2e-4",
         "train.warmup_steps=2", "train.batch_size=32", "train.micro_batch_size=32", "eval.every=0",
         "eval.prompts=120", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],
