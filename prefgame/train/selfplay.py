@@ -439,15 +439,18 @@ class SelfPlay:
         mixture_coef: float = 0.0,
         n: int | None = None,
         model=None,
+        temperature: float | None = None,
     ) -> Responses:
-        """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0.
+        """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0, at
+        ``temperature`` (None: ``sampling.temperature``; measurements pass 1, the policy itself).
 
         ``logps`` of the result are the sampler's log π_t(y|x) when they equal what :meth:`sequence_logps`
         computes for the current policy (policy samples at temperature 1, fp32 without autocast), else None.
         """
         sc = self.cfg.sampling
         n = sc.samples_per_prompt if n is None else n
-        if self.vllm is not None and mixture_coef == 0.0 and model is None:
+        temperature = sc.temperature if temperature is None else temperature
+        if self.vllm is not None and mixture_coef == 0.0 and model is None and temperature == sc.temperature:
             self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
             return self.vllm.generate(prompts, n=n, seed=seed)
         policy = self.policy if model is None else model
@@ -460,11 +463,11 @@ class SelfPlay:
             mixture_coef=mixture_coef,
             max_new_tokens=sc.max_new_tokens,
             seed=seed,
-            temperature=sc.temperature,
+            temperature=temperature,
             batch_size=sc.batch_size,
             use_cache=sc.use_cache,
         )
-        exact = model is None and mixture_coef == 0.0 and sc.temperature == 1.0 and self._fp32
+        exact = model is None and mixture_coef == 0.0 and temperature == 1.0 and self._fp32
         return ys if exact else dataclasses.replace(ys, logps=None)
 
     def policy_logps(self, responses: Responses) -> torch.Tensor:
@@ -701,9 +704,10 @@ class Evaluator:
     @classmethod
     def build(cls, sp: SelfPlay, reference_classes: torch.Tensor | None = None) -> Evaluator:
         ec = sp.cfg.eval
-        ref_resp = sp.sample(
-            sp.eval_prompts, (sp.cfg.train.seed, 0, REF_SAMPLES), n=ec.reference_samples_per_prompt, model=sp.ref
-        )
+        ref_resp = sp.sample(  # measurements sample the models themselves (temperature 1)
+            sp.eval_prompts, (sp.cfg.train.seed, 0, REF_SAMPLES), n=ec.reference_samples_per_prompt, model=sp.ref,
+            temperature=1.0,
+        )  # fmt: skip
         game = None
         if sp.arena is not None and sp.cfg.prompts.source == "arena":
             rho0 = (
@@ -724,7 +728,9 @@ class Evaluator:
         """Figures of the current policy π_t (t updates applied); remembers its samples for t + 1."""
         start = time.perf_counter()
         sp = self.sp
-        ys = sp.sample(sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt)
+        ys = sp.sample(
+            sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt, temperature=1.0
+        )
         log_ratio = sp.policy_logps(ys) - sp.sequence_logps(sp.ref, ys)  # (N,)
         prefs = sp.preferences()
         opp = [self.reference.texts[i] for i in self._paired]
