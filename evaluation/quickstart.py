@@ -50,9 +50,14 @@ class QuickstartResults:
     llm_judge: Any = None  # prefgame.judges.LLMJudge when the run was given an endpoint
 
 
+def type_average(pi: torch.Tensor, arena: Arena) -> torch.Tensor:
+    """A class-level policy (T, C) averaged over prompt types with their probabilities, (C,)."""
+    return (arena.type_probs[:, None] * pi).sum(0)
+
+
 def marginals(pi: torch.Tensor, arena: Arena) -> dict[str, list[float]]:
     """Feature marginals of a class-level policy (T, C), averaged over prompt types."""
-    avg = (arena.type_probs[:, None] * pi).sum(0)  # (C,)
+    avg = type_average(pi, arena)  # (C,)
     feats = [class_features(i) for i in range(N_CLASSES)]
     return {
         name: [float(sum(avg[i] for i, f in enumerate(feats) if getattr(f, name) == v)) for v in range(len(values))]
@@ -118,8 +123,7 @@ def pi0_section(r: QuickstartResults) -> ReportSection:
         pd.DataFrame(rows).set_index(["feature", "value"]),
         "π0's class distribution (feature marginals):",
     )
-    avg = (arena.type_probs[:, None] * r.pi0_raw).sum(0)
-    demo_avg = (arena.type_probs[:, None] * demo).sum(0)
+    avg, demo_avg = type_average(r.pi0_raw, arena), type_average(demo, arena)
     top = torch.argsort(avg, descending=True)[:8]
     frame = pd.DataFrame(
         [{"class": class_name(int(i)), "π0": float(avg[i]), "demonstrator": float(demo_avg[i])} for i in top]

@@ -45,11 +45,16 @@ def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: floa
     y = (x − x̄) / sqrt(var + eps), or y = (x − x̄) / sqrt(var + eps) + x̄ when ``shift_mean`` is False
     (scale only, the mean is kept). x̄ and var use masked entries only; masked-out outputs are 0.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    return whiten_with(x, mask, masked_mean(x, mask), masked_var(x, mask), shift_mean=shift_mean, eps=eps)
+
+
+def whiten_with(x: Tensor, mask: Tensor, mean: Tensor, var: Tensor, *, shift_mean: bool, eps: float) -> Tensor:
+    """(x − mean) / sqrt(var + eps) [+ mean without ``shift_mean``] on the masked entries, 0 elsewhere: the
+    whitening step of :func:`masked_whiten` and :func:`prefgame.losses.rl.whiten_from_moments`."""
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))
 
 
 def reduce_mean(x: Tensor, mask: Tensor | None = None, *, normalizer: float | Tensor | None = None) -> Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prefgame.losses.logprobs import masked_mean, reduce_mean
+from prefgame.losses.logprobs import masked_mean, reduce_mean, whiten_with
 
 
 @torch.no_grad()
@@ -204,7 +204,4 @@ def whiten_from_moments(
         raise ValueError("whitening needs at least 2 masked entries")
     mean = total / n
     var = ((total_sq - n * mean**2) / (n - 1)).clamp(min=0.0)
-    whitened = (x.double() - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, 0.0).to(x.dtype)
+    return whiten_with(x.double(), mask, mean, var, shift_mean=shift_mean, eps=eps).to(x.dtype)

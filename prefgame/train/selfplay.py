@@ -323,11 +323,15 @@ class VLLMSampler:
             self.llm.reset_prefix_cache()
         self.version = version
 
-    def generate(self, prompts: Sequence[str], *, n: int, seed: Sequence[int]) -> Responses:
+    def generate(
+        self, prompts: Sequence[str], *, n: int, seed: Sequence[int], temperature: float | None = None
+    ) -> Responses:
+        """``n`` samples per prompt at ``temperature`` (None: ``sampling.temperature``)."""
         from vllm import SamplingParams
 
+        temperature = self.cfg.temperature if temperature is None else temperature
         params = SamplingParams(
-            n=n, temperature=self.cfg.temperature, top_p=1.0, max_tokens=self.cfg.max_new_tokens, seed=_seed_int(seed)
+            n=n, temperature=temperature, top_p=1.0, max_tokens=self.cfg.max_new_tokens, seed=_seed_int(seed)
         )
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
@@ -450,9 +454,9 @@ class SelfPlay:
         sc = self.cfg.sampling
         n = sc.samples_per_prompt if n is None else n
         temperature = sc.temperature if temperature is None else temperature
-        if self.vllm is not None and mixture_coef == 0.0 and model is None and temperature == sc.temperature:
+        if self.vllm is not None and mixture_coef == 0.0 and model is None:
             self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
-            return self.vllm.generate(prompts, n=n, seed=seed)
+            return self.vllm.generate(prompts, n=n, seed=seed, temperature=temperature)
         policy = self.policy if model is None else model
         ys = generate(
             policy,
