@@ -498,6 +498,55 @@ def test_inpo_expected_labels_hand_value_and_same_population_gradient():
     close(g_soft, g_sampled, tol=1e-12)
 
 
+def test_inpo_win_rate_gap_hand_value():
+    """win_rate_gap g: target ηg. The first test's pair (h = 0.62, η = 0.5) with g = 0.3: (0.62 − 0.15)² =
+    0.2209; g = −0.4: (0.62 + 0.2)² = 0.6724. chosen_prob and win_rate_gap together are refused."""
+    args = (t(-1.0), t(-2.0), t(-1.2), t(-1.8), t(-1.5), t(-1.0))
+    close(inpo_loss(*args, eta=0.5, tau=0.4, win_rate_gap=t(0.3))[0], 0.2209)
+    close(inpo_loss(*args, eta=0.5, tau=0.4, win_rate_gap=t(-0.4))[0], 0.6724)
+    with pytest.raises(ValueError, match="at most one"):
+        inpo_loss(*args, eta=0.5, tau=0.4, chosen_prob=t(0.9), win_rate_gap=t(0.3))
+
+
+def test_inpo_win_rate_gap_fits_the_update_for_any_behaviour():
+    """Pairs from a behaviour μ ≠ π_t (here mostly π0, and an action π_t has all but dropped): with the
+    win-rate gap the population loss E_{y,y'∼μ}[ℓ] is minimized exactly at the online-mirror-descent update
+    of prefgame.game.online_md (step η, KL weight τ) — gradient 0 there and positive curvature — while the
+    on-policy labels (chosen_prob = P(y ≻ y')) are not: their target is only right for pairs from π_t."""
+    from prefgame.game import online_md
+
+    P = t(0.5, 0.9, 0.2, 0.6, 0.1, 0.5, 0.85, 0.4, 0.8, 0.15, 0.5, 0.7, 0.4, 0.6, 0.3, 0.5).view(4, 4)
+    pt, p0 = t(0.7, 0.299, 1e-6, 0.000999), t(0.25, 0.25, 0.25, 0.25)
+    mu = 0.5 * pt + 0.5 * p0
+    eta, tau = 2.0, 0.1
+    log_pt, log_p0 = pt.log(), p0.log()
+    win = P @ pt  # P(y ≻ π_t)
+    exact = online_md(P[None] - 0.5, pt[None], p0[None], tau, eta)[0]  # tabular rule: KL weight τ, step η
+
+    def population(theta, labels):
+        log_pi = torch.log_softmax(theta, dim=0)
+        total = 0.0
+        for a in range(4):
+            for b in range(4):
+                extra = {"win_rate_gap": win[a] - win[b : b + 1]} if labels == "gap" else {"chosen_prob": P[a, b : b + 1]}
+                loss, _ = inpo_loss(
+                    log_pi[a : a + 1], log_pi[b : b + 1], log_pt[a : a + 1], log_pt[b : b + 1],
+                    log_p0[a : a + 1], log_p0[b : b + 1], eta=eta, tau=tau, **extra,
+                )  # fmt: skip
+                total = total + mu[a] * mu[b] * loss
+        return total
+
+    theta = exact.log().clone().requires_grad_()
+    close(torch.autograd.grad(population(theta, "gap"), theta)[0], torch.zeros(4, dtype=D), tol=1e-12)
+    hess = torch.autograd.functional.hessian(lambda th: population(th, "gap"), exact.log())
+    assert torch.linalg.eigvalsh(hess)[1:].min() > 1e-3  # one flat direction: the shift of all logits
+    assert torch.autograd.grad(population(theta, "prob"), theta)[0].abs().max() > 1e-2
+    # and a step of plain gradient descent from π_t moves the dropped action up, as the update does
+    start = log_pt.clone().requires_grad_()
+    g = torch.autograd.grad(population(start, "gap"), start)[0]
+    assert exact[2] > 10 * pt[2] and g[2] < 0
+
+
 def test_nash_md_surrogate_gradient_is_exact_in_expectation():
     """π = softmax(θ) over 3 actions, π0 = (0.5, 0.3, 0.2), f(y) = E_{y'}P(y ≻ y') − ½, τ = 0.3,
     J = Σ π f − τ KL(π‖π0). With k = log π − log π0:

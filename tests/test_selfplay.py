@@ -23,11 +23,13 @@ from transformers import LlamaForCausalLM
 from prefgame.arena.lm import build_tokenizer, tiny_llama_config
 from prefgame.arena.world import N_CLASSES, N_PROMPT_TYPES, Arena, GoldOracle, all_prompts
 from prefgame.config import load_config
-from prefgame.game.lm_sampling import generate, sample_tokens
+from prefgame.errors import ConfigError
+from prefgame.game.lm_sampling import Responses, generate, sample_tokens
 from prefgame.game.lm_selfplay import (
     ClassGame,
     PreferenceCache,
     cross_matrices,
+    distinct_pairs,
     draw_pairs,
     group_matrices,
     leave_one_out_win_rates,
@@ -202,6 +204,26 @@ def test_group_and_cross_matrices_and_win_rates():
     torch.testing.assert_close(win[2], ((sig(torch.tensor(2.0)) + sig(torch.tensor(1.0))) / 2).double())
     cross = cross_matrices(cache, ["x"] * 3, texts, ["b c"] * 3, 3)
     torch.testing.assert_close(cross[0], sig(torch.arange(3.0) - 1.0).double()[:, None].expand(3, 3))
+    # two prompts, 1 sample each against 2 opponents each: 1 word vs (2, 3) words, 3 words vs (1, 1)
+    cross = cross_matrices(cache, ["x", "y"], ["a", "a b c"], ["b c", "b c d", "e", "f"], 1, 2)
+    assert cross.shape == (2, 1, 2)
+    torch.testing.assert_close(cross[:, 0], sig(torch.tensor([[-1.0, -2.0], [2.0, 2.0]])).double())
+
+
+def test_interleave_and_distinct_pairs():
+    """Two prompts, 2 policy samples and 1 anchor each → 3 per prompt, own samples first; pairs within a
+    prompt only, identical token sequences flagged; logps kept only when both sets have them."""
+    a = Responses(["x", "x", "y", "y"], [[1]] * 2 + [[2]] * 2, [[5], [6], [7], [8]], ["a", "b", "c", "d"], torch.arange(4.0))
+    b = Responses(["x", "y"], [[1], [2]], [[5], [9]], ["e", "f"], torch.tensor([10.0, 11.0]))
+    m = a.interleave(b, 2, 1)
+    assert m.texts == ["a", "b", "e", "c", "d", "f"] and m.prompts == ["x", "x", "x", "y", "y", "y"]
+    assert m.logps.tolist() == [0.0, 1.0, 10.0, 2.0, 3.0, 11.0]
+    assert a.interleave(dataclasses.replace(b, logps=None), 2, 1).logps is None
+    with pytest.raises(ValueError, match="interleave"):
+        a.interleave(b, 2, 2)
+    first, second, keep = distinct_pairs(m.response_ids, 3)
+    assert list(zip(first.tolist(), second.tolist())) == [(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)]
+    assert keep.tolist() == [True, False, True, True, True, True]  # samples 0 and 2 are both [5]
 
 
 def test_draw_pairs_skips_identical_and_draws_winners():
@@ -290,6 +312,58 @@ def test_trainer_updates_policy_not_reference(pi0_dir, tmp_path, algorithm, monk
     assert "vllm" not in sys.modules
 
 
+def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, monkeypatch):
+    """sampling.reference_samples_per_prompt = M: each iteration's pairs are all pairs of a prompt's K
+    policy samples and M samples of π0 (the reference's own draws), every pair's target the gap of the
+    responses' win rates against the K policy samples (leave-one-out for the policy's own), recomputed
+    here from the oracle; the policy changes, π0 does not."""
+    from prefgame.train import selfplay
+
+    seen: list[dict] = []
+    real_examples, real_loss = selfplay._inpo_examples, selfplay.inpo_loss
+
+    def examples(sp, prefs, ys, old, label_seed, anchors=None):
+        ex = real_examples(sp, prefs, ys, old, label_seed, anchors)
+        seen.append({"ys": ys, "anchors": anchors, "ex": ex, "ref": sp.ref})
+        return ex
+
+    def loss(*args, **kwargs):
+        assert kwargs.get("chosen_prob") is None and kwargs["win_rate_gap"] is not None
+        seen[-1].setdefault("gaps", []).append(kwargs["win_rate_gap"].detach())
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(selfplay, "_inpo_examples", examples)
+    monkeypatch.setattr(selfplay, "inpo_loss", loss)
+    out = tmp_path / "anchored"
+    overrides = [*TINY, "sampling.reference_samples_per_prompt=2", "train.batch_size=200", "train.micro_batch_size=200"]
+    run_selfplay(pi0_dir, algorithm="inpo", output_dir=out, overrides=overrides)
+    before = load_file(str(pi0_dir / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    assert len(seen) == 2
+    arena, k, m = Arena(), 3, 2
+    for call in seen:
+        ys, anchors, ex = call["ys"], call["anchors"], call["ex"]
+        assert len(anchors.responses) == 4 * m and len(ex.responses) == 4 * (k + m)
+        # every example is a pair within one prompt's K + M responses, all distinct pairs present
+        first, second = ex.columns
+        assert np.all(first // (k + m) == second // (k + m))
+        _, _, keep = distinct_pairs(ex.responses.response_ids, k + m)
+        assert ex.columns.shape[1] == keep.sum()
+        # the win rates behind the gaps, from the gold preference directly
+        texts, prompts = ex.responses.texts, ex.responses.prompts
+        win = []
+        for i, y in enumerate(texts):
+            g = i // (k + m)
+            opponents = [j for j in range(g * (k + m), g * (k + m) + k) if j != i]
+            p = GoldOracle(arena).preference([prompts[i]] * len(opponents), [y] * len(opponents), [texts[j] for j in opponents])
+            win.append(float(np.mean(np.asarray(p, dtype=float))))
+        win = torch.tensor(win, dtype=torch.float64)
+        gaps = torch.cat(call["gaps"])  # one full-batch step per optimizer step: the same order each step
+        n = ex.columns.shape[1]
+        torch.testing.assert_close(gaps[:n].sort().values, (win[first] - win[second]).float().sort().values)
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # optimizer.step is replaced
 def test_sampler_logps_replace_the_policy_forward_pass(pi0_dir, tmp_path):
     """Policy samples at temperature 1 carry log π_t(y|x) from the sampler, equal (float rounding) to
@@ -345,15 +419,18 @@ class KillAfter:
         return self.oracle.preference(prompts, a, b)
 
 
-@pytest.mark.parametrize(("algorithm", "every"), [("nash_md", 1), ("extragradient", 1), ("inpo", 0)])
-def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every):
+@pytest.mark.parametrize(
+    ("algorithm", "every", "anchors"),
+    [("nash_md", 1, 0), ("extragradient", 1, 0), ("inpo", 0, 0), ("extragradient", 1, 2)],
+)
+def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every, anchors):
     """A run killed during iteration 3 (of 3) and resumed ends with bit-identical policy weights,
     identical metrics rows and the same metrics.json (timings aside) as an uninterrupted run.
 
     With eval.every=0 the last measurement before the kill is π0's (iteration 0), so the final
     win_rate_vs_previous is only right when the checkpoint carries those samples' texts."""
     arena = Arena()
-    overrides = [*TINY, "train.iterations=3", f"eval.every={every}"]
+    overrides = [*TINY, "train.iterations=3", f"eval.every={every}", f"sampling.reference_samples_per_prompt={anchors}"]
     full = tmp_path / "full"
     run_selfplay(pi0_dir, GoldOracle(arena), algorithm=algorithm, output_dir=full, overrides=overrides)
     # Oracle calls: 1 for the starting measurement, then per iteration the training calls (nash_md and
@@ -361,7 +438,10 @@ def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every):
     # nash_md: killed at the measurement of iteration 2 (after its update, before its checkpoint);
     # extragradient: killed between its half step and its full step of iteration 2; inpo (measured
     # only at 0 and 3): killed at the training call of iteration 3, resumed from the iteration-2 checkpoint.
+    # With π0 samples in the pairs (anchors), each training phase makes 2 calls (own pairs, anchors vs policy).
     calls_before = {"nash_md": 1 + 2 * 3 + 1, "extragradient": 1 + 2 * 4 + 1, "inpo": 1 + 2}[algorithm]
+    if anchors:
+        calls_before = 1 + 2 * (4 + 2) + 2  # extragradient: killed at the first call of the full step
     killed = tmp_path / "killed"
     with pytest.raises(KilledError):
         run_selfplay(
@@ -383,6 +463,15 @@ def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every):
 
 
 # ---------------------------------------------------------------------------------------------- configs
+
+
+def test_reference_samples_only_for_pair_algorithms():
+    for algorithm in ("nash_md", "sppo", "mmd"):
+        with pytest.raises(ConfigError, match="reference_samples_per_prompt is for inpo and extragradient"):
+            selfplay_config(algorithm, None, ["sampling.reference_samples_per_prompt=2"])
+    with pytest.raises(ConfigError, match="≥ 0"):
+        selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=-1"])
+    assert selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=2"]).sampling.reference_samples_per_prompt == 2
 
 
 def test_shipped_arena_configs_match_presets():
@@ -416,7 +505,6 @@ def test_factory_oracle_hook(monkeypatch):
     """oracle.kind=factory imports 'module:function' and calls it as function(path, **options)."""
     import types
 
-    from prefgame.errors import ConfigError
     from prefgame.train.selfplay import OracleConfig, build_oracle
 
     module = types.ModuleType("fake_pm")

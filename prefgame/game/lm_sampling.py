@@ -148,6 +148,27 @@ class Responses:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def interleave(self, other: Responses, n: int, n_other: int) -> Responses:
+        """This set (n per prompt) and ``other`` (n_other per prompt, the same prompts in the same order)
+        as one set of n + n_other per prompt: each prompt's own samples first. ``logps`` are kept only
+        when both sets have them."""
+        m = len(self) // n
+        if len(other) != m * n_other:
+            raise ValueError(f"interleave: {len(other)} responses are not {n_other} for each of {m} prompts")
+        order: list[tuple[Responses, int]] = []
+        for p in range(m):
+            order += [(self, p * n + k) for k in range(n)] + [(other, p * n_other + k) for k in range(n_other)]
+        logps = None
+        if self.logps is not None and other.logps is not None:
+            logps = torch.stack([s.logps[i] for s, i in order])
+        return Responses(
+            [s.prompts[i] for s, i in order],
+            [s.prompt_ids[i] for s, i in order],
+            [s.response_ids[i] for s, i in order],
+            [s.texts[i] for s, i in order],
+            logps,
+        )
+
 
 def generate(
     policy: PreTrainedModel | None,

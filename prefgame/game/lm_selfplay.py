@@ -8,7 +8,7 @@ class-level measurements of the arena (DESIGN §3.2, §4).
 - :func:`leave_one_out_win_rates` — P̂(y_i ≻ π) = mean_{j≠i} M[i, j], an unbiased estimate from the
   K − 1 other samples of the same prompt.
 - :func:`draw_pairs` — all pairs of distinct samples of a prompt, the winner drawn from the oracle's
-  probability (the pairs of the INPO / EGPO loss).
+  probability (the pairs of the INPO / EGPO loss); :func:`distinct_pairs` — the pairs without labels.
 - :class:`ClassGame` — the arena's regularized game over feature classes: the reference is π0's
   class distribution ρ0 (estimated once from samples), A[t] = P*[t] − ½ per prompt type t, the
   regularization τ. Because P* depends on a response only through its class, this game is exact for
@@ -100,18 +100,24 @@ def group_matrices(cache: PreferenceCache, prompts: Sequence[str], texts: Sequen
 
 
 def cross_matrices(
-    cache: PreferenceCache, prompts: Sequence[str], texts: Sequence[str], opponents: Sequence[str], n: int
+    cache: PreferenceCache,
+    prompts: Sequence[str],
+    texts: Sequence[str],
+    opponents: Sequence[str],
+    n: int,
+    n_opponents: int | None = None,
 ) -> torch.Tensor:
-    """(M, n, n) C[m, i, j] = P(y_{m,i} ≻ y'_{m,j} | x_m): each sample against every opponent sample."""
+    """(M, n, n') C[m, i, j] = P(y_{m,i} ≻ y'_{m,j} | x_m): each of a prompt's n samples against each of
+    its n' = ``n_opponents`` (default n) opponent samples (both prompt-major)."""
+    n_opp = n if n_opponents is None else n_opponents
     m_prompts = len(texts) // n
     qx, qa, qb = [], [], []
     for m in range(m_prompts):
-        base = m * n
         for i in range(n):
-            qx += [prompts[base]] * n
-            qa += [texts[base + i]] * n
-            qb += list(opponents[base : base + n])
-    return cache.query(qx, qa, qb).view(m_prompts, n, n)
+            qx += [prompts[m * n]] * n_opp
+            qa += [texts[m * n + i]] * n_opp
+            qb += list(opponents[m * n_opp : (m + 1) * n_opp])
+    return cache.query(qx, qa, qb).view(m_prompts, n, n_opp)
 
 
 def leave_one_out_win_rates(mats: torch.Tensor) -> torch.Tensor:
@@ -123,6 +129,17 @@ def leave_one_out_win_rates(mats: torch.Tensor) -> torch.Tensor:
     return (off / (n - 1)).reshape(-1)
 
 
+def distinct_pairs(response_ids: Sequence[Sequence[int]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of each prompt's n samples (prompt-major): (first, second, keep), global
+    indices (M·n(n−1)/2,) and whether the two responses differ (identical ones carry no signal)."""
+    m_prompts = len(response_ids) // n
+    rows, cols = np.triu_indices(n, k=1)
+    first = (np.arange(m_prompts)[:, None] * n + rows[None]).reshape(-1)
+    second = (np.arange(m_prompts)[:, None] * n + cols[None]).reshape(-1)
+    keep = np.array([list(response_ids[i]) != list(response_ids[j]) for i, j in zip(first, second)], dtype=bool)
+    return first, second, keep
+
+
 def draw_pairs(
     mats: torch.Tensor, response_ids: Sequence[Sequence[int]], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,12 +148,10 @@ def draw_pairs(
     Returns (chosen, rejected, p): global sample indices (prompt-major, n per prompt) and the oracle
     probability P(chosen ≻ rejected) of each pair. Identical responses carry no signal and are skipped.
     """
-    m_prompts, n, _ = mats.shape
+    n = mats.shape[-1]
     rows, cols = np.triu_indices(n, k=1)
-    first = (np.arange(m_prompts)[:, None] * n + rows[None]).reshape(-1)  # (M·P,)
-    second = (np.arange(m_prompts)[:, None] * n + cols[None]).reshape(-1)
+    first, second, keep = distinct_pairs(response_ids, n)
     p_first = mats[:, rows, cols].reshape(-1).numpy()  # (M·P,)
-    keep = np.array([list(response_ids[i]) != list(response_ids[j]) for i, j in zip(first, second)], dtype=bool)
     first_wins = rng.random(len(first)) < p_first  # drawn for every pair, so the stream does not depend on keep
     chosen = np.where(first_wins, first, second)[keep]
     rejected = np.where(first_wins, second, first)[keep]

@@ -132,6 +132,7 @@ def inpo_loss(
     eta: float,
     tau: float,
     chosen_prob: Tensor | None = None,
+    win_rate_gap: Tensor | None = None,
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """INPO / online mirror descent as an IPO-style squared loss on pairs from π_t (§3.3). All (B,).
@@ -162,16 +163,30 @@ def inpo_loss(
     p − ½ both change sign). Pairs the oracle calls even (p = ½) then pull h to 0 instead of ±η/2. The same
     argument holds for pairs drawn from any μ with P(y ≻ μ) in place of P(y ≻ π_t), so the
     extragradient full step (EGPO) is this loss with old = π_t (the θ_t policy) on pairs sampled
-    from the half-step policy π_{t+½}. Needs 0 ≤ ητ ≤ 1. Metrics: h (mean), logratio_margin (mean
-    log π(y_w)/π(y_l) − log π_t(y_w)/π_t(y_l)).
+    from the half-step policy π_{t+½}.
+
+    With ``win_rate_gap`` = P̂(y_w ≻ π_t) − P̂(y_l ≻ π_t), estimates of the win rates against π_t itself
+    (e.g. against K samples of π_t), the target is the update's own right-hand side,
+
+        ℓ = (h(y_w, y_l) − η (P̂(y_w ≻ π_t) − P̂(y_l ≻ π_t)))²,
+
+    which holds pair by pair rather than in expectation over y, y' ∼ π_t: the pairs may then come from
+    any behaviour distribution μ (e.g. π_t and π0 samples together), and the minimizer is π_{t+1} on
+    μ's support. This reaches responses π_t no longer samples, which on-policy pairs cannot. Give at most
+    one of ``chosen_prob`` and ``win_rate_gap``. Needs 0 ≤ ητ ≤ 1. Metrics: h (mean), logratio_margin
+    (mean log π(y_w)/π(y_l) − log π_t(y_w)/π_t(y_l)).
     """
     _require(eta > 0, f"eta must be > 0, got {eta}")
     _require(0 <= eta * tau <= 1, f"eta·tau must be in [0, 1], got {eta * tau}")
+    _require(chosen_prob is None or win_rate_gap is None, "give at most one of chosen_prob and win_rate_gap")
     policy_margin = policy_chosen_logps - policy_rejected_logps  # (B,)
     old_margin = old_chosen_logps - old_rejected_logps  # (B,)
     ref_margin = ref_chosen_logps - ref_rejected_logps  # (B,)
     h = policy_margin - (1 - eta * tau) * old_margin - eta * tau * ref_margin  # (B,)
-    target = eta / 2 if chosen_prob is None else eta * (chosen_prob - 0.5)  # (B,) or scalar
+    if win_rate_gap is not None:
+        target = eta * win_rate_gap  # (B,)
+    else:
+        target = eta / 2 if chosen_prob is None else eta * (chosen_prob - 0.5)  # (B,) or scalar
     loss = reduce_mean((h - target) ** 2, normalizer=normalizer)
     metrics = {"h": h.detach().mean(), "logratio_margin": (policy_margin - old_margin).detach().mean()}
     return loss, metrics

@@ -61,6 +61,7 @@ from prefgame.game.lm_selfplay import (
     ClassGame,
     PreferenceCache,
     cross_matrices,
+    distinct_pairs,
     draw_pairs,
     group_matrices,
     leave_one_out_win_rates,
@@ -88,6 +89,7 @@ Algorithm = Literal["nash_md", "sppo", "inpo", "mmd", "extragradient"]
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
 PROMPTS, POLICY_SAMPLES, MIXTURE_SAMPLES, PAIR_LABELS, STEP_ORDER = 0, 1, 2, 3, 4
 HALF_POLICY_SAMPLES, HALF_PAIR_LABELS, HALF_STEP_ORDER, EVAL_SAMPLES, REF_SAMPLES = 5, 6, 7, 8, 9
+ANCHOR_SAMPLES = 10
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -163,6 +165,12 @@ class SamplingConfig:
     samples_per_prompt: int = param(4, "K responses per prompt (≥ 2)")
     max_new_tokens: int = param(40, "response length limit in tokens")
     temperature: float = param(1.0, "sampling temperature (1: the policy itself)")
+    reference_samples_per_prompt: int = param(
+        0,
+        "inpo/extragradient: M responses per prompt from π0 join each iteration's pairs; the loss then "
+        "targets explicit win rates against the K policy samples (inpo_loss win_rate_gap), exact for pairs "
+        "from any behaviour, so responses the policy no longer samples stay within the update's reach",
+    )
     batch_size: int = param(256, "sequences per generation batch")
     use_cache: bool = param(True, "hf: reuse the KV cache between tokens (false recomputes the prefix)")
     vllm_gpu_memory_utilization: float = param(0.3, "vllm: share of GPU memory for its engine")
@@ -172,6 +180,8 @@ class SamplingConfig:
             raise ValueError("sampling.samples_per_prompt must be ≥ 2 (win rates need other samples)")
         if self.prompts_per_iteration < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("sampling.prompts_per_iteration, max_new_tokens and batch_size must be ≥ 1")
+        if self.reference_samples_per_prompt < 0:
+            raise ValueError("sampling.reference_samples_per_prompt must be ≥ 0")
 
 
 @dataclass
@@ -242,6 +252,10 @@ class SelfPlayConfig:
     def __post_init__(self) -> None:
         if self.algorithm in ("inpo", "extragradient") and self.game.eta * self.game.tau > 1:
             raise ValueError(f"{self.algorithm} needs game.eta·game.tau ≤ 1, got {self.game.eta * self.game.tau}")
+        if self.sampling.reference_samples_per_prompt and self.algorithm not in ("inpo", "extragradient"):
+            raise ValueError(
+                f"sampling.reference_samples_per_prompt is for inpo and extragradient, not {self.algorithm}; set it to 0"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- oracle
@@ -635,14 +649,62 @@ def nash_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str,
     return {"preference_vs_mixture": float(pref.mean()), **sp.optimize(_single(ys, loss_fn), (seed, t, STEP_ORDER))}
 
 
-def _inpo_examples(sp: SelfPlay, prefs: PreferenceCache, ys: Responses, old: torch.Tensor, label_seed) -> Examples:
-    """INPO pairs of ``ys`` (all pairs of a prompt's samples, oriented by a draw from the oracle; the loss
-    uses the oracle's probability unless ``game.pair_labels=sampled``); ``old``
-    holds log π_t of ``ys``."""
-    mats = group_matrices(prefs, ys.prompts, ys.texts, sp.cfg.sampling.samples_per_prompt)
-    chosen, rejected, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
+@dataclass
+class Anchors:
+    """π0's responses that join an iteration's INPO pairs (``sampling.reference_samples_per_prompt``)."""
+
+    responses: Responses  # M per prompt, the iteration's prompts in order
+    old: torch.Tensor  # (P·M,) log π_t
+    ref: torch.Tensor  # (P·M,) log π0
+
+
+def _anchors(sp: SelfPlay, prompts: Sequence[str], t: int) -> Anchors | None:
+    """M responses per prompt from π0 with their log-probs under π_t (the policy now) and π0."""
+    m = sp.cfg.sampling.reference_samples_per_prompt
+    if m == 0:
+        return None
+    zs = sp.sample(prompts, (sp.cfg.train.seed, t, ANCHOR_SAMPLES), n=m, model=sp.ref)
+    return Anchors(zs, sp.sequence_logps(sp.policy, zs), sp.sequence_logps(sp.ref, zs))
+
+
+def _inpo_examples(
+    sp: SelfPlay, prefs: PreferenceCache, ys: Responses, old: torch.Tensor, label_seed, anchors: Anchors | None = None
+) -> Examples:
+    """INPO pairs of ``ys`` (``old`` holds their log π_t).
+
+    Without anchors: all pairs of a prompt's samples, oriented by a draw from the oracle; the loss uses the
+    oracle's probability unless ``game.pair_labels=sampled``. With anchors (π0 samples): all pairs of a
+    prompt's K policy samples and M anchors, each response's win rate against π_t estimated from the
+    policy samples (leave-one-out for the policy's own), the loss on the win-rate gap (inpo_loss
+    ``win_rate_gap``), which is right pair by pair for any mix of the two."""
+    g, k = sp.cfg.game, sp.cfg.sampling.samples_per_prompt
     ref = sp.sequence_logps(sp.ref, ys)
-    g = sp.cfg.game
+    mats = group_matrices(prefs, ys.prompts, ys.texts, k)
+    if anchors is not None:
+        m = sp.cfg.sampling.reference_samples_per_prompt
+        n_prompts = len(ys) // k
+        anchor_win = cross_matrices(prefs, anchors.responses.prompts, anchors.responses.texts, ys.texts, m, k).mean(-1)
+
+        def both(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:  # (P·K,), (P·M,) → (P·(K+M),)
+            return torch.cat([own.reshape(n_prompts, k), extra.reshape(n_prompts, m).to(own)], 1).reshape(-1)
+
+        merged = ys.interleave(anchors.responses, k, m)
+        win = both(leave_one_out_win_rates(mats), anchor_win)  # (P·(K+M),) P̂(y ≻ π_t)
+        old, ref = both(old, anchors.old), both(ref, anchors.ref)
+        first, second, keep = distinct_pairs(merged.response_ids, k + m)
+        first, second = first[keep], second[keep]
+        gap = win[first] - win[second]  # (pairs,)
+
+        def anchored_loss(mb, cols, normalizer):
+            a, b, x = first[mb], second[mb], cols[0]
+            return inpo_loss(
+                cols[0], cols[1], old[a].to(x), old[b].to(x), ref[a].to(x), ref[b].to(x),
+                eta=g.eta, tau=g.tau, win_rate_gap=gap[mb].to(x), normalizer=normalizer,
+            )  # fmt: skip
+
+        return Examples(merged, np.stack([first, second]), anchored_loss)
+
+    chosen, rejected, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
     prob = torch.from_numpy(p) if g.pair_labels == "expected" else None  # (pairs,) P(chosen ≻ rejected)
 
     def loss_fn(mb, cols, normalizer):
@@ -657,10 +719,12 @@ def _inpo_examples(sp: SelfPlay, prefs: PreferenceCache, ys: Responses, old: tor
 
 
 def inpo_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, float]:
-    """Online mirror descent (INPO): IPO-style loss on pairs y, y' ∼ π_t (inpo_loss)."""
+    """Online mirror descent (INPO): IPO-style loss on pairs y, y' ∼ π_t (inpo_loss), with π0's samples
+    among them when ``sampling.reference_samples_per_prompt`` > 0."""
     seed = sp.cfg.train.seed
-    ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
-    ex = _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS))
+    prompts = sp.iteration_prompts(t)
+    ys = sp.sample(prompts, (seed, t, POLICY_SAMPLES))
+    ex = _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS), _anchors(sp, prompts, t))
     return {"pairs": ex.columns.shape[1], **sp.optimize(ex, (seed, t, STEP_ORDER))}
 
 
@@ -670,14 +734,15 @@ def extragradient_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dic
     prompts = sp.iteration_prompts(t)
     theta_t = sp.snapshot()
     ys = sp.sample(prompts, (seed, t, POLICY_SAMPLES))
+    anchors = _anchors(sp, prompts, t)  # π0's samples, log-probs at θ_t: the same for both steps
     half = sp.optimize(
-        _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS)),
+        _inpo_examples(sp, prefs, ys, sp.policy_logps(ys), (seed, t, PAIR_LABELS), anchors),
         (seed, t, STEP_ORDER),
     )
     ys_half = sp.sample(prompts, (seed, t, HALF_POLICY_SAMPLES))  # y ∼ π_{t+½}
     sp.restore(theta_t)  # back to θ_t: "old" log-probs and the full step are taken at π_t
     # ys_half's sampler log-probs are π_{t+½}'s; the loss needs π_t's, so a forward pass at θ_t
-    ex = _inpo_examples(sp, prefs, ys_half, sp.sequence_logps(sp.policy, ys_half), (seed, t, HALF_PAIR_LABELS))
+    ex = _inpo_examples(sp, prefs, ys_half, sp.sequence_logps(sp.policy, ys_half), (seed, t, HALF_PAIR_LABELS), anchors)
     full = sp.optimize(ex, (seed, t, HALF_STEP_ORDER))
     return {"half_loss": half.get("loss", math.nan), "pairs": ex.columns.shape[1], **full}
 
