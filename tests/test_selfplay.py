@@ -420,17 +420,20 @@ class KillAfter:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "every", "anchors"),
-    [("nash_md", 1, 0), ("extragradient", 1, 0), ("inpo", 0, 0), ("extragradient", 1, 2)],
+    ("algorithm", "every", "anchors", "average_from"),
+    [("nash_md", 1, 0, -1), ("extragradient", 1, 0, -1), ("inpo", 0, 0, 0), ("extragradient", 1, 2, -1)],
 )
-def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every, anchors):
+def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every, anchors, average_from):
     """A run killed during iteration 3 (of 3) and resumed ends with bit-identical policy weights,
     identical metrics rows and the same metrics.json (timings aside) as an uninterrupted run.
 
     With eval.every=0 the last measurement before the kill is π0's (iteration 0), so the final
     win_rate_vs_previous is only right when the checkpoint carries those samples' texts."""
     arena = Arena()
-    overrides = [*TINY, "train.iterations=3", f"eval.every={every}", f"sampling.reference_samples_per_prompt={anchors}"]
+    overrides = [
+        *TINY, "train.iterations=3", f"eval.every={every}", f"sampling.reference_samples_per_prompt={anchors}",
+        f"train.average_from={average_from}",
+    ]  # fmt: skip
     full = tmp_path / "full"
     run_selfplay(pi0_dir, GoldOracle(arena), algorithm=algorithm, output_dir=full, overrides=overrides)
     # Oracle calls: 1 for the starting measurement, then per iteration the training calls (nash_md and
@@ -463,6 +466,27 @@ def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every, anchor
 
 
 # ---------------------------------------------------------------------------------------------- configs
+
+
+def test_average_from_outputs_the_tail_average_of_the_weights(pi0_dir, tmp_path):
+    """train.average_from=1 over 3 iterations: model/ is the mean of the policy weights after iterations 2
+    and 3 (the checkpoints' own policies), measurements after iteration 1 are of the average
+    (averaged_iterates 0, 0, 1, 2), and self-play itself continues from the last iterate."""
+    out = tmp_path / "avg"
+    overrides = [*TINY, "train.iterations=3", "eval.every=1", "train.average_from=1", "train.keep_checkpoints=3"]
+    run_selfplay(pi0_dir, algorithm="sppo", output_dir=out, overrides=overrides)
+    ck = sorted((out / "checkpoints").glob("step-*"))
+    assert [p.name for p in ck] == ["step-00000001", "step-00000002", "step-00000003"]
+    w2, w3 = (load_file(str(p / "policy.safetensors")) for p in ck[1:])
+    final = load_file(str(out / "model" / "model.safetensors"))
+    for k in final:
+        torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2, rtol=0, atol=1e-6)
+    assert any(not torch.equal(w2[k], w3[k]) for k in w2)
+    average = load_file(str(ck[2] / "average.safetensors"))
+    assert all(torch.equal(average[k], final[k]) for k in final)
+    assert [r["averaged_iterates"] for r in read_rows(out)] == [0, 0, 1, 2]
+    with pytest.raises(ConfigError, match="average_from"):
+        selfplay_config("sppo", None, ["train.iterations=3", "train.average_from=3"])
 
 
 def test_reference_samples_only_for_pair_algorithms():

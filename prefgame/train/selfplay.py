@@ -203,6 +203,13 @@ class SelfPlayTrainConfig:
         "and momentum carried across iterations lags the rotation of the game's cyclic part",
     )
     max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
+    average_from: int = param(
+        -1,
+        "-1: the run's policy is the last iterate; k ≥ 0: the uniform average of the policy weights after "
+        "iterations k+1 … t is the run's policy (model/, and every measurement after iteration k): tail "
+        "averaging, the average iterate of mirror descent, which settles where the last iterate circles the "
+        "game's cyclic part. Self-play itself continues from the last iterate",
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
         "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
     )
@@ -212,6 +219,10 @@ class SelfPlayTrainConfig:
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.steps_per_iteration < 1:
             raise ValueError("train.iterations must be ≥ 0 and train.steps_per_iteration ≥ 1")
+        if self.average_from < -1 or (self.iterations > 0 and self.average_from >= self.iterations):
+            raise ValueError(
+                f"train.average_from must be -1 (off) or an iteration in 0 … {self.iterations - 1}, got {self.average_from}"
+            )
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("train.batch_size and train.micro_batch_size must be ≥ 1")
 
@@ -395,6 +406,11 @@ class SelfPlay:
         if cfg.sampling.backend == "vllm":
             self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
         self.train_prompts, self.eval_prompts = self._prompt_pools()
+        # tail average of the policy weights (train.average_from), a frozen copy updated after each iteration
+        self.average = None
+        self.averaged = 0  # iterates in the average
+        if tc.average_from >= 0:
+            self.average = copy.deepcopy(self.policy).requires_grad_(False).eval()
         # the sampler runs the fp32 weights without autocast, as sequence_logps does only in this case
         self._fp32 = dtype == torch.float32 and self.acc.mixed_precision == "no"
 
@@ -559,6 +575,13 @@ class SelfPlay:
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(float(step_loss))
         return {"loss": float(np.mean(losses)), "grad_norm": float(grad_norm), **{k: float(v) for k, v in last.items()}}
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """Add the current policy to the running uniform average of the weights (the first one replaces it)."""
+        self.averaged += 1
+        for avg, p in zip(self.average.parameters(), self.policy.parameters()):
+            avg.add_(p.detach().to(avg.dtype) - avg, alpha=1.0 / self.averaged)
 
     def snapshot(self) -> tuple[dict, dict, dict]:
         """Policy weights and optimizer/scheduler state (EGPO restarts its full step from θ_t)."""
@@ -794,13 +817,17 @@ class Evaluator:
         return ev
 
     def measure(self, t: int) -> dict[str, Any]:
-        """Figures of the current policy π_t (t updates applied); remembers its samples for t + 1."""
+        """Figures of the run's policy after t updates (π_t, or the weight average of ``train.average_from``);
+        remembers its samples for the next measurement."""
         start = time.perf_counter()
         sp = self.sp
+        averaged = sp.averaged > 0
         ys = sp.sample(
-            sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt, temperature=1.0
-        )
-        log_ratio = sp.policy_logps(ys) - sp.sequence_logps(sp.ref, ys)  # (N,)
+            sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt, temperature=1.0,
+            model=sp.average if averaged else None,
+        )  # fmt: skip
+        logps = sp.sequence_logps(sp.average, ys) if averaged else sp.policy_logps(ys)
+        log_ratio = logps - sp.sequence_logps(sp.ref, ys)  # (N,)
         prefs = sp.preferences()
         opp = [self.reference.texts[i] for i in self._paired]
         vs_ref = prefs.query(ys.prompts, ys.texts, opp)
@@ -811,6 +838,7 @@ class Evaluator:
             "kl_to_ref": float(log_ratio.mean()),
             "kl_to_ref_se": float(log_ratio.std() / math.sqrt(len(log_ratio))),
             "response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
+            "averaged_iterates": sp.averaged,
         }
         if self.previous is not None:
             row["win_rate_vs_previous"] = float(prefs.query(ys.prompts, ys.texts, self.previous.texts).mean())
@@ -873,11 +901,10 @@ def train(
         out.write_config(cfg)
     start, state = 0, {}
     if resume_from is not None:
-        state = load_checkpoint(
-            resume_from, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler
-        )
+        state = load_checkpoint(resume_from, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler)
         start = state["step"]
         sp.version = state.get("version", 0)
+        sp.averaged = state.get("averaged", 0)
         sp.guard.total = state.get("nonfinite_steps", 0)
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at iteration {start}")
@@ -905,6 +932,8 @@ def train(
         info = iterate(sp, t, prefs)
         train_seconds += time.perf_counter() - t0
         done = t + 1
+        if sp.average is not None and done > tc.average_from:
+            sp.update_average()
         row = {"iteration": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
         if (cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations:
             row.update(evaluator.measure(done))
@@ -913,10 +942,15 @@ def train(
             save_checkpoint(
                 out.path,
                 done,
-                modules={"policy": sp.policy},
+                modules=_checkpointed(sp),
                 optimizer=sp.optimizer,
                 scheduler=sp.scheduler,
-                state={"version": sp.version, "nonfinite_steps": sp.guard.total, **evaluator.state()},
+                state={
+                    "version": sp.version,
+                    "nonfinite_steps": sp.guard.total,
+                    "averaged": sp.averaged,
+                    **evaluator.state(),
+                },
                 keep=tc.keep_checkpoints,
             )
         progress.update(**{k: v for k, v in row.items() if k in ("loss", "class/exploitability", "win_rate_vs_ref")})
@@ -928,10 +962,16 @@ def train(
         "measurements": evaluator.seconds,
     }
     if sp.acc.is_main_process:
-        save_model(sp.acc.unwrap_model(sp.wrapper).model, sp.tok, out.path / "model")
+        final = sp.average if sp.averaged else sp.acc.unwrap_model(sp.wrapper).model
+        save_model(final, sp.tok, out.path / "model")
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
     return metrics
+
+
+def _checkpointed(sp: SelfPlay) -> dict[str, torch.nn.Module]:
+    """The modules an iteration checkpoint holds: the policy, and the weight average when there is one."""
+    return {"policy": sp.policy} if sp.average is None else {"policy": sp.policy, "average": sp.average}
 
 
 # The figures of each measured iteration that summarize() copies into metrics["history"]: oracle win
@@ -947,6 +987,7 @@ HISTORY_KEYS = (
     "class/tv_to_equilibrium",
     "class/class_kl",
     "class/win_rate_vs_ref",
+    "averaged_iterates",
 )
 
 
