@@ -406,11 +406,12 @@ class SelfPlay:
         if cfg.sampling.backend == "vllm":
             self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
         self.train_prompts, self.eval_prompts = self._prompt_pools()
-        # tail average of the policy weights (train.average_from), a frozen copy updated after each iteration
+        # tail average of the policy weights (train.average_from): a frozen float32 copy (a running mean in
+        # bf16 would round away the small updates), updated after each iteration
         self.average = None
         self.averaged = 0  # iterates in the average
         if tc.average_from >= 0:
-            self.average = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            self.average = copy.deepcopy(self.policy).float().requires_grad_(False).eval()
         # the sampler runs the fp32 weights without autocast, as sequence_logps does only in this case
         self._fp32 = dtype == torch.float32 and self.acc.mixed_precision == "no"
 
