@@ -528,7 +528,9 @@ def test_inpo_win_rate_gap_fits_the_update_for_any_behaviour():
         total = 0.0
         for a in range(4):
             for b in range(4):
-                extra = {"win_rate_gap": win[a] - win[b : b + 1]} if labels == "gap" else {"chosen_prob": P[a, b : b + 1]}
+                extra = (
+                    {"win_rate_gap": win[a] - win[b : b + 1]} if labels == "gap" else {"chosen_prob": P[a, b : b + 1]}
+                )
                 loss, _ = inpo_loss(
                     log_pi[a : a + 1], log_pi[b : b + 1], log_pt[a : a + 1], log_pt[b : b + 1],
                     log_p0[a : a + 1], log_p0[b : b + 1], eta=eta, tau=tau, **extra,

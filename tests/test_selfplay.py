@@ -213,7 +213,9 @@ def test_group_and_cross_matrices_and_win_rates():
 def test_interleave_and_distinct_pairs():
     """Two prompts, 2 policy samples and 1 anchor each → 3 per prompt, own samples first; pairs within a
     prompt only, identical token sequences flagged; logps kept only when both sets have them."""
-    a = Responses(["x", "x", "y", "y"], [[1]] * 2 + [[2]] * 2, [[5], [6], [7], [8]], ["a", "b", "c", "d"], torch.arange(4.0))
+    a = Responses(
+        ["x", "x", "y", "y"], [[1]] * 2 + [[2]] * 2, [[5], [6], [7], [8]], ["a", "b", "c", "d"], torch.arange(4.0)
+    )
     b = Responses(["x", "y"], [[1], [2]], [[5], [9]], ["e", "f"], torch.tensor([10.0, 11.0]))
     m = a.interleave(b, 2, 1)
     assert m.texts == ["a", "b", "e", "c", "d", "f"] and m.prompts == ["x", "x", "x", "y", "y", "y"]
@@ -343,7 +345,7 @@ def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, 
     assert len(seen) == 2
     arena, k, m = Arena(), 3, 2
     for call in seen:
-        ys, anchors, ex = call["ys"], call["anchors"], call["ex"]
+        anchors, ex = call["anchors"], call["ex"]
         assert len(anchors.responses) == 4 * m and len(ex.responses) == 4 * (k + m)
         # every example is a pair within one prompt's K + M responses, all distinct pairs present
         first, second = ex.columns
@@ -356,7 +358,9 @@ def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, 
         for i, y in enumerate(texts):
             g = i // (k + m)
             opponents = [j for j in range(g * (k + m), g * (k + m) + k) if j != i]
-            p = GoldOracle(arena).preference([prompts[i]] * len(opponents), [y] * len(opponents), [texts[j] for j in opponents])
+            p = GoldOracle(arena).preference(
+                [prompts[i]] * len(opponents), [y] * len(opponents), [texts[j] for j in opponents]
+            )
             win.append(float(np.mean(np.asarray(p, dtype=float))))
         win = torch.tensor(win, dtype=torch.float64)
         gaps = torch.cat(call["gaps"])  # one full-batch step per optimizer step: the same order each step
@@ -495,7 +499,10 @@ def test_reference_samples_only_for_pair_algorithms():
             selfplay_config(algorithm, None, ["sampling.reference_samples_per_prompt=2"])
     with pytest.raises(ConfigError, match="≥ 0"):
         selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=-1"])
-    assert selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=2"]).sampling.reference_samples_per_prompt == 2
+    assert (
+        selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=2"]).sampling.reference_samples_per_prompt
+        == 2
+    )
 
 
 def test_shipped_arena_configs_match_presets():

@@ -585,10 +585,10 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     Responses cut without EOS are ranked down by ``online.missing_eos_penalty``: a cut text can read as
     a long answer (e.g. one word repeated), and pairing it as the winner teaches the policy to ramble.
     """
-    loss = cfg.loss
     from prefgame.game.lm_selfplay import group_matrices, leave_one_out_win_rates
     from prefgame.train.selfplay import POLICY_SAMPLES, STEP_ORDER, Examples
 
+    loss = cfg.loss
     seed, k = sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)

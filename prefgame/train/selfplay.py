@@ -221,7 +221,8 @@ class SelfPlayTrainConfig:
             raise ValueError("train.iterations must be ≥ 0 and train.steps_per_iteration ≥ 1")
         if self.average_from < -1 or (self.iterations > 0 and self.average_from >= self.iterations):
             raise ValueError(
-                f"train.average_from must be -1 (off) or an iteration in 0 … {self.iterations - 1}, got {self.average_from}"
+                f"train.average_from must be -1 (off) or an iteration in 0 … {self.iterations - 1}, "
+                f"got {self.average_from}"
             )
         if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("train.batch_size and train.micro_batch_size must be ≥ 1")
@@ -265,7 +266,8 @@ class SelfPlayConfig:
             raise ValueError(f"{self.algorithm} needs game.eta·game.tau ≤ 1, got {self.game.eta * self.game.tau}")
         if self.sampling.reference_samples_per_prompt and self.algorithm not in ("inpo", "extragradient"):
             raise ValueError(
-                f"sampling.reference_samples_per_prompt is for inpo and extragradient, not {self.algorithm}; set it to 0"
+                "sampling.reference_samples_per_prompt is for inpo and extragradient, "
+                f"not {self.algorithm}; set it to 0"
             )
 
 
@@ -479,8 +481,9 @@ class SelfPlay:
         """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0, at
         ``temperature`` (None: ``sampling.temperature``; measurements pass 1, the policy itself).
 
-        ``logps`` of the result are the sampler's log π_t(y|x) when they equal what :meth:`sequence_logps`
-        computes for the current policy (policy samples at temperature 1, fp32 without autocast), else None.
+        ``logps`` of the result are the sampler's log π(y|x) under the model that sampled them when they
+        equal what :meth:`sequence_logps` computes for it (no mixture, temperature 1, fp32 without
+        autocast), else None.
         """
         sc = self.cfg.sampling
         n = sc.samples_per_prompt if n is None else n
@@ -502,16 +505,16 @@ class SelfPlay:
             batch_size=sc.batch_size,
             use_cache=sc.use_cache,
         )
-        exact = model is None and mixture_coef == 0.0 and temperature == 1.0 and self._fp32
+        exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
         return ys if exact else dataclasses.replace(ys, logps=None)
 
-    def policy_logps(self, responses: Responses) -> torch.Tensor:
-        """log π_t(y | x) of responses sampled from the current policy π_t (no update since): the
-        sampler's figures when it kept them (the same sums of the same token log-probs, up to float
-        rounding), otherwise a forward pass (:meth:`sequence_logps`)."""
+    def policy_logps(self, responses: Responses, model=None) -> torch.Tensor:
+        """log π(y | x) of responses sampled from ``model`` (None: the current policy π_t), with no update
+        since: the sampler's figures when it kept them (the same sums of the same token log-probs, up to
+        float rounding), otherwise a forward pass (:meth:`sequence_logps`)."""
         if responses.logps is not None:
             return responses.logps.float()
-        return self.sequence_logps(self.policy, responses)
+        return self.sequence_logps(self.policy if model is None else model, responses)
 
     @torch.no_grad()
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
@@ -688,7 +691,7 @@ def _anchors(sp: SelfPlay, prompts: Sequence[str], t: int) -> Anchors | None:
     if m == 0:
         return None
     zs = sp.sample(prompts, (sp.cfg.train.seed, t, ANCHOR_SAMPLES), n=m, model=sp.ref)
-    return Anchors(zs, sp.sequence_logps(sp.policy, zs), sp.sequence_logps(sp.ref, zs))
+    return Anchors(zs, sp.sequence_logps(sp.policy, zs), sp.policy_logps(zs, model=sp.ref))
 
 
 def _inpo_examples(
@@ -712,34 +715,27 @@ def _inpo_examples(
         def both(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:  # (P·K,), (P·M,) → (P·(K+M),)
             return torch.cat([own.reshape(n_prompts, k), extra.reshape(n_prompts, m).to(own)], 1).reshape(-1)
 
-        merged = ys.interleave(anchors.responses, k, m)
+        responses = ys.interleave(anchors.responses, k, m)
         win = both(leave_one_out_win_rates(mats), anchor_win)  # (P·(K+M),) P̂(y ≻ π_t)
         old, ref = both(old, anchors.old), both(ref, anchors.ref)
-        first, second, keep = distinct_pairs(merged.response_ids, k + m)
+        first, second, keep = distinct_pairs(responses.response_ids, k + m)
         first, second = first[keep], second[keep]
-        gap = win[first] - win[second]  # (pairs,)
-
-        def anchored_loss(mb, cols, normalizer):
-            a, b, x = first[mb], second[mb], cols[0]
-            return inpo_loss(
-                cols[0], cols[1], old[a].to(x), old[b].to(x), ref[a].to(x), ref[b].to(x),
-                eta=g.eta, tau=g.tau, win_rate_gap=gap[mb].to(x), normalizer=normalizer,
-            )  # fmt: skip
-
-        return Examples(merged, np.stack([first, second]), anchored_loss)
-
-    chosen, rejected, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))
-    prob = torch.from_numpy(p) if g.pair_labels == "expected" else None  # (pairs,) P(chosen ≻ rejected)
+        target = {"win_rate_gap": win[first] - win[second]}  # (pairs,)
+    else:
+        responses = ys
+        first, second, p = draw_pairs(mats, ys.response_ids, np.random.default_rng(list(label_seed)))  # winner first
+        expected = g.pair_labels == "expected"
+        target = {"chosen_prob": torch.from_numpy(p) if expected else None}  # P(first ≻ second), or a drawn label
 
     def loss_fn(mb, cols, normalizer):
-        w, l = chosen[mb], rejected[mb]
-        x = cols[0]
+        a, b, x = first[mb], second[mb], cols[0]
+        labels = {key: None if v is None else v[mb].to(x) for key, v in target.items()}
         return inpo_loss(
-            cols[0], cols[1], old[w].to(x), old[l].to(x), ref[w].to(x), ref[l].to(x),
-            eta=g.eta, tau=g.tau, chosen_prob=None if prob is None else prob[mb].to(x), normalizer=normalizer,
+            cols[0], cols[1], old[a].to(x), old[b].to(x), ref[a].to(x), ref[b].to(x),
+            eta=g.eta, tau=g.tau, normalizer=normalizer, **labels,
         )  # fmt: skip
 
-    return Examples(ys, np.stack([chosen, rejected]), loss_fn)
+    return Examples(responses, np.stack([first, second]), loss_fn)
 
 
 def inpo_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, float]:
@@ -827,8 +823,7 @@ class Evaluator:
             sp.eval_prompts, (sp.cfg.train.seed, t, EVAL_SAMPLES), n=sp.cfg.eval.samples_per_prompt, temperature=1.0,
             model=sp.average if averaged else None,
         )  # fmt: skip
-        logps = sp.sequence_logps(sp.average, ys) if averaged else sp.policy_logps(ys)
-        log_ratio = logps - sp.sequence_logps(sp.ref, ys)  # (N,)
+        log_ratio = sp.policy_logps(ys, model=sp.average if averaged else None) - sp.sequence_logps(sp.ref, ys)
         prefs = sp.preferences()
         opp = [self.reference.texts[i] for i in self._paired]
         vs_ref = prefs.query(ys.prompts, ys.texts, opp)
