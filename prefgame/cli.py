@@ -3,6 +3,8 @@
 ``prefgame <command> --config FILE key=value ...`` runs a job whose settings are one config
 dataclass; ``prefgame <command> --help`` lists every key with its type, default and meaning.
 Errors a user can cause end with one line on stderr and exit code 2; an interrupted job exits 130.
+Warnings that libraries emit during a command are held back and printed after it (they are also in
+the run's ``log.txt``), so that an error stays one line whatever the libraries say on the way.
 Commands and their config classes are imported lazily so that ``prefgame --help`` is fast.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prefgame.console import held_library_messages, print_held
 from prefgame.errors import PrefgameError
 
 
@@ -169,22 +172,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        if hasattr(args, "_job"):
-            from prefgame.config import load_config
+    with held_library_messages() as held:
+        try:
+            if hasattr(args, "_job"):
+                from prefgame.config import load_config
 
-            cfg = load_config(_load(args._job.config), args.config, args.overrides)
-            _quiet_library_progress_bars()
-            run: Callable[[Any], Any] = _load(args._job.run)
-            run(cfg)
-            return 0
-        return int(_load(f"{args._tool.module}:main")(args) or 0)
-    except PrefgameError as exc:
-        print(f"prefgame {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"prefgame {args.command}: interrupted", file=sys.stderr)
-        return 130
+                cfg = load_config(_load(args._job.config), args.config, args.overrides)
+                _quiet_library_progress_bars()
+                run: Callable[[Any], Any] = _load(args._job.run)
+                run(cfg)
+                code = 0
+            else:
+                code = int(_load(f"{args._tool.module}:main")(args) or 0)
+        except PrefgameError as exc:  # one line: the held warnings are in log.txt, not on the console
+            print(f"prefgame {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"prefgame {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except BaseException:  # a crash: everything that may explain it, then the traceback
+            print_held(held, args.command)
+            raise
+    print_held(held, args.command)
+    return code
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ import numpy as np
 import torch
 
 from prefgame.config import config_to_yaml
+from prefgame.console import LIBRARY_LOG
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _not_library(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(LIBRARY_LOG)
 
 
 def _json_default(obj: Any) -> Any:
@@ -190,6 +195,7 @@ class RunDir:
                 console = logging.StreamHandler(sys.stderr)
                 console.setLevel(logging.WARNING)
                 console.setFormatter(logging.Formatter(f"[prefgame rank {rank}] %(message)s"))
+                console.addFilter(_not_library)
                 console._prefgame_console = True  # type: ignore[attr-defined]
                 root.addHandler(console)
             return self.logger
@@ -199,6 +205,7 @@ class RunDir:
         if not quiet and not any(getattr(h, "_prefgame_console", False) for h in root.handlers):
             console = logging.StreamHandler(sys.stderr)
             console.setFormatter(logging.Formatter("[prefgame] %(message)s"))
+            console.addFilter(_not_library)
             console._prefgame_console = True  # type: ignore[attr-defined]
             root.addHandler(console)
         return self.logger

@@ -145,6 +145,58 @@ def test_interrupted_job_exits_130(capsys, monkeypatch, tmp_path) -> None:
     assert code == 130 and err.strip() == "prefgame arena: interrupted"
 
 
+def _noisy_arena_run(fail: bool):
+    """A stand-in for the arena job that makes libraries warn on the way (the warnings module, the
+    loggers of transformers and accelerate, as they do), writes log.txt like every job, then fails
+    with a user error or finishes."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from prefgame.errors import DataError
+    from prefgame.run import RunDir
+
+    def run(cfg):
+        out = RunDir(cfg.output_dir)
+        out.start_logging()
+        try:
+            warnings.warn("a library's warning", UserWarning, stacklevel=1)
+            hf_logging.get_logger("transformers.modeling_utils").warning("Some weights were not initialized")
+            logging.getLogger("accelerate.state").warning("no GPU found, running on the CPU")
+            hf_logging.get_logger("transformers.modeling_utils").warning("Some weights were not initialized")
+            if fail:
+                raise DataError("data.path: the file is empty (add rows)")
+        finally:
+            out.close()
+
+    return run
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_library_warnings_never_come_before_a_one_line_error(fail, capsys, monkeypatch, tmp_path) -> None:
+    import prefgame.arena.job
+
+    monkeypatch.setattr(prefgame.arena.job, "run", _noisy_arena_run(fail))
+    code, _, err = run_main(["arena", f"output_dir={tmp_path}"], capsys)
+    log = (tmp_path / "log.txt").read_text()
+    for message in ("a library's warning", "Some weights were not initialized", "no GPU found"):
+        assert message in log  # the run's record keeps them either way
+    lines = err.strip().splitlines()
+    if fail:
+        assert code == 2 and lines == ["prefgame arena: error: data.path: the file is empty (add rows)"]
+    else:  # after the job, each once, saying where it came from
+        assert code == 0 and lines == [
+            "prefgame arena: warning from python: a library's warning",
+            "prefgame arena: warning from transformers: Some weights were not initialized",
+            "prefgame arena: warning from accelerate: no GPU found, running on the CPU",
+        ]
+    # the libraries' own handlers are back once the command is over
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.get_logger("transformers").handlers
+
+
 # -- jobs through the CLI --------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from transformers import LlamaForCausalLM
 from prefgame.arena.lm import build_tokenizer, tiny_llama_config
 from prefgame.arena.world import N_CLASSES, N_PROMPT_TYPES, Arena, GoldOracle, all_prompts
 from prefgame.config import load_config
-from prefgame.errors import ConfigError
+from prefgame.errors import ConfigError, PrefgameError
 from prefgame.game.lm_sampling import Responses, generate, sample_tokens
 from prefgame.game.lm_selfplay import (
     ClassGame,
@@ -146,6 +146,26 @@ def test_cached_and_uncached_sampling_agree(tok, models, beta):
     assert cached.texts == uncached.texts
     again = generate(policy, ref, tok, prompts, use_cache=True, **kwargs)
     assert again.response_ids == cached.response_ids  # deterministic in the seed
+
+
+def test_sampler_refuses_a_model_that_would_ignore_the_cache(tok, models):
+    """A model class whose forward names the KV cache otherwise would take ``cache=`` into its
+    **kwargs and decode from the last token alone: one clear error, and use_cache=False still works."""
+    policy, _ = models
+
+    class OldStyleLlama(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+            return super().forward(input_ids, attention_mask, position_ids, past_key_values, **kwargs)
+
+    old = OldStyleLlama(policy.config)
+    old.load_state_dict(policy.state_dict())
+    ids = prompt_ids(tok, 2)
+    common = dict(mixture_coef=0.0, max_new_tokens=3, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    with pytest.raises(PrefgameError, match="takes no `cache` argument.*use_cache=false"):
+        sample_tokens(old, None, ids, **common)
+    a = sample_tokens(old, None, ids, use_cache=False, generator=torch.Generator().manual_seed(1), **common)
+    b = sample_tokens(policy, None, ids, generator=torch.Generator().manual_seed(1), **common)
+    assert torch.equal(a.tokens, b.tokens)
 
 
 def test_sampler_needs_only_the_models_it_uses(tok, models):

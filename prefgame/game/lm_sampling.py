@@ -7,8 +7,9 @@ Nash-MD plays against the mixture π^μ ∝ π^{1−β} π0^{β}. On sequences i
 (:func:`~prefgame.losses.geometric_mixture_logprobs`; log_softmax of raw logits gives the same
 result since per-row constants cancel). β = 0 is π and β = 1 is π0; only the models with non-zero
 weight are run. :func:`sample_tokens` is one batched decoding loop that keeps a KV cache for each
-model it runs (``past_key_values``); with ``use_cache=False`` it recomputes the whole prefix at
-every token instead (the reference the cache is checked against, and the benchmark's baseline).
+model it runs (the ``cache`` argument and output of a transformers model's forward); with
+``use_cache=False`` it recomputes the whole prefix at every token instead (the reference the cache is
+checked against, and the benchmark's baseline).
 
 Left padding: prompts are padded on the left, the attention mask hides the padding, and position
 ids count real tokens only (``cumsum(mask) − 1``), so a padded row computes exactly what it would
@@ -21,6 +22,7 @@ whether the cache is used, so the cached and uncached loops give the same tokens
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prefgame.errors import PrefgameError
 from prefgame.lm import encode_prompt, pad_batch
 from prefgame.losses import geometric_mixture_logprobs
 
@@ -44,17 +47,27 @@ class SampledTokens:
         return [row[m].tolist() for row, m in zip(self.tokens, self.mask)]
 
 
+def _check_cache_argument(model: PreTrainedModel) -> None:
+    """The cached loop passes the KV cache as ``cache=``; a model whose forward names it otherwise would
+    take it into ``**kwargs`` and ignore it, silently decoding from the last token alone."""
+    if "cache" not in inspect.signature(model.forward).parameters:
+        raise PrefgameError(
+            f"{type(model).__name__}.forward takes no `cache` argument, so prefgame cannot reuse its KV cache; "
+            "sample with use_cache=false (sampling.use_cache=false) or use a model class that takes `cache`"
+        )
+
+
 def _next_token_logits(model, ids, mask, pos, cache, *, use_cache: bool):
     """Logits of the next token, (B, V), and the updated cache."""
     out = model(
         input_ids=ids,
         attention_mask=mask,
         position_ids=pos,
-        past_key_values=cache,
+        cache=cache,
         use_cache=use_cache,
         logits_to_keep=1,
     )
-    return out.logits[:, -1].float(), (out.past_key_values if use_cache else None)
+    return out.logits[:, -1].float(), (out.cache if use_cache else None)
 
 
 @torch.no_grad()
@@ -84,6 +97,9 @@ def sample_tokens(
     models = [m for m, w in ((policy, 1.0 - mixture_coef), (ref, mixture_coef)) if w > 0]
     if any(m is None for m in models):
         raise ValueError("a model with non-zero mixture weight is None")
+    if use_cache:
+        for m in models:
+            _check_cache_argument(m)
     modes = [m.training for m in models]
     for m in models:
         m.eval()
