@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 
 LIBRARY_LOG = "prefgame.libraries"
@@ -20,26 +21,32 @@ logging.getLogger(LIBRARY_LOG).addHandler(logging.NullHandler())
 
 # Loggers of the libraries a job calls into; transformers, datasets and huggingface_hub each attach their
 # own stderr handler to theirs, accelerate and torch fall back to logging's last-resort handler.
-LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "py.warnings")
+LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "torch")
 
 
 class _HeldMessages(logging.Handler):
-    """Keeps the warnings libraries emit during a job (and forwards each to ``prefgame.libraries``, which
-    the run's ``log.txt`` records and its console line omits)."""
+    """Keeps the warnings libraries emit during a command, each once, and forwards each to
+    ``prefgame.libraries`` (which the run's ``log.txt`` records and its console line omits)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.lines: dict[str, None] = {}  # in order of first appearance, each once
 
+    def add(self, source: str, text: str, level: int = logging.WARNING) -> None:
+        line = f"{source}: {' '.join(text.split())}"  # one line, whatever the library wrote
+        self.lines.setdefault(line)
+        logging.getLogger(LIBRARY_LOG).log(level, line)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = " ".join(record.getMessage().split())  # one line, whatever the library wrote
-        except Exception:  # a malformed library record must not end the job
+            text = record.getMessage()
+        except Exception:  # a malformed library record must not end the command
             return
-        source = "python" if record.name == "py.warnings" else record.name.split(".")[0]
-        line = f"{source}: {text}"
-        self.lines.setdefault(line)
-        logging.getLogger(LIBRARY_LOG).log(record.levelno, line)
+        self.add(record.name.split(".")[0], text, record.levelno)
+
+    def showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """Stands in for ``warnings.showwarning``: what the warning says and where it was raised."""
+        self.add("python", f"{category.__name__}: {message} ({filename}:{lineno})")
 
 
 @contextlib.contextmanager
@@ -61,12 +68,12 @@ def held_library_messages() -> Iterator[_HeldMessages]:
         for h in saved[name]:
             logger.removeHandler(h)
         logger.addHandler(held)
-    capturing = logging.captureWarnings  # Python warnings go to the py.warnings logger while held
-    capturing(True)
+    shown = warnings.showwarning  # Python warnings that the filters let through are held too
+    warnings.showwarning = held.showwarning
     try:
         yield held
     finally:
-        capturing(False)
+        warnings.showwarning = shown
         for name, handlers in saved.items():
             logger = logging.getLogger(name)
             logger.removeHandler(held)

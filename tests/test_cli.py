@@ -186,8 +186,11 @@ def test_library_warnings_never_come_before_a_one_line_error(fail, capsys, monke
     if fail:
         assert code == 2 and lines == ["prefgame arena: error: data.path: the file is empty (add rows)"]
     else:  # after the job, each once, saying where it came from
-        assert code == 0 and lines == [
-            "prefgame arena: warning from python: a library's warning",
+        where = re.fullmatch(
+            r"prefgame arena: warning from python: UserWarning: a library's warning \((.+):\d+\)", lines[0]
+        )
+        assert where and where.group(1) == __file__
+        assert code == 0 and lines[1:] == [
             "prefgame arena: warning from transformers: Some weights were not initialized",
             "prefgame arena: warning from accelerate: no GPU found, running on the CPU",
         ]

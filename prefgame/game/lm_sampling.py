@@ -1,4 +1,4 @@
-"""Sampling responses from a causal LM, its reference, or their geometric mixture (DESIGN §3.3).
+"""Sampling responses from a causal LM, its reference, or their geometric mixture (docs/design.md §3.3).
 
 Nash-MD plays against the mixture π^μ ∝ π^{1−β} π0^{β}. On sequences it is sampled token by token:
 
@@ -58,15 +58,9 @@ def _check_cache_argument(model: PreTrainedModel) -> None:
 
 
 def _next_token_logits(model, ids, mask, pos, cache, *, use_cache: bool):
-    """Logits of the next token, (B, V), and the updated cache."""
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        cache=cache,
-        use_cache=use_cache,
-        logits_to_keep=1,
-    )
+    """Logits of the next token, (B, V), and the updated cache (None without ``use_cache``)."""
+    kwargs = {"cache": cache, "use_cache": True} if use_cache else {"use_cache": False}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kwargs)
     return out.logits[:, -1].float(), (out.cache if use_cache else None)
 
 
