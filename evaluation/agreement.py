@@ -5,7 +5,7 @@ Labels are floats in [0, 1] = P(first ≻ second). Where a verdict is needed, a 
 category: > 0.5 win (+1), == 0.5 tie (0), < 0.5 loss (-1). Ties are exact: a soft label of 0.5001
 is a win. NaN means "not labeled".
 
-Reference points (DESIGN §3.5): GPT-4 vs humans 66% with ties / 85% without (MT-Bench); human–human
+Reference points (docs/design.md §3.5): GPT-4 vs humans 66% with ties / 85% without (MT-Bench); human–human
 63–67% / 81–82%; AlpacaEval judge–human agreement about 65–69%.
 """
 

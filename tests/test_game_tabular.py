@@ -1,4 +1,4 @@
-"""Tests of the tabular regularized preference game: metrics, update rules, Newton solver (DESIGN §3.2–3.3)."""
+"""Tests of the tabular regularized preference game: metrics, update rules, Newton solver (docs/design.md §3.2–3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for prefgame.losses: hand-derived values, exact gradients, invariances (DESIGN §3).
+"""Unit tests for prefgame.losses: hand-derived values, exact gradients, invariances (docs/design.md §3).
 
 Expected values are derived in the comments; softplus(x) = log(1 + eˣ) = −log σ(−x). Everything runs
 in float64 with tolerances of 1e-9 unless a comment says otherwise.

@@ -1,4 +1,4 @@
-"""Preference models (DESIGN §3.1): exact anti-symmetry, heads, pooling, ensembles, metrics, save/load.
+"""Preference models (docs/design.md §3.1): exact anti-symmetry, heads, pooling, ensembles, metrics, save/load.
 
 Property tests (hypothesis) check bit-exact anti-symmetry of the general forms on random inputs;
 model-level tests use a new tiny Llama backbone (a few thousand parameters) on arena texts.

@@ -1,4 +1,4 @@
-"""The arena: a synthetic preference world with known ground truth (DESIGN §4).
+"""The arena: a synthetic preference world with known ground truth (docs/design.md §4).
 
 Prompts come from a small grammar: a topic, a request modifier and an addition task
 ("hey tell me about music in detail and what is 3 plus 4 ?"). A response is plain text; any text maps

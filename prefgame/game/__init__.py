@@ -1,4 +1,4 @@
-"""prefgame.game: the KL-regularized preference game (DESIGN §3.2–3.3).
+"""prefgame.game: the KL-regularized preference game (docs/design.md §3.2–3.3).
 
 Tabular exact tools: game quantities in :mod:`prefgame.game.metrics`, self-play update rules, their
 driver and the Newton equilibrium solver in :mod:`prefgame.game.solvers`.

@@ -1,5 +1,5 @@
-"""Estimators the LM self-play trainer computes from sampled responses (DESIGN §3.3), and the exact
-class-level measurements of the arena (DESIGN §3.2, §4).
+"""Estimators the LM self-play trainer computes from sampled responses (docs/design.md §3.3), and the exact
+class-level measurements of the arena (docs/design.md §3.2, §4).
 
 - :class:`PreferenceCache` — batched, deduplicated oracle queries: every distinct (x, a, b) is asked
   once (in one canonical order; the other order is 1 − p, a = b is ½), in one call per batch.

@@ -1,4 +1,4 @@
-"""Exact quantities of the KL-regularized preference game on a finite response set (DESIGN §3.2).
+"""Exact quantities of the KL-regularized preference game on a finite response set (docs/design.md §3.2).
 
 One prompt has n candidate responses. Every function is batched over any leading dimensions and
 follows the device and dtype of its inputs.
@@ -40,7 +40,7 @@ def best_response_logits(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tens
 
 
 def best_response(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
-    """BR(π) = softmax(log π0 + Aπ/η) (DESIGN §3.2).  Shape (B, n).
+    """BR(π) = softmax(log π0 + Aπ/η) (docs/design.md §3.2).  Shape (B, n).
 
     It is the maximizer of π'ᵀAπ − η KL(π'‖π0) over the simplex (Gibbs variational principle).
     """
@@ -48,7 +48,7 @@ def best_response(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
 
 
 def duality_gap(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
-    """Duality gap of the symmetric profile (π, π) (DESIGN §3.2).  Shape (B,).
+    """Duality gap of the symmetric profile (π, π) (docs/design.md §3.2).  Shape (B,).
 
         gap(π) = 2 [ η · logsumexp(log π0 + Aπ/η) + η · KL(π‖π0) ]
 

@@ -1,17 +1,18 @@
-"""Self-play dynamics and an exact Newton solver for the tabular regularized game (DESIGN §3.2–3.3).
+"""Self-play dynamics and an exact Newton solver for the tabular regularized game (docs/design.md §3.2–3.3).
 
 Shapes and symbols as in :mod:`prefgame.game.metrics`: A (B, n, n) skew-symmetric, pi and ref (B, n),
 eta the KL coefficient η. Each update rule is one step ``pi_next = rule(A, pi, ref, eta, step_size)``
 computed in log space (log-softmax of a combination of log-probabilities); ``step_size`` (written lr
-below, the η_t of DESIGN §3.3) is a float or a tensor broadcastable to (B,) for one step per game.
+below, the η_t of docs/design.md §3.3) is a float or a tensor broadcastable to (B,) for one step per game.
 
 Step-size conventions. Every rule multiplies the payoff Aπ by lr, and the rules that pull towards
-π0 do so with weight lr·η, so lr·η is the fraction of a step spent on the KL term (DESIGN writes
-this weight βτ or ηα). Defaults (:func:`default_step_size`) use L = max_ij |A_ij| ≤ ½, the payoff's
-Lipschitz constant from ℓ1 to ℓ∞. Linearized at π* (error e in logit space, e' = M e), online MD
-has M = (1 − lr·η)I + lr·AD and magnetic MD M = (I + lr·AD)/(1 + lr·η), where D = diag π* − π*π*ᵀ
-and AD has a purely imaginary spectrum iλ (it is similar to the skew matrix D^½AD^½). Its |λ| is of
-the order of L (0.1–0.2 on random 100-action games with L ≈ ½), so with |λ| ≤ L:
+π0 do so with weight lr·η, so lr·η is the fraction of a step spent on the KL term (docs/design.md §3
+writes this weight ητ: its step η is lr here, its τ is eta here). Defaults (:func:`default_step_size`)
+use L = max_ij |A_ij| ≤ ½, the payoff's Lipschitz constant from ℓ1 to ℓ∞. Linearized at π* (error e
+in logit space, e' = M e), online MD has M = (1 − lr·η)I + lr·AD and magnetic MD
+M = (I + lr·AD)/(1 + lr·η), where D = diag π* − π*π*ᵀ and AD has a purely imaginary spectrum iλ (it
+is similar to the skew matrix D^½AD^½). Its |λ| is of the order of L (0.1–0.2 on random 100-action
+games with L ≈ ½), so with |λ| ≤ L:
 
 - online / magnetic mirror descent: lr = η/(η² + L²), which minimizes online MD's worst factor
   |1 − lr·η + i·lr·λ|² = 1 − η²/(η² + L²) at |λ| = L: linear convergence in O((L/η)² log 1/ε) steps;
@@ -64,7 +65,7 @@ def _magnetic_step(pi: Tensor, ref: Tensor, g: Tensor, eta: float, lr: StepSize)
 
 
 def multiplicative_weights(A: Tensor, pi: Tensor, ref: Tensor, eta: float, step_size: StepSize) -> Tensor:
-    """SPPO's idealization, π_{t+1} ∝ π_t · exp(lr · Pπ_t) (DESIGN §3.3). Targets the UNregularized game.
+    """SPPO's idealization, π_{t+1} ∝ π_t · exp(lr · Pπ_t) (docs/design.md §3.3). Targets the UNregularized game.
 
     ``ref`` and ``eta`` are ignored. Pπ = Aπ + ½ and the constant cancels in the normalization.
     Only the average iterate converges (O(1/√T) exploitability); :func:`run_dynamics` keeps it.
@@ -74,7 +75,7 @@ def multiplicative_weights(A: Tensor, pi: Tensor, ref: Tensor, eta: float, step_
 
 
 def nash_md(A: Tensor, pi: Tensor, ref: Tensor, eta: float, step_size: StepSize) -> Tensor:
-    """Nash-MD (DESIGN §3.3): π^μ ∝ π_t^{1−lr·η} π0^{lr·η}, then π_{t+1} ∝ π^μ · exp(lr · Aπ^μ).
+    """Nash-MD (docs/design.md §3.3): π^μ ∝ π_t^{1−lr·η} π0^{lr·η}, then π_{t+1} ∝ π^μ · exp(lr · Aπ^μ).
 
     Needs lr·η ≤ 1. Use the decreasing steps of :func:`harmonic_step_size` to reach π*; a constant
     lr converges to a point at distance O(lr) from π*.
@@ -353,7 +354,7 @@ def solve_equilibrium(
     continuation: bool = True,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, SolveInfo]:
-    """The regularized equilibrium π* = softmax(log π0 + Aπ*/η) (DESIGN §3.2) by safeguarded Newton.
+    """The regularized equilibrium π* = softmax(log π0 + Aπ*/η) (docs/design.md §3.2) by safeguarded Newton.
 
     Newton's method on the fixed point R(u) = u − log BR(softmax(u)) = 0 in normalized logit space
     u = log π, one batched linear solve per iteration, globalized by a line search on ‖R‖² with an

@@ -3,7 +3,7 @@
 A judge sees one prompt and two responses, shown in some order as "A" (first) and "B" (second), and
 answers with a verdict: ``A`` (the first is better), ``B`` (the second is better) or ``C`` (a tie).
 Every pair (a, b) is judged in both orders, (a, b) and (b, a), because judges favour a position;
-:func:`combine_orders` turns the two single-order verdicts into one P(a ≻ b) (DESIGN.md §3.5).
+:func:`combine_orders` turns the two single-order verdicts into one P(a ≻ b) (docs/design.md §3.5).
 
 Everything here is a pure function of strings and numbers, shared by the API judge and the local LM
 judge, and unit tested on its own.

@@ -1,4 +1,4 @@
-"""Losses and estimators as pure functions of tensors (DESIGN §2, §3).
+"""Losses and estimators as pure functions of tensors (docs/design.md §2, §3).
 
 Each loss returns ``(loss, metrics)`` — a scalar tensor and a dict of detached 0-dim tensors for
 logging. Nothing here touches a model: trainers compute log-probabilities, scores and values and

@@ -1,4 +1,4 @@
-"""Masked reductions and response log-probabilities (DESIGN §2: losses are pure functions of tensors).
+"""Masked reductions and response log-probabilities (docs/design.md §2: losses are pure functions of tensors).
 
 Conventions used across :mod:`prefgame.losses`:
 
@@ -40,7 +40,7 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """Whiten the masked entries of ``x`` with their mean and unbiased variance (DESIGN §3.4).
+    """Whiten the masked entries of ``x`` with their mean and unbiased variance (docs/design.md §3.4).
 
     y = (x − x̄) / sqrt(var + eps), or y = (x − x̄) / sqrt(var + eps) + x̄ when ``shift_mean`` is False
     (scale only, the mean is kept). x̄ and var use masked entries only; masked-out outputs are 0.

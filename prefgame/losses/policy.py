@@ -1,4 +1,4 @@
-"""Policy losses: the DPO family (DESIGN §3.4) and the self-play updates of §3.3.
+"""Policy losses: the DPO family (docs/design.md §3.4) and the self-play updates of §3.3.
 
 Inputs are per-sequence log-probabilities log π(y | x), shape (B,) (sums over response tokens, or
 means where a length-normalized variant is wanted — the caller decides). Every loss returns
@@ -11,7 +11,7 @@ Symbols (each config documents the same):
 - β (DPO/IPO) — inverse temperature of the implicit reward r = β log π/π0.
 - η (SPPO, INPO, MMD) — step size of the mirror-descent update π_{t+1} ∝ π_t · exp(η P(y ≻ π_t)) · ….
 - τ (INPO, Nash-MD) and α (MMD) — strength of the pull towards π0. This is the regularization
-  coefficient of the game in §1/§3.2 (written η there): the fixed point of the INPO update
+  coefficient τ of the game in docs/design.md §1/§3.2: the fixed point of the INPO update
   π ∝ π^{1−ητ} π0^{ητ} exp(ηP(y≻π)) is π ∝ π0 exp(P(y≻π)/τ) = softmax(log π0 + Aπ/τ), the §3.2
   equilibrium with regularization τ; MMD's fixed point is the same with α in place of τ.
 """
@@ -262,7 +262,7 @@ def nash_md_pg_loss(
 def geometric_mixture_logprobs(policy_logits: Tensor, ref_logits: Tensor, *, mixture_coef: float) -> Tensor:
     """Token-level Nash-MD mixture π^μ ∝ π^{1−c} π0^{c}: log_softmax((1 − c)·logits_π + c·logits_π0).
 
-    (§3.3; c is written βτ there.) policy_logits, ref_logits (..., V) → log-probs (..., V). Sampling
+    (§3.3, where c is β.) policy_logits, ref_logits (..., V) → log-probs (..., V). Sampling
     from it token by token gives the mixture used as the opponent y' in :func:`nash_md_pg_loss`.
     """
     _require(0.0 <= mixture_coef <= 1.0, f"mixture_coef must be in [0, 1], got {mixture_coef}")

@@ -1,4 +1,4 @@
-"""Preference-model losses and fits (DESIGN §3.1).
+"""Preference-model losses and fits (docs/design.md §3.1).
 
 Labels are soft probabilities p = P(chosen ≻ rejected) ∈ [0, 1] (hard labels: p = 1; ties: p = ½).
 Every loss returns ``(loss, metrics)``; metrics are detached 0-dim tensors. Pair accuracy counts a

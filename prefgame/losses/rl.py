@@ -1,4 +1,4 @@
-"""PPO pieces for the RLHF baseline (DESIGN §3.4): KL-shaped token rewards, GAE, clipped losses.
+"""PPO pieces for the RLHF baseline (docs/design.md §3.4): KL-shaped token rewards, GAE, clipped losses.
 
 Token tensors are (B, T) over response positions with a boolean ``mask`` that is contiguous per row
 (the response); a masked-out position after a valid one is the end of the episode. Rewards,

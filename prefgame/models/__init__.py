@@ -1,4 +1,4 @@
-"""Preference models (DESIGN §3.1), all preference oracles.
+"""Preference models (docs/design.md §3.1), all preference oracles.
 
 - :mod:`~prefgame.models.backbone` — any transformers model as a text → vector encoder (last-token
   or mean pooling, either padding side, frozen or fine-tuned).

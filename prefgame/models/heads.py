@@ -1,4 +1,4 @@
-"""Preference heads on top of backbone vectors (DESIGN §3.1).
+"""Preference heads on top of backbone vectors (docs/design.md §3.1).
 
 A head reads the backbone vectors of the *views* it lists and returns the pair score s(a, b), the
 logit of P(a ≻ b | x) = σ(s). Views are sequences built by :class:`~prefgame.models.backbone.TextEncoder`:

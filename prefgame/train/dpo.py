@@ -1,4 +1,4 @@
-"""The DPO family (``prefgame dpo``, DESIGN §3.4): DPO, IPO, conservative DPO, length-regularized DPO.
+"""The DPO family (``prefgame dpo``, docs/design.md §3.4): DPO, IPO, conservative DPO, length-regularized DPO.
 
 Loss (:func:`prefgame.losses.dpo_loss`), with Δ = log π(y_w)/π0(y_w) − log π(y_l)/π0(y_l) and
 z = βΔ − α(|y_w| − |y_l|):

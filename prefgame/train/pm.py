@@ -1,6 +1,6 @@
 """Preference-model training (``prefgame train-pm``) and pair scoring (``prefgame score``).
 
-One trainer for every kind in :mod:`prefgame.models` (DESIGN §3.1). Training is a list of
+One trainer for every kind in :mod:`prefgame.models` (docs/design.md §3.1). Training is a list of
 *phases*, each an optimizer run over one set of examples:
 
 - bt / gpm / pairwise: one phase per ensemble member, on the pairs;

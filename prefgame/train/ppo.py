@@ -1,4 +1,4 @@
-"""PPO with a Bradley–Terry reward model (``prefgame ppo``, DESIGN §3.4): the RLHF baseline.
+"""PPO with a Bradley–Terry reward model (``prefgame ppo``, docs/design.md §3.4): the RLHF baseline.
 
 Each iteration t:
 

@@ -1,7 +1,7 @@
-"""LM self-play on the KL-regularized preference game (``prefgame selfplay``, DESIGN §3.3).
+"""LM self-play on the KL-regularized preference game (``prefgame selfplay``, docs/design.md §3.3).
 
-The game is max_π min_π' E_x[P(π ≻ π' | x) − τ KL(π‖π0) + τ KL(π'‖π0)] (τ is the η of DESIGN §1 and
-§3.2; :mod:`prefgame.losses` calls it τ). Its symmetric equilibrium π* is the aligned policy. Each
+The game is max_π min_π' E_x[P(π ≻ π' | x) − τ KL(π‖π0) + τ KL(π'‖π0)] (τ as in docs/design.md §1 and
+§3.2, and in :mod:`prefgame.losses`). Its symmetric equilibrium π* is the aligned policy. Each
 iteration t:
 
 1. draws ``prompts_per_iteration`` prompts (a function of (seed, t));
@@ -131,7 +131,7 @@ class PromptsConfig:
 class GameConfig:
     tau: float = param(
         0.1,
-        "τ, KL regularization of the game P(π≻π') − τKL(π‖π0) + τKL(π'‖π0) (η in DESIGN §1/§3.2): the pull "
+        "τ, KL regularization of the game P(π≻π') − τKL(π‖π0) + τKL(π'‖π0) (docs/design.md §1/§3.2): the pull "
         "towards π0 of nash_md, mmd (α = τ), inpo and extragradient; sppo ignores it",
     )
     eta: float = param(
@@ -140,7 +140,7 @@ class GameConfig:
         "extragradient); inpo/extragradient need ητ ≤ 1; nash_md ignores it (its step is train.lr)",
     )
     mixture_coef: float = param(
-        0.1, "β of nash_md: the opponent is the token-level mixture π^μ ∝ π^{1−β} π0^{β} (βτ in DESIGN §3.3)"
+        0.1, "β of nash_md: the opponent is the token-level mixture π^μ ∝ π^{1−β} π0^{β} (docs/design.md §3.3)"
     )
     pair_labels: Literal["sampled", "expected"] = param(
         "expected",
