@@ -33,7 +33,7 @@ from prefgame.game.lm_selfplay import ClassGame, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
 from prefgame.run import RunDir, seed_everything, write_jsonl
-from prefgame.train.common import TrainConfig
+from prefgame.train.engine import TrainConfig
 from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
 
 SELFPLAY_ALGORITHMS = ("nash_md", "sppo", "inpo", "mmd", "extragradient")

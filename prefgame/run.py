@@ -118,6 +118,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def untie_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied embeddings): clone duplicates."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
 
@@ -182,8 +193,12 @@ class RunDir:
         for name in ("metrics.json", "metrics.jsonl"):
             with contextlib.suppress(FileNotFoundError):
                 self.file(name).unlink()
-        for name in ("checkpoints", "model"):
-            shutil.rmtree(self.file(name), ignore_errors=True)
+        for name in ("checkpoints", "model"):  # out of sight in one rename, so a kill leaves no half folder
+            target = self.file(name)
+            if target.exists():
+                hidden = target.with_name(f".{name}.removed-{os.getpid()}")
+                os.replace(target, hidden)
+                shutil.rmtree(hidden, ignore_errors=True)
 
     # -- logging -----------------------------------------------------------------------------
     def start_logging(self, *, quiet: bool = False) -> logging.Logger:

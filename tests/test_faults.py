@@ -31,7 +31,7 @@ from prefgame.cli import main
 from prefgame.config import load_config
 from prefgame.errors import PrefgameError
 from prefgame.train import sft
-from prefgame.train.common import NonFiniteGuard, latest_checkpoint
+from prefgame.train.engine import NonFiniteGuard, latest_checkpoint
 
 
 def sft_args(arena: Path, out: Path, *extra: str) -> list[str]:

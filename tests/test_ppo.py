@@ -316,7 +316,7 @@ def test_config_files_load_and_errors(tmp_path, reward_dir):
 
 def test_flat_config_for_trackers():
     """Nested keys join with dots; non-scalar leaves (a list, None) become strings."""
-    from prefgame.train.common import flat_config
+    from prefgame.train.engine import flat_config
 
     nested = {"ppo": {"kl_coef": 0.05, "kl_in_loss": True}, "train": {"seed": 1, "sched": [1, 2]}, "x": None}
     assert flat_config(nested) == {

@@ -38,7 +38,7 @@ from prefgame.errors import PrefgameError
 from prefgame.losses import pessimistic_score
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
 from prefgame.models.heads import GatedHead, GPMHead, PairwiseHead, RewardHead
-from prefgame.run import atomic_dir
+from prefgame.run import atomic_dir, untie_shared
 
 KINDS = ("bt", "gpm", "pairwise", "gated")
 FORMAT_VERSION = 1
@@ -349,8 +349,6 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
     """Write the model folder atomically (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from prefgame.train.common import _untie
-
     path = Path(path)
     info = ModelInfo(**{**model.info.__dict__})
     with atomic_dir(path) as tmp:
@@ -362,7 +360,7 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
             src = model.cfg.backbone.name_or_path
             info.backbone_path = str(Path(src).resolve()) if Path(src).exists() else src
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
-        save_file(_untie(tensors), str(tmp / "heads.safetensors"))
+        save_file(untie_shared(tensors), str(tmp / "heads.safetensors"))
         (tmp / "model_config.yaml").write_text(config_to_yaml(model.cfg))
         meta = {"format": FORMAT_VERSION, **info.__dict__}
         (tmp / "preference_model.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -25,7 +25,7 @@ z = βΔ − α(|y_w| − |y_l|):
   :class:`prefgame.train.selfplay.SelfPlay`.
 
 Resume is exact: offline at step granularity, online at round granularity (see
-:mod:`prefgame.train.common`).
+:mod:`prefgame.train.engine`).
 """
 
 from __future__ import annotations
@@ -48,14 +48,15 @@ from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_
 from prefgame.losses import dpo_loss, response_logprobs, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import Progress, RunDir, seed_everything
-from prefgame.train.common import (
+from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
-    latest_checkpoint,
-    load_checkpoint,
+    begin_run,
     local_micro_batches,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
+    resume_state,
     save_checkpoint,
     step_indices,
 )
@@ -331,14 +332,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     tc = cfg.train
     seed_everything(tc.seed)
     acc = make_accelerator(tc, out.path)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
-    if acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
-    trackers = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"]
-    if trackers:
-        acc.init_trackers("prefgame-dpo")
+    run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
+    trackers = run.trackers
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
     dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
     model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
@@ -375,51 +370,38 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
-    start_step = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
-        start_step = state["step"]
-        out.truncate_metrics(start_step)
-        log.info(f"resumed from {resume_from} at step {start_step}")
+    start_step = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)["step"]
 
     lengths = train_set.lengths
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "dpo", log)
     last: dict[str, float] = {"loss": math.nan}
     t_train = time.perf_counter()
+
+    def micro_loss(mb):
+        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
+        lc, lr = response_token_counts(train_set, mb)
+        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
+        return dpo_loss(
+            logps[: len(mb)],
+            logps[len(mb) :],
+            train_set.ref_chosen[mb].to(acc.device),
+            train_set.ref_rejected[mb].to(acc.device),
+            chosen_lengths=lc.to(acc.device),
+            rejected_lengths=lr.to(acc.device),
+            length_alpha=cfg.loss.length_alpha,
+            normalizer=tc.batch_size,
+            **loss_kwargs(cfg.loss),
+        )  # a sum over the micro-batch / the global pair count
+
     for step in range(start_step, tc.max_steps):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
         idx = idx[np.argsort(lengths[idx], kind="stable")]  # length-grouped micro-batches, same step
         micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
-        step_loss = torch.zeros((), device=acc.device)
-        sums: dict[str, float] = {}
-        for k, mb in enumerate(micro):
-            batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
-            lc, lr = response_token_counts(train_set, mb)
-            ctx = acc.no_sync(wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
-            with ctx, acc.autocast():
-                logps = wrapper(**batch).float()  # (2b,) chosen then rejected
-                loss, metrics = dpo_loss(
-                    logps[: len(mb)],
-                    logps[len(mb) :],
-                    train_set.ref_chosen[mb].to(acc.device),
-                    train_set.ref_rejected[mb].to(acc.device),
-                    chosen_lengths=lc.to(acc.device),
-                    rejected_lengths=lr.to(acc.device),
-                    length_alpha=cfg.loss.length_alpha,
-                    normalizer=tc.batch_size,
-                    **loss_kwargs(cfg.loss),
-                )  # fmt: skip   a sum over the micro-batch / the global pair count
-                acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
-            step_loss += loss.detach()
-            for name, value in metrics.items():  # micro-batch means → step means
-                sums[name] = sums.get(name, 0.0) + float(value) * len(mb) * acc.num_processes / tc.batch_size
-        grad_norm = acc.clip_grad_norm_(wrapper.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
-        step_loss = acc.reduce(step_loss, reduction="sum")
-        if guard.check(step, step_loss, grad_norm):
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        result = optimizer_step(
+            acc, wrapper, optimizer, scheduler, guard, step, micro, micro_loss, max_grad_norm=tc.max_grad_norm
+        )
+        step_loss, grad_norm, sums = result.loss, result.grad_norm, result.metrics
         done = step + 1
         last = {"loss": float(step_loss), **sums}
         row: dict[str, float] = {}
@@ -621,20 +603,12 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     spc = selfplay_config(cfg)
     seed_everything(spc.train.seed)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
     sp = SelfPlay(spc, out, log, oracle=oracle)
-    if sp.acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
-    start = 0
-    if resume_from is not None:
-        state = load_checkpoint(
-            resume_from, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler
-        )
-        start, sp.version = state["step"], state.get("version", 0)
-        out.truncate_metrics(start)
-        log.info(f"resumed from {resume_from} at round {start}")
+    run = begin_run(out, cfg, sp.acc, job="dpo", resume=cfg.resume)
+    state = resume_state(
+        run, out, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
+    )
+    start, sp.version = state["step"], state.get("version", 0)
     n_params = sum(p.numel() for p in sp.policy.parameters())
     rounds = cfg.online.rounds
     log.info(

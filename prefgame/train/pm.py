@@ -16,7 +16,7 @@ computed once (cached) and phases train heads only. Fine-tuning: the backbone tr
 Losses (from :mod:`prefgame.losses`) are sums over the step's examples divided by the global count
 (pairs, or observed ratings), so micro-batching, gradient accumulation and data-parallel processes
 give the same update as one full batch. The examples of a step are a function of (seed, step)
-(:func:`~prefgame.train.common.step_indices`), and checkpoints hold the heads, the backbone when it
+(:func:`~prefgame.train.engine.step_indices`), and checkpoints hold the heads, the backbone when it
 trains, and the optimizer state, so a resumed run ends with the same weights as an uninterrupted one.
 Every ``phase setup`` (caching vectors, the ridge fit, debiasing) is deterministic and is re-run on
 resume.
@@ -24,7 +24,6 @@ resume.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from prefgame.arena.job import ArenaConfig
-from prefgame.config import config_to_dict, param
+from prefgame.config import param
 from prefgame.errors import DataError, PrefgameError
 from prefgame.losses import bt_loss, pairwise_logistic_loss, regression_loss, ridge_fit
 from prefgame.models.backbone import build_encoder
@@ -53,15 +52,15 @@ from prefgame.models.model import (
     save_preference_model,
 )
 from prefgame.run import Progress, RunDir, seed_everything, write_jsonl
-from prefgame.train.common import (
+from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
-    flat_config,
-    latest_checkpoint,
+    begin_run,
     load_checkpoint,
     local_micro_batches,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
     save_checkpoint,
     step_indices,
 )
@@ -320,14 +319,8 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     t0 = time.perf_counter()
     seed_everything(tc.seed)
     acc = make_accelerator(tc, out.path)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
-    if acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
-    trackers = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"]
-    if trackers:
-        acc.init_trackers("prefgame-pm", config=flat_config(config_to_dict(cfg)))
+    run = begin_run(out, cfg, acc, job="pm", resume=cfg.resume, report_to=tc.report_to)
+    resume_from, trackers = run.resume_from, run.trackers
 
     # data
     pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
@@ -494,27 +487,14 @@ def _train_step(
     normalizer = phase.normalizer(idx)
     positions = np.arange(len(idx))
     micro = list(local_micro_batches(positions, tc.micro_batch_size, acc.process_index, acc.num_processes))
-    step_loss = torch.zeros((), device=acc.device)
-    sums: dict[str, float] = {}
-    for k, mb in enumerate(micro):
-        ctx = acc.no_sync(module) if k != len(micro) - 1 else contextlib.nullcontext()
-        with ctx, acc.autocast():
-            loss, m = phase.micro_loss(module, idx[mb], swapped[mb], normalizer)
-            # DDP averages gradients over processes, hence the factor num_processes.
-            acc.backward(loss * acc.num_processes)
-        step_loss += loss.detach()
-        for key, value in m.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * len(mb)
-    grad_norm = acc.clip_grad_norm_(module.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
-    step_loss = acc.reduce(step_loss, reduction="sum")
-    if guard.check(local, step_loss, grad_norm):
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    n_local = sum(len(mb) for mb in micro)
-    row = {"loss": float(step_loss), "grad_norm": float(grad_norm)}
-    row.update({k: v / max(n_local, 1) for k, v in sums.items() if math.isfinite(v)})
-    return row
+
+    def micro_loss(mb):
+        return phase.micro_loss(module, idx[mb], swapped[mb], normalizer)
+
+    result = optimizer_step(
+        acc, module, optimizer, scheduler, guard, local, micro, micro_loss, max_grad_norm=tc.max_grad_norm
+    )
+    return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
 
 # -- phases ---------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from prefgame.config import param
 from prefgame.models.backbone import BackboneConfig
 from prefgame.models.model import GatedConfig, GPMConfig, HeadConfig, PMModelConfig
 from prefgame.run import RunDir, write_jsonl
-from prefgame.train.common import TrainConfig
+from prefgame.train.engine import TrainConfig
 from prefgame.train.pm import PMConfig, PMDataConfig, train_preference_model
 
 log = logging.getLogger("prefgame.pm_arena")

@@ -39,7 +39,6 @@ against π0 and the exploitability of the class distributions measured from samp
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -52,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from prefgame.arena.job import ArenaConfig
-from prefgame.config import config_to_dict, load_config, param
+from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer
@@ -68,14 +67,14 @@ from prefgame.losses import (
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
-from prefgame.train.common import (
+from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
-    flat_config,
-    latest_checkpoint,
-    load_checkpoint,
+    begin_run,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
+    resume_state,
     save_checkpoint,
 )
 from prefgame.train.selfplay import PolicyConfig, PromptsConfig
@@ -488,25 +487,12 @@ class PPO:
         n_tokens = acc.reduce(ro.mask[torch.as_tensor(rows)].sum().float(), reduction="sum")  # global tokens
         normalizer = float(n_tokens.clamp(min=1))
         micro = [rows[i : i + tc.micro_batch_size] for i in range(0, len(rows), tc.micro_batch_size)]
-        step_loss = torch.zeros((), device=acc.device)
-        sums: dict[str, float] = {}
-        for k, mb in enumerate(micro):
-            ctx = acc.no_sync(self.wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
-            with ctx, acc.autocast():
-                loss, metrics = self.micro_loss(ro, mb, normalizer)
-                acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
-            step_loss += loss.detach()
-            for key, v in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(v) * len(mb) / len(rows)
-        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-        grad_norm = acc.clip_grad_norm_(self.wrapper.parameters(), max_norm)
-        step_loss = acc.reduce(step_loss, reduction="sum")
-        if self.guard.check(self.steps_done, step_loss, grad_norm):
-            self.optimizer.step()
+        result = optimizer_step(
+            acc, self.wrapper, self.optimizer, self.scheduler, self.guard, self.steps_done, micro,
+            lambda mb: self.micro_loss(ro, mb, normalizer), max_grad_norm=tc.max_grad_norm,
+        )  # fmt: skip
         self.steps_done += 1
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(step_loss), "grad_norm": float(grad_norm), **sums}
+        return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
     @torch.no_grad()
     def sequence_logps(self, model, responses: Responses) -> Tensor:
@@ -596,23 +582,13 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     t_start = time.perf_counter()
     tc = cfg.train
     seed_everything(tc.seed)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
     ppo = PPO(cfg, log)
     acc = ppo.acc
-    if acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
-    trackers = [s.strip() for s in tc.report_to.split(",") if s.strip() and s.strip() != "none"]
-    if trackers:
-        acc.init_trackers("prefgame-ppo", config=flat_config(config_to_dict(cfg)))
-    start = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
-                                scheduler=ppo.scheduler)  # fmt: skip
-        start = state["step"]
-        out.truncate_metrics(start)
-        log.info(f"resumed from {resume_from} at iteration {start}")
+    run = begin_run(out, cfg, acc, job="ppo", resume=cfg.resume, report_to=tc.report_to)
+    trackers = run.trackers
+    start = resume_state(
+        run, out, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
+    )["step"]
     n_params = sum(p.numel() for p in ppo.policy.parameters())
     log.info(
         f"ppo: {tc.iterations} iterations × {tc.rollout_batch_size} prompts, {cfg.ppo.epochs} epochs of "

@@ -39,7 +39,6 @@ uninterrupted run would have run, bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib
@@ -71,14 +70,16 @@ from prefgame.lm import ResponseLogps, build_pairs_batch, encode_prompt, load_ca
 from prefgame.losses import inpo_loss, mmd_loss, nash_md_pg_loss, sequence_logprobs, sppo_loss
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
-from prefgame.train.common import (
+from prefgame.train.engine import (
+    MetricMeter,
     NonFiniteGuard,
     TrainConfig,
-    latest_checkpoint,
-    load_checkpoint,
+    begin_run,
     local_micro_batches,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
+    resume_state,
     save_checkpoint,
     step_indices,
 )
@@ -545,40 +546,34 @@ class SelfPlay:
             self.log.warning("no training examples this iteration (all samples identical?); no update")
             return {}
         bs = min(tc.batch_size, n_examples)
-        losses: list[float] = []
-        last: dict[str, torch.Tensor] = {}
         if tc.reset_optimizer:  # a fresh AdamW for this iteration's regression (step counts restart too)
             getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
         self.policy.train()
+
+        def micro_loss(mb):
+            seq = ex.columns[:, mb]  # (C, b) sequence indices
+            # a sequence in several pairs (inpo: K − 1 pairs each) runs once; indexing its log-prob
+            # again sums the gradients of its uses, as separate rows would
+            unique, where = np.unique(seq.reshape(-1), return_inverse=True)  # (U,), (C·b,)
+            batch = self._batch(ex.responses, unique)
+            token_logps = self.wrapper(**batch)  # (U, T−1)
+            logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (U,)
+            logps = logps[torch.as_tensor(where.reshape(-1), device=logps.device)]  # (C·b,)
+            cols = list(logps.view(seq.shape[0], len(mb)).unbind(0))
+            return ex.loss_fn(mb, cols, bs)  # a sum over the micro-batch / global count
+
+        losses, meter = [], MetricMeter()
         for s in range(tc.steps_per_iteration):
             idx = step_indices(n_examples, bs, _seed_int(seed), s)
             micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
-            step_loss = torch.zeros((), device=acc.device)
-            for k, mb in enumerate(micro):
-                seq = ex.columns[:, mb]  # (C, b) sequence indices
-                # a sequence in several pairs (inpo: K − 1 pairs each) runs once; indexing its log-prob
-                # again sums the gradients of its uses, as separate rows would
-                unique, where = np.unique(seq.reshape(-1), return_inverse=True)  # (U,), (C·b,)
-                batch = self._batch(ex.responses, unique)
-                ctx = acc.no_sync(self.wrapper) if k < len(micro) - 1 else contextlib.nullcontext()
-                with ctx, acc.autocast():
-                    token_logps = self.wrapper(**batch)  # (U, T−1)
-                    logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (U,)
-                    logps = logps[torch.as_tensor(where.reshape(-1), device=logps.device)]  # (C·b,)
-                    cols = list(logps.view(seq.shape[0], len(mb)).unbind(0))
-                    loss, last = ex.loss_fn(mb, cols, bs)  # a sum over the micro-batch / global count
-                    acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
-                step_loss += loss.detach()
-            max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-            grad_norm = acc.clip_grad_norm_(self.wrapper.parameters(), max_norm)
-            step_loss = acc.reduce(step_loss, reduction="sum")
-            if self.guard.check(s, step_loss, grad_norm):
-                self.optimizer.step()
-                self.version += 1
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(float(step_loss))
-        return {"loss": float(np.mean(losses)), "grad_norm": float(grad_norm), **{k: float(v) for k, v in last.items()}}
+            result = optimizer_step(
+                acc, self.wrapper, self.optimizer, self.scheduler, self.guard, s, micro, micro_loss,
+                max_grad_norm=tc.max_grad_norm,
+            )  # fmt: skip
+            self.version += int(result.applied)
+            losses.append(result.loss)
+            meter.add(result.metrics)
+        return {"loss": float(np.mean(losses)), "grad_norm": result.grad_norm, **meter.mean()}
 
     @torch.no_grad()
     def update_average(self) -> None:
@@ -889,21 +884,15 @@ def train(
     t_start = time.perf_counter()
     tc = cfg.train
     seed_everything(tc.seed)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
     sp = SelfPlay(cfg, out, log, oracle=oracle)
-    if sp.acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
-    start, state = 0, {}
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler)
-        start = state["step"]
-        sp.version = state.get("version", 0)
-        sp.averaged = state.get("averaged", 0)
-        sp.guard.total = state.get("nonfinite_steps", 0)
-        out.truncate_metrics(start)
-        log.info(f"resumed from {resume_from} at iteration {start}")
+    run = begin_run(out, cfg, sp.acc, job="selfplay", resume=cfg.resume)
+    state = resume_state(
+        run, out, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler, unit="iteration"
+    )
+    start = state["step"]
+    sp.version = state.get("version", 0)
+    sp.averaged = state.get("averaged", 0)
+    sp.guard.total = state.get("nonfinite_steps", 0)
     n_params = sum(p.numel() for p in sp.policy.parameters())
     log.info(
         f"selfplay {cfg.algorithm}: {tc.iterations} iterations × {cfg.sampling.prompts_per_iteration} prompts × "

@@ -7,7 +7,7 @@ LM and any prompt/response data set; on the arena it trains π0 from the demonst
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,14 +28,15 @@ from prefgame.lm import (
     load_tokenizer,
 )
 from prefgame.run import Progress, RunDir, atomic_dir, seed_everything
-from prefgame.train.common import (
+from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
-    latest_checkpoint,
-    load_checkpoint,
+    begin_run,
     local_micro_batches,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
+    resume_state,
     save_checkpoint,
     step_indices,
 )
@@ -160,11 +161,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     tc = cfg.train
     seed_everything(tc.seed)
     acc = make_accelerator(tc, out.path)
-    resume_from = latest_checkpoint(out.path) if cfg.resume else None
-    if acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
+    run = begin_run(out, cfg, acc, job="sft", resume=cfg.resume, report_to=tc.report_to)
     prompts, responses = load_prompt_response(cfg.data)
     model, tok = build_model(cfg.model, tc.seed)
     if tc.gradient_checkpointing:
@@ -187,12 +184,8 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
-    start_step, initial_eval = 0, None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
-        start_step, initial_eval = state["step"], state.get("eval_loss_initial")
-        out.truncate_metrics(start_step)
-        log.info(f"resumed from {resume_from} at step {start_step}")
+    state = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+    start_step, initial_eval = state["step"], state.get("eval_loss_initial")
 
     if eval_set and start_step == 0:
         initial_eval = response_nll(model, eval_set, tok.pad_token_id)
@@ -200,34 +193,28 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     progress = Progress(tc.max_steps - start_step, "sft", log)
     device = acc.device
     last_loss, t0 = math.nan, time.perf_counter()
+
+    def micro_loss(mb, n_tokens: int):
+        batch = build_pairs_batch([train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id)
+        logps = wrapper(**{key: v.to(device) for key, v in batch.items()})
+        return -logps.sum() / n_tokens, {}  # a sum over the micro-batch / the step's response tokens
+
     for step in range(start_step, tc.max_steps):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
         n_tokens = sum(len(train_set[i][1]) for i in idx)  # global response tokens of this step
         micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
-        step_loss = torch.zeros((), device=device)
-        for k, mb in enumerate(micro):
-            batch = build_pairs_batch([train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id)
-            batch = {key: v.to(device) for key, v in batch.items()}
-            sync = k == len(micro) - 1
-            ctx = acc.no_sync(wrapper) if not sync else contextlib.nullcontext()
-            with ctx, acc.autocast():
-                logps = wrapper(**batch)
-                # DDP averages gradients over processes, hence the factor num_processes.
-                loss = -logps.sum() / n_tokens * acc.num_processes
-                acc.backward(loss)
-            step_loss += loss.detach() / acc.num_processes
-        grad_norm = acc.clip_grad_norm_(
-            wrapper.parameters(), tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        loss_fn = functools.partial(micro_loss, n_tokens=n_tokens)
+        result = optimizer_step(
+            acc, wrapper, optimizer, scheduler, guard, step, micro, loss_fn, max_grad_norm=tc.max_grad_norm
         )
-        step_loss = acc.reduce(step_loss, reduction="sum")
-        if guard.check(step, step_loss, grad_norm):
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, grad_norm = result.loss, result.grad_norm
         last_loss = float(step_loss)
         done = step + 1
         if acc.is_main_process and (done % tc.log_every == 0 or done == tc.max_steps):
-            out.log_metrics(done, {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+            row = {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+            out.log_metrics(done, row)
+            if run.trackers:
+                acc.log(row, step=done)
         if eval_set and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps and acc.is_main_process:
             out.log_metrics(done, {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)})
         if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
@@ -257,6 +244,8 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         save_model(model, tok, out.path / "model")
         out.write_metrics(metrics)
         log.info(f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}")
+    if run.trackers:
+        acc.end_training()
     return metrics
 
 

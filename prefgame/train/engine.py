@@ -1,5 +1,6 @@
-"""Pieces every trainer shares: the training config section, the accelerator, deterministic batch
-order, checkpoints with exact resume, and the non-finite step guard.
+"""The training engine every trainer shares: the training config section, the run start-up, the
+accelerator, deterministic batch order, one optimizer step (accumulate → clip → non-finite guard →
+step), one way to average logged metrics, and checkpoints with exact resume.
 
 Exact resume: the examples of optimizer step s are a function of (seed, s) only (a fresh permutation
 per epoch), models have no dropout randomness that matters, and a checkpoint holds the model, the
@@ -14,12 +15,13 @@ count, so micro-batch × accumulation and 1 × N processes give the same gradien
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +30,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from prefgame.config import param
+from prefgame.config import config_to_dict, param
 from prefgame.errors import PrefgameError
-from prefgame.run import atomic_dir
+from prefgame.run import RunDir, atomic_dir, untie_shared
 
 log = logging.getLogger("prefgame.train")
 
@@ -64,11 +66,16 @@ class TrainConfig:
             raise ValueError("max_steps must be ≥ 0")
 
 
+def tracker_names(report_to: str) -> list[str]:
+    """``train.report_to`` as a list of accelerate trackers ("none" and blanks dropped)."""
+    return [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
+
+
 def make_accelerator(cfg: TrainConfig, output_dir: str | Path) -> Accelerator:
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
+    trackers = tracker_names(cfg.report_to)
     # Under torchrun / accelerate launch on a machine without GPUs, accelerate only joins the process
     # group when told to use the CPU (gloo); without it every process would train alone on the full batch.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,6 +92,46 @@ def make_accelerator(cfg: TrainConfig, output_dir: str | Path) -> Accelerator:
             "choose a multiple"
         )
     return acc
+
+
+@dataclass
+class RunStart:
+    resume_from: Path | None  # the checkpoint this run continues from; None: a fresh start
+    trackers: list[str]  # accelerate trackers the run logs to (acc.log; acc.end_training at the end)
+
+
+def begin_run(out: RunDir, cfg: Any, acc: Accelerator, *, job: str, resume: bool, report_to: str = "none") -> RunStart:
+    """The start-up every training job shares, once its accelerator exists: find the checkpoint to
+    resume from (when ``resume``), on the main process clear an earlier run's outputs (fresh start) and
+    write ``config.yaml``, and start the experiment trackers with the flattened config."""
+    resume_from = latest_checkpoint(out.path) if resume else None
+    if acc.is_main_process:
+        if resume_from is None:
+            out.start_fresh()
+        out.write_config(cfg)
+    trackers = tracker_names(report_to)
+    if trackers:
+        acc.init_trackers(f"prefgame-{job}", config=flat_config(config_to_dict(cfg)))
+    return RunStart(resume_from, trackers)
+
+
+def resume_state(
+    start: RunStart,
+    out: RunDir,
+    *,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    unit: str = "step",
+) -> dict[str, Any]:
+    """Restore a resumed run's modules, optimizer and scheduler and drop the ``metrics.jsonl`` lines
+    after its checkpoint; the trainer state (``step`` …), or {"step": 0} on a fresh start."""
+    if start.resume_from is None:
+        return {"step": 0}
+    state = load_checkpoint(start.resume_from, modules=modules, optimizer=optimizer, scheduler=scheduler)
+    out.truncate_metrics(state["step"])
+    out.logger.info(f"resumed from {start.resume_from} at {unit} {state['step']}")
+    return state
 
 
 def step_indices(n_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -155,6 +202,79 @@ class NonFiniteGuard:
         return False
 
 
+# -- the optimizer step ------------------------------------------------------------------------
+
+
+class MetricMeter:
+    """Means of logged metrics over micro-batches (and steps), each weighted by its examples.
+
+    Non-finite means are left out: a NaN carries no figure, and the non-finite guard reports the step.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weight = 0.0
+
+    def add(self, metrics: dict[str, Any], weight: float = 1.0) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+        self.weight += weight
+
+    def mean(self) -> dict[str, float]:
+        if self.weight <= 0:
+            return {}
+        means = {k: v / self.weight for k, v in self.sums.items()}
+        return {k: v for k, v in means.items() if math.isfinite(v)}
+
+
+@dataclass
+class StepResult:
+    loss: float  # the step's loss, summed over micro-batches and processes
+    grad_norm: float  # before clipping
+    applied: bool  # False when the non-finite guard skipped the update
+    metrics: dict[str, float]  # the micro-batches' metrics, weighted by their examples (this process)
+
+
+def optimizer_step(
+    acc: Accelerator,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    guard: NonFiniteGuard,
+    step: int,
+    micro_batches: Sequence[Sized],
+    micro_loss: Callable[[Any], tuple[torch.Tensor, dict[str, Any]]],
+    *,
+    max_grad_norm: float,
+) -> StepResult:
+    """One optimizer step over this process's micro-batches: the one step loop of every trainer.
+
+    ``micro_loss(mb)`` runs the forward pass of micro-batch ``mb`` and returns its loss, a sum over the
+    micro-batch divided by the step's global count (examples or tokens over all processes), so that the
+    gradients of all micro-batches and processes add up to the full batch's; and the micro-batch's
+    metrics to log. Gradients are synchronized across processes only on the last micro-batch; they are
+    clipped to ``max_grad_norm`` (0: no clipping); a step with a non-finite loss or gradient is skipped
+    (``guard``); the learning-rate schedule advances either way.
+    """
+    step_loss = torch.zeros((), device=acc.device)
+    meter = MetricMeter()
+    for k, mb in enumerate(micro_batches):
+        ctx = acc.no_sync(module) if k < len(micro_batches) - 1 else contextlib.nullcontext()
+        with ctx, acc.autocast():
+            loss, metrics = micro_loss(mb)
+            acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
+        step_loss += loss.detach()
+        meter.add(metrics, len(mb))
+    grad_norm = acc.clip_grad_norm_(module.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    step_loss = acc.reduce(step_loss, reduction="sum")
+    applied = guard.check(step, step_loss, grad_norm)
+    if applied:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(float(step_loss), float(grad_norm), applied, meter.mean())
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 
@@ -176,29 +296,20 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     target = checkpoint_dir(output_dir) / f"step-{step:08d}"
-    for stale in checkpoint_dir(output_dir).glob(".step-*.tmp"):  # a write cut by a kill
+    for stale in checkpoint_dir(output_dir).glob(".step-*"):  # a write or a removal cut by a kill
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(target) as tmp:
         for name, module in modules.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-            save_file(_untie(tensors), str(tmp / f"{name}.safetensors"))
+            save_file(untie_shared(tensors), str(tmp / f"{name}.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     old = sorted(checkpoint_dir(output_dir).glob("step-*"))[:-keep] if keep > 0 else []
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+    for path in old:  # out of sight in one rename first: a kill during the removal leaves no half checkpoint
+        hidden = path.with_name(f".{path.name}.removed")
+        os.replace(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
     return target
-
-
-def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses shared storage (tied embeddings): clone duplicates."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
