@@ -31,6 +31,7 @@ Resume is exact: offline at step granularity, online at round granularity (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -50,9 +51,12 @@ from prefgame.oracle import PreferenceOracle
 from prefgame.run import Progress, RunDir, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
+    OptimConfig,
     TrainConfig,
     begin_run,
+    end_run,
     local_micro_batches,
+    log_row,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -331,9 +335,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     t_start = time.perf_counter()
     tc = cfg.train
     seed_everything(tc.seed)
-    acc = make_accelerator(tc, out.path)
+    acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
-    trackers = run.trackers
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
     dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
     model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
@@ -363,7 +366,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             )  # fmt: skip
     ref_seconds = time.perf_counter() - t_ref
 
-    optimizer, scheduler = make_optimizer(module.parameters(), tc)
+    optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
     wrapper, optimizer = acc.prepare(module, optimizer)
 
     def evaluate() -> dict:
@@ -409,10 +412,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             row.update(last, grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         if len(eval_set) and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps:
             row.update(evaluate())
-        if row and acc.is_main_process:
-            out.log_metrics(done, row)
-            if trackers:
-                acc.log(row, step=done)
+        if row:
+            log_row(out, acc, run, done, row)
         if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
             save_checkpoint(
                 out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler, state={},
@@ -447,9 +448,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
         }  # fmt: skip
         out.write_metrics(metrics)
-        if trackers:
-            acc.end_training()
         log.info(summary_line(metrics))
+    end_run(acc, run)
     return metrics
 
 
@@ -523,6 +523,7 @@ def selfplay_config(cfg: DPOConfig):
     from prefgame.train.selfplay import SelfPlayConfig, SelfPlayTrainConfig
 
     tc = cfg.train
+    optim = {f.name: getattr(tc, f.name) for f in dataclasses.fields(OptimConfig)}  # every shared setting
     return SelfPlayConfig(
         output_dir=cfg.output_dir,
         resume=cfg.resume,
@@ -533,19 +534,10 @@ def selfplay_config(cfg: DPOConfig):
         arena=cfg.arena,
         sampling=cfg.sampling,
         train=SelfPlayTrainConfig(
-            seed=tc.seed,
+            **optim,
             iterations=cfg.online.rounds,
             steps_per_iteration=cfg.online.steps_per_round,
             batch_size=tc.batch_size,
-            micro_batch_size=tc.micro_batch_size,
-            lr=tc.lr,
-            warmup_steps=tc.warmup_steps,
-            schedule=tc.schedule,
-            weight_decay=tc.weight_decay,
-            max_grad_norm=tc.max_grad_norm,
-            mixed_precision=tc.mixed_precision,
-            max_nonfinite_steps=tc.max_nonfinite_steps,
-            keep_checkpoints=tc.keep_checkpoints,
         ),
         eval=cfg.eval,
     )
@@ -604,7 +596,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     spc = selfplay_config(cfg)
     seed_everything(spc.train.seed)
     sp = SelfPlay(spc, out, log, oracle=oracle)
-    run = begin_run(out, cfg, sp.acc, job="dpo", resume=cfg.resume)
+    run = begin_run(out, cfg, sp.acc, job="dpo", resume=cfg.resume, report_to=cfg.train.report_to)
     state = resume_state(
         run, out, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
     )
@@ -618,8 +610,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     )
     evaluator = Evaluator.build(sp)
     first = evaluator.measure(start)
-    if start == 0 and sp.acc.is_main_process:
-        out.log_metrics(0, {"round": 0, **first})
+    if start == 0:
+        log_row(out, sp.acc, run, 0, {"round": 0, **first})
     progress = Progress(rounds - start, "dpo online", log, every_s=5.0)
     row: dict[str, Any] = {}
     round_seconds = 0.0
@@ -632,8 +624,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
         row = {"round": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
         if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
             row.update(evaluator.measure(done))
+        log_row(out, sp.acc, run, done, row)
         if sp.acc.is_main_process:
-            out.log_metrics(done, row)
             save_checkpoint(
                 out.path, done, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler,
                 state={"version": sp.version}, keep=cfg.train.keep_checkpoints,
@@ -667,6 +659,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
         }  # fmt: skip
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
+    end_run(sp.acc, run)
     return metrics
 
 

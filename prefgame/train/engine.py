@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,29 +39,47 @@ log = logging.getLogger("prefgame.train")
 
 
 @dataclass
-class TrainConfig:
-    seed: int = param(0, "random seed (batch order, initialization, sampling)")
+class OptimConfig:
+    """The optimization settings of every trainer's ``train`` section: AdamW and its schedule, precision,
+    accumulation, clipping, the non-finite guard, checkpoints kept and trackers. Each trainer's section
+    extends it with how its optimizer steps are organized (steps, iterations, rollouts), and may change
+    a default."""
+
+    seed: int = param(0, "random seed of everything the run draws (batch order, initialization, sampling)")
     lr: float = param(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = param(0.0, "AdamW weight decay")
-    warmup_steps: int = param(10, "linear warm-up steps")
-    schedule: Literal["cosine", "linear", "constant"] = param("cosine", "learning-rate decay after warm-up")
-    max_steps: int = param(200, "optimizer steps")
-    batch_size: int = param(64, "examples per optimizer step, over all processes and micro-batches")
+    warmup_steps: int = param(10, "linear learning-rate warm-up, in optimizer steps")
+    schedule: Literal["cosine", "linear", "constant"] = param(
+        "cosine", "learning-rate decay after warm-up, over all the run's optimizer steps"
+    )
     micro_batch_size: int = param(64, "examples per forward pass on one process (gradient accumulation)")
     max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
-    eval_every: int = param(50, "evaluate every N steps (0: only at the end)")
-    save_every: int = param(100, "checkpoint every N steps (0: only the final model)")
-    keep_checkpoints: int = param(2, "how many recent checkpoints to keep")
-    log_every: int = param(10, "write metrics.jsonl every N steps")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
         "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
     )
     gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
     report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
     max_nonfinite_steps: int = param(3, "stop after this many consecutive steps with a non-finite loss or gradient")
+    keep_checkpoints: int = param(2, "how many recent checkpoints to keep")
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.micro_batch_size <= 0:
+        if self.micro_batch_size <= 0:
+            raise ValueError("micro_batch_size must be positive")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """``train`` of the step-based trainers (sft, train-pm, dpo)."""
+
+    max_steps: int = param(200, "optimizer steps")
+    batch_size: int = param(64, "examples per optimizer step, over all processes and micro-batches")
+    eval_every: int = param(50, "evaluate every N steps (0: only at the end)")
+    save_every: int = param(100, "checkpoint every N steps (0: only the final model)")
+    log_every: int = param(10, "write metrics.jsonl every N steps")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size <= 0:
             raise ValueError("batch_size and micro_batch_size must be positive")
         if self.max_steps < 0:
             raise ValueError("max_steps must be ≥ 0")
@@ -71,7 +90,11 @@ def tracker_names(report_to: str) -> list[str]:
     return [t.strip() for t in report_to.split(",") if t.strip() and t.strip() != "none"]
 
 
-def make_accelerator(cfg: TrainConfig, output_dir: str | Path) -> Accelerator:
+def make_accelerator(
+    cfg: OptimConfig, output_dir: str | Path, *, batch_size: int, batch_key: str = "train.batch_size"
+) -> Accelerator:
+    """The run's accelerator; ``batch_size`` (the config key ``batch_key``) is the global number of
+    examples per optimizer step, which the processes share equally."""
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -86,10 +109,9 @@ def make_accelerator(cfg: TrainConfig, output_dir: str | Path) -> Accelerator:
             f"launched as {world_size} processes but accelerate joined {acc.num_processes}: "
             "use 'accelerate launch --config_file configs/accelerate/<config>.yaml -m prefgame ...' or torchrun"
         )
-    if cfg.batch_size % acc.num_processes:
+    if batch_size % acc.num_processes:
         raise PrefgameError(
-            f"train.batch_size={cfg.batch_size} is not divisible by the {acc.num_processes} processes; "
-            "choose a multiple"
+            f"{batch_key}={batch_size} is not divisible by the {acc.num_processes} processes; choose a multiple"
         )
     return acc
 
@@ -113,6 +135,21 @@ def begin_run(out: RunDir, cfg: Any, acc: Accelerator, *, job: str, resume: bool
     if trackers:
         acc.init_trackers(f"prefgame-{job}", config=flat_config(config_to_dict(cfg)))
     return RunStart(resume_from, trackers)
+
+
+def log_row(out: RunDir, acc: Accelerator, run: RunStart, step: int, row: dict[str, Any]) -> None:
+    """One line of ``metrics.jsonl`` (main process) and its numeric figures to the run's trackers."""
+    if not acc.is_main_process:
+        return
+    out.log_metrics(step, row)
+    if run.trackers:
+        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+
+
+def end_run(acc: Accelerator, run: RunStart) -> None:
+    """Close the run's trackers (they flush their files)."""
+    if run.trackers:
+        acc.end_training()
 
 
 def resume_state(
@@ -159,13 +196,15 @@ def local_micro_batches(indices: np.ndarray, micro_batch_size: int, rank: int, w
         yield mine[start : start + micro_batch_size]
 
 
-def lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: OptimConfig, total_steps: int):
+    """Warm-up then the schedule's decay over ``total_steps`` optimizer steps, as a factor of ``cfg.lr``."""
+
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         if cfg.schedule == "constant":
             return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
         progress = min(max(progress, 0.0), 1.0)
         if cfg.schedule == "linear":
             return 1.0 - progress
@@ -174,9 +213,12 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_optimizer(params, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    params, cfg: OptimConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW on the parameters that require gradients, and its learning-rate schedule."""
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
 
 
 class NonFiniteGuard:
@@ -217,6 +259,7 @@ class MetricMeter:
 
     def add(self, metrics: dict[str, Any], weight: float = 1.0) -> None:
         for key, value in metrics.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
             self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
         self.weight += weight
 
@@ -270,7 +313,9 @@ def optimizer_step(
     applied = guard.check(step, step_loss, grad_norm)
     if applied:
         optimizer.step()
-    scheduler.step()
+    with warnings.catch_warnings():  # a skipped first step is intended: the schedule counts every step
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(float(step_loss), float(grad_norm), applied, meter.mean())
 

@@ -56,8 +56,10 @@ from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
     begin_run,
+    end_run,
     load_checkpoint,
     local_micro_batches,
+    log_row,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -318,9 +320,9 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     tc, mc = cfg.train, cfg.model
     t0 = time.perf_counter()
     seed_everything(tc.seed)
-    acc = make_accelerator(tc, out.path)
+    acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="pm", resume=cfg.resume, report_to=tc.report_to)
-    resume_from, trackers = run.resume_from, run.trackers
+    resume_from = run.resume_from
 
     # data
     pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
@@ -402,7 +404,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
             batch_size=batch,
             micro_batch_size=min(tc.micro_batch_size, batch),
         )
-        optimizer, scheduler = make_optimizer(phase.module.parameters(), phase_tc)
+        optimizer, scheduler = make_optimizer(phase.module.parameters(), phase_tc, phase.steps)
         module, optimizer = acc.prepare(phase.module, optimizer)
         local0 = max(start - offset, 0)
         if local0 > 0:
@@ -413,9 +415,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
             done = step + 1
             if acc.is_main_process and ((local + 1) % tc.log_every == 0 or local + 1 == phase.steps):
                 row = {"phase": phase.name, **last, "lr": scheduler.get_last_lr()[0]}
-                out.log_metrics(done, row)
-                if trackers:
-                    acc.log({k: v for k, v in row.items() if k != "phase"}, step=done)
+                log_row(out, acc, run, done, row)
             if phase.evaluate and tc.eval_every and (local + 1) % tc.eval_every == 0 and local + 1 != phase.steps:
                 if acc.is_main_process:
                     out.log_metrics(done, {"phase": phase.name, **phase.evaluate()})
@@ -474,8 +474,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
             f"train-pm done: eval accuracy {ev.get('accuracy')}, log-loss {ev.get('log_loss')}; "
             f"model in {out.path / 'model'}"
         )
-    if trackers:
-        acc.end_training()
+    end_run(acc, run)
     return metrics
 
 

@@ -69,8 +69,10 @@ from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
-    TrainConfig,
+    OptimConfig,
     begin_run,
+    end_run,
+    log_row,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -143,28 +145,21 @@ class PPOSamplingConfig:
 
 
 @dataclass
-class PPOTrainConfig:
-    seed: int = param(0, "seed of prompts, samples and mini-batch order (resume is exact)")
-    iterations: int = param(20, "rollout + update iterations")
-    rollout_batch_size: int = param(128, "prompts (one response each) per iteration, over all processes")
-    mini_batch_size: int = param(64, "sequences per optimizer step (the rollout is split into these)")
-    micro_batch_size: int = param(32, "sequences per forward pass (gradient accumulation)")
+class PPOTrainConfig(OptimConfig):
+    """``train`` of PPO: the shared optimization settings, iterations, rollouts and their mini-batches."""
+
     lr: float = param(5e-4, "AdamW learning rate of policy and value head")
     warmup_steps: int = param(5, "linear learning-rate warm-up, in optimizer steps")
     schedule: Literal["constant", "cosine", "linear"] = param("constant", "learning-rate decay after warm-up")
-    weight_decay: float = param(0.0, "AdamW weight decay")
-    max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
-        "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
-    )
-    gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
+    micro_batch_size: int = param(32, "sequences per forward pass (gradient accumulation)")
+    iterations: int = param(20, "rollout + update iterations")
+    rollout_batch_size: int = param(128, "prompts (one response each) per iteration, over all processes")
+    mini_batch_size: int = param(64, "sequences per optimizer step (the rollout is split into these)")
     logprob_chunk_size: int = param(1024, "response rows projected to the vocabulary at a time")
     save_every: int = param(10, "checkpoint every N iterations (0: only the final model)")
-    keep_checkpoints: int = param(2, "how many recent checkpoints to keep")
-    report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
-    max_nonfinite_steps: int = param(3, "stop after this many consecutive non-finite steps")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.iterations < 0:
             raise ValueError("train.iterations must be ≥ 0")
         if min(self.rollout_batch_size, self.mini_batch_size, self.micro_batch_size) < 1:
@@ -273,7 +268,9 @@ class PPO:
     def __init__(self, cfg: PPOConfig, log) -> None:
         self.cfg, self.log = cfg, log
         tc = cfg.train
-        self.acc = make_accelerator(self._train_config(), cfg.output_dir)
+        self.acc = make_accelerator(
+            tc, cfg.output_dir, batch_size=tc.mini_batch_size, batch_key="train.mini_batch_size"
+        )
         if tc.rollout_batch_size % self.acc.num_processes:
             raise PrefgameError(
                 f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
@@ -293,7 +290,8 @@ class PPO:
         self.ref.eval()
         self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
         self.module = PolicyWithValue(policy, chunk_size=tc.logprob_chunk_size)
-        self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), self._train_config())
+        steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
+        self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), tc, steps)
         self.wrapper, self.optimizer = self.acc.prepare(self.module, self.optimizer)
         self.policy = policy
         self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
@@ -301,23 +299,6 @@ class PPO:
         self.arena = cfg.arena.build() if cfg.prompts.source == "arena" else None
         self.train_prompts, self.eval_prompts = self._prompt_pools()
         self.score_shift, self.score_scale = self._score_normalization()
-
-    def _train_config(self) -> TrainConfig:
-        tc = self.cfg.train
-        steps_per_iteration = self.cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
-        return TrainConfig(
-            seed=tc.seed,
-            lr=tc.lr,
-            weight_decay=tc.weight_decay,
-            warmup_steps=tc.warmup_steps,
-            schedule=tc.schedule,
-            max_steps=tc.iterations * steps_per_iteration,
-            batch_size=tc.mini_batch_size,
-            micro_batch_size=tc.micro_batch_size,
-            max_grad_norm=tc.max_grad_norm,
-            mixed_precision=tc.mixed_precision,
-            report_to=tc.report_to,
-        )
 
     def _prompt_pools(self) -> tuple[list[str], list[str]]:
         """(training prompts, held-out prompts): a seeded permutation, the first ``eval.prompts`` held out."""
@@ -585,7 +566,6 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     ppo = PPO(cfg, log)
     acc = ppo.acc
     run = begin_run(out, cfg, acc, job="ppo", resume=cfg.resume, report_to=tc.report_to)
-    trackers = run.trackers
     start = resume_state(
         run, out, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
     )["step"]
@@ -599,7 +579,7 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     initial: dict[str, Any] = {}
     if evaluator is not None and start == 0:
         initial = evaluator.measure(0)
-        out.log_metrics(0, {"iteration": 0, **initial})
+        log_row(out, acc, run, 0, {"iteration": 0, **initial})
     elif evaluator is not None:  # the measurement of π0 written by the interrupted run
         rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
         initial = next((r for r in rows if r.get("iteration") == 0), {})
@@ -620,10 +600,8 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
         if evaluator is not None and ((cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations):
             final = evaluator.measure(done)
             row.update(final)
+        log_row(out, acc, run, done, row)
         if acc.is_main_process:
-            out.log_metrics(done, row)
-            if trackers:
-                acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=done)
             if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
                 save_checkpoint(
                     out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
@@ -655,8 +633,7 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
         save_file(head, str(out.path / "value_head.safetensors"))
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
-    if trackers:
-        acc.end_training()
+    end_run(acc, run)
     return metrics
 
 

@@ -73,9 +73,11 @@ from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
 from prefgame.train.engine import (
     MetricMeter,
     NonFiniteGuard,
-    TrainConfig,
+    OptimConfig,
     begin_run,
+    end_run,
     local_micro_batches,
+    log_row,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -186,24 +188,18 @@ class SamplingConfig:
 
 
 @dataclass
-class SelfPlayTrainConfig:
-    seed: int = param(0, "seed of prompts, samples, pair labels and step order (resume is exact)")
+class SelfPlayTrainConfig(OptimConfig):
+    """``train`` of self-play: the shared optimization settings, iterations and their steps."""
+
+    lr: float = param(2e-4, "AdamW learning rate (the step size of nash_md)")
     iterations: int = param(60, "self-play iterations t = 0 … iterations−1")
     steps_per_iteration: int = param(4, "optimizer steps on each iteration's samples")
     batch_size: int = param(64, "examples (samples, or pairs for inpo/extragradient) per optimizer step")
-    micro_batch_size: int = param(64, "examples per forward pass (gradient accumulation)")
-    lr: float = param(2e-4, "AdamW learning rate (the step size of nash_md)")
-    warmup_steps: int = param(10, "linear learning-rate warm-up, in optimizer steps")
-    schedule: Literal["constant", "cosine", "linear"] = param(
-        "cosine", "learning-rate decay after warm-up, over all iterations × steps_per_iteration steps"
-    )
-    weight_decay: float = param(0.0, "AdamW weight decay")
     reset_optimizer: bool = param(
         False,
         "clear AdamW's moment estimates at the start of every iteration: each iteration fits a new target, "
         "and momentum carried across iterations lags the rotation of the game's cyclic part",
     )
-    max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
     average_from: int = param(
         -1,
         "-1: the run's policy is the last iterate; k ≥ 0: the uniform average of the policy weights after "
@@ -211,13 +207,9 @@ class SelfPlayTrainConfig:
         "averaging, the average iterate of mirror descent, which settles where the last iterate circles the "
         "game's cyclic part. Self-play itself continues from the last iterate",
     )
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
-        "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
-    )
-    max_nonfinite_steps: int = param(3, "stop after this many consecutive non-finite steps")
-    keep_checkpoints: int = param(2, "how many iteration checkpoints to keep")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.iterations < 0 or self.steps_per_iteration < 1:
             raise ValueError("train.iterations must be ≥ 0 and train.steps_per_iteration ≥ 1")
         if self.average_from < -1 or (self.iterations > 0 and self.average_from >= self.iterations):
@@ -389,19 +381,23 @@ class SelfPlay:
     def __init__(self, cfg: SelfPlayConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> None:
         self.cfg, self.out, self.log = cfg, out, log
         tc = cfg.train
-        self.acc = make_accelerator(self._train_config(), out.path)
+        self.acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
         dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
         if not cfg.policy.name_or_path:
             raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
         self.tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
         self.policy = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
+        if tc.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
         self.ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(self.acc.device)
         self.ref.requires_grad_(False)
         self.ref.eval()
         self.arena = cfg.arena.build() if (cfg.prompts.source == "arena" or cfg.oracle.kind != "factory") else None
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
         self.wrapper = ResponseLogps(self.policy)
-        self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), self._train_config())
+        self.optimizer, self.scheduler = make_optimizer(
+            self.wrapper.parameters(), tc, tc.iterations * tc.steps_per_iteration
+        )
         self.wrapper, self.optimizer = self.acc.prepare(self.wrapper, self.optimizer)
         self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
         self.version = 0  # optimizer steps applied (tells the vLLM copy when it is stale)
@@ -417,21 +413,6 @@ class SelfPlay:
             self.average = copy.deepcopy(self.policy).float().requires_grad_(False).eval()
         # the sampler runs the fp32 weights without autocast, as sequence_logps does only in this case
         self._fp32 = dtype == torch.float32 and self.acc.mixed_precision == "no"
-
-    def _train_config(self) -> TrainConfig:
-        tc = self.cfg.train
-        return TrainConfig(
-            seed=tc.seed,
-            lr=tc.lr,
-            weight_decay=tc.weight_decay,
-            warmup_steps=tc.warmup_steps,
-            schedule=tc.schedule,
-            max_steps=tc.iterations * tc.steps_per_iteration,
-            batch_size=tc.batch_size,
-            micro_batch_size=tc.micro_batch_size,
-            max_grad_norm=tc.max_grad_norm,
-            mixed_precision=tc.mixed_precision,
-        )
 
     def _prompt_pools(self) -> tuple[list[str], list[str]]:
         """(training prompts, held-out prompts); on the arena the held-out set is stratified by type."""
@@ -885,7 +866,7 @@ def train(
     tc = cfg.train
     seed_everything(tc.seed)
     sp = SelfPlay(cfg, out, log, oracle=oracle)
-    run = begin_run(out, cfg, sp.acc, job="selfplay", resume=cfg.resume)
+    run = begin_run(out, cfg, sp.acc, job="selfplay", resume=cfg.resume, report_to=tc.report_to)
     state = resume_state(
         run, out, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler, unit="iteration"
     )
@@ -906,8 +887,8 @@ def train(
     # opponent from the checkpoint instead, as the uninterrupted run holds it at this point
     if start == 0 or not evaluator.load_state(state):
         first = evaluator.measure(start)
-        if start == 0 and sp.acc.is_main_process:
-            out.log_metrics(0, {"iteration": 0, **first})
+        if start == 0:
+            log_row(out, sp.acc, run, 0, {"iteration": 0, **first})
     iterate = ITERATIONS[cfg.algorithm]
     progress = Progress(tc.iterations - start, f"selfplay {cfg.algorithm}", log, every_s=5.0)
     train_seconds = 0.0
@@ -922,8 +903,8 @@ def train(
         row = {"iteration": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
         if (cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations:
             row.update(evaluator.measure(done))
+        log_row(out, sp.acc, run, done, row)
         if sp.acc.is_main_process:
-            out.log_metrics(done, row)
             save_checkpoint(
                 out.path,
                 done,
@@ -951,6 +932,7 @@ def train(
         save_model(final, sp.tok, out.path / "model")
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
+    end_run(sp.acc, run)
     return metrics
 
 

@@ -32,7 +32,9 @@ from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
     begin_run,
+    end_run,
     local_micro_batches,
+    log_row,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -160,7 +162,7 @@ def run(cfg: SFTConfig) -> dict:
 def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     tc = cfg.train
     seed_everything(tc.seed)
-    acc = make_accelerator(tc, out.path)
+    acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="sft", resume=cfg.resume, report_to=tc.report_to)
     prompts, responses = load_prompt_response(cfg.data)
     model, tok = build_model(cfg.model, tc.seed)
@@ -182,7 +184,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     log.info(f"sft: {len(train_set)} train / {len(eval_set)} eval examples, model {n_params / 1e6:.2f}M parameters")
 
     wrapper = ResponseLogps(model)
-    optimizer, scheduler = make_optimizer(wrapper.parameters(), tc)
+    optimizer, scheduler = make_optimizer(wrapper.parameters(), tc, tc.max_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     state = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
     start_step, initial_eval = state["step"], state.get("eval_loss_initial")
@@ -212,9 +214,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         done = step + 1
         if acc.is_main_process and (done % tc.log_every == 0 or done == tc.max_steps):
             row = {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-            out.log_metrics(done, row)
-            if run.trackers:
-                acc.log(row, step=done)
+            log_row(out, acc, run, done, row)
         if eval_set and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps and acc.is_main_process:
             out.log_metrics(done, {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)})
         if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
@@ -244,8 +244,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         save_model(model, tok, out.path / "model")
         out.write_metrics(metrics)
         log.info(f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}")
-    if run.trackers:
-        acc.end_training()
+    end_run(acc, run)
     return metrics
 
 
