@@ -65,7 +65,7 @@ JOBS: list[JobCommand] = [
     ),
     JobCommand(
         "selfplay",
-        "LM self-play on the KL-regularized preference game (nash_md, sppo, inpo, mmd, extragradient)",
+        "LM self-play on the KL-regularized preference game (algorithms: prefgame selfplay --help)",
         "prefgame.train.selfplay:SelfPlayConfig",
         "prefgame.train.selfplay:run",
         "prefgame selfplay --config configs/selfplay/nash_md.yaml policy.name_or_path=runs/quickstart/pi0/model",

@@ -34,9 +34,10 @@ from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
 from prefgame.run import RunDir, seed_everything, write_jsonl
 from prefgame.train.engine import TrainConfig
+from prefgame.train.selfplay.registry import load_algorithms
 from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
 
-SELFPLAY_ALGORITHMS = ("nash_md", "sppo", "inpo", "mmd", "extragradient")
+SELFPLAY_ALGORITHMS = tuple(load_algorithms())  # every registered self-play algorithm
 
 
 @dataclass

@@ -339,10 +339,10 @@ def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, 
     policy samples and M samples of π0 (the reference's own draws), every pair's target the gap of the
     responses' win rates against the K policy samples (leave-one-out for the policy's own), recomputed
     here from the oracle; the policy changes, π0 does not."""
-    from prefgame.train import selfplay
+    from prefgame.train.selfplay.algorithms import inpo
 
     seen: list[dict] = []
-    real_examples, real_loss = selfplay._inpo_examples, selfplay.inpo_loss
+    real_examples, real_loss = inpo.inpo_examples, inpo.inpo_loss
 
     def examples(sp, prefs, ys, old, label_seed, anchors=None):
         ex = real_examples(sp, prefs, ys, old, label_seed, anchors)
@@ -354,8 +354,8 @@ def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, 
         seen[-1].setdefault("gaps", []).append(kwargs["win_rate_gap"].detach())
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(selfplay, "_inpo_examples", examples)
-    monkeypatch.setattr(selfplay, "inpo_loss", loss)
+    monkeypatch.setattr(inpo, "inpo_examples", examples)
+    monkeypatch.setattr(inpo, "inpo_loss", loss)
     out = tmp_path / "anchored"
     overrides = [*TINY, "sampling.reference_samples_per_prompt=2", "train.batch_size=200", "train.micro_batch_size=200"]
     run_selfplay(pi0_dir, algorithm="inpo", output_dir=out, overrides=overrides)
@@ -514,8 +514,11 @@ def test_average_from_outputs_the_tail_average_of_the_weights(pi0_dir, tmp_path)
 
 
 def test_reference_samples_only_for_pair_algorithms():
+    from prefgame.train.selfplay import ALGORITHMS
+
+    assert {n for n, s in ALGORITHMS.items() if s.anchors} == {"inpo", "extragradient"}
     for algorithm in ("nash_md", "sppo", "mmd"):
-        with pytest.raises(ConfigError, match="reference_samples_per_prompt is for inpo and extragradient"):
+        with pytest.raises(ConfigError, match="reference_samples_per_prompt is for extragradient, inpo, not"):
             selfplay_config(algorithm, None, ["sampling.reference_samples_per_prompt=2"])
     with pytest.raises(ConfigError, match="≥ 0"):
         selfplay_config("inpo", None, ["sampling.reference_samples_per_prompt=-1"])
@@ -572,10 +575,10 @@ def test_factory_oracle_hook(monkeypatch):
 def test_inpo_expected_pair_labels_pass_the_oracle_probability(pi0_dir, tmp_path, monkeypatch):
     """game.pair_labels=expected hands inpo_loss each pair's oracle probability P(chosen ≻ rejected) (the
     ``p`` of draw_pairs); the default (sampled) hands none."""
-    from prefgame.train import selfplay
+    from prefgame.train.selfplay.algorithms import inpo
 
     seen: dict[str, list] = {"sampled": [], "expected": []}
-    real_loss, real_draw = selfplay.inpo_loss, selfplay.draw_pairs
+    real_loss, real_draw = inpo.inpo_loss, inpo.draw_pairs
     drawn: list[np.ndarray] = []
 
     def drawing(*args, **kwargs):
@@ -590,8 +593,8 @@ def test_inpo_expected_pair_labels_pass_the_oracle_probability(pi0_dir, tmp_path
             seen[mode].append(kwargs["chosen_prob"])
             return real_loss(*args, **kwargs)
 
-        monkeypatch.setattr(selfplay, "inpo_loss", recording)
-        monkeypatch.setattr(selfplay, "draw_pairs", drawing)
+        monkeypatch.setattr(inpo, "inpo_loss", recording)
+        monkeypatch.setattr(inpo, "draw_pairs", drawing)
         overrides = [*TINY, "train.iterations=1", "train.batch_size=1000", "train.micro_batch_size=1000"]
         overrides.append(f"game.pair_labels={mode}")
         run_selfplay(pi0_dir, algorithm="inpo", output_dir=tmp_path / mode, overrides=overrides)

@@ -1,0 +1,174 @@
+"""The configuration of ``prefgame selfplay``: policy, oracle, prompts, game, sampling, optimization, measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prefgame.arena.job import ArenaConfig
+from prefgame.config import param
+from prefgame.train.engine import OptimConfig
+from prefgame.train.selfplay.registry import ALGORITHMS, load_algorithms, validate
+
+load_algorithms()
+Algorithm = Literal[tuple(ALGORITHMS)]  # the registered algorithms: the config's choices and --help
+
+
+@dataclass
+class PolicyConfig:
+    name_or_path: str = param(
+        "", "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference"
+    )
+    tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
+    dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype of policy and reference")
+
+
+@dataclass
+class OracleConfig:
+    kind: Literal["gold", "annotator", "factory"] = param(
+        "gold",
+        "gold: the arena's gold preference; annotator: a simulated arena annotator; factory: any "
+        "PreferenceOracle built by `factory` (e.g. a trained preference model or a judge)",
+    )
+    annotator: str = param("careful", "kind=annotator: the annotator's name (arena.world.DEFAULT_ANNOTATORS)")
+    factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
+    path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
+    options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
+
+
+@dataclass
+class PromptsConfig:
+    source: Literal["arena", "file"] = param(
+        "arena", "arena: the arena's prompt grammar (enables the exact class-level metrics); file: `path`"
+    )
+    path: str = param("", "source=file: a .jsonl/.json/.parquet/.csv file or hub data set with prompts")
+    split: str = param("train", "source=file: split of a hub data set")
+    field: str = param("prompt", "source=file: column holding the prompt text")
+
+
+@dataclass
+class GameConfig:
+    tau: float = param(
+        0.1,
+        "τ, KL regularization of the game P(π≻π') − τKL(π‖π0) + τKL(π'‖π0) (docs/design.md §1/§3.2): the pull "
+        "towards π0 (each algorithm's file says how its update uses it)",
+    )
+    eta: float = param(
+        1.0,
+        "η, mirror-descent step of the target update, e.g. π_{t+1} ∝ π_t^{1−ητ} π0^{ητ} exp(ηP(y≻π_t)) "
+        "(algorithms whose step is train.lr ignore it; some need ητ ≤ 1)",
+    )
+    mixture_coef: float = param(
+        0.1, "β of nash_md: the opponent is the token-level mixture π^μ ∝ π^{1−β} π0^{β} (docs/design.md §3.3)"
+    )
+    pair_labels: Literal["sampled", "expected"] = param(
+        "expected",
+        "pair-based algorithms: expected (the loss uses the oracle's probability itself: the same "
+        "expected gradient as a drawn winner, without the label noise; inpo_loss chosen_prob) or sampled "
+        "(winner drawn from the probability, the original INPO recipe)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0 or self.eta <= 0:
+            raise ValueError("game.tau and game.eta must be > 0")
+        if not 0.0 <= self.mixture_coef <= 1.0:
+            raise ValueError("game.mixture_coef must be in [0, 1]")
+
+
+@dataclass
+class SamplingConfig:
+    backend: Literal["hf", "vllm"] = param(
+        "hf", "generation engine for policy samples: hf (KV cache, any device) or vllm (GPU, imported only then)"
+    )
+    prompts_per_iteration: int = param(32, "prompts drawn per iteration")
+    samples_per_prompt: int = param(4, "K responses per prompt (≥ 2)")
+    max_new_tokens: int = param(40, "response length limit in tokens")
+    temperature: float = param(1.0, "sampling temperature (1: the policy itself)")
+    reference_samples_per_prompt: int = param(
+        0,
+        "pair-based algorithms: M responses per prompt from π0 join each iteration's pairs; the loss then "
+        "targets explicit win rates against the K policy samples (inpo_loss win_rate_gap), exact for pairs "
+        "from any behaviour, so responses the policy no longer samples stay within the update's reach",
+    )
+    batch_size: int = param(256, "sequences per generation batch")
+    use_cache: bool = param(True, "hf: reuse the KV cache between tokens (false recomputes the prefix)")
+    vllm_gpu_memory_utilization: float = param(0.3, "vllm: share of GPU memory for its engine")
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 2:
+            raise ValueError("sampling.samples_per_prompt must be ≥ 2 (win rates need other samples)")
+        if self.prompts_per_iteration < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("sampling.prompts_per_iteration, max_new_tokens and batch_size must be ≥ 1")
+        if self.reference_samples_per_prompt < 0:
+            raise ValueError("sampling.reference_samples_per_prompt must be ≥ 0")
+
+
+@dataclass
+class SelfPlayTrainConfig(OptimConfig):
+    """``train`` of self-play: the shared optimization settings, iterations and their steps."""
+
+    lr: float = param(2e-4, "AdamW learning rate (the step size of nash_md)")
+    iterations: int = param(60, "self-play iterations t = 0 … iterations−1")
+    steps_per_iteration: int = param(4, "optimizer steps on each iteration's samples")
+    batch_size: int = param(64, "examples (samples, or pairs for pair-based algorithms) per optimizer step")
+    reset_optimizer: bool = param(
+        False,
+        "clear AdamW's moment estimates at the start of every iteration: each iteration fits a new target, "
+        "and momentum carried across iterations lags the rotation of the game's cyclic part",
+    )
+    average_from: int = param(
+        -1,
+        "-1: the run's policy is the last iterate; k ≥ 0: the uniform average of the policy weights after "
+        "iterations k+1 … t is the run's policy (model/, and every measurement after iteration k): tail "
+        "averaging, the average iterate of mirror descent, which settles where the last iterate circles the "
+        "game's cyclic part. Self-play itself continues from the last iterate",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iterations < 0 or self.steps_per_iteration < 1:
+            raise ValueError("train.iterations must be ≥ 0 and train.steps_per_iteration ≥ 1")
+        if self.average_from < -1 or (self.iterations > 0 and self.average_from >= self.iterations):
+            raise ValueError(
+                f"train.average_from must be -1 (off) or an iteration in 0 … {self.iterations - 1}, "
+                f"got {self.average_from}"
+            )
+        if self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("train.batch_size and train.micro_batch_size must be ≥ 1")
+
+
+@dataclass
+class SelfPlayEvalConfig:
+    every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
+    prompts: int = param(240, "held-out prompts (arena: the same number per prompt type)")
+    samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
+    reference_samples_per_prompt: int = param(
+        4, "π0 responses per held-out prompt (win-rate opponents; arena: π0's class distribution)"
+    )
+    reference_prior: float = param(
+        10.0, "arena: pseudo-samples of π0's pooled class distribution added to each prompt type's counts"
+    )
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.samples_per_prompt < 1:
+            raise ValueError("eval.prompts and eval.samples_per_prompt must be ≥ 1")
+        if self.reference_samples_per_prompt < self.samples_per_prompt:
+            raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
+
+
+@dataclass
+class SelfPlayConfig:
+    output_dir: str = param("runs/selfplay", "where the policy, checkpoints, metrics and log are written")
+    resume: bool = param(False, "continue from the last iteration checkpoint in output_dir")
+    algorithm: Algorithm = param("nash_md", "self-play algorithm (prefgame/train/selfplay/algorithms/<name>.py)")
+    policy: PolicyConfig = param(PolicyConfig, "π0 (initial policy and frozen reference)")
+    oracle: OracleConfig = param(OracleConfig, "the preference oracle")
+    prompts: PromptsConfig = param(PromptsConfig, "where prompts come from")
+    arena: ArenaConfig = param(ArenaConfig, "the arena world (prompts.source=arena or an arena oracle)")
+    game: GameConfig = param(GameConfig, "the game and the update rule (τ, η, β)")
+    sampling: SamplingConfig = param(SamplingConfig, "response sampling")
+    train: SelfPlayTrainConfig = param(SelfPlayTrainConfig, "optimization")
+    eval: SelfPlayEvalConfig = param(SelfPlayEvalConfig, "measurements")
+
+    def __post_init__(self) -> None:
+        validate(self)
