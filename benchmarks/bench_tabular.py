@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/bench_tabular.py --quick    # smaller batches and caps
 
 Table 1 times `solve_equilibrium` (median of --repeats runs after one warm-up) against a loop over the
-batch of scipy.optimize.root (hybrid Powell, analytic Jacobian, continued in η from 1 down by √10
-because a cold start fails for η = 0.01; games still unsolved are retried with 8 steps per decade)
+batch of scipy.optimize.root (hybrid Powell, analytic Jacobian, continued in τ from 1 down by √10
+because a cold start fails for τ = 0.01; games still unsolved are retried with 8 steps per decade)
 on the same fixed point, and reports the speed ratio and the largest total-variation distance between
 the two answers. Table 2 counts the iterations each update
 rule needs to reach a duality gap ≤ 1e-8 with its default step size. Table 3 gives the unregularized
@@ -26,17 +26,17 @@ from scipy.special import log_softmax, softmax
 
 from prefgame.game import random_game, run_dynamics, solve_equilibrium
 
-ETAS = (1.0, 0.1, 0.01)
+TAUS = (1.0, 0.1, 0.01)
 RULES = ("nash_md", "online_md", "magnetic_md", "extragradient", "optimistic_md")
 
 
-def scipy_solve(A: np.ndarray, ref: np.ndarray, eta: float, per_decade: int = 2) -> tuple[np.ndarray, float]:
-    """π* of one game from scipy's root finder on z = log_softmax(log π0 + A softmax(z)/η), with
-    ``per_decade`` continuation steps per factor 10 of η; returns (π*, max |residual|)."""
+def scipy_solve(A: np.ndarray, ref: np.ndarray, tau: float, per_decade: int = 2) -> tuple[np.ndarray, float]:
+    """π* of one game from scipy's root finder on z = log_softmax(log π0 + A softmax(z)/τ), with
+    ``per_decade`` continuation steps per factor 10 of τ; returns (π*, max |residual|)."""
     log_ref, z = np.log(ref), np.log(ref)
     n = len(ref)
-    stages = max(1, math.ceil(per_decade * math.log10(1 / eta))) + 1
-    for e in np.geomspace(max(eta, 1.0), eta, stages):
+    stages = max(1, math.ceil(per_decade * math.log10(1 / tau))) + 1
+    for e in np.geomspace(max(tau, 1.0), tau, stages):
 
         def fixed_point(z: np.ndarray, e: float = e) -> np.ndarray:
             return z - log_softmax(log_ref + A @ softmax(z) / e)
@@ -44,22 +44,22 @@ def scipy_solve(A: np.ndarray, ref: np.ndarray, eta: float, per_decade: int = 2)
         def jacobian(z: np.ndarray, e: float = e) -> np.ndarray:
             pi = softmax(z)
             b = softmax(log_ref + A @ pi / e)
-            dlogits = (A / e) @ (np.diag(pi) - np.outer(pi, pi))  # ∂(Aπ/η)/∂z
+            dlogits = (A / e) @ (np.diag(pi) - np.outer(pi, pi))  # ∂(Aπ/τ)/∂z
             return np.eye(n) - (np.eye(n) - np.outer(np.ones(n), b)) @ dlogits
 
         z = root(fixed_point, z, jac=jacobian, method="hybr", options={"xtol": 1e-13}).x
     return softmax(z), float(np.abs(fixed_point(z)).max())
 
 
-def scipy_batch(A: np.ndarray, ref: np.ndarray, eta: float) -> tuple[np.ndarray, int]:
+def scipy_batch(A: np.ndarray, ref: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
     """Loop over the batch; games whose residual stays > 1e-10 are retried with 8 steps per decade.
 
     Returns π* (B, n) and the number of games that still failed."""
     stars, failed = [], 0
     for A_b, ref_b in zip(A, ref):
-        star, residual = scipy_solve(A_b, ref_b, eta)
+        star, residual = scipy_solve(A_b, ref_b, tau)
         if residual > 1e-10:
-            star, residual = scipy_solve(A_b, ref_b, eta, per_decade=8)
+            star, residual = scipy_solve(A_b, ref_b, tau, per_decade=8)
         stars.append(star)
         failed += residual > 1e-10
     return np.stack(stars), failed
@@ -80,22 +80,22 @@ def median_time(fn, repeats: int) -> tuple[float, float]:
 
 def solver_table(shapes: list[tuple[int, int]], repeats: int, device: str) -> None:
     print(
-        "| batch × n | η | Newton wall (s) | Newton CPU (s) | Newton iters | max gap | scipy time (s) "
+        "| batch × n | τ | Newton wall (s) | Newton CPU (s) | Newton iters | max gap | scipy time (s) "
         "| scipy failed | speed-up | max TV |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for B, n in shapes:
         g = random_game(B, n, cyclic_strength=2.0, seed=0, device=device)
-        for eta in ETAS:
-            seconds, cpu = median_time(lambda g=g, eta=eta: solve_equilibrium(g.A, g.ref, eta), repeats)
-            star, info = solve_equilibrium(g.A, g.ref, eta)
+        for tau in TAUS:
+            seconds, cpu = median_time(lambda g=g, tau=tau: solve_equilibrium(g.A, g.ref, tau), repeats)
+            star, info = solve_equilibrium(g.A, g.ref, tau)
             A_np, ref_np = g.A.cpu().numpy(), g.ref.cpu().numpy()
             start = time.perf_counter()
-            scipy_star, failed = scipy_batch(A_np, ref_np, eta)
+            scipy_star, failed = scipy_batch(A_np, ref_np, tau)
             scipy_seconds = time.perf_counter() - start
             max_tv = 0.5 * np.abs(scipy_star - star.cpu().numpy()).sum(-1).max()
             print(
-                f"| {B} × {n} | {eta} | {seconds:.4f} | {cpu:.4f} | {info.iterations} | {info.gap.max().item():.1e} "
+                f"| {B} × {n} | {tau} | {seconds:.4f} | {cpu:.4f} | {info.iterations} | {info.gap.max().item():.1e} "
                 f"| {scipy_seconds:.2f} | {failed} | {scipy_seconds / seconds:.0f}× | {max_tv:.1e} |"
             )
 
@@ -104,13 +104,13 @@ def rules_table(B: int, n: int, max_iters: int, device: str) -> None:
     g = random_game(B, n, cyclic_strength=2.0, seed=0, device=device)
     print(f"Iterations to duality gap ≤ 1e-8, {B} games × {n} actions, default steps (median / max over games)")
     print()
-    print("| rule | η = 1 | η = 0.1 | η = 0.01 |")
+    print("| rule | τ = 1 | τ = 0.1 | τ = 0.01 |")
     print("|---|---|---|---|")
     for rule in RULES:
         cells = []
-        for eta in ETAS:
+        for tau in TAUS:
             start = time.perf_counter()
-            _, trace = run_dynamics(rule, g.A, g.ref, eta, max_iters, record_every=10, tol=1e-8)
+            _, trace = run_dynamics(rule, g.A, g.ref, tau, max_iters, record_every=10, tol=1e-8)
             seconds = time.perf_counter() - start
             hits = trace.iters_to_tol
             if bool((hits >= 0).all()):
@@ -126,7 +126,7 @@ def rules_table(B: int, n: int, max_iters: int, device: str) -> None:
 
 def mwu_table(horizons: tuple[int, ...], device: str) -> None:
     g = random_game(4, 20, cyclic_strength=3.0, seed=5, device=device)
-    print("Multiplicative weights (lr = sqrt(8 log n / T)), 4 games × 20 actions, average-iterate exploitability")
+    print("Multiplicative weights (η = sqrt(8 log n / T)), 4 games × 20 actions, average-iterate exploitability")
     print()
     print("| T | mean exploitability | bound sqrt(log n / 2T) |")
     print("|---|---|---|")

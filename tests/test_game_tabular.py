@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 
@@ -14,8 +15,11 @@ from scipy.special import softmax as np_softmax
 
 from prefgame.errors import ConfigError
 from prefgame.game import (
+    RULES,
     best_response,
-    continuation_etas,
+    best_response_logits,
+    continuation_taus,
+    default_step_size,
     duality_gap,
     exploitability,
     get_rule,
@@ -26,7 +30,7 @@ from prefgame.game import (
     solve_equilibrium,
 )
 
-ETAS = (1.0, 0.1, 0.01)
+TAUS = (1.0, 0.1, 0.01)
 F64 = torch.float64
 
 
@@ -46,16 +50,16 @@ def rps(dtype: torch.dtype = F64) -> torch.Tensor:
 def test_best_response_2x2_by_hand() -> None:
     """A = [[0, a], [−a, 0]] (P(y1 ≻ y2) = ½ + a), π = (p, 1 − p), π0 = (q, 1 − q).
 
-    Aπ = (a(1 − p), −a p), so BR_1/BR_2 = q/(1 − q) · exp((a(1 − p) + a p)/η) = q/(1 − q) · exp(a/η):
-    BR_1 = σ(log(q/(1 − q)) + a/η), whatever p is. With a = 0.3, η = 0.5, q = 0.25:
+    Aπ = (a(1 − p), −a p), so BR_1/BR_2 = q/(1 − q) · exp((a(1 − p) + a p)/τ) = q/(1 − q) · exp(a/τ):
+    BR_1 = σ(log(q/(1 − q)) + a/τ), whatever p is. With a = 0.3, τ = 0.5, q = 0.25:
     BR_1 = σ(−log 3 + 0.6) = 1/(1 + 3e^{−0.6}) = 0.378014...
     """
-    a, eta, q = 0.3, 0.5, 0.25
+    a, tau, q = 0.3, 0.5, 0.25
     A = torch.tensor([[[0.0, a], [-a, 0.0]]], dtype=F64)
     ref = torch.tensor([[q, 1 - q]], dtype=F64)
     expected = 1.0 / (1.0 + 3.0 * math.exp(-0.6))
     for p in (0.0, 0.2, 0.9):
-        br = best_response(A, torch.tensor([[p, 1 - p]], dtype=F64), ref, eta)
+        br = best_response(A, torch.tensor([[p, 1 - p]], dtype=F64), ref, tau)
         assert br[0, 0].item() == pytest.approx(expected, abs=1e-15)
         assert br.sum().item() == pytest.approx(1.0, abs=1e-15)
 
@@ -80,15 +84,15 @@ def test_random_game_is_a_valid_game() -> None:
     assert random_game(2, 3, cyclic_strength=1.0, seed=0, dtype=torch.float32).A.dtype == torch.float32
 
 
-@pytest.mark.parametrize("eta", ETAS)
-def test_gap_nonnegative_and_zero_only_at_equilibrium(eta: float) -> None:
+@pytest.mark.parametrize("tau", TAUS)
+def test_gap_nonnegative_and_zero_only_at_equilibrium(tau: float) -> None:
     g = random_game(64, 10, cyclic_strength=2.0, seed=1)
     pis = torch.distributions.Dirichlet(torch.ones(10, dtype=F64)).sample((64,))  # (64, 10)
-    assert torch.all(duality_gap(g.A, pis, g.ref, eta) > 0)
-    star, _ = solve_equilibrium(g.A, g.ref, eta)
-    assert duality_gap(g.A, star, g.ref, eta).abs().max().item() < 1e-14
+    assert torch.all(duality_gap(g.A, pis, g.ref, tau) > 0)
+    star, _ = solve_equilibrium(g.A, g.ref, tau)
+    assert duality_gap(g.A, star, g.ref, tau).abs().max().item() < 1e-14
     nudged = (star + 1e-3 * pis) / (1 + 1e-3)
-    assert torch.all(duality_gap(g.A, nudged, g.ref, eta) > 0)
+    assert torch.all(duality_gap(g.A, nudged, g.ref, tau) > 0)
 
 
 def simplex_grid(n: int, steps: int) -> torch.Tensor:
@@ -103,19 +107,19 @@ def simplex_grid(n: int, steps: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n, steps", [(2, 20000), (3, 600)])
-@pytest.mark.parametrize("eta", (1.0, 0.1))
-def test_gap_closed_form_matches_brute_force(n: int, steps: int, eta: float) -> None:
-    """gap(π) = max_π1 f(π1, π) − min_π2 f(π, π2), f(π1, π2) = π1ᵀPπ2 − η KL(π1‖π0) + η KL(π2‖π0),
+@pytest.mark.parametrize("tau", (1.0, 0.1))
+def test_gap_closed_form_matches_brute_force(n: int, steps: int, tau: float) -> None:
+    """gap(π) = max_π1 f(π1, π) − min_π2 f(π, π2), f(π1, π2) = π1ᵀPπ2 − τ KL(π1‖π0) + τ KL(π2‖π0),
     with the max and min taken by brute force over a fine grid of the simplex (no logsumexp)."""
     g = random_game(3, n, cyclic_strength=2.0, seed=n)
     grid = simplex_grid(n, steps)  # (M, n)
     for b in range(3):
         P, ref = g.P[b], g.ref[b]
         for pi in (ref, torch.softmax(torch.randn(n, dtype=F64, generator=torch.Generator().manual_seed(b)), -1)):
-            best_reply = (grid @ P @ pi - eta * kl(grid, ref) + eta * kl(pi, ref)).max()
-            worst_reply = (pi @ P @ grid.T - eta * kl(pi, ref) + eta * kl(grid, ref)).min()
+            best_reply = (grid @ P @ pi - tau * kl(grid, ref) + tau * kl(pi, ref)).max()
+            worst_reply = (pi @ P @ grid.T - tau * kl(pi, ref) + tau * kl(grid, ref)).min()
             brute = (best_reply - worst_reply).item()
-            closed = duality_gap(g.A[b : b + 1], pi[None], ref[None], eta).item()
+            closed = duality_gap(g.A[b : b + 1], pi[None], ref[None], tau).item()
             assert closed >= brute - 1e-12  # the grid can only under-estimate the max and min
             assert closed == pytest.approx(brute, abs=2e-5)
 
@@ -128,47 +132,47 @@ def game100():
     return random_game(3, 100, cyclic_strength=2.0, seed=0)
 
 
-@pytest.mark.parametrize("eta", ETAS)
+@pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize(
     "rule, max_iters",
     [("online_md", 40_000), ("magnetic_md", 40_000), ("extragradient", 3_000), ("optimistic_md", 3_000)],
 )
-def test_regularized_rules_reach_1e8_gap(game100, rule: str, max_iters: int, eta: float) -> None:
-    """Default steps (module docstring of solvers): OMD/MMD need O((L/η)² log 1/ε) steps (≈25k at
-    η = 0.01), extragradient / optimistic MD O((L/η) log 1/ε) (≈800 at η = 0.01)."""
+def test_regularized_rules_reach_1e8_gap(game100, rule: str, max_iters: int, tau: float) -> None:
+    """Default steps (module docstring of solvers): OMD/MMD need O((L/τ)² log 1/ε) steps (≈25k at
+    τ = 0.01), extragradient / optimistic MD O((L/τ) log 1/ε) (≈800 at τ = 0.01)."""
     A, ref = game100.A, game100.ref
-    pi, trace = run_dynamics(rule, A, ref, eta, max_iters, record_every=10, tol=1e-8)
-    print(f"{rule} eta={eta}: iterations to gap<=1e-8 {trace.iters_to_tol.tolist()}")
+    pi, trace = run_dynamics(rule, A, ref, tau, max_iters, record_every=10, tol=1e-8)
+    print(f"{rule} tau={tau}: iterations to gap<=1e-8 {trace.iters_to_tol.tolist()}")
     assert torch.all(trace.iters_to_tol >= 0)
-    assert duality_gap(A, pi, ref, eta).max().item() <= 1e-8
-    star, _ = solve_equilibrium(A, ref, eta)
+    assert duality_gap(A, pi, ref, tau).max().item() <= 1e-8
+    star, _ = solve_equilibrium(A, ref, tau)
     assert tv(pi, star).max().item() < 1e-3
 
 
 @pytest.mark.parametrize(
-    "eta, max_iters", [(1.0, 2_000), (0.1, 20_000), pytest.param(0.01, 200_000, marks=pytest.mark.slow)]
+    "tau, max_iters", [(1.0, 2_000), (0.1, 20_000), pytest.param(0.01, 200_000, marks=pytest.mark.slow)]
 )
-def test_nash_md_harmonic_steps_reach_1e8_gap(game100, eta: float, max_iters: int) -> None:
-    """Nash-MD with the default lr_t = 2/(η(t + 2)) reaches gap 1e-8 within 500 (η = 1), 4.5–7k (η = 0.1)
-    and 30–48k (η = 0.01) steps on these 100-action games with a cyclic part (recorded every 500)."""
+def test_nash_md_harmonic_steps_reach_1e8_gap(game100, tau: float, max_iters: int) -> None:
+    """Nash-MD with the default η_t = 2/(τ(t + 2)) reaches gap 1e-8 within 500 (τ = 1), 4.5–7k (τ = 0.1)
+    and 30–48k (τ = 0.01) steps on these 100-action games with a cyclic part (recorded every 500)."""
     A, ref = game100.A, game100.ref
-    pi, trace = run_dynamics("nash_md", A, ref, eta, max_iters, record_every=500, tol=1e-8)
-    print(f"nash_md eta={eta}: iterations to gap<=1e-8 {trace.iters_to_tol.tolist()}")
+    pi, trace = run_dynamics("nash_md", A, ref, tau, max_iters, record_every=500, tol=1e-8)
+    print(f"nash_md tau={tau}: iterations to gap<=1e-8 {trace.iters_to_tol.tolist()}")
     assert torch.all(trace.iters_to_tol >= 0)
-    star, _ = solve_equilibrium(A, ref, eta)
+    star, _ = solve_equilibrium(A, ref, tau)
     assert tv(pi, star).max().item() < 1e-3
 
 
 def test_nash_md_step_scale_above_one_beats_the_analysis_schedule(game100) -> None:
-    """lr_t·η = c/(t + c): the error recursion e' ≈ (1 − lr·η)e + O(lr²) gives O(1/T) for c > 1 but only
-    O(log T / T) for c = 1, the schedule of the Nash-MD analysis. At η = 0.01 and 20k steps the default
+    """η_t·τ = c/(t + c): the error recursion e' ≈ (1 − η·τ)e + O(η²) gives O(1/T) for c > 1 but only
+    O(log T / T) for c = 1, the schedule of the Nash-MD analysis. At τ = 0.01 and 20k steps the default
     (c = 2) is measured at gap 1e-7–5e-7 and c = 1 at 2e-4–6e-4."""
-    A, ref, eta = game100.A, game100.ref, 0.01
-    _, default = run_dynamics("nash_md", A, ref, eta, 20_000, record_every=20_000)
+    A, ref, tau = game100.A, game100.ref, 0.01
+    _, default = run_dynamics("nash_md", A, ref, tau, 20_000, record_every=20_000)
     _, analysis = run_dynamics(
-        "nash_md", A, ref, eta, 20_000, step_size=harmonic_step_size(eta, scale=1.0), record_every=20_000
+        "nash_md", A, ref, tau, 20_000, step_size=harmonic_step_size(tau, scale=1.0), record_every=20_000
     )
-    print(f"nash_md eta=0.01, 20k steps: gap c=2 {default.gap[-1].tolist()} c=1 {analysis.gap[-1].tolist()}")
+    print(f"nash_md tau=0.01, 20k steps: gap c=2 {default.gap[-1].tolist()} c=1 {analysis.gap[-1].tolist()}")
     assert torch.all(default.gap[-1] < analysis.gap[-1] / 20)
 
 
@@ -180,12 +184,12 @@ def test_harmonic_step_size_keeps_the_mixture_valid() -> None:
 
 
 def test_nash_md_constant_step_is_biased(game100) -> None:
-    """A constant step converges linearly, but to a point at O(lr) from π*: the gap plateaus at a level
-    that shrinks like lr² (halving lr divides it by ≈4) instead of going to zero."""
-    A, ref, eta = game100.A, game100.ref, 1.0
+    """A constant step converges linearly, but to a point at O(η) from π*: the gap plateaus at a level
+    that shrinks like η² (halving η divides it by ≈4) instead of going to zero."""
+    A, ref, tau = game100.A, game100.ref, 1.0
     plateaus = []
-    for lr in (0.2, 0.1):
-        _, trace = run_dynamics("nash_md", A, ref, eta, 400, step_size=lr, record_every=100)
+    for eta in (0.2, 0.1):
+        _, trace = run_dynamics("nash_md", A, ref, tau, 400, step_size=eta, record_every=100)
         assert torch.allclose(trace.gap[-1], trace.gap[-2], rtol=1e-6)  # converged ...
         plateaus.append(trace.gap[-1])
     assert torch.all(plateaus[1] > 1e-7)  # ... but not to π*
@@ -193,7 +197,7 @@ def test_nash_md_constant_step_is_biased(game100) -> None:
 
 
 def test_multiplicative_weights_average_iterate_rate() -> None:
-    """Hedge with the horizon-tuned step lr = sqrt(8 log n / T): the average iterate's exploitability
+    """Hedge with the horizon-tuned step η = sqrt(8 log n / T): the average iterate's exploitability
     is at most regret/T ≤ sqrt(log n / (2T)); the fitted log-log slope over T ∈ {1e2, 1e3, 1e4} ≤ −0.4."""
     g = random_game(4, 20, cyclic_strength=3.0, seed=5)
     horizons, expl = (100, 1_000, 10_000), []
@@ -214,6 +218,17 @@ def test_optimistic_md_first_step_equals_magnetic_md(game100) -> None:
     assert torch.allclose(pi_o, pi_m, atol=1e-15)
 
 
+def test_argument_names_follow_the_notation() -> None:
+    """docs/design.md §3: ``tau`` is the KL coefficient τ and ``eta`` the mirror-descent step η everywhere;
+    every rule is ``rule(A, pi, ref, tau, eta)``."""
+    for name, rule in RULES.items():
+        assert list(inspect.signature(rule).parameters)[:5] == ["A", "pi", "ref", "tau", "eta"], name
+    game_functions = (best_response_logits, best_response, duality_gap, harmonic_step_size, default_step_size)
+    for fn in (*game_functions, run_dynamics, continuation_taus, solve_equilibrium):
+        params = inspect.signature(fn).parameters
+        assert "tau" in params and "eta" not in params, fn.__name__
+
+
 def test_unknown_rule_suggests_nearest_name() -> None:
     with pytest.raises(ConfigError, match="magnetic_md"):
         get_rule("magnetic_mdd")
@@ -222,12 +237,12 @@ def test_unknown_rule_suggests_nearest_name() -> None:
 # ----------------------------------------------------------------------------- exact solver
 
 
-def scipy_equilibrium(A: np.ndarray, ref: np.ndarray, eta: float) -> tuple[np.ndarray, float]:
-    """Independent solve of z = log_softmax(log π0 + A softmax(z)/η) with scipy's hybrid Powell method
-    (finite-difference Jacobian), continued from η = 1 down to η in steps of √10 (a cold start fails
-    for η = 0.01). Returns (π*, max |residual|)."""
+def scipy_equilibrium(A: np.ndarray, ref: np.ndarray, tau: float) -> tuple[np.ndarray, float]:
+    """Independent solve of z = log_softmax(log π0 + A softmax(z)/τ) with scipy's hybrid Powell method
+    (finite-difference Jacobian), continued from τ = 1 down to τ in steps of √10 (a cold start fails
+    for τ = 0.01). Returns (π*, max |residual|)."""
     log_ref, z = np.log(ref), np.log(ref)
-    for e in np.geomspace(max(eta, 1.0), eta, max(1, int(np.ceil(2 * np.log10(1 / eta)))) + 1):
+    for e in np.geomspace(max(tau, 1.0), tau, max(1, int(np.ceil(2 * np.log10(1 / tau)))) + 1):
 
         def fixed_point(z: np.ndarray, e: float = e) -> np.ndarray:
             return z - np_log_softmax(log_ref + A @ np_softmax(z) / e)
@@ -236,25 +251,25 @@ def scipy_equilibrium(A: np.ndarray, ref: np.ndarray, eta: float) -> tuple[np.nd
     return np_softmax(z), float(np.abs(fixed_point(z)).max())
 
 
-@pytest.mark.parametrize("eta", ETAS)
+@pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize("n", (16, 60))
-def test_solver_matches_scipy(eta: float, n: int) -> None:
+def test_solver_matches_scipy(tau: float, n: int) -> None:
     g = random_game(6, n, cyclic_strength=2.0, seed=11)
-    star, info = solve_equilibrium(g.A, g.ref, eta)
+    star, info = solve_equilibrium(g.A, g.ref, tau)
     assert bool(info.converged.all()) and info.gap.max().item() <= 1e-12
     for b in range(6):
-        ref_star, residual = scipy_equilibrium(g.A[b].numpy(), g.ref[b].numpy(), eta)
+        ref_star, residual = scipy_equilibrium(g.A[b].numpy(), g.ref[b].numpy(), tau)
         assert residual < 1e-10
         assert 0.5 * np.abs(ref_star - star[b].numpy()).sum() < 1e-8
 
 
-@pytest.mark.parametrize("eta", ETAS)
-def test_solver_100_actions(eta: float) -> None:
+@pytest.mark.parametrize("tau", TAUS)
+def test_solver_100_actions(tau: float) -> None:
     g = random_game(16, 100, cyclic_strength=3.0, seed=2)
-    star, info = solve_equilibrium(g.A, g.ref, eta)
+    star, info = solve_equilibrium(g.A, g.ref, tau)
     assert bool(info.converged.all()), info
-    assert duality_gap(g.A, star, g.ref, eta).max().item() <= 1e-12
-    assert tv(star, best_response(g.A, star, g.ref, eta)).max().item() <= 1e-10
+    assert duality_gap(g.A, star, g.ref, tau).max().item() <= 1e-12
+    assert tv(star, best_response(g.A, star, g.ref, tau)).max().item() <= 1e-10
 
 
 def test_solver_batch_shapes_are_independent_of_batching() -> None:
@@ -299,20 +314,20 @@ def test_solver_warm_start_and_info() -> None:
 
 
 def test_continuation_path() -> None:
-    assert continuation_etas(1.0) == [] and continuation_etas(3.0) == []
-    assert continuation_etas(0.01) == pytest.approx([1.0, 10**-0.5, 0.1, 10**-1.5])
+    assert continuation_taus(1.0) == [] and continuation_taus(3.0) == []
+    assert continuation_taus(0.01) == pytest.approx([1.0, 10**-0.5, 0.1, 10**-1.5])
 
 
-@pytest.mark.parametrize("eta", (1.0, 0.1))
-def test_solver_without_continuation(eta: float) -> None:
+@pytest.mark.parametrize("tau", (1.0, 0.1))
+def test_solver_without_continuation(tau: float) -> None:
     g = random_game(32, 16, cyclic_strength=2.0, seed=7)
-    star, info = solve_equilibrium(g.A, g.ref, eta, continuation=False)
+    star, info = solve_equilibrium(g.A, g.ref, tau, continuation=False)
     assert bool(info.converged.all())
-    assert tv(star, solve_equilibrium(g.A, g.ref, eta)[0]).max().item() < 1e-10
+    assert tv(star, solve_equilibrium(g.A, g.ref, tau)[0]).max().item() < 1e-10
 
 
-def test_solver_very_small_eta() -> None:
-    """η = 0.001 with a peaked π0: logits reach ±500, plain Newton from π0 stalls, continuation solves it."""
+def test_solver_very_small_tau() -> None:
+    """τ = 0.001 with a peaked π0: logits reach ±500, plain Newton from π0 stalls, continuation solves it."""
     g = random_game(16, 30, cyclic_strength=5.0, transitive_scale=2.0, ref_scale=3.0, seed=8)
     star, info = solve_equilibrium(g.A, g.ref, 0.001)
     assert bool(info.converged.all()), info
@@ -334,12 +349,12 @@ def test_solver_and_dynamics_on_cuda() -> None:
 def test_solver_speed_1024x16() -> None:
     """The 1,024 × 16 batch solves to gap ≤ 1e-8 in ≤ 1 s on a 2-core CPU (median of 5, after warm-up)."""
     g = random_game(1024, 16, cyclic_strength=2.0, seed=0)
-    for eta in ETAS:
-        solve_equilibrium(g.A, g.ref, eta)
+    for tau in TAUS:
+        solve_equilibrium(g.A, g.ref, tau)
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            _, info = solve_equilibrium(g.A, g.ref, eta, tol=1e-8)
+            _, info = solve_equilibrium(g.A, g.ref, tau, tol=1e-8)
             times.append(time.perf_counter() - start)
         assert bool(info.converged.all())
         assert float(np.median(times)) <= 1.0

@@ -1,5 +1,8 @@
 """prefgame.game: the KL-regularized preference game (docs/design.md §3.2–3.3).
 
+Symbols as in docs/design.md §3: ``tau`` is the KL coefficient τ of the game, ``eta`` the step η of a
+mirror-descent update rule (``step_size`` in :func:`run_dynamics`, a constant η or a schedule t ↦ η_t).
+
 Tabular exact tools: game quantities in :mod:`prefgame.game.metrics`, self-play update rules, their
 driver and the Newton equilibrium solver in :mod:`prefgame.game.solvers`.
 """
@@ -19,7 +22,7 @@ from prefgame.game.solvers import (
     RULES,
     SolveInfo,
     Trace,
-    continuation_etas,
+    continuation_taus,
     default_step_size,
     extragradient,
     get_rule,
@@ -41,7 +44,7 @@ __all__ = [
     "Trace",
     "best_response",
     "best_response_logits",
-    "continuation_etas",
+    "continuation_taus",
     "default_step_size",
     "duality_gap",
     "exploitability",

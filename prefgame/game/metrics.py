@@ -7,10 +7,11 @@ follows the device and dtype of its inputs.
     A    (B, n, n)  A = P − ½, skew-symmetric, so πᵀAπ = 0 for every π
     pi   (B, n)     a policy on the simplex
     ref  (B, n)     the reference policy π0, strictly positive
-    eta  float      the KL coefficient η > 0
+    tau  float      the KL coefficient τ > 0 (docs/design.md §3, notation)
 
-The game is max_π min_π' P(π ≻ π') − η KL(π‖π0) + η KL(π'‖π0). Its unique equilibrium is
-symmetric, (π*, π*), with π* = softmax(log π0 + Aπ*/η).
+The game is max_π min_π' P(π ≻ π') − τ KL(π‖π0) + τ KL(π'‖π0). Its unique equilibrium is
+symmetric, (π*, π*), with π* = softmax(log π0 + Aπ*/τ). The step of the self-play update rules is
+η (:mod:`prefgame.game.solvers`).
 """
 
 from __future__ import annotations
@@ -34,33 +35,33 @@ def kl(pi: Tensor, ref: Tensor) -> Tensor:
     return (torch.xlogy(pi, pi) - torch.xlogy(pi, ref)).sum(-1)
 
 
-def best_response_logits(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
-    """Unnormalized log best response, log π0 + Aπ/η.  Shape (B, n)."""
-    return ref.log() + payoff(A, pi) / eta
+def best_response_logits(A: Tensor, pi: Tensor, ref: Tensor, tau: float) -> Tensor:
+    """Unnormalized log best response, log π0 + Aπ/τ, for the KL coefficient τ (``tau``).  Shape (B, n)."""
+    return ref.log() + payoff(A, pi) / tau
 
 
-def best_response(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
-    """BR(π) = softmax(log π0 + Aπ/η) (docs/design.md §3.2).  Shape (B, n).
+def best_response(A: Tensor, pi: Tensor, ref: Tensor, tau: float) -> Tensor:
+    """BR(π) = softmax(log π0 + Aπ/τ) (docs/design.md §3.2), τ = ``tau``.  Shape (B, n).
 
-    It is the maximizer of π'ᵀAπ − η KL(π'‖π0) over the simplex (Gibbs variational principle).
+    It is the maximizer of π'ᵀAπ − τ KL(π'‖π0) over the simplex (Gibbs variational principle).
     """
-    return torch.softmax(best_response_logits(A, pi, ref, eta), dim=-1)
+    return torch.softmax(best_response_logits(A, pi, ref, tau), dim=-1)
 
 
-def duality_gap(A: Tensor, pi: Tensor, ref: Tensor, eta: float) -> Tensor:
-    """Duality gap of the symmetric profile (π, π) (docs/design.md §3.2).  Shape (B,).
+def duality_gap(A: Tensor, pi: Tensor, ref: Tensor, tau: float) -> Tensor:
+    """Duality gap of the symmetric profile (π, π) (docs/design.md §3.2), τ = ``tau``.  Shape (B,).
 
-        gap(π) = 2 [ η · logsumexp(log π0 + Aπ/η) + η · KL(π‖π0) ]
+        gap(π) = 2 [ τ · logsumexp(log π0 + Aπ/τ) + τ · KL(π‖π0) ]
 
-    Derivation. With f(π1, π2) = π1ᵀAπ2 − η KL(π1‖π0) + η KL(π2‖π0) (the constant ½ of P cancels),
-    max_π' [π'ᵀAπ − η KL(π'‖π0)] = η logsumexp(log π0 + Aπ/η) by the Gibbs variational principle.
-    Hence max_π1 f(π1, π) = η logsumexp(·) + η KL(π‖π0), and because πᵀAπ' = −π'ᵀAπ,
-    min_π2 f(π, π2) = −η KL(π‖π0) − η logsumexp(·); the gap is the difference. It is convex in π,
-    ≥ 0 (take π' = π, using πᵀAπ = 0), and zero only at π*. logsumexp keeps it finite for small η;
-    at π* it is zero up to rounding (about 1e-16 · η · |log π0 + Aπ/η|).
+    Derivation. With f(π1, π2) = π1ᵀAπ2 − τ KL(π1‖π0) + τ KL(π2‖π0) (the constant ½ of P cancels),
+    max_π' [π'ᵀAπ − τ KL(π'‖π0)] = τ logsumexp(log π0 + Aπ/τ) by the Gibbs variational principle.
+    Hence max_π1 f(π1, π) = τ logsumexp(·) + τ KL(π‖π0), and because πᵀAπ' = −π'ᵀAπ,
+    min_π2 f(π, π2) = −τ KL(π‖π0) − τ logsumexp(·); the gap is the difference. It is convex in π,
+    ≥ 0 (take π' = π, using πᵀAπ = 0), and zero only at π*. logsumexp keeps it finite for small τ;
+    at π* it is zero up to rounding (about 1e-16 · τ · |log π0 + Aπ/τ|).
     """
-    logits = best_response_logits(A, pi, ref, eta)  # (B, n)
-    return 2.0 * eta * (torch.logsumexp(logits, dim=-1) + kl(pi, ref))
+    logits = best_response_logits(A, pi, ref, tau)  # (B, n)
+    return 2.0 * tau * (torch.logsumexp(logits, dim=-1) + kl(pi, ref))
 
 
 def exploitability(P: Tensor, pi: Tensor) -> Tensor:
