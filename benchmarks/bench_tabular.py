@@ -27,7 +27,7 @@ from scipy.special import log_softmax, softmax
 from prefgame.game import random_game, run_dynamics, solve_equilibrium
 
 TAUS = (1.0, 0.1, 0.01)
-RULES = ("nash_md", "online_md", "magnetic_md", "extragradient", "optimistic_md")
+RULES = ("nash_md", "online_md", "magnetic_md", "extragradient", "magnetic_extragradient", "optimistic_md")
 
 
 def scipy_solve(A: np.ndarray, ref: np.ndarray, tau: float, per_decade: int = 2) -> tuple[np.ndarray, float]:
@@ -100,13 +100,13 @@ def solver_table(shapes: list[tuple[int, int]], repeats: int, device: str) -> No
             )
 
 
-def rules_table(B: int, n: int, max_iters: int, device: str) -> None:
+def rules_table(B: int, n: int, max_iters: int, device: str, rules: tuple[str, ...] = RULES) -> None:
     g = random_game(B, n, cyclic_strength=2.0, seed=0, device=device)
     print(f"Iterations to duality gap ≤ 1e-8, {B} games × {n} actions, default steps (median / max over games)")
     print()
     print("| rule | τ = 1 | τ = 0.1 | τ = 0.01 |")
     print("|---|---|---|---|")
-    for rule in RULES:
+    for rule in rules:
         cells = []
         for tau in TAUS:
             start = time.perf_counter()
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument(
         "--tables", default="solver,rules,mwu", help="comma-separated subset of the tables: solver, rules, mwu"
     )
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules of the rules table")
     args = parser.parse_args()
     tables = set(args.tables.split(","))
     if args.threads:
@@ -170,7 +171,8 @@ def main() -> None:
         solver_table(shapes, args.repeats, args.device)
         print()
     if "rules" in tables:
-        rules_table(4 if args.quick else 8, 100, 20_000 if args.quick else args.max_iters, args.device)
+        rules = tuple(args.rules.split(","))
+        rules_table(4 if args.quick else 8, 100, 20_000 if args.quick else args.max_iters, args.device, rules)
         print()
     if "mwu" in tables:
         mwu_table((100, 1_000, 10_000), args.device)

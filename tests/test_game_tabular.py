@@ -135,7 +135,13 @@ def game100():
 @pytest.mark.parametrize("tau", TAUS)
 @pytest.mark.parametrize(
     "rule, max_iters",
-    [("online_md", 40_000), ("magnetic_md", 40_000), ("extragradient", 3_000), ("optimistic_md", 3_000)],
+    [
+        ("online_md", 40_000),
+        ("magnetic_md", 40_000),
+        ("extragradient", 3_000),
+        ("magnetic_extragradient", 3_000),
+        ("optimistic_md", 3_000),
+    ],
 )
 def test_regularized_rules_reach_1e8_gap(game100, rule: str, max_iters: int, tau: float) -> None:
     """Default steps (module docstring of solvers): OMD/MMD need O((L/τ)² log 1/ε) steps (≈25k at

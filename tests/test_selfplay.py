@@ -628,3 +628,17 @@ def test_measurements_sample_at_temperature_one(pi0_dir, tmp_path):
         rows[temp] = read_rows(out)[0]
     assert rows[1.0] == rows[1.5]
     assert rows[1.0]["kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_every_algorithm_is_registered_under_its_tabular_name():
+    """One name per algorithm on both sides: prefgame.game.solvers resolves an LM algorithm's name to
+    the tabular rule it is the LM version of; every algorithm has its YAML and a one-line summary."""
+    from prefgame.game.solvers import get_rule
+    from prefgame.train.selfplay import ALGORITHMS
+
+    assert {"nash_md", "sppo", "inpo", "mmd", "extragradient"} <= set(ALGORITHMS)
+    for name, spec in ALGORITHMS.items():
+        assert spec.name == name and spec.summary
+        assert (CONFIGS / f"{name}.yaml").exists(), name
+        if spec.tabular is not None:
+            assert get_rule(name) is get_rule(spec.tabular), name

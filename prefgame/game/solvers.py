@@ -88,15 +88,19 @@ def nash_md(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -> Te
     return torch.softmax(mix.log() + eta * payoff(A, mix), dim=-1)
 
 
+def _online_step(pi: Tensor, ref: Tensor, g: Tensor, tau: float, eta: StepSize) -> Tensor:
+    """π' ∝ π^{1−ητ} · π0^{ητ} · exp(η·g), the online (anchored) mirror step on payoff g."""
+    eta = _col(eta)
+    return torch.softmax((1.0 - eta * tau) * pi.log() + eta * tau * ref.log() + eta * g, dim=-1)  # (B, n)
+
+
 def online_md(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -> Tensor:
     """Online mirror descent with π0 anchoring (INPO): π_{t+1} ∝ π_t^{1−ητ} π0^{ητ} exp(η · Aπ_t).
 
     ``tau`` is the KL coefficient τ, ``eta`` the step η; needs ητ ≤ 1. Its fixed points are exactly
     π* = softmax(log π0 + Aπ*/τ).
     """
-    eta = _col(eta)
-    logits = (1.0 - eta * tau) * pi.log() + eta * tau * ref.log() + eta * payoff(A, pi)  # (B, n)
-    return torch.softmax(logits, dim=-1)
+    return _online_step(pi, ref, payoff(A, pi), tau, eta)
 
 
 def magnetic_md(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -> Tensor:
@@ -109,10 +113,19 @@ def magnetic_md(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -
 
 
 def extragradient(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -> Tensor:
-    """Extragradient (EGPO) with the magnetic step M(π, g) of :func:`magnetic_md` (KL coefficient τ, step η).
+    """Extragradient (EGPO) with the online mirror step of :func:`online_md` (KL coefficient τ, step η).
 
-    π_{t+½} = M(π_t, Aπ_t), then π_{t+1} = M(π_t, Aπ_{t+½}): the full step starts again from π_t but
-    uses the payoff against the half-step policy. Two payoff evaluations per step.
+    π_{t+½} ∝ π_t^{1−ητ} π0^{ητ} exp(η·Aπ_t), then π_{t+1} ∝ π_t^{1−ητ} π0^{ητ} exp(η·Aπ_{t+½}): the
+    full step starts again from π_t but uses the payoff against the half-step policy, as LM
+    ``extragradient`` does with two INPO steps. Needs ητ ≤ 1. Two payoff evaluations per step.
+    """
+    half = _online_step(pi, ref, payoff(A, pi), tau, eta)  # (B, n) π_{t+½}
+    return _online_step(pi, ref, payoff(A, half), tau, eta)
+
+
+def magnetic_extragradient(A: Tensor, pi: Tensor, ref: Tensor, tau: float, eta: StepSize) -> Tensor:
+    """Extragradient with the magnetic step M(π, g) of :func:`magnetic_md`: π_{t+½} = M(π_t, Aπ_t), then
+    π_{t+1} = M(π_t, Aπ_{t+½}). Any step η > 0 is a valid proximal step. Two payoff evaluations per step.
     """
     half = _magnetic_step(pi, ref, payoff(A, pi), tau, eta)  # (B, n) π_{t+½}
     return _magnetic_step(pi, ref, payoff(A, half), tau, eta)
@@ -133,6 +146,7 @@ RULES: dict[str, Rule] = {
     "online_md": online_md,
     "magnetic_md": magnetic_md,
     "extragradient": extragradient,
+    "magnetic_extragradient": magnetic_extragradient,
     "optimistic_md": optimistic_md,
 }
 ALIASES = {
@@ -140,6 +154,7 @@ ALIASES = {
     "mwu": "multiplicative_weights",
     "inpo": "online_md",
     "mpo": "magnetic_md",
+    "mmd": "magnetic_md",
     "egpo": "extragradient",
 }
 
@@ -317,7 +332,7 @@ def _safeguarded_newton_step(A: Tensor, logpi: Tensor, ref: Tensor, tau: float) 
     first = accept.to(torch.int8).argmax(0)  # (B,) index of the largest accepted α
     newton = cand.gather(0, first[None, :, None].expand(1, *logpi.shape)).squeeze(0)  # (B, n)
     use_newton = solved & accept.any(0)  # (B,)
-    eta = default_step_size(extragradient, A, tau)  # extragradient in log space: no underflow to log 0
+    eta = default_step_size(magnetic_extragradient, A, tau)  # in log space: no underflow to log 0
     half = _magnetic_log_step(logpi, ref, payoff(A, logpi.exp()), tau, eta)  # (B, n)
     fallback = _magnetic_log_step(logpi, ref, payoff(A, half.exp()), tau, eta)  # (B, n)
     return torch.where(use_newton.unsqueeze(-1), newton, fallback), ~use_newton

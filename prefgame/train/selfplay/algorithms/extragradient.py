@@ -1,8 +1,8 @@
 """Extragradient (EGPO): two INPO steps per iteration.
 
 The INPO step from θ_t against π_t gives θ_{t+½}; then, from θ_t again (model and optimizer state
-restored), the INPO step with pairs sampled from π_{t+½}. Needs ητ ≤ 1. The tabular ``extragradient``
-takes magnetic steps instead of INPO's online-mirror-descent steps, so it is not this rule's tabular form.
+restored), the INPO step with pairs sampled from π_{t+½}. Needs ητ ≤ 1. Its tabular form is
+``extragradient`` (two online mirror steps).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ EXTRAGRADIENT = register(
         iterate=extragradient_iteration,
         summary="EGPO: the inpo step to θ_{t+½}, then from θ_t the inpo step with pairs sampled from π_{t+½}",
         preset=("game.tau=0.05", "game.eta=10", "train.lr=3e-4"),
+        tabular="extragradient",
         anchors=True,
         needs_small_step=True,
     )
