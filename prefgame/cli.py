@@ -109,8 +109,8 @@ JOBS: list[JobCommand] = [
 ]
 
 TOOLS: list[ToolCommand] = [
-    ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.cli"),
-    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.cli"),
+    ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.validate"),
+    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.evaluate"),
 ]
 
 

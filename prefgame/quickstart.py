@@ -264,7 +264,7 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     clock.stage("policies", t)
 
     # 8. report
-    from evaluation.quickstart import QuickstartResults, write_quickstart_report
+    from evaluation.quickstart_report import QuickstartResults, write_quickstart_report
 
     log.info(f"stage 8/{n_stages}: writing the report")
     results = QuickstartResults(
