@@ -1,5 +1,6 @@
-"""The report of ``prefgame quickstart``: every stage's figures as report sections, written with
-:func:`evaluation.report.write_report` (report.md, self-contained report.html, figures/, tables/).
+"""The report of ``prefgame quickstart`` (the job is :mod:`evaluation.quickstart`): every stage's figures
+as report sections, written with :func:`evaluation.report.write_report` (report.md, self-contained
+report.html, figures/, tables/).
 
 Nothing here is stored: each table is computed from the run's own results (:class:`QuickstartResults`).
 """

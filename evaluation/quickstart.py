@@ -11,8 +11,10 @@ Stages (each writes a sub-folder of ``output_dir``; with ``resume=true`` finishe
 7. ``policies.jsonl`` every policy's responses to the same held-out prompts, judged by the gold
    preference and by the biased judge; exact class-level figures against the equilibrium π*;
 8. ``report.md`` / ``report.html`` (figures embedded; ``figures/``, ``tables/`` as PNG, CSV, JSON).
-Every figure in the report comes from this run. The quickstart is orchestration at the CLI layer: it
-imports ``evaluation`` (lazily) to build the report.
+Every figure in the report comes from this run. The job lives in ``evaluation`` because it orchestrates
+every layer of prefgame and ends in an evaluation report (:mod:`evaluation.quickstart_report`); the
+``prefgame`` command table (:mod:`prefgame.cli`) names it by module path and imports it only when
+``quickstart`` is asked for, so prefgame itself never imports ``evaluation``.
 """
 
 from __future__ import annotations
