@@ -1,6 +1,9 @@
 """Evaluation: win rates, length-controlled win rates, ratings, agreement and reports.
 
-This package may import prefgame; prefgame core never imports it."""
+Also the two commands built on them: :mod:`evaluation.evaluate` (``prefgame evaluate``) and
+:mod:`evaluation.quickstart` (``prefgame quickstart``, its report in :mod:`evaluation.quickstart_report`).
+This package imports prefgame; prefgame never imports it (its command table names those two modules by
+path and loads them on demand, docs/design.md §2.2)."""
 
 from evaluation.agreement import (
     SubsetAccuracy,

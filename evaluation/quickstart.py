@@ -1,282 +1,330 @@
-"""The report of ``prefgame quickstart``: every stage's figures as report sections, written with
-:func:`evaluation.report.write_report` (report.md, self-contained report.html, figures/, tables/).
+"""``prefgame quickstart``: the whole toolkit on the embedded arena, end to end on a CPU.
 
-Nothing here is stored: each table is computed from the run's own results (:class:`QuickstartResults`).
+Stages (each writes a sub-folder of ``output_dir``; with ``resume=true`` finished stages are kept):
+1. ``data/``      the arena world and its data sets (SFT demonstrations, pairs, ratings, battles);
+2. ``pi0/``       π0, a tiny Llama trained by SFT on the demonstrations, and its class distribution;
+3. ``pm/``        BT, general (embedding) and gated preference models trained on the arena pairs;
+4. ``labels.jsonl`` pairs of π0 responses labeled by the gold preference, the annotators, a biased
+   judge and the trained preference models (the agreement matrix);
+5. ``selfplay/<algorithm>/`` Nash self-play from π0 with the trained general preference model as oracle;
+6. ``dpo/``, ``ppo/``  the baselines: offline DPO on the arena pairs, PPO against the BT reward model;
+7. ``policies.jsonl`` every policy's responses to the same held-out prompts, judged by the gold
+   preference and by the biased judge; exact class-level figures against the equilibrium π*;
+8. ``report.md`` / ``report.html`` (figures embedded; ``figures/``, ``tables/`` as PNG, CSV, JSON).
+Every figure in the report comes from this run. The job lives in ``evaluation`` because it orchestrates
+every layer of prefgame and ends in an evaluation report (:mod:`evaluation.quickstart_report`); the
+``prefgame`` command table (:mod:`prefgame.cli`) names it by module path and imports it only when
+``quickstart`` is asked for, so prefgame itself never imports ``evaluation``.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-from evaluation.plots import convergence_png
-from evaluation.report import ReportSection, agreement_section, policy_battles, winrate_section, write_report
-from prefgame.arena.world import MODIFIERS, N_CLASSES, OBJECTIVES, STYLES, TOPICS, Arena, class_features, class_name
+from prefgame.arena.job import ArenaConfig, ArenaJobConfig
+from prefgame.arena.world import AnnotatorOracle, GoldOracle, class_name
+from prefgame.config import param
+from prefgame.game.lm_selfplay import ClassGame, smoothed_class_distribution
+from prefgame.judges import JudgeConfig
+from prefgame.lm import load_causal_lm, load_tokenizer, sample
+from prefgame.run import RunDir, seed_everything, write_jsonl
+from prefgame.train.engine import TrainConfig
+from prefgame.train.selfplay.registry import load_algorithms
+from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
 
-FEATURE_VALUES = {
-    "style": STYLES,
-    "relevant": ("no", "yes"),
-    "correct": ("no", "yes"),
-    "length": ("short", "medium", "long"),
-    "unsafe": ("no", "yes"),
-}
-EXACT_COLUMNS = {
-    "gold_win_rate_vs_pi0": "gold win rate vs π0",
-    "exploitability": "exploitability",
-    "gap": "duality gap",
-    "tv_to_equilibrium": "TV to π*",
-    "class_kl": "class KL to π0",
-}
+SELFPLAY_ALGORITHMS = tuple(load_algorithms())  # every registered self-play algorithm
 
 
 @dataclass
-class QuickstartResults:
-    cfg: Any  # QuickstartConfig
-    arena: Arena
-    pi0_raw: torch.Tensor  # (T, C) π0's class distribution from samples
-    sft_metrics: dict
-    samples: tuple[list[str], list[str], Any]  # π0's prompts, responses, classes
-    pm_rows: list[dict]  # prefgame.train.pm_arena.ArenaPMRow as dicts
-    labels: pd.DataFrame  # evaluation.arena.arena_label_table of π0 pairs
-    selfplay: dict[str, dict]  # algorithm -> run_selfplay metrics (with "history")
-    exact: dict[str, dict]  # policy -> ClassGame.measure figures + gold_win_rate_vs_pi0
-    policy_samples: pd.DataFrame  # prompt, output, generator
-    biased_judge: Any  # PreferenceOracle
-    gold: Any  # PreferenceOracle
-    llm_judge: Any = None  # prefgame.judges.LLMJudge when the run was given an endpoint
+class QuickstartSFT:
+    max_steps: int = param(300, "SFT optimizer steps for π0")
+    lr: float = param(3e-3, "SFT peak learning rate")
+    batch_size: int = param(64, "SFT examples per step")
+    hidden_size: int = param(128, "π0 hidden size")
+    num_layers: int = param(4, "π0 layers")
 
 
-def type_average(pi: torch.Tensor, arena: Arena) -> torch.Tensor:
-    """A class-level policy (T, C) averaged over prompt types with their probabilities, (C,)."""
-    return (arena.type_probs[:, None] * pi).sum(0)
-
-
-def marginals(pi: torch.Tensor, arena: Arena) -> dict[str, list[float]]:
-    """Feature marginals of a class-level policy (T, C), averaged over prompt types."""
-    avg = type_average(pi, arena)  # (C,)
-    feats = [class_features(i) for i in range(N_CLASSES)]
-    return {
-        name: [float(sum(avg[i] for i, f in enumerate(feats) if getattr(f, name) == v)) for v in range(len(values))]
-        for name, values in FEATURE_VALUES.items()
-    }
-
-
-def world_section(r: QuickstartResults) -> ReportSection:
-    arena, spec = r.arena, r.arena.spec
-    s = ReportSection("1. The world")
-    s.text(
-        "The arena is a synthetic preference world with known ground truth. Prompts ask about a topic in a manner "
-        "(briefly, plainly, in detail) and pose a small addition. Any response text maps to one of "
-        f"{N_CLASSES} feature classes: style ({', '.join(STYLES)}), relevance to the topic, correctness of the sum, "
-        "length bucket and a safety flag. The gold preference is P*(a ≻ b | x) = σ(strength · Σ_k w_k(x)(s_k(a) − "
-        f"s_k(b)) + c · C[style(a), style(b)]) with strength {spec.strength}, cyclic strength c = {spec.cycle} "
-        "(formal ≻ casual ≻ poetic ≻ formal: no reward function can express it) and prompt-dependent objective "
-        "weights w(x). Because P* depends on a response only through its class, every policy's exact win rates, "
-        "exploitability and distance to the regularized equilibrium π* can be computed."
+@dataclass
+class QuickstartConfig:
+    output_dir: str = param("runs/quickstart", "where every stage and the report are written")
+    resume: bool = param(False, "keep stages that already finished in output_dir and run the rest")
+    seed: int = param(0, "seed of training and sampling")
+    num_threads: int = param(
+        1,
+        "CPU threads for PyTorch (0: PyTorch's default). One thread: the tiny models gain little from more, "
+        "and on a machine shared with other work several threads run several times slower",
     )
-    types = [f"{t}/{m}" for t in TOPICS for m in MODIFIERS]
-    weights = pd.DataFrame(arena.type_weights, index=pd.Index(types, name="prompt type"), columns=list(OBJECTIVES))
-    s.add_table("world_weights", weights.round(3), "Objective weights w(x) per prompt type:")
-    annotators = pd.DataFrame(
-        [
-            {
-                "annotator": a.name,
-                "temperature": a.temperature,
-                "cycle": "world" if a.cycle is None else a.cycle,
-                "position bias": a.position_bias,
-                "length bias": a.length_bias,
-                "tie band": a.tie_band,
-            }
-            for a in spec.annotators
-        ]
-    ).set_index("annotator")
-    s.add_table("world_annotators", annotators, "Simulated annotators (temperature scales the gold logit; biases add):")
-    return s
-
-
-def pi0_section(r: QuickstartResults) -> ReportSection:
-    cfg, arena, m = r.cfg, r.arena, r.sft_metrics
-    demo = arena.demonstrator_distribution()
-    s = ReportSection("2. π0 (SFT)")
-    tv = float(0.5 * (r.pi0_raw - demo).abs().sum(1) @ arena.type_probs)
-    s.text(
-        f"A {cfg.sft.num_layers}-layer Llama-style model (hidden {cfg.sft.hidden_size}) trained for "
-        f"{cfg.sft.max_steps} steps on {cfg.sft_examples} demonstrations: held-out loss per response token "
-        f"{_f(m.get('eval_loss_initial'))} → {_f(m.get('eval_loss'))}. Its class distribution, measured from "
-        f"{cfg.samples} samples, against the demonstrator it imitates (total variation per prompt type, averaged: "
-        f"{tv:.3f}); exact gold win rate against the demonstrator {arena.win_rate(r.pi0_raw, demo):.3f}, "
-        f"unregularized exploitability {arena.exploitability(r.pi0_raw):.3f} (demonstrator "
-        f"{arena.exploitability(demo):.3f})."
+    arena: ArenaConfig = param(ArenaConfig, "the world")
+    sft_examples: int = param(4000, "SFT demonstrations")
+    pairs: int = param(4000, "gold-labeled pairs exported with the world (preference-model and DPO data)")
+    sft: QuickstartSFT = param(QuickstartSFT, "π0 training")
+    samples: int = param(2000, "π0 responses sampled to measure its class distribution")
+    label_pairs: int = param(1000, "pairs of π0 responses labeled by every source (the agreement matrix)")
+    selfplay: list[str] = param(["nash_md", "sppo", "inpo"], f"self-play algorithms to run, of {SELFPLAY_ALGORITHMS}")
+    tau: float = param(0.05, "KL regularization τ of the arena game that π* and the duality gap refer to")
+    baselines: bool = param(True, "train the DPO and PPO baselines")
+    eval_prompts: int = param(300, "held-out prompts every policy answers for the final comparison")
+    max_new_tokens: int = param(40, "sampling length limit (arena responses have ≤ 34 words)")
+    llm_judge: bool = param(
+        False, "add an LLM judge over an OpenAI-compatible API (settings in judge.*) to the agreement and win rates"
     )
-    ours, theirs = marginals(r.pi0_raw, arena), marginals(demo, arena)
-    rows = [
-        {"feature": f, "value": v, "π0": ours[f][i], "demonstrator": theirs[f][i]}
-        for f, values in FEATURE_VALUES.items()
-        for i, v in enumerate(values)
-    ]
-    s.add_table(
-        "pi0_marginals",
-        pd.DataFrame(rows).set_index(["feature", "value"]),
-        "π0's class distribution (feature marginals):",
-    )
-    avg, demo_avg = type_average(r.pi0_raw, arena), type_average(demo, arena)
-    top = torch.argsort(avg, descending=True)[:8]
-    frame = pd.DataFrame(
-        [{"class": class_name(int(i)), "π0": float(avg[i]), "demonstrator": float(demo_avg[i])} for i in top]
-    ).set_index("class")
-    s.add_table("pi0_top_classes", frame, "π0's most frequent classes:")
-    prompts, responses, classes = r.samples
-    seen, rows = set(), []
-    for p, y, c in zip(prompts, responses, classes):
-        if p not in seen and len(rows) < 5:
-            seen.add(p)
-            rows.append({"prompt": p, "π0 response": y, "class": class_name(int(c))})
-    s.add_table("pi0_samples", pd.DataFrame(rows).set_index("prompt"), "Sample responses:")
-    return s
+    judge: JudgeConfig = param(JudgeConfig, "the LLM judge (key from $OPENAI_API_KEY or judge.api_key, never written)")
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.selfplay if a not in SELFPLAY_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unknown self-play algorithm {unknown}; choose from {list(SELFPLAY_ALGORITHMS)}")
 
 
-def pm_section(r: QuickstartResults) -> ReportSection:
-    s = ReportSection("3. Preference models")
-    s.text(
-        "Bradley–Terry (BT), the general preference model in embedding form (GPM, exactly anti-symmetric) and the "
-        "multi-objective gated reward head, trained on the exported arena pairs and ratings and scored on held-out "
-        "pairs freshly sampled from the world with their gold probabilities. Expected accuracy is E[P* of the "
-        "side the model picks], directly comparable with the Bayes-optimal E[max(P*, 1 − P*)]; in-cycle pairs are "
-        "decided by the cyclic style term alone, which no reward model can represent."
-    )
-    frame = pd.DataFrame(
-        [
-            {
-                "model": row["model"],
-                "held-out accuracy": row["accuracy"],
-                "expected accuracy": row["expected_accuracy"],
-                "Bayes-optimal": row["bayes_accuracy"],
-                "in-cycle expected": row["in_cycle_expected_accuracy"],
-                "in-cycle Bayes": row["in_cycle_bayes_accuracy"],
-                "gating r with w(x)": row["gating_correlation"],
-                "seconds": row["seconds"],
-            }
-            for row in r.pm_rows
-        ]
-    ).set_index("model")
-    s.add_table("preference_models", frame, "Preference models on held-out arena pairs:")
-    return s
+def _done(path: Path) -> bool:
+    return (path / "metrics.json").exists()
 
 
-def selfplay_section(r: QuickstartResults) -> ReportSection:
-    s = ReportSection("5. Nash self-play: convergence")
-    s.text(
-        f"Self-play from π0 against the trained GPM as oracle, on the KL-regularized game with τ = {r.cfg.tau}. "
-        "At each measured iteration the policy's class distribution is measured from samples on held-out prompts "
-        "and scored exactly: unregularized exploitability max_y P*(y ≻ π) − ½, the duality gap of the regularized "
-        "game (0 only at π*), total variation to the exact equilibrium π*, and the exact gold win rate against π0."
-    )
-    traces, rows = {}, []
-    for algo, m in r.selfplay.items():
-        hist = pd.DataFrame(m.get("history", []))
-        if hist.empty:
-            continue
-        traces[algo] = hist
-        for h in m["history"]:
-            rows.append({"algorithm": algo, **h})
-    if traces:
-        cols = {
-            "class/exploitability": "exploitability",
-            "class/gap": "duality gap",
-            "class/tv_to_equilibrium": "TV to π*",
-            "class/win_rate_vs_ref": "gold win rate vs π0",
-        }
-        s.add_figure(
-            "selfplay_convergence", convergence_png(traces, cols, "self-play from π0"), "Convergence per algorithm"
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run(cfg: QuickstartConfig) -> dict:
+    out = RunDir(cfg.output_dir)
+    log = out.start_logging()
+    try:
+        return _run(cfg, out, log)
+    finally:
+        out.close()
+
+
+class _Clock:
+    """Wall time per stage, for the report's timing table."""
+
+    def __init__(self) -> None:
+        self.start, self.seconds = time.perf_counter(), {}
+
+    def stage(self, name: str, t0: float) -> None:
+        self.seconds[name] = time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
+    clock = _Clock()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    if not cfg.resume:
+        out.start_fresh()
+        for name in ("report.md", "report.html", "samples.jsonl", "labels.jsonl", "policies.jsonl"):
+            out.file(name).unlink(missing_ok=True)
+    out.write_config(cfg)
+    seed_everything(cfg.seed)
+    arena = cfg.arena.build()
+    n_stages = 8
+    rng = np.random.default_rng(cfg.seed + 1)
+
+    # 1. the world and its data sets
+    t = time.perf_counter()
+    data_dir = out.file("data")
+    if not (cfg.resume and _done(data_dir)):
+        from prefgame.arena import job as arena_job
+
+        log.info(f"stage 1/{n_stages}: building the arena and exporting its data sets")
+        arena_job.run(
+            ArenaJobConfig(output_dir=str(data_dir), arena=cfg.arena, sft_examples=cfg.sft_examples, pairs=cfg.pairs)
         )
-        s.add_table("selfplay_trace", pd.DataFrame(rows).set_index(["algorithm", "iteration"]), "Measured iterations:")
-    return s
+    clock.stage("arena", t)
 
+    # 2. π0 by SFT, and its class distribution from samples
+    t = time.perf_counter()
+    pi0_dir = out.file("pi0")
+    if not (cfg.resume and _done(pi0_dir)):
+        from prefgame.train import sft
 
-def policies_section(r: QuickstartResults) -> ReportSection:
-    s = ReportSection("6. Policies against the exact equilibrium")
-    s.text(
-        f"Every policy answered the same {r.cfg.eval_prompts} held-out prompts; its class distribution is scored "
-        "exactly under the gold preference. π* is the exact regularized equilibrium (Newton solve on the class-level "
-        "game, with π0's smoothed class distribution as reference). KL here is over classes, a lower bound of the "
-        "sequence-level KL. The policies: π0 (SFT); each self-play algorithm against the trained GPM; `dpo`, "
-        "offline DPO on the exported arena pairs; `ppo`, PPO against the trained BT reward model."
+        log.info(f"stage 2/{n_stages}: training π0 by SFT on the demonstrations ({cfg.sft.max_steps} steps)")
+        sft.run(_sft_config(cfg, data_dir, pi0_dir))
+    pi0_path = str(pi0_dir / "model")
+    model, tok = load_causal_lm(pi0_path), load_tokenizer(pi0_path)
+    prompts = [p.text for p in arena.sample_prompts(cfg.samples, rng)]
+    responses = sample(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1)
+    _, classes = arena.classify(prompts, responses)
+    write_jsonl(
+        out.file("samples.jsonl"),
+        [{"prompt": p, "response": r, "class": class_name(int(c))} for p, r, c in zip(prompts, responses, classes)],
     )
-    frame = pd.DataFrame({name: {lab: m[key] for key, lab in EXACT_COLUMNS.items()} for name, m in r.exact.items()}).T
-    frame.index.name = "policy"
-    s.add_table("policies_exact", frame, "Exact class-level figures under the gold preference:")
-    rows = []
-    for name, g in r.policy_samples.groupby("generator", sort=False):
-        for p, y in list(zip(g["prompt"], g["output"]))[:2]:
-            rows.append({"policy": name, "prompt": p, "response": y, "class": class_name(r.arena.features(p, y).index)})
-    s.add_table("policies_samples", pd.DataFrame(rows).set_index(["policy", "prompt"]), "Sample responses per policy:")
-    return s
+    pi0_raw = arena.class_distribution(prompts, responses)
+    rho0 = smoothed_class_distribution(arena, prompts, responses, prior=2.0)
+    clock.stage("sft", t)
 
+    # 3. preference models
+    t = time.perf_counter()
+    from prefgame.models import load_preference_model
+    from prefgame.train.pm_arena import rows_as_dicts, train_arena_preference_models
 
-def _renamed(section: ReportSection, prefix: str) -> ReportSection:
-    """The same section with every table and figure name prefixed (two win-rate sections in one report)."""
-    out = ReportSection(section.title, metrics=section.metrics)
-    for kind, name, caption in section.blocks:
-        if kind == "table":
-            out.add_table(prefix + name, section.tables[name], caption)
-        elif kind == "figure":
-            out.add_figure(prefix + name, section.figures[name], caption)
+    pm_dir = out.file("pm")
+    if cfg.resume and _done(pm_dir):
+        pm_rows = _read_json(pm_dir / "metrics.json")["models"]
+    else:
+        log.info(f"stage 3/{n_stages}: training BT, general (GPM) and gated preference models")
+        pm_rows = rows_as_dicts(
+            train_arena_preference_models(
+                pm_dir, pairs_path=data_dir / "pairs.jsonl", ratings_path=data_dir / "ratings.jsonl"
+            )
+        )
+        RunDir(pm_dir).write_metrics({"models": pm_rows})
+    pms = {r["model"]: load_preference_model(r["model_dir"]) for r in pm_rows}
+    by_kind = {r["kind"]: r for r in pm_rows}
+    clock.stage("preference models", t)
+
+    # 4. labels of π0 response pairs from every source
+    t = time.perf_counter()
+    from evaluation.arena import BIASED_JUDGE, arena_label_table
+
+    log.info(f"stage 4/{n_stages}: labeling {cfg.label_pairs} pairs of π0 responses by every source")
+    pair_prompts = [p.text for p in arena.sample_prompts(cfg.label_pairs, rng)]
+    doubled = sample(model, tok, pair_prompts * 2, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 2)
+    judge = None
+    if cfg.llm_judge:
+        from prefgame.judges import LLMJudge
+
+        judge = LLMJudge(cfg.judge, seed=cfg.seed)
+    oracles = {**pms, **({judge.name: judge} if judge else {})}
+    labels = arena_label_table(
+        arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed, oracles=oracles
+    )
+    write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
+    clock.stage("labels", t)
+
+    # 5. Nash self-play with the general preference model as oracle
+    from prefgame.train.selfplay import QUICKSTART_OVERRIDES, run_selfplay
+
+    policies: dict[str, str] = {"π0": pi0_path}
+    runs: dict[str, dict] = {}
+    gpm = pms[by_kind["gpm"]["model"]]
+    for i, algo in enumerate(cfg.selfplay):
+        t = time.perf_counter()
+        sp_dir = out.file("selfplay") / algo
+        if cfg.resume and _done(sp_dir):
+            runs[algo] = _read_json(sp_dir / "metrics.json")
         else:
-            out.text(name)
-    return out
+            log.info(f"stage 5/{n_stages}: self-play {algo} ({i + 1}/{len(cfg.selfplay)}) from π0 against the GPM")
+            runs[algo] = run_selfplay(
+                pi0_path,
+                gpm,
+                algorithm=algo,
+                output_dir=sp_dir,
+                overrides=[*QUICKSTART_OVERRIDES, f"train.seed={cfg.seed}", f"game.tau={cfg.tau}"],
+                reference_classes=rho0,
+            )
+        policies[algo] = str(sp_dir / "model")
+        clock.stage(f"selfplay {algo}", t)
 
+    # 6. baselines
+    if cfg.baselines:
+        from prefgame.train.dpo import train_dpo_arena
+        from prefgame.train.ppo import train_ppo_arena
 
-def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, seconds: dict[str, float]) -> dict[str, Any]:
-    """Build every section, write the report files and return the run's headline metrics."""
-    model_names = [row["model"] for row in r.pm_rows]
-    agreement = agreement_section(
-        r.labels, reference="gold", models=model_names, title="4. Agreement between label sources"
+        t = time.perf_counter()
+        dpo_dir = out.file("dpo")
+        if not (cfg.resume and _done(dpo_dir)):
+            log.info(f"stage 6/{n_stages}: offline DPO from π0 on the exported arena pairs")
+            train_dpo_arena(
+                pi0_path, data_dir, dpo_dir, mode="offline", overrides=[f"train.seed={cfg.seed}"], eval_prompts=0
+            )
+        policies["dpo"] = str(dpo_dir / "model")
+        clock.stage("dpo", t)
+        t = time.perf_counter()
+        ppo_dir = out.file("ppo")
+        if not (cfg.resume and _done(ppo_dir)):
+            log.info(f"stage 6/{n_stages}: PPO from π0 against the BT reward model")
+            train_ppo_arena(pi0_path, by_kind["bt"]["model_dir"], ppo_dir, overrides=[f"train.seed={cfg.seed}"])
+        policies["ppo"] = str(ppo_dir / "model")
+        clock.stage("ppo", t)
+
+    # 7. every policy on the same held-out prompts
+    t = time.perf_counter()
+    log.info(f"stage 7/{n_stages}: sampling every policy on {cfg.eval_prompts} held-out prompts and judging them")
+    eval_prompts = [p.text for p in arena.sample_prompts(cfg.eval_prompts, np.random.default_rng(cfg.seed + 7))]
+    rows, per_policy = [], {}
+    for name, path in policies.items():
+        m = model if name == "π0" else load_causal_lm(path)
+        texts = sample(m, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 3)
+        rows += [{"prompt": p, "output": y, "generator": name} for p, y in zip(eval_prompts, texts)]
+        per_policy[name] = texts
+    write_jsonl(out.file("policies.jsonl"), rows)
+    samples_frame = pd.DataFrame(rows)
+
+    game = ClassGame(arena.gold_matrix, rho0, arena.type_probs, cfg.tau)
+    exact: dict[str, dict] = {}
+    for name, texts in per_policy.items():
+        pi = pi0_raw if name == "π0" else arena.class_distribution(eval_prompts, texts)
+        exact[name] = {**game.measure(pi), "gold_win_rate_vs_pi0": arena.win_rate(pi, pi0_raw)}
+    exact["π* (exact)"] = {**game.measure(game.pi_star), "gold_win_rate_vs_pi0": arena.win_rate(game.pi_star, pi0_raw)}
+    clock.stage("policies", t)
+
+    # 8. report
+    from evaluation.quickstart_report import QuickstartResults, write_quickstart_report
+
+    log.info(f"stage 8/{n_stages}: writing the report")
+    results = QuickstartResults(
+        cfg=cfg,
+        arena=arena,
+        pi0_raw=pi0_raw,
+        sft_metrics=_read_json(pi0_dir / "metrics.json"),
+        samples=(prompts, responses, classes),
+        pm_rows=pm_rows,
+        labels=labels,
+        selfplay=runs,
+        exact=exact,
+        policy_samples=samples_frame,
+        biased_judge=AnnotatorOracle(arena, BIASED_JUDGE),
+        gold=GoldOracle(arena),
+        llm_judge=judge,
     )
-    win_sections, win_metrics = [], {}
-    if r.policy_samples["generator"].nunique() > 1:  # win rates need two policies at least
-        judges = [("gold", r.gold, ""), ("biased judge", r.biased_judge, "judge_")]
-        if r.llm_judge is not None:
-            judges.append((r.llm_judge.name, r.llm_judge, "llm_"))
-        for judge, oracle, prefix in judges:
-            battles = policy_battles(r.policy_samples, oracle, pairs="all", seed=r.cfg.seed)
-            title = f"{7 + len(win_sections)}. Win rates and ratings ({judge})"
-            section = winrate_section(battles, baseline="π0", seed=r.cfg.seed, title=title)
-            win_sections.append(_renamed(section, prefix) if prefix else section)
-            win_metrics[judge] = section.metrics
-    if r.llm_judge is not None:
-        win_metrics["llm_judge_usage"] = dict(r.llm_judge.stats)  # requests, tokens, cost; never the key
-    timing = ReportSection("Timings")
-    timing.add_table("timings", pd.DataFrame({"seconds": seconds}).rename_axis("stage"), "Wall time per stage (s):")
-    sections = [
-        world_section(r),
-        pi0_section(r),
-        pm_section(r),
-        agreement,
-        selfplay_section(r),
-        policies_section(r),
-        *win_sections,
-        timing,
+    metrics = write_quickstart_report(out.path, results, {**clock.seconds, "total": clock.total()})
+    out.write_metrics(metrics)
+    print(summary_table(metrics))
+    log.info(f"quickstart done in {metrics['seconds']['total']:.0f}s: report in {metrics['report']}")
+    return metrics
+
+
+def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(pi0_dir),
+        resume=cfg.resume,
+        model=SFTModelConfig(
+            tokenizer=str(data_dir / "tokenizer"), hidden_size=cfg.sft.hidden_size, num_layers=cfg.sft.num_layers
+        ),
+        data=SFTDataConfig(path=str(data_dir / "sft.jsonl"), max_length=64),
+        train=TrainConfig(
+            seed=cfg.seed,
+            lr=cfg.sft.lr,
+            max_steps=cfg.sft.max_steps,
+            batch_size=cfg.sft.batch_size,
+            micro_batch_size=cfg.sft.batch_size,
+            eval_every=0,
+            save_every=100,
+            log_every=10,
+        ),
+    )
+
+
+def summary_table(metrics: dict) -> str:
+    lines = [
+        "",
+        "prefgame quickstart summary",
+        f"  {'policy':<14}{'gold win vs π0':>16}{'exploitability':>16}{'gap':>10}{'TV to π*':>10}",
     ]
-    intro = (
-        f"Run of `prefgame quickstart` (seed {r.cfg.seed}); every figure below was computed by this run in "
-        f"{seconds['total']:.0f} s."
-    )
-    paths = write_report(output_dir, sections, title="prefgame quickstart report", intro=intro)
-    return {
-        "pi0": {"exploitability": float(r.arena.exploitability(r.pi0_raw)), "sft": r.sft_metrics},
-        "preference_models": r.pm_rows,
-        "selfplay": {a: {k: v for k, v in m.items() if k != "history"} for a, m in r.selfplay.items()},
-        "policies": r.exact,
-        "agreement": agreement.metrics,
-        "win_rates": win_metrics,
-        "seconds": seconds,
-        "report": str(paths["html"]),
-    }
-
-
-def _f(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
+    for name, m in metrics["policies"].items():
+        figures = (m["gold_win_rate_vs_pi0"], m["exploitability"], m["gap"], m["tv_to_equilibrium"])
+        lines.append(f"  {name:<14}" + "".join(f"{v:>{w}.3f}" for v, w in zip(figures, (16, 16, 10, 10))))
+    for r in metrics["preference_models"]:
+        lines.append(
+            f"  PM {r['model']:<11} held-out accuracy {r['expected_accuracy']:.3f} (Bayes {r['bayes_accuracy']:.3f})"
+        )
+    lines.append(f"  total time {metrics['seconds']['total']:.0f} s; report: {metrics['report']}")
+    return "\n".join(lines)

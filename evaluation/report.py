@@ -45,7 +45,7 @@ from evaluation.bias import judge_bias
 from evaluation.ratings import bt_ratings
 from evaluation.winrate import battle_outcomes, length_controlled_win_rate, win_rate, win_rate_matrix
 from prefgame.errors import DataError
-from prefgame.report import table as markdown_table
+from prefgame.markdown import table as markdown_table
 from prefgame.run import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PAIR_COLUMNS = ("prompt", "response_a", "response_b", "subset", "len_a", "len_b", "model_a", "model_b")

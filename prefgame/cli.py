@@ -5,7 +5,10 @@ dataclass; ``prefgame <command> --help`` lists every key with its type, default 
 Errors a user can cause end with one line on stderr and exit code 2; an interrupted job exits 130.
 Warnings that libraries emit during a command are held back and printed after it (they are also in
 the run's ``log.txt``), so that an error stays one line whatever the libraries say on the way.
-Commands and their config classes are imported lazily so that ``prefgame --help`` is fast.
+Commands and their config classes are imported lazily so that ``prefgame --help`` is fast: the command
+table (:data:`JOBS`, :data:`TOOLS`) names each command's module by path and loads it on demand. That is
+how ``quickstart`` and ``evaluate``, whose modules live in the ``evaluation`` package, are reached
+without prefgame importing ``evaluation`` (docs/design.md §2.2).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ JOBS: list[JobCommand] = [
     JobCommand(
         "quickstart",
         "run the whole pipeline on the embedded arena and write runs/quickstart/report.md",
-        "prefgame.quickstart:QuickstartConfig",
-        "prefgame.quickstart:run",
+        "evaluation.quickstart:QuickstartConfig",
+        "evaluation.quickstart:run",
         "prefgame quickstart",
     ),
     JobCommand(
@@ -109,8 +112,8 @@ JOBS: list[JobCommand] = [
 ]
 
 TOOLS: list[ToolCommand] = [
-    ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.cli"),
-    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.cli"),
+    ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.validate"),
+    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.evaluate"),
 ]
 
 

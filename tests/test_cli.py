@@ -57,11 +57,11 @@ def test_no_command_prints_help(capsys) -> None:
 
 
 def test_top_level_help_imports_no_command_module() -> None:
-    # Commands load lazily: `prefgame --help` must not import the trainers or the arena.
+    # Commands load lazily: `prefgame --help` must not import the trainers, the arena or evaluation.
     code = (
         "import sys\nfrom prefgame.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in sys.modules if m.startswith(('prefgame.train', 'prefgame.arena', "
-        "'prefgame.quickstart'))), file=sys.stderr)"
+        "'evaluation'))), file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -263,20 +264,35 @@ def test_arena_evaluation_and_report_files(arena_labels, tmp_path):
     assert next(r for r in judges if r["source"] == "gold")["position_logodds"] is None  # NaN -> null
 
 
-# The CLI layer may dispatch into evaluation: the quickstart job orchestrates every layer and builds
-# its report with evaluation (lazily, inside the job); the rest of prefgame never imports it.
-CLI_LAYER = {"quickstart.py"}
+# The dependency is one way: evaluation imports prefgame, no module of prefgame imports evaluation (not even
+# inside a function). The one reference is by name: prefgame.cli's command table names the modules of the
+# quickstart and evaluate commands as strings and loads them on demand (docs/design.md §2.2).
+COMMAND_TABLE = "cli.py"
+MODULE_PATH = re.compile(r"evaluation(\.\w+)*(:\w+)?")
 
 
-def test_prefgame_core_never_imports_evaluation():
-    for path in (ROOT / "prefgame").rglob("*.py"):
-        if path.relative_to(ROOT / "prefgame").as_posix() in CLI_LAYER:
-            continue
+def _is_evaluation(name: str) -> bool:
+    return name == "evaluation" or name.startswith(("evaluation.", "evaluation:"))
+
+
+def test_prefgame_never_imports_evaluation():
+    modules = sorted((ROOT / "prefgame").rglob("*.py"))
+    assert len(modules) > 40 and ROOT / "prefgame" / COMMAND_TABLE in modules
+    named = set()
+    for path in modules:
+        where = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            assert not any(n == "evaluation" or n.startswith("evaluation.") for n in names), path
+            if isinstance(node, ast.Import):
+                assert not any(_is_evaluation(a.name) for a in node.names), f"{where}:{node.lineno}"
+            elif isinstance(node, ast.ImportFrom):
+                assert not _is_evaluation(node.module or ""), f"{where}:{node.lineno}"
+            elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                func = ast.unparse(node.func)  # importlib.import_module("evaluation...") or __import__(...)
+                if func.endswith(("import_module", "__import__")) and isinstance(node.args[0].value, str):
+                    assert not _is_evaluation(node.args[0].value), f"{where}:{node.lineno}"
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_PATH.fullmatch(node.value):
+                named.add(where)
+    assert named == {f"prefgame/{COMMAND_TABLE}"}  # the by-name entries of the command table, nowhere else
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small helpers to write markdown reports (no extra dependencies)."""
+"""Markdown formatting: a value as a table cell and GitHub-flavoured tables (no extra dependencies)."""
 
 from __future__ import annotations
 
