@@ -59,10 +59,10 @@ from prefgame.train.engine import (
     log_row,
     make_accelerator,
     make_optimizer,
-    optimizer_step,
     resume_state,
     save_checkpoint,
     step_indices,
+    train_steps,
 )
 from prefgame.train.selfplay import (
     OracleConfig,
@@ -378,7 +378,6 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     lengths = train_set.lengths
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "dpo", log)
-    last: dict[str, float] = {"loss": math.nan}
     t_train = time.perf_counter()
 
     def micro_loss(mb):
@@ -397,29 +396,21 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             **loss_kwargs(cfg.loss),
         )  # a sum over the micro-batch / the global pair count
 
-    for step in range(start_step, tc.max_steps):
+    def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
         idx = idx[np.argsort(lengths[idx], kind="stable")]  # length-grouped micro-batches, same step
-        micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
-        result = optimizer_step(
-            acc, wrapper, optimizer, scheduler, guard, step, micro, micro_loss, max_grad_norm=tc.max_grad_norm
-        )
-        step_loss, grad_norm, sums = result.loss, result.grad_norm, result.metrics
-        done = step + 1
-        last = {"loss": float(step_loss), **sums}
-        row: dict[str, float] = {}
-        if done % tc.log_every == 0 or done == tc.max_steps:
-            row.update(last, grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
-        if len(eval_set) and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps:
-            row.update(evaluate())
-        if row:
-            log_row(out, acc, run, done, row)
-        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
-            save_checkpoint(
-                out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler, state={},
-                keep=tc.keep_checkpoints,
-            )  # fmt: skip
-        progress.update(loss=last["loss"])
+        return list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes)), micro_loss
+
+    def checkpoint(done: int) -> None:
+        save_checkpoint(
+            out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler, state={},
+            keep=tc.keep_checkpoints,
+        )  # fmt: skip
+
+    last = train_steps(
+        acc, out, run, tc, (wrapper, optimizer, scheduler, guard), step_batches, start_step=start_step,
+        evaluate=evaluate if len(eval_set) else None, checkpoint=checkpoint, progress=progress,
+    )  # fmt: skip
     acc.wait_for_everyone()
     train_seconds = time.perf_counter() - t_train
     final_eval = evaluate() if len(eval_set) else {}

@@ -320,6 +320,50 @@ def optimizer_step(
     return StepResult(float(step_loss), float(grad_norm), applied, meter.mean())
 
 
+def train_steps(
+    acc: Accelerator,
+    out: RunDir,
+    run: RunStart,
+    tc: TrainConfig,
+    modules: tuple[torch.nn.Module, torch.optim.Optimizer, Any, NonFiniteGuard],
+    step_batches: Callable[[int], tuple[Sequence[Sized], Callable[[Any], tuple[torch.Tensor, dict[str, Any]]]]],
+    *,
+    start_step: int,
+    evaluate: Callable[[], dict[str, Any]] | None,
+    checkpoint: Callable[[int], None],
+    progress: Any,
+) -> dict[str, float]:
+    """The loop of the step-based trainers (sft, dpo) over steps ``start_step`` … ``max_steps`` − 1.
+
+    ``modules`` is (the prepared module, optimizer, scheduler, guard); ``step_batches(step)`` gives the
+    step's micro-batches on this process and their loss (see :func:`optimizer_step`). Every
+    ``log_every`` steps and at the last one a ``metrics.jsonl`` row (loss, the micro-batches' metrics,
+    grad_norm, lr); every ``eval_every`` steps but the last, ``evaluate()`` joins the row (the caller
+    measures the end); every ``save_every`` steps but the last, ``checkpoint(step)`` on the main process.
+    Returns the last step's loss and metrics.
+    """
+    module, optimizer, scheduler, guard = modules
+    last: dict[str, float] = {"loss": math.nan}
+    for step in range(start_step, tc.max_steps):
+        micro, micro_loss = step_batches(step)
+        result = optimizer_step(
+            acc, module, optimizer, scheduler, guard, step, micro, micro_loss, max_grad_norm=tc.max_grad_norm
+        )
+        done = step + 1
+        last = {"loss": result.loss, **result.metrics}
+        row: dict[str, Any] = {}
+        if done % tc.log_every == 0 or done == tc.max_steps:
+            row.update(last, grad_norm=result.grad_norm, lr=scheduler.get_last_lr()[0])
+        if evaluate is not None and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps:
+            row.update(evaluate())
+        if row:
+            log_row(out, acc, run, done, row)
+        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
+            checkpoint(done)
+        progress.update(loss=last["loss"])
+    return last
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 

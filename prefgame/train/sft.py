@@ -8,7 +8,6 @@ LM and any prompt/response data set; on the arena it trains π0 from the demonst
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,12 @@ from prefgame.train.engine import (
     begin_run,
     end_run,
     local_micro_batches,
-    log_row,
     make_accelerator,
     make_optimizer,
-    optimizer_step,
     resume_state,
     save_checkpoint,
     step_indices,
+    train_steps,
 )
 
 
@@ -194,40 +192,38 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "sft", log)
     device = acc.device
-    last_loss, t0 = math.nan, time.perf_counter()
+    t0 = time.perf_counter()
 
     def micro_loss(mb, n_tokens: int):
         batch = build_pairs_batch([train_set[i][0] for i in mb], [train_set[i][1] for i in mb], tok.pad_token_id)
         logps = wrapper(**{key: v.to(device) for key, v in batch.items()})
         return -logps.sum() / n_tokens, {}  # a sum over the micro-batch / the step's response tokens
 
-    for step in range(start_step, tc.max_steps):
+    def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
         n_tokens = sum(len(train_set[i][1]) for i in idx)  # global response tokens of this step
         micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
-        loss_fn = functools.partial(micro_loss, n_tokens=n_tokens)
-        result = optimizer_step(
-            acc, wrapper, optimizer, scheduler, guard, step, micro, loss_fn, max_grad_norm=tc.max_grad_norm
-        )
-        step_loss, grad_norm = result.loss, result.grad_norm
-        last_loss = float(step_loss)
-        done = step + 1
-        if acc.is_main_process and (done % tc.log_every == 0 or done == tc.max_steps):
-            row = {"loss": last_loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-            log_row(out, acc, run, done, row)
-        if eval_set and tc.eval_every and done % tc.eval_every == 0 and done != tc.max_steps and acc.is_main_process:
-            out.log_metrics(done, {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)})
-        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
-            save_checkpoint(
-                out.path,
-                done,
-                modules={"model": model},
-                optimizer=optimizer,
-                scheduler=scheduler,
-                state={"eval_loss_initial": initial_eval},  # so a resumed run reports it too
-                keep=tc.keep_checkpoints,
-            )
-        progress.update(loss=last_loss)
+        return micro, functools.partial(micro_loss, n_tokens=n_tokens)
+
+    def evaluate() -> dict:
+        return {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)} if acc.is_main_process else {}
+
+    def checkpoint(done: int) -> None:
+        save_checkpoint(
+            out.path,
+            done,
+            modules={"model": model},
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={"eval_loss_initial": initial_eval},
+            keep=tc.keep_checkpoints,
+        )  # fmt: skip   the initial loss too, so a resumed run reports it
+
+    last = train_steps(
+        acc, out, run, tc, (wrapper, optimizer, scheduler, guard), step_batches, start_step=start_step,
+        evaluate=evaluate if eval_set else None, checkpoint=checkpoint, progress=progress,
+    )  # fmt: skip
+    last_loss = last["loss"]
     acc.wait_for_everyone()
     metrics = {
         "train_loss": last_loss,
