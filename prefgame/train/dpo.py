@@ -331,6 +331,28 @@ def train(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None =
     return train_offline(cfg, out, log)
 
 
+def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]:
+    """(train pairs, held-out pairs, data info): ``data.eval_fraction`` held out by a seeded permutation."""
+    pairs, data_info = load_pair_set(cfg.data, tok)
+    order = np.random.default_rng(cfg.train.seed).permutation(len(pairs))
+    n_eval = int(round(cfg.data.eval_fraction * len(pairs)))
+    eval_set, train_set = pairs.take(order[:n_eval]), pairs.take(order[n_eval:])
+    if not len(train_set):
+        raise DataError(f"{cfg.data.path}: no training pairs left after holding out {n_eval} for evaluation")
+    return train_set, eval_set, data_info
+
+
+def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[PairSet], pad_id: int, acc) -> None:
+    """π0 = the initial policy: its log-probs of every pair, computed once (no reference model stays in
+    memory), stored on each part as ``ref_chosen`` / ``ref_rejected``."""
+    for part in parts:
+        if len(part):
+            part.ref_chosen, part.ref_rejected = pair_logps(
+                module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
+                device=acc.device, autocast=acc.autocast,
+            )  # fmt: skip
+
+
 def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     t_start = time.perf_counter()
     tc = cfg.train
@@ -342,12 +364,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    pairs, data_info = load_pair_set(cfg.data, tok)
-    order = np.random.default_rng(tc.seed).permutation(len(pairs))
-    n_eval = int(round(cfg.data.eval_fraction * len(pairs)))
-    eval_set, train_set = pairs.take(order[:n_eval]), pairs.take(order[n_eval:])
-    if not len(train_set):
-        raise DataError(f"{cfg.data.path}: no training pairs left after holding out {n_eval} for evaluation")
+    train_set, eval_set, data_info = _split_pairs(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         f"dpo offline ({cfg.loss.loss_type}, β={cfg.loss.beta}): {len(train_set)} train / {len(eval_set)} eval "
@@ -356,14 +373,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     module = PairLogps(model, chunk_size=cfg.loss.chunk_size, length_normalize=cfg.loss.length_normalize)
     model.to(acc.device)
 
-    # π0 = the initial policy: its log-probs are computed once; no reference model stays in memory.
     t_ref = time.perf_counter()
-    for part in (train_set, eval_set):
-        if len(part):
-            part.ref_chosen, part.ref_rejected = pair_logps(
-                module, part, tok.pad_token_id, batch_size=cfg.reference_batch_size or 4 * tc.micro_batch_size,
-                device=acc.device, autocast=acc.autocast,
-            )  # fmt: skip
+    _reference_logps(cfg, module, (train_set, eval_set), tok.pad_token_id, acc)
     ref_seconds = time.perf_counter() - t_ref
 
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
