@@ -314,17 +314,9 @@ def _validate(cfg: PMConfig) -> None:
             )
 
 
-def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
-    """Train, save ``output_dir/model`` and write metrics.json; returns the metrics."""
-    _validate(cfg)
+def _load_training_data(cfg: PMConfig):
+    """(train pairs, held-out pairs, ratings or None, objectives, verbosity index) of a train-pm run."""
     tc, mc = cfg.train, cfg.model
-    t0 = time.perf_counter()
-    seed_everything(tc.seed)
-    acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
-    run = begin_run(out, cfg, acc, job="pm", resume=cfg.resume, report_to=tc.report_to)
-    resume_from = run.resume_from
-
-    # data
     pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
     if cfg.data.eval_path:
         train_set = pairs
@@ -350,8 +342,13 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
                     f"gated.verbosity_objective '{mc.gated.verbosity_objective}' is not an objective ({objectives})"
                 )
             verbosity_index = objectives.index(mc.gated.verbosity_objective)
+    return train_set, eval_set, ratings, objectives, verbosity_index
 
-    # model
+
+def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_train: int, n_eval: int):
+    """The preference model of ``cfg.model`` on the accelerator (backbone frozen or prepared for
+    fine-tuning), with its parameter counts (backbone, one head)."""
+    tc, mc = cfg.train, cfg.model
     encoder = build_encoder(mc.backbone, seed=tc.seed)
     frozen = mc.backbone.freeze
     heads = []
@@ -367,27 +364,43 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     n_backbone = sum(p.numel() for p in encoder.parameters())
     n_head = sum(p.numel() for p in heads[0].parameters())
     log.info(
-        f"train-pm {mc.kind}: {len(train_set)} train / {len(eval_set)} eval pairs, backbone "
+        f"train-pm {mc.kind}: {n_train} train / {n_eval} eval pairs, backbone "
         f"{n_backbone / 1e6:.2f}M parameters ({'frozen' if frozen else 'fine-tuned'}), head {n_head} "
         f"parameters × {mc.ensemble.size}"
     )
+    return model, n_backbone, n_head
 
-    state: dict[str, Any] = {"stage1": None, "debias": None}
-    phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
-    checkpoint_modules = {"heads": model.heads} if frozen else {"heads": model.heads, "encoder": encoder.model}
-    guard = NonFiniteGuard(tc.max_nonfinite_steps)
-    total = sum(p.steps for p in phases)
-    start = 0
-    if resume_from is not None:
-        # modules now, optimizer state when its phase is set up
-        from safetensors.torch import load_file
 
-        for name, module in checkpoint_modules.items():
-            module.load_state_dict(load_file(str(resume_from / f"{name}.safetensors")))
-        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
-        out.truncate_metrics(start)
-        log.info(f"resumed from {resume_from} at step {start}")
-    progress = Progress(total - start, f"train-pm {mc.kind}", log)
+def _eval_metrics(cfg: PMConfig, model: PreferenceModel, eval_set: Pairs, cache: dict, state: dict) -> dict[str, Any]:
+    """The trained model's held-out figures (and the arena's, the gated stages' fits)."""
+    mc = cfg.model
+    metrics: dict[str, Any] = {"kind": mc.kind}
+    probs = None
+    if len(eval_set) and "eval" in cache:  # cached vectors: same numbers, no second backbone pass
+        probs = torch.sigmoid(model.scores_from_vectors(cache["eval"]).double().cpu())
+    elif len(eval_set):
+        probs = model.preference(eval_set.prompts, eval_set.chosen, eval_set.rejected)
+    if probs is not None:
+        metrics["eval"] = preference_metrics(
+            probs, eval_set.labels, subsets=eval_set.subsets, sections=cfg.data.sections or None
+        )
+    if cfg.arena_metrics and probs is not None:
+        arena = cfg.arena.build()
+        metrics["arena"] = arena_metrics(arena, eval_set.prompts, eval_set.chosen, eval_set.rejected, probs)
+        if mc.kind == "gated":
+            metrics["arena"]["gating"] = gating_correlation(model, arena)
+    if mc.kind == "gated":
+        metrics["stage1"] = state["stage1"]
+        metrics["debias"] = state["debias"]
+    return metrics
+
+
+def _run_phases(
+    cfg: PMConfig, acc, out: RunDir, run, phases: list[Phase], checkpoint_modules, guard, *, start, progress
+):
+    """The phases' optimizer steps from global step ``start`` on (each phase its own AdamW and schedule),
+    with metrics rows, evaluations and checkpoints; returns the last step's figures."""
+    tc, resume_from, total = cfg.train, run.resume_from, sum(p.steps for p in phases)
     offset = 0
     last = {}
     for phase in phases:
@@ -431,29 +444,46 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
                 )
             progress.update(loss=last.get("loss", math.nan))
         offset = end
+    return last
+
+
+def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
+    """Train, save ``output_dir/model`` and write metrics.json; returns the metrics."""
+    _validate(cfg)
+    tc, mc = cfg.train, cfg.model
+    t0 = time.perf_counter()
+    seed_everything(tc.seed)
+    acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
+    run = begin_run(out, cfg, acc, job="pm", resume=cfg.resume, report_to=tc.report_to)
+    resume_from = run.resume_from
+
+    train_set, eval_set, ratings, objectives, verbosity_index = _load_training_data(cfg)
+    model, n_backbone, n_head = _build_model(cfg, acc, objectives, verbosity_index, log, len(train_set), len(eval_set))
+    encoder, frozen = model.encoder, mc.backbone.freeze
+
+    state: dict[str, Any] = {"stage1": None, "debias": None}
+    phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
+    checkpoint_modules = {"heads": model.heads} if frozen else {"heads": model.heads, "encoder": encoder.model}
+    guard = NonFiniteGuard(tc.max_nonfinite_steps)
+    total = sum(p.steps for p in phases)
+    start = 0
+    if resume_from is not None:
+        # modules now, optimizer state when its phase is set up
+        from safetensors.torch import load_file
+
+        for name, module in checkpoint_modules.items():
+            module.load_state_dict(load_file(str(resume_from / f"{name}.safetensors")))
+        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        out.truncate_metrics(start)
+        log.info(f"resumed from {resume_from} at step {start}")
+    progress = Progress(total - start, f"train-pm {mc.kind}", log)
+    last = _run_phases(cfg, acc, out, run, phases, checkpoint_modules, guard, start=start, progress=progress)
     if mc.kind == "gated" and state["stage1"] is None:
         _gated_setup(cfg, model, ratings, state, acc)  # zero stage-2 steps: still fit stage 1
     acc.wait_for_everyone()
     model.eval()
 
-    metrics: dict[str, Any] = {"kind": mc.kind}
-    probs = None
-    if len(eval_set) and "eval" in cache:  # cached vectors: same numbers, no second backbone pass
-        probs = torch.sigmoid(model.scores_from_vectors(cache["eval"]).double().cpu())
-    elif len(eval_set):
-        probs = model.preference(eval_set.prompts, eval_set.chosen, eval_set.rejected)
-    if probs is not None:
-        metrics["eval"] = preference_metrics(
-            probs, eval_set.labels, subsets=eval_set.subsets, sections=cfg.data.sections or None
-        )
-    if cfg.arena_metrics and probs is not None:
-        arena = cfg.arena.build()
-        metrics["arena"] = arena_metrics(arena, eval_set.prompts, eval_set.chosen, eval_set.rejected, probs)
-        if mc.kind == "gated":
-            metrics["arena"]["gating"] = gating_correlation(model, arena)
-    if mc.kind == "gated":
-        metrics["stage1"] = state["stage1"]
-        metrics["debias"] = state["debias"]
+    metrics = _eval_metrics(cfg, model, eval_set, cache, state)
     metrics.update(
         {
             "train_loss": last.get("loss"),
