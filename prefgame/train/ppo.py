@@ -54,7 +54,7 @@ from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
-from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer
+from prefgame.lm import build_pairs_batch
 from prefgame.losses import (
     compute_gae,
     kl_loss,
@@ -79,7 +79,7 @@ from prefgame.train.engine import (
     resume_state,
     save_checkpoint,
 )
-from prefgame.train.selfplay import PolicyConfig, PromptsConfig
+from prefgame.train.policy import PolicyConfig, PromptsConfig, load_policy, prompt_pools
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
@@ -276,18 +276,11 @@ class PPO:
                 f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
                 f"{self.acc.num_processes} processes; choose a multiple"
             )
-        if not cfg.policy.name_or_path:
-            raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
         if not cfg.reward.path:
             raise PrefgameError("reward.path is empty: give a BT reward model folder (prefgame train-pm, kind bt)")
-        dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
-        self.tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-        policy = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
-        if tc.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        self.ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(self.acc.device)
-        self.ref.requires_grad_(False)
-        self.ref.eval()
+        self.tok, policy, self.ref = load_policy(
+            cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing
+        )
         self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
         self.module = PolicyWithValue(policy, chunk_size=tc.logprob_chunk_size)
         steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
@@ -301,24 +294,7 @@ class PPO:
         self.score_shift, self.score_scale = self._score_normalization()
 
     def _prompt_pools(self) -> tuple[list[str], list[str]]:
-        """(training prompts, held-out prompts): a seeded permutation, the first ``eval.prompts`` held out."""
-        cfg = self.cfg
-        if cfg.prompts.source == "arena":
-            texts = [p.text for p in self.arena.prompts]
-        else:
-            if not cfg.prompts.path:
-                raise PrefgameError("prompts.path is empty: give a prompt file, or set prompts.source=arena")
-            from prefgame.data.load import load_raw
-
-            table = load_raw(cfg.prompts.path, split=cfg.prompts.split)
-            if cfg.prompts.field not in table.column_names:
-                raise PrefgameError(
-                    f"{cfg.prompts.path}: no column '{cfg.prompts.field}' (columns: {', '.join(table.column_names)})"
-                )
-            texts = list(dict.fromkeys(str(x) for x in table[cfg.prompts.field] if str(x).strip()))
-        order = np.random.default_rng([cfg.train.seed, 0x99]).permutation(len(texts))
-        n_eval = min(cfg.eval.prompts, len(texts) // 2)
-        return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
+        return prompt_pools(self.cfg.prompts, self.arena, seed=self.cfg.train.seed, n_eval=self.cfg.eval.prompts)
 
     def _score_normalization(self) -> tuple[float, float]:
         """(mean, std) of r(x, y) over π0 samples on training prompts; (0, 1) when not normalizing.

@@ -8,19 +8,11 @@ from typing import Any, Literal
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.train.engine import OptimConfig
+from prefgame.train.policy import PolicyConfig, PromptsConfig
 from prefgame.train.selfplay.registry import ALGORITHMS, load_algorithms, validate
 
 load_algorithms()
 Algorithm = Literal[tuple(ALGORITHMS)]  # the registered algorithms: the config's choices and --help
-
-
-@dataclass
-class PolicyConfig:
-    name_or_path: str = param(
-        "", "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference"
-    )
-    tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
-    dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype of policy and reference")
 
 
 @dataclass
@@ -34,16 +26,6 @@ class OracleConfig:
     factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
     path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
     options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
-
-
-@dataclass
-class PromptsConfig:
-    source: Literal["arena", "file"] = param(
-        "arena", "arena: the arena's prompt grammar (enables the exact class-level metrics); file: `path`"
-    )
-    path: str = param("", "source=file: a .jsonl/.json/.parquet/.csv file or hub data set with prompts")
-    split: str = param("train", "source=file: split of a hub data set")
-    field: str = param("prompt", "source=file: column holding the prompt text")
 
 
 @dataclass

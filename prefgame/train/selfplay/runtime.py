@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, _seed_int, generate
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
-from prefgame.lm import ResponseLogps, build_pairs_batch, load_causal_lm, load_tokenizer
+from prefgame.lm import ResponseLogps, build_pairs_batch
 from prefgame.losses import sequence_logprobs
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir
@@ -29,6 +28,7 @@ from prefgame.train.engine import (
     optimizer_step,
     step_indices,
 )
+from prefgame.train.policy import load_policy, prompt_pools
 from prefgame.train.selfplay.oracles import build_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS
 from prefgame.train.selfplay.vllm import VLLMSampler
@@ -59,16 +59,10 @@ class SelfPlay:
         self.cfg, self.out, self.log = cfg, out, log
         tc = cfg.train
         self.acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
-        dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
-        if not cfg.policy.name_or_path:
-            raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
-        self.tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-        self.policy = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
-        if tc.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
-        self.ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(self.acc.device)
-        self.ref.requires_grad_(False)
-        self.ref.eval()
+        self.tok, self.policy, self.ref = load_policy(
+            cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing
+        )
+        dtype = next(self.policy.parameters()).dtype
         self.arena = cfg.arena.build() if (cfg.prompts.source == "arena" or cfg.oracle.kind != "factory") else None
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
         self.wrapper = ResponseLogps(self.policy)
@@ -97,34 +91,7 @@ class SelfPlay:
             spec.setup(self)
 
     def _prompt_pools(self) -> tuple[list[str], list[str]]:
-        """(training prompts, held-out prompts); on the arena the held-out set is stratified by type."""
-        cfg, rng = self.cfg, np.random.default_rng([self.cfg.train.seed, 12345])
-        if cfg.prompts.source == "arena":
-            from prefgame.arena.world import N_PROMPT_TYPES
-
-            per_type = max(1, cfg.eval.prompts // N_PROMPT_TYPES)
-            by_type: dict[int, list[str]] = {}
-            for p in self.arena.prompts:
-                by_type.setdefault(p.type_index, []).append(p.text)
-            held = []
-            for t in range(N_PROMPT_TYPES):
-                texts = by_type[t]
-                held += [texts[i] for i in rng.choice(len(texts), size=min(per_type, len(texts)), replace=False)]
-            held_set = set(held)
-            return [p.text for p in self.arena.prompts if p.text not in held_set], held
-        if not cfg.prompts.path:
-            raise PrefgameError("prompts.path is empty: give a prompt file, or set prompts.source=arena")
-        from prefgame.data.load import load_raw
-
-        table = load_raw(cfg.prompts.path, split=cfg.prompts.split)
-        if cfg.prompts.field not in table.column_names:
-            raise PrefgameError(
-                f"{cfg.prompts.path}: no column '{cfg.prompts.field}' (columns: {', '.join(table.column_names)})"
-            )
-        texts = list(dict.fromkeys(str(x) for x in table[cfg.prompts.field] if str(x).strip()))
-        order = rng.permutation(len(texts))
-        n_eval = min(cfg.eval.prompts, len(texts) // 2)
-        return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
+        return prompt_pools(self.cfg.prompts, self.arena, seed=self.cfg.train.seed, n_eval=self.cfg.eval.prompts)
 
     # -- operations the algorithms use --------------------------------------------------------------
     def iteration_prompts(self, t: int) -> list[str]:
