@@ -349,9 +349,11 @@ class Arena:
         return float(per_type @ self.type_probs)
 
     def exploitability(self, pi: torch.Tensor) -> float:
-        """Unregularized exploitability E_t[max_y (P*[t] π[t])_y − ½] of a class-level policy."""
-        best = torch.einsum("tij,tj->ti", self.gold_matrix, pi.double()).max(dim=1).values - 0.5
-        return float(best @ self.type_probs)
+        """Unregularized exploitability E_t[max_y (P*[t] π[t])_y − ½] of a class-level policy
+        (:func:`prefgame.game.metrics.exploitability` per prompt type, weighted by the types' frequency)."""
+        from prefgame.game.metrics import exploitability
+
+        return float(exploitability(self.gold_matrix, pi.double()) @ self.type_probs)
 
     def bayes_accuracy(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> float:
         """E[max(P*, 1 − P*)]: the best accuracy any model can reach on these pairs."""

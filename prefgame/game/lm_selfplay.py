@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefgame.game.metrics import duality_gap, kl
+from prefgame.game.metrics import duality_gap, exploitability, kl
 from prefgame.game.solvers import solve_equilibrium
 from prefgame.oracle import PreferenceOracle
 
@@ -204,10 +204,9 @@ class ClassGame:
         sequence-level KL); win_rate_vs_ref: P*(π ≻ ρ0).
         """
         pi = pi.double()
-        payoff = torch.einsum("tij,tj->ti", self.P, pi)  # (T, C) P*(y ≻ π)
         return {
             "gap": self._avg(duality_gap(self.A, pi, self.ref, self.tau)),
-            "exploitability": self._avg(payoff.max(-1).values - 0.5),
+            "exploitability": self._avg(exploitability(self.P, pi)),
             "tv_to_equilibrium": self._avg(0.5 * (pi - self.pi_star).abs().sum(-1)),
             "class_kl": self._avg(kl(pi, self.ref)),
             "win_rate_vs_ref": self._avg(torch.einsum("ti,tij,tj->t", pi, self.P, self.ref)),
