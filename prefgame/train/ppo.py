@@ -631,9 +631,8 @@ def ppo_config(config_file: str | Path | None = None, overrides: Sequence[str] =
     return load_config(PPOConfig, config_file, list(overrides))
 
 
-# The quickstart's budget (≤ 60 CPU seconds on one thread; ≈50 measured with the arena BT reward of
-# train_arena_preference_models): 12 iterations, measured only before the first and after the last, on 120
-# held-out prompts. docs/ppo.md has the measurements.
+# The quickstart's budget: 12 iterations, measured only before the first and after the last, on 120
+# held-out prompts. Its cost and results: docs/ppo.md.
 QUICKSTART: tuple[str, ...] = (
     "train.iterations=12",
     "train.save_every=0",
