@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from prefgame.errors import PrefgameError
+from prefgame.losses.logprobs import response_logprobs
 
 
 def _require_local_or_hub_name(name_or_path: str, what: str) -> None:
@@ -100,22 +101,34 @@ def build_pairs_batch(
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask}
 
 
-def token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-token log-probabilities of the response tokens, (B, T−1), zero elsewhere.
-
-    Only the positions that predict a response token are projected to the vocabulary, so no
-    vocabulary-sized logits are materialized for prompt or padding tokens.
-    """
+def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The final hidden states whose row t predicts token t + 1, (B, T−1, H)."""
     base = getattr(model, model.base_model_prefix)
-    out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    hidden = out.last_hidden_state[:, :-1]  # (B, T-1, H): position t predicts token t+1
-    labels = batch["input_ids"][:, 1:]  # (B, T-1)
-    mask = batch["response_mask"][:, 1:].bool()  # (B, T-1)
-    logits = model.get_output_embeddings()(hidden[mask]).float()  # (N_resp, V)
-    picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    result = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
-    result[mask] = picked
-    return result
+    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+
+
+def hidden_token_logps(
+    model: PreTrainedModel, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, *, chunk_size=None
+) -> torch.Tensor:
+    """log π(y_t) at the ``mask`` positions of (B, T−1) from :func:`final_hidden`'s states, 0 elsewhere:
+    only those rows are projected to the vocabulary, ``chunk_size`` at a time (None: all at once)."""
+    head = model.get_output_embeddings()
+    return response_logprobs(
+        hidden, head.weight, input_ids[:, 1:], mask, chunk_size=chunk_size, lm_head_bias=getattr(head, "bias", None)
+    )
+
+
+def token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], *, chunk_size=None) -> torch.Tensor:
+    """Per-token log-probabilities of the response tokens, (B, T−1), zero elsewhere: the one sequence
+    log-prob computation of every trainer (:func:`prefgame.losses.response_logprobs`).
+
+    Only the positions that predict a response token are projected to the vocabulary, ``chunk_size``
+    rows at a time (None: all at once), so no vocabulary-sized logits are materialized for prompt or
+    padding tokens.
+    """
+    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])
+    mask = batch["response_mask"][:, 1:].bool()  # (B, T−1): position t predicts token t + 1
+    return hidden_token_logps(model, hidden, batch["input_ids"], mask, chunk_size=chunk_size)
 
 
 class ResponseLogps(torch.nn.Module):
@@ -125,15 +138,15 @@ class ResponseLogps(torch.nn.Module):
     see the forward that computes the loss.
     """
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, *, chunk_size: int | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.chunk_size = model, chunk_size
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
     ) -> torch.Tensor:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
-        return token_logps(self.model, batch)
+        return token_logps(self.model, batch, chunk_size=self.chunk_size)
 
 
 @torch.no_grad()

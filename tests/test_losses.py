@@ -133,6 +133,52 @@ def test_response_logprobs_gradcheck():
     assert torch.autograd.gradcheck(fn, (hidden.requires_grad_(), weight.requires_grad_()))
 
 
+@pytest.mark.parametrize("chunk_size", [2, None])
+def test_response_logprobs_with_an_lm_head_bias(chunk_size):
+    """log softmax(h Wᵀ + b): values and gradients of h, W and b as autograd of the naive form gives."""
+    hidden, weight, labels, mask = _random_lm_inputs(seed=2, B=2, T=4, H=3, V=5)
+    bias = torch.randn(weight.shape[0], dtype=D, generator=torch.Generator().manual_seed(3))
+
+    def naive(h, w, b):
+        logps = torch.log_softmax(h @ w.T + b, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        return torch.where(mask, logps, 0.0)
+
+    def chunked(h, w, b):
+        return response_logprobs(h, w, labels, mask, chunk_size=chunk_size, lm_head_bias=b)
+
+    inputs = (hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    torch.testing.assert_close(chunked(*inputs), naive(*inputs), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(chunked, inputs)
+
+
+def test_token_logps_in_one_chunk_is_the_plain_projection_bit_for_bit():
+    """prefgame.lm.token_logps (chunk_size None, what SFT and self-play train with) gives exactly the
+    values and gradients of projecting every response row at once with the lm head module."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefgame.lm import build_pairs_batch, token_logps
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    batch = build_pairs_batch([[3, 4, 5], [6, 7]], [[8, 9, 10, 11], [12, 13]], 0)
+
+    def plain(m):
+        base = getattr(m, m.base_model_prefix)
+        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        labels, keep = batch["input_ids"][:, 1:], batch["response_mask"][:, 1:].bool()
+        logits = m.get_output_embeddings()(hidden[keep]).float()
+        picked = logits.gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return torch.zeros(labels.shape).masked_scatter(keep, picked)
+
+    params = list(model.parameters())
+    got, want = token_logps(model, batch), plain(model)
+    assert torch.equal(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params)):
+        assert torch.equal(a, b)
+
+
 def test_response_logprobs_empty_mask_and_low_precision():
     """No response tokens → zeros and zero gradients; bf16 inputs → float32 log-probs within bf16
     rounding of the float64 result, gradients in the inputs' dtype."""

@@ -84,39 +84,40 @@ def token_logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class _ChunkedLogProbs(torch.autograd.Function):
-    """log softmax(h Wᵀ)[label] for N rows, projecting ``chunk_size`` rows at a time.
+    """log softmax(h Wᵀ + b)[label] for N rows, projecting ``chunk_size`` rows at a time.
 
-    Neither pass keeps (N, V) logits: forward saves h, W, labels and the (N,) logsumexp; backward
+    Neither pass keeps (N, V) logits: forward saves h, W, b, labels and the (N,) logsumexp; backward
     recomputes each chunk's logits and uses ∂ log p_label / ∂ logits = onehot(label) − softmax.
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: int) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk_size: int) -> Tensor:
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)
         logps, lses = [], []
         for start in range(0, hidden.shape[0], chunk_size):
-            logits = (hidden[start : start + chunk_size] @ weight.T).to(out_dtype)  # (c, V)
+            logits = _project(hidden[start : start + chunk_size], weight, bias).to(out_dtype)  # (c, V)
             lse = torch.logsumexp(logits, dim=-1)  # (c,)
             picked = logits.gather(-1, labels[start : start + chunk_size, None]).squeeze(-1)  # (c,)
             logps.append(picked - lse)
             lses.append(lse)
         if not logps:  # no response tokens at all
             logps = lses = [hidden.new_zeros(0, dtype=out_dtype)]
-        ctx.save_for_backward(hidden, weight, labels, torch.cat(lses))
+        ctx.save_for_backward(hidden, weight, bias, labels, torch.cat(lses))
         ctx.chunk_size = chunk_size
         return torch.cat(logps)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        hidden, weight, labels, lse = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
         c = ctx.chunk_size
         for start in range(0, hidden.shape[0], c):
             h = hidden[start : start + c]  # (c, H)
             g = grad_out[start : start + c]  # (c,)
-            probs = torch.exp((h @ weight.T).to(lse.dtype) - lse[start : start + c, None])  # (c, V)
+            probs = torch.exp(_project(h, weight, bias).to(lse.dtype) - lse[start : start + c, None])  # (c, V)
             grad_logits = -g[:, None] * probs  # (c, V)
             rows = torch.arange(h.shape[0], device=h.device)
             grad_logits[rows, labels[start : start + c]] += g
@@ -125,24 +126,39 @@ class _ChunkedLogProbs(torch.autograd.Function):
                 grad_h[start : start + c] = grad_logits @ weight  # (c, H)
             if need_w:
                 grad_w += grad_logits.T @ h  # (V, H)
-        return grad_h, grad_w, None, None
+            if need_b:
+                grad_b += grad_logits.sum(0).to(bias.dtype)  # (V,)
+        return grad_h, grad_w, grad_b, None, None
+
+
+def _project(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """h Wᵀ (+ b): the lm head on a chunk of rows."""
+    return h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
 
 
 def response_logprobs(
-    hidden_states: Tensor, lm_head_weight: Tensor, labels: Tensor, mask: Tensor, *, chunk_size: int = 1024
+    hidden_states: Tensor,
+    lm_head_weight: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    *,
+    chunk_size: int | None = 1024,
+    lm_head_bias: Tensor | None = None,
 ) -> Tensor:
     """Per-token log π(labels | context) at the masked (response) positions, 0 elsewhere; (B, T).
 
     hidden_states (B, T, H) are the final hidden states whose row t predicts ``labels[:, t]``;
-    lm_head_weight (V, H); labels, mask (B, T). Only the N masked rows are gathered and projected,
-    ``chunk_size`` rows at a time, in forward and backward alike: peak extra memory is
-    O(chunk_size · V), never (B·T) × V or N × V. The lm head must have no bias (true of GPT-2, Llama,
-    Qwen, ...). Supports first-order gradients only (no double backward).
+    lm_head_weight (V, H) and lm_head_bias (V,) or None; labels, mask (B, T). Only the N masked rows are
+    gathered and projected, ``chunk_size`` rows at a time (None: all N at once), in forward and backward
+    alike: peak extra memory is O(chunk_size · V), never (B·T) × V. Supports first-order gradients only
+    (no double backward). The one sequence log-prob computation of every trainer (:func:`prefgame.lm.token_logps`).
     """
+    mask = mask.bool()
+    rows = hidden_states[mask]  # (N, H)
+    chunk_size = max(rows.shape[0], 1) if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
-    mask = mask.bool()
-    picked = _ChunkedLogProbs.apply(hidden_states[mask], lm_head_weight, labels[mask], chunk_size)  # (N,)
+    picked = _ChunkedLogProbs.apply(rows, lm_head_weight, lm_head_bias, labels[mask], chunk_size)  # (N,)
     out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)  # (B, T)
     return out.masked_scatter(mask, picked)
 

@@ -46,7 +46,8 @@ from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import DataError, PrefgameError
 from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer
-from prefgame.losses import dpo_loss, response_logprobs, sequence_logprobs, sequence_mean_logprobs
+from prefgame.lm import token_logps as lm_token_logps
+from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import Progress, RunDir, seed_everything
 from prefgame.train.engine import (
@@ -249,16 +250,11 @@ class PairLogps(torch.nn.Module):
     def __init__(self, model, *, chunk_size: int = 1024, length_normalize: bool = False) -> None:
         super().__init__()
         self.model, self.chunk_size, self.length_normalize = model, chunk_size, length_normalize
-        head = model.get_output_embeddings()
-        if getattr(head, "bias", None) is not None:
-            raise PrefgameError("DPO's chunked log-probs need an lm head without bias (Llama, Qwen, GPT-2 …)")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor):
-        base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]  # (B, T−1, H)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        token_logps = lm_token_logps(self.model, batch, chunk_size=self.chunk_size)  # (B, T−1)
         mask = response_mask[:, 1:]  # (B, T−1): position t predicts token t+1
-        weight = self.model.get_output_embeddings().weight  # (V, H)
-        token_logps = response_logprobs(hidden, weight, input_ids[:, 1:], mask, chunk_size=self.chunk_size)
         reduce = sequence_mean_logprobs if self.length_normalize else sequence_logprobs
         return reduce(token_logps, mask)  # (B,)
 

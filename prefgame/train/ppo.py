@@ -54,7 +54,7 @@ from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
-from prefgame.lm import build_pairs_batch
+from prefgame.lm import build_pairs_batch, final_hidden, hidden_token_logps
 from prefgame.losses import (
     compute_gae,
     kl_loss,
@@ -62,7 +62,6 @@ from prefgame.losses import (
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
-    response_logprobs,
     sequence_logprobs,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
@@ -198,18 +197,6 @@ class PPOConfig:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def _hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Final hidden states whose row t predicts token t + 1, (B, T−1, H)."""
-    base = getattr(model, model.base_model_prefix)
-    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-
-
-def _token_logps(model: nn.Module, hidden: Tensor, input_ids: Tensor, mask: Tensor, chunk_size: int) -> Tensor:
-    """log π(y_t) at response positions, (B, T−1); only response rows are projected, in chunks."""
-    weight = model.get_output_embeddings().weight  # (V, H)
-    return response_logprobs(hidden, weight, input_ids[:, 1:], mask, chunk_size=chunk_size)
-
-
 class PolicyWithValue(nn.Module):
     """π_θ and V_φ on one trunk: forward → (log π(y_t) (B, T−1), V(t) (B, T−1)), 0 off the response."""
 
@@ -223,8 +210,10 @@ class PolicyWithValue(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
         mask = response_mask[:, 1:].bool()  # (B, T−1): position t predicts response token t + 1
-        hidden = _hidden(self.model, input_ids, attention_mask)  # (B, T−1, H)
-        return _token_logps(self.model, hidden, input_ids, mask, self.chunk_size), self.values(hidden, mask)
+        hidden = final_hidden(self.model, input_ids, attention_mask)  # (B, T−1, H)
+        return hidden_token_logps(self.model, hidden, input_ids, mask, chunk_size=self.chunk_size), self.values(
+            hidden, mask
+        )
 
     def values(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """V(t) from the hidden state that predicts token t + 1, (B, T−1) float32, 0 off ``mask``."""
@@ -355,12 +344,16 @@ class PPO:
             rows = slice(start, start + cfg.train.micro_batch_size)
             mb = {k: v[rows] for k, v in full.items()}
             with acc.autocast():
-                hidden = _hidden(self.policy, mb["input_ids"], mb["attention_mask"])  # (b, T−1, H)
-                old_logps[rows] = _token_logps(self.policy, hidden, mb["input_ids"], mask[rows], chunk).float()
+                hidden = final_hidden(self.policy, mb["input_ids"], mb["attention_mask"])  # (b, T−1, H)
+                old_logps[rows] = hidden_token_logps(
+                    self.policy, hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+                ).float()
                 values[rows] = self.module.values(hidden, mask[rows])
                 entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
-                ref_hidden = _hidden(self.ref, mb["input_ids"], mb["attention_mask"])
-                ref_logps[rows] = _token_logps(self.ref, ref_hidden, mb["input_ids"], mask[rows], chunk).float()
+                ref_hidden = final_hidden(self.ref, mb["input_ids"], mb["attention_mask"])
+                ref_logps[rows] = hidden_token_logps(
+                    self.ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+                ).float()
         self.module.train()
         eos_missing = self.eos_missing(ys).to(acc.device)
         penalty = cfg.reward.missing_eos_penalty or None
@@ -459,8 +452,10 @@ class PPO:
             b = self.batch(responses, range(start, min(start + self.cfg.train.micro_batch_size, len(responses))))
             mask = b["response_mask"][:, 1:].bool()
             with self.acc.autocast():
-                hidden = _hidden(model, b["input_ids"], b["attention_mask"])
-                logps = _token_logps(model, hidden, b["input_ids"], mask, self.cfg.train.logprob_chunk_size)
+                hidden = final_hidden(model, b["input_ids"], b["attention_mask"])
+                logps = hidden_token_logps(
+                    model, hidden, b["input_ids"], mask, chunk_size=self.cfg.train.logprob_chunk_size
+                )
             out.append(sequence_logprobs(logps.float(), mask).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
