@@ -12,7 +12,7 @@ with P(a_i ≻ b_i | x_i) in [0, 1]. Implementations that can be exactly anti-sy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -31,16 +31,40 @@ class PreferenceOracle(Protocol):
         ...
 
 
+def preference_matrices(
+    ask: Callable[[list[str], list[str], list[str]], torch.Tensor],
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    n: int,
+) -> torch.Tensor:
+    """(M, n, n) M[m, i, j] = P(y_{m,i} ≻ y_{m,j} | x_m) for M prompts with n responses each, from one call
+    of ``ask`` (an oracle's ``preference``, or a cache's ``query``) on the strict upper triangles.
+
+    ``prompts`` holds the M prompts, ``responses`` their n responses each, prompt-major (y_{m,i} =
+    responses[m·n + i]). The rest follows from anti-symmetry (M[j, i] = 1 − M[i, j], M[i, i] = ½), so
+    every matrix is exactly anti-symmetric. The one K×K matrix of every kind of oracle and of the
+    self-play estimators (:func:`~prefgame.game.lm_selfplay.group_matrices`).
+    """
+    m_prompts = len(prompts)
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    qx, qa, qb = [], [], []
+    for m in range(m_prompts):
+        base = m * n
+        qx += [prompts[m]] * len(rows)
+        qa += [responses[base + int(i)] for i in rows]
+        qb += [responses[base + int(j)] for j in cols]
+    probs = ask(qx, qa, qb).double().reshape(m_prompts, len(rows))  # (M, n(n−1)/2)
+    mats = torch.full((m_prompts, n, n), 0.5, dtype=torch.float64)
+    mats[:, rows, cols] = probs
+    mats[:, cols, rows] = 1.0 - probs
+    return mats
+
+
 def preference_matrix(oracle: PreferenceOracle, prompt: str, responses: Sequence[str]) -> torch.Tensor:
-    """The K×K matrix M[i, j] = P(responses[i] ≻ responses[j] | prompt) from K² batched queries.
+    """The K×K matrix M[i, j] = P(responses[i] ≻ responses[j] | prompt) from K(K−1)/2 batched queries.
 
     Only the strict upper triangle is queried; the rest follows from anti-symmetry
-    (M[j, i] = 1 − M[i, j], M[i, i] = ½), so the result is exactly anti-symmetric.
+    (M[j, i] = 1 − M[i, j], M[i, i] = ½), so the result is exactly anti-symmetric
+    (:func:`preference_matrices` with one prompt).
     """
-    k = len(responses)
-    rows, cols = torch.triu_indices(k, k, offset=1)
-    probs = oracle.preference([prompt] * len(rows), [responses[i] for i in rows], [responses[j] for j in cols]).double()
-    m = torch.full((k, k), 0.5, dtype=torch.float64)
-    m[rows, cols] = probs
-    m[cols, rows] = 1.0 - probs
-    return m
+    return preference_matrices(oracle.preference, [prompt], list(responses), len(responses))[0]

@@ -297,3 +297,53 @@ def test_input_norm_hand_computed():
     assert torch.equal(norm(x), x)  # identity until fitted
     norm.fit(x)  # column 0: mean 2, std 1; column 1: constant → mean 5, scale 1
     assert torch.equal(norm(x), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+
+
+# -- the kind registry -----------------------------------------------------------------------------
+
+
+def test_config_choices_and_listings_are_the_registry():
+    import dataclasses
+    import typing
+
+    from prefgame.models import KINDS
+    from prefgame.train import pm_arena
+
+    assert list(KINDS) == ["bt", "gpm", "pairwise", "gated"]  # registry order (KindSpec.order)
+    assert all(name == spec.name for name, spec in KINDS.items())
+    kind_type = typing.get_type_hints(PMModelConfig)["kind"]
+    assert typing.get_args(kind_type) == tuple(KINDS)
+    field = next(f for f in dataclasses.fields(PMModelConfig) if f.name == "kind")
+    assert all(name in field.metadata["help"] for name in KINDS)
+    assert pm_arena.KINDS == tuple(n for n, s in KINDS.items() if s.arena) == ("bt", "gpm", "gated")
+    assert {n for n, s in KINDS.items() if s.reward} == {"bt", "gated"}
+
+
+@pytest.mark.parametrize("kind", ["bt", "gpm", "pairwise", "gated"])
+def test_every_registered_kind_round_trips(tmp_path, texts, kind):
+    from prefgame.models import KINDS
+
+    assert kind in KINDS
+    prompts, a, b = texts
+    model = _model(kind, ensemble=2)
+    spec = model.spec
+    assert spec is KINDS[kind]
+    assert all(hasattr(h, "reward") for h in model.heads) or not spec.reward  # a reward's heads have reward()
+    save_preference_model(model, tmp_path / kind, save_backbone=True)
+    loaded = load_preference_model(tmp_path / kind)
+    assert loaded.kind == kind and loaded.spec is spec and len(loaded.heads) == 2
+    assert loaded.views == model.views
+    assert torch.allclose(loaded.preference(prompts, a, b), model.preference(prompts, a, b), atol=1e-6)
+    m, m_loaded = model.preference_matrix(prompts[0], a[:4]), loaded.preference_matrix(prompts[0], a[:4])
+    assert torch.allclose(m, m_loaded, atol=1e-6)
+    if spec.reward:
+        assert torch.allclose(loaded.reward(prompts, a), model.reward(prompts, a), atol=1e-5)
+
+
+def test_unknown_kind_names_the_registered_ones():
+    from prefgame.errors import PrefgameError
+
+    cfg = PMModelConfig(kind="bt")
+    cfg.kind = "nope"
+    with pytest.raises(PrefgameError, match="choose one of bt, gpm, pairwise, gated"):
+        build_head(cfg, 8)

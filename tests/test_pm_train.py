@@ -214,3 +214,76 @@ def test_arena_function_small(tmp_path):
         b = "certainly , music carries the rhythm . the answer is 5 . indeed ."
         p = oracle.preference([prompt], [a], [b])
         assert p.shape == (1,) and 0.0 <= float(p) <= 1.0
+
+
+# -- a kind registered by a test trains without edits elsewhere ---------------------------------------
+
+
+class _DiffHead(torch.nn.Module):
+    """A toy general-preference head: s(a, b) = w·u_a − w·u_b (u the standardized response vector)."""
+
+    views = ("a", "b")
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        from prefgame.models import ResponseInput
+
+        self.inputs = ResponseInput(in_dim, False)
+        self.w = torch.nn.Linear(in_dim, 1, bias=False)
+
+    def forward(self, emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        f_a = self.w(self.inputs(emb["a"], None)).squeeze(-1)
+        f_b = self.w(self.inputs(emb["b"], None)).squeeze(-1)
+        return {"score": f_a - f_b}
+
+
+@pytest.fixture
+def toy_kind(monkeypatch):
+    """Register a kind "toy" for one test: its record is all the code it has."""
+    from typing import Literal
+
+    from prefgame.models import KINDS, KindSpec
+    from prefgame.models import model as model_module
+    from prefgame.models.kinds import register
+
+    spec = register(
+        KindSpec(
+            name="toy",
+            build_head=lambda cfg, in_dim, objectives, verbosity_index: _DiffHead(in_dim),
+            reward=False,
+            help="a test's kind",
+        )
+    )
+    # the config's choices are fixed when prefgame.models loads its kinds; a kind registered later
+    # (here, by a test) joins them by name
+    monkeypatch.setattr(model_module, "Kind", Literal[tuple(KINDS)])
+    yield spec
+    del KINDS["toy"]
+
+
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_a_kind_registered_in_a_test_trains_saves_and_loads(tmp_path, data, toy_kind, ensemble):
+    cfg = _config(data, tmp_path / "run", "toy", **{"model.ensemble.size": str(ensemble)})
+    metrics = _train(cfg)
+    assert metrics["kind"] == "toy" and metrics["nonfinite_steps"] == 0 and "accuracy" in metrics["eval"]
+    assert "stage1" not in metrics and "gating" not in metrics["arena"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in rows if "phase" in r} == {f"member-{i}" for i in range(ensemble)}
+    assert json.loads((tmp_path / "run" / "model" / "preference_model.json").read_text())["kind"] == "toy"
+    model = load_preference_model(tmp_path / "run")
+    assert model.spec is toy_kind and len(model.heads) == ensemble
+    untrained = _config(
+        data, tmp_path / "untrained", "toy", **{"model.ensemble.size": str(ensemble), "train.max_steps": "0"}
+    )
+    _train(untrained)
+    before, after = _heads(tmp_path / "untrained"), _heads(tmp_path / "run")
+    assert [k for k in after if k.endswith("w.weight")] and all(
+        not torch.equal(before[k], after[k]) for k in after if k.endswith("w.weight")
+    )
+    prompts = ["please explain music briefly and what is 1 plus 2 ?"] * 2
+    a = ["yeah , music carries the rhythm . the answer is 3 . cool .", "music ."]
+    b = ["certainly , music carries the rhythm . the answer is 5 . indeed .", "indeed , music ."]
+    p_ab, p_ba = model.preference(prompts, a, b), model.preference(prompts, b, a)
+    assert torch.allclose(p_ab + p_ba, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-15)
+    m = model.preference_matrix(prompts[0], a + b)  # no score_matrix of its own: the K(K−1)/2 pairs
+    assert torch.allclose(m[0, 2:3], model.preference(prompts[:1], a[:1], b[:1]), atol=1e-6)

@@ -26,7 +26,7 @@ import torch
 
 from prefgame.game.metrics import duality_gap, exploitability, kl
 from prefgame.game.solvers import solve_equilibrium
-from prefgame.oracle import PreferenceOracle
+from prefgame.oracle import PreferenceOracle, preference_matrices
 
 Key = tuple[str, str, str]
 
@@ -82,21 +82,11 @@ class PreferenceCache:
 def group_matrices(cache: PreferenceCache, prompts: Sequence[str], texts: Sequence[str], n: int) -> torch.Tensor:
     """(M, n, n) M[m, i, j] = P(y_{m,i} ≻ y_{m,j} | x_m) for M prompts with n samples each (prompt-major).
 
-    One oracle call for the strict upper triangles of all prompts; the rest follows from anti-symmetry.
+    One oracle call for the strict upper triangles of all prompts; the rest follows from anti-symmetry
+    (:func:`~prefgame.oracle.preference_matrices` through the cache).
     """
     m_prompts = len(texts) // n
-    rows, cols = torch.triu_indices(n, n, offset=1)
-    qa, qb, qx = [], [], []
-    for m in range(m_prompts):
-        base = m * n
-        qx += [prompts[base]] * len(rows)
-        qa += [texts[base + int(i)] for i in rows]
-        qb += [texts[base + int(j)] for j in cols]
-    probs = cache.query(qx, qa, qb).view(m_prompts, len(rows))  # (M, n(n−1)/2)
-    mats = torch.full((m_prompts, n, n), 0.5, dtype=torch.float64)
-    mats[:, rows, cols] = probs
-    mats[:, cols, rows] = 1.0 - probs
-    return mats
+    return preference_matrices(cache.query, [prompts[m * n] for m in range(m_prompts)], texts, n)
 
 
 def cross_matrices(

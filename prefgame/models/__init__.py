@@ -4,6 +4,9 @@
   or mean pooling, either padding side, frozen or fine-tuned).
 - :mod:`~prefgame.models.heads` — BT reward, general preference embedding (GPM), pairwise, and
   ArmoRM-style gated multi-objective heads; every score exactly anti-symmetric.
+- :mod:`~prefgame.models.kinds` — the registry of kinds (bt, gpm, pairwise, gated): one
+  :class:`KindSpec` per kind, registered by the kind's own module; everything that lists kinds or
+  does what differs between them reads :data:`KINDS`.
 - :mod:`~prefgame.models.model` — :class:`PreferenceModel` (backbone + ensemble of heads, the
   oracle), configs, :func:`save_preference_model` / :func:`load_preference_model`.
 - :mod:`~prefgame.models.metrics` — accuracy, log-loss, calibration, per subset/section, and arena
@@ -13,9 +16,17 @@ Training lives in :mod:`prefgame.train.pm` (``prefgame train-pm``, ``prefgame sc
 """
 
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder, pool
-from prefgame.models.heads import GatedHead, GPMHead, PairwiseHead, RewardHead, debias_coefficients
+from prefgame.models.heads import (
+    GatedHead,
+    GPMHead,
+    InputNorm,
+    PairwiseHead,
+    ResponseInput,
+    RewardHead,
+    debias_coefficients,
+)
+from prefgame.models.kinds import KINDS, KindSpec, kind_spec
 from prefgame.models.model import (
-    KINDS,
     EnsembleConfig,
     GatedConfig,
     GPMConfig,
@@ -38,16 +49,20 @@ __all__ = [
     "GatedConfig",
     "GatedHead",
     "HeadConfig",
+    "InputNorm",
+    "KindSpec",
     "ModelInfo",
     "PMModelConfig",
     "PairwiseHead",
     "PreferenceModel",
+    "ResponseInput",
     "RewardHead",
     "TextEncoder",
     "build_encoder",
     "build_head",
     "combine_scores",
     "debias_coefficients",
+    "kind_spec",
     "load_preference_model",
     "pool",
     "save_preference_model",

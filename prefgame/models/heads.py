@@ -23,6 +23,9 @@ terms of a difference, so s(b, a) = −s(a, b) and s(a, a) = 0 hold bit for bit 
 - :class:`GatedHead` (ArmoRM-style multi-objective): r_i = stage-1 regression of objective i,
   debiased r'_i = r_i − λ_i r_verbosity, gate g(x) = softmax(MLP(h_x)/T), reward
   f = scale · Σ_i g_i(x) r'_i; s = f_a − f_b.
+
+Which kind builds which head, and what the model and trainer expect of a head, is in the kind
+registry (:mod:`prefgame.models.kinds`).
 """
 
 from __future__ import annotations
@@ -71,8 +74,12 @@ class InputNorm(nn.Module):
         return (h - self.mean.to(h.dtype)) / self.scale.to(h.dtype)
 
 
-class _ResponseInput(nn.Module):
-    """The head's input for one response: norm(h_{x,y}) or norm([h_{x,y}, h_x]) with ``prompt_input``."""
+class ResponseInput(nn.Module):
+    """The head's input for one response: norm(h_{x,y}) or norm([h_{x,y}, h_x]) with ``prompt_input``.
+
+    A head keeps it as ``inputs`` (and a prompt-reading head its prompt's :class:`InputNorm` as
+    ``prompt_norm``): the trainer fits both from the training vectors of a frozen backbone.
+    """
 
     def __init__(self, in_dim: int, prompt_input: bool) -> None:
         super().__init__()
@@ -91,13 +98,10 @@ class _ResponseInput(nn.Module):
 class RewardHead(nn.Module):
     """Bradley–Terry reward head: r(x, y) = MLP(h_{x,y}), P(a ≻ b) = σ(r_a − r_b)."""
 
-    kind = "bt"
-    is_reward = True
-
     def __init__(self, in_dim: int, *, hidden: int = 0, layers: int = 1, prompt_input: bool = False) -> None:
         super().__init__()
         self.views = ("a", "b", "x") if prompt_input else ("a", "b")
-        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.inputs = ResponseInput(in_dim, prompt_input)
         self.net = mlp(self.inputs.dim, 1, hidden=hidden, layers=layers)
 
     def reward(self, h_y: Tensor, h_x: Tensor | None = None) -> Tensor:
@@ -122,9 +126,6 @@ class GPMHead(nn.Module):
     evaluated with a and b exchanged, so anti-symmetry is exact in floating point.
     """
 
-    kind = "gpm"
-    is_reward = False
-
     def __init__(
         self,
         in_dim: int,
@@ -145,7 +146,7 @@ class GPMHead(nn.Module):
             temperature,
         )
         self.views = ("a", "b", "x") if prompt_gate or prompt_input else ("a", "b")
-        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.inputs = ResponseInput(in_dim, prompt_input)
         self.prompt_norm = InputNorm(in_dim)
         self.embed = mlp(self.inputs.dim, 2 * blocks, hidden=hidden, layers=layers)
         # softplus(0.5413) = 1: eigenvalues start at 1
@@ -193,13 +194,11 @@ class PairwiseHead(nn.Module):
     (single-pass training on randomly ordered pairs; see the trainer's order augmentation).
     """
 
-    kind = "pairwise"
     views = ("ab", "ba")
-    is_reward = False
 
     def __init__(self, in_dim: int, *, hidden: int = 0, layers: int = 1) -> None:
         super().__init__()
-        self.inputs = _ResponseInput(in_dim, False)
+        self.inputs = ResponseInput(in_dim, False)
         self.net = mlp(in_dim, 1, hidden=hidden, layers=layers)
 
     def forward(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -225,9 +224,7 @@ class GatedHead(nn.Module):
     simplex, f(x, y) = scale · Σ_i g_i(x) r'_i(x, y).
     """
 
-    kind = "gated"
     views = ("a", "b", "x")
-    is_reward = True
 
     def __init__(
         self,
@@ -248,7 +245,7 @@ class GatedHead(nn.Module):
         k = len(objectives)
         self.objectives = list(objectives)
         self.temperature, self.verbosity_index = temperature, verbosity_index
-        self.inputs = _ResponseInput(in_dim, prompt_input)
+        self.inputs = ResponseInput(in_dim, prompt_input)
         self.prompt_norm = InputNorm(in_dim)
         self.regressor = mlp(self.inputs.dim, k, hidden=regression_hidden, layers=1) if regression_hidden > 0 else None
         weight, bias = torch.zeros(self.inputs.dim, k), torch.zeros(k)

@@ -7,6 +7,9 @@ P(a≻b) + P(b≻a) = 1 and P(a≻a) = ½ to float64 precision. ``preference_mat
 gives the K×K matrix: K backbone passes and one matrix product for GPM, K passes and a difference of
 rewards for BT/gated, K² passes for the pairwise form.
 
+What differs between kinds is read from the kind registry (:mod:`prefgame.models.kinds`): how a head
+is built, whether the kind is a reward, its fast K×K matrix, its training loss and views.
+
 Ensembles (K independently seeded heads on one backbone) combine pessimistically:
 
 - reward kinds (bt, gated): r = pessimistic_score(r_1..r_K) per response (min, or mean − c·std),
@@ -14,7 +17,8 @@ Ensembles (K independently seeded heads on one backbone) combine pessimistically
 - general kinds (gpm, pairwise): s = sign(m) · max(|m| − c·sd, 0) ("mean_std"), or the member score
   of smallest magnitude when all members agree on the sign and 0 otherwise ("min") — both shrink
   the preference toward ½ where members disagree, and both keep s exactly anti-symmetric (a
-  per-pair min of s itself would not be).
+  per-pair min of s itself would not be). :func:`combine_scores` computes both with
+  ``pessimistic_score`` on the member scores turned to one side, and turns the result back.
 
 A saved model is a folder: ``model_config.yaml`` (the model section of the training config),
 ``preference_model.json`` (kind, objectives, where the backbone is), ``heads.safetensors``, and a
@@ -37,10 +41,11 @@ from prefgame.config import config_to_yaml, load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.losses import pessimistic_score
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
-from prefgame.models.heads import GatedHead, GPMHead, PairwiseHead, RewardHead
+from prefgame.models.kinds import KINDS, KindSpec, kind_names, kind_spec, load_kinds
 from prefgame.run import atomic_dir, untie_shared
 
-KINDS = ("bt", "gpm", "pairwise", "gated")
+load_kinds()
+Kind = Literal[tuple(KINDS)]  # the registered kinds: the config's choices and --help
 FORMAT_VERSION = 1
 
 
@@ -110,9 +115,7 @@ class EnsembleConfig:
 
 @dataclass
 class PMModelConfig:
-    kind: Literal["bt", "gpm", "pairwise", "gated"] = param(
-        "bt", "bt (Bradley–Terry reward), gpm (general preference embedding), pairwise, gated (ArmoRM)"
-    )
+    kind: Kind = param("bt", ", ".join(f"{n} ({s.help})" if s.help else n for n, s in KINDS.items()))
     backbone: BackboneConfig = param(BackboneConfig, "the text encoder")
     head: HeadConfig = param(HeadConfig, "head MLP")
     gpm: GPMConfig = param(GPMConfig, "general preference embedding form (kind gpm)")
@@ -122,54 +125,26 @@ class PMModelConfig:
 
 def build_head(cfg: PMModelConfig, in_dim: int, *, objectives: Sequence[str] = (), verbosity_index: int = -1):
     """One head of kind ``cfg.kind`` (initialized from the current torch RNG)."""
-    h = cfg.head
-    if cfg.kind == "bt":
-        return RewardHead(in_dim, hidden=h.hidden_size, layers=h.num_layers, prompt_input=h.prompt_input)
-    if cfg.kind == "gpm":
-        g = cfg.gpm
-        return GPMHead(
-            in_dim,
-            blocks=g.blocks,
-            hidden=h.hidden_size,
-            layers=h.num_layers,
-            prompt_gate=g.prompt_gate,
-            normalize=g.normalize,
-            temperature=g.temperature,
-            prompt_input=h.prompt_input,
-        )
-    if cfg.kind == "pairwise":
-        return PairwiseHead(in_dim, hidden=h.hidden_size, layers=h.num_layers)
-    if cfg.kind == "gated":
-        if not objectives:
-            raise PrefgameError("a gated head needs objectives (the rating columns)")
-        g = cfg.gated
-        return GatedHead(
-            in_dim,
-            objectives,
-            hidden=h.hidden_size,
-            layers=h.num_layers,
-            temperature=g.gate_temperature,
-            scale_init=g.scale_init,
-            learn_scale=g.learn_scale,
-            verbosity_index=verbosity_index,
-            train_regression=g.stage1 == "sgd",
-            regression_hidden=g.regression_hidden,
-            prompt_input=h.prompt_input,
-        )
-    raise PrefgameError(f"unknown preference model kind '{cfg.kind}' (choose one of {', '.join(KINDS)})")
+    return kind_spec(cfg.kind).build_head(cfg, in_dim, objectives, verbosity_index)
 
 
 def combine_scores(scores: Tensor, mode: str, c: float) -> Tensor:
-    """Pessimistic, exactly anti-symmetric combination of member pair scores (K, N) → (N,)."""
+    """Pessimistic, exactly anti-symmetric combination of member pair scores (K, N) → (N,).
+
+    :func:`pessimistic_score` of the members' scores turned to one side, turned back: for "mean_std"
+    the side of their mean m, sign(m) · max(|m| − c·sd, 0) (clipped at 0: no preference); for "min"
+    the magnitudes, the smallest with the members' sign when they all have the same sign, 0 otherwise.
+    """
     if scores.shape[0] == 1:
         return scores[0]
     if mode == "mean_std":
-        mean, sd = scores.mean(0), scores.std(0, correction=1)
-        return torch.sign(mean) * torch.clamp(mean.abs() - c * sd, min=0.0)
+        side = torch.sign(scores.mean(0))
+        return side * torch.clamp(pessimistic_score(side * scores, mode=mode, c=c), min=0.0)
     if mode == "min":
-        same_sign = (torch.sign(scores) == torch.sign(scores[:1])).all(0)
-        smallest = scores.abs().min(0).values
-        return torch.where(same_sign, torch.sign(scores[0]) * smallest, torch.zeros_like(smallest))
+        side = torch.sign(scores[0])
+        agree = (torch.sign(scores) == side).all(0)
+        smallest = pessimistic_score(scores.abs(), mode=mode, c=c)
+        return torch.where(agree, side * smallest, torch.zeros_like(smallest))
     raise ValueError(f"mode must be 'min' or 'mean_std', got {mode!r}")
 
 
@@ -207,6 +182,11 @@ class PreferenceModel(nn.Module):
     @property
     def kind(self) -> str:
         return self.cfg.kind
+
+    @property
+    def spec(self) -> KindSpec:
+        """The kind's record in the registry (:mod:`prefgame.models.kinds`)."""
+        return kind_spec(self.cfg.kind)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -255,7 +235,7 @@ class PreferenceModel(nn.Module):
         """Combined pair scores (N,) from view vectors."""
         dtype, device = self._head_dtype_device()
         emb = {k: v.to(device=device, dtype=dtype) for k, v in emb.items()}
-        if self.heads[0].is_reward:
+        if self.spec.reward:
             ra = self._combine_rewards([h.reward(emb["a"], emb.get("x")) for h in self.heads])
             rb = self._combine_rewards([h.reward(emb["b"], emb.get("x")) for h in self.heads])
             return ra - rb
@@ -288,7 +268,7 @@ class PreferenceModel(nn.Module):
     @torch.no_grad()
     def reward(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
         """r(x, y) (N,) for reward kinds (bt, gated); pessimistic over an ensemble."""
-        if not self.heads[0].is_reward:
+        if not self.spec.reward:
             raise PrefgameError(f"a '{self.kind}' model has no scalar reward; use preference()")
         prompts, responses = list(prompts), list(responses)
         views = ("a", "x") if "x" in self.views else ("a",)
@@ -303,35 +283,39 @@ class PreferenceModel(nn.Module):
 
     @torch.no_grad()
     def preference_matrix(self, prompt: str, responses: Sequence[str]) -> Tensor:
-        """M[i, j] = P(y_i ≻ y_j | x), (K, K) float64, exactly anti-symmetric."""
+        """M[i, j] = P(y_i ≻ y_j | x), (K, K) float64, exactly anti-symmetric.
+
+        A reward: K passes and the differences of the (pessimistic) rewards; a kind with a
+        ``score_matrix`` (gpm): K passes and each member's matrix, combined; otherwise the
+        K(K−1)/2 pairs (:func:`prefgame.oracle.preference_matrix`).
+        """
         responses = list(responses)
         k = len(responses)
-        if self.kind == "pairwise":
-            from prefgame.oracle import preference_matrix
-
-            return preference_matrix(self, prompt, responses)
-        if self.heads[0].is_reward:
+        spec = self.spec
+        if spec.reward:
             r = self.reward([prompt] * k, responses)
             s = r[:, None] - r[None, :]
-        else:
+        elif spec.score_matrix is not None:
             views = ("a", "x") if "x" in self.views else ("a",)
             emb = self.embed(views, [prompt] * k, responses, responses)
             dtype, device = self._head_dtype_device()
             h_y = emb["a"].to(device=device, dtype=dtype)
             h_x = emb["x"][:1].to(device=device, dtype=dtype) if "x" in emb else None
-            member = []
-            for head in self.heads:
-                lam = head.eigenvalues(h_x, 1)[0]  # (k_blocks,)
-                member.append(head.score_matrix(head.vectors(h_y, h_x), lam))
+            member = [spec.score_matrix(head, h_y, h_x) for head in self.heads]
             s = combine_scores(torch.stack(member), self.cfg.ensemble.mode, self.cfg.ensemble.c).cpu()
+        else:
+            from prefgame.oracle import preference_matrix
+
+            return preference_matrix(self, prompt, responses)
         return torch.sigmoid(s.double())
 
     @torch.no_grad()
     def gating_weights(self, prompts: Sequence[str]) -> Tensor:
         """Gated kind: g(x) (N, k) on the simplex (mean over ensemble members); columns follow
         ``info.objectives``."""
-        if self.kind != "gated":
-            raise PrefgameError(f"gating weights exist for the gated kind only, not '{self.kind}'")
+        if not self.spec.ratings:
+            gated = " and ".join(kind_names(ratings=True))
+            raise PrefgameError(f"gating weights exist for the {gated} kind only, not '{self.kind}'")
         prompts = list(prompts)
         out = []
         dtype, device = self._head_dtype_device()

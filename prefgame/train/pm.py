@@ -1,13 +1,16 @@
 """Preference-model training (``prefgame train-pm``) and pair scoring (``prefgame score``).
 
-One trainer for every kind in :mod:`prefgame.models` (docs/design.md §3.1). Training is a list of
+One trainer for every kind registered in :mod:`prefgame.models.kinds` (docs/design.md §3.1); what
+differs between kinds (the pair loss, the views a step reads, which views standardize the head's
+inputs) comes from the kind's :class:`~prefgame.models.kinds.KindSpec`. Training is a list of
 *phases*, each an optimizer run over one set of examples:
 
-- bt / gpm / pairwise: one phase per ensemble member, on the pairs;
-- gated: stage 1 fits per-objective rating heads (closed-form ridge on frozen vectors, or a
-  ``stage1`` phase of gradient descent on the ratings with the masked regression loss); then the
-  verbosity debiasing coefficients are computed; then one stage-2 phase per member trains the gate
-  (and the reward scale) with the BT loss on the pairs, backbone and rating heads fixed.
+- a kind trained on pairs (bt, gpm, pairwise): one phase per ensemble member, on the pairs;
+- a kind trained on ratings too (``ratings=True``: gated): stage 1 fits per-objective rating heads
+  (closed-form ridge on frozen vectors, or a ``stage1`` phase of gradient descent on the ratings with
+  the masked regression loss); then the verbosity debiasing coefficients are computed; then one
+  stage-2 phase per member trains the gate (and the reward scale) with the BT loss on the pairs,
+  backbone and rating heads fixed.
 
 Frozen backbone (``model.backbone.freeze=true``): the vectors of every view of every example are
 computed once (cached) and phases train heads only. Fine-tuning: the backbone trains with the head
@@ -39,9 +42,10 @@ from torch import Tensor, nn
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.errors import DataError, PrefgameError
-from prefgame.losses import bt_loss, pairwise_logistic_loss, regression_loss, ridge_fit
+from prefgame.losses import regression_loss, ridge_fit
 from prefgame.models.backbone import build_encoder
 from prefgame.models.heads import debias_coefficients
+from prefgame.models.kinds import kind_spec
 from prefgame.models.metrics import arena_metrics, gating_correlation, preference_metrics
 from prefgame.models.model import (
     ModelInfo,
@@ -235,25 +239,7 @@ class RatingsForward(nn.Module):
 
 def pair_loss_fn(kind: str, cfg: PMLossConfig) -> Callable[[dict, Tensor, Tensor, float], tuple]:
     """The loss of a kind, chosen once: (head outputs, labels, margins, normalizer) → (loss, metrics)."""
-    if kind in ("bt", "gated"):
-
-        def loss(out: dict, labels: Tensor, margins: Tensor, normalizer: float):
-            margin = margins * cfg.margin_scale if cfg.margin == "score_gap" else None
-            return bt_loss(
-                out["reward_a"],
-                out["reward_b"],
-                labels=labels,
-                margin=margin,
-                center_coef=cfg.center_coef,
-                normalizer=normalizer,
-            )
-
-        return loss
-
-    def general_loss(out: dict, labels: Tensor, margins: Tensor, normalizer: float):
-        return pairwise_logistic_loss(out["score"], labels, normalizer=normalizer)
-
-    return general_loss
+    return kind_spec(kind).loss(cfg)
 
 
 def swap_mask(seed: int, step: int, n: int, enabled: bool) -> np.ndarray:
@@ -305,9 +291,9 @@ def _validate(cfg: PMConfig) -> None:
         raise PrefgameError(
             "ensembles share one frozen backbone: set model.backbone.freeze=true or model.ensemble.size=1"
         )
-    if m.kind == "gated":
+    if kind_spec(m.kind).ratings:
         if not cfg.data.ratings_path:
-            raise PrefgameError("kind gated needs per-objective ratings: set data.ratings_path")
+            raise PrefgameError(f"kind {m.kind} needs per-objective ratings: set data.ratings_path")
         if not m.backbone.freeze and m.gated.stage1 == "ridge":
             raise PrefgameError(
                 "gated stage-1 ridge needs a frozen backbone; set model.gated.stage1=sgd to fine-tune it"
@@ -328,7 +314,7 @@ def _load_training_data(cfg: PMConfig):
     ratings = None
     objectives: list[str] = []
     verbosity_index = -1
-    if mc.kind == "gated":
+    if kind_spec(mc.kind).ratings:
         ratings = load_ratings(
             cfg.data.ratings_path,
             cfg.data.ratings_split,
@@ -374,6 +360,7 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
 def _eval_metrics(cfg: PMConfig, model: PreferenceModel, eval_set: Pairs, cache: dict, state: dict) -> dict[str, Any]:
     """The trained model's held-out figures (and the arena's, the gated stages' fits)."""
     mc = cfg.model
+    multi_objective = kind_spec(mc.kind).ratings
     metrics: dict[str, Any] = {"kind": mc.kind}
     probs = None
     if len(eval_set) and "eval" in cache:  # cached vectors: same numbers, no second backbone pass
@@ -387,9 +374,9 @@ def _eval_metrics(cfg: PMConfig, model: PreferenceModel, eval_set: Pairs, cache:
     if cfg.arena_metrics and probs is not None:
         arena = cfg.arena.build()
         metrics["arena"] = arena_metrics(arena, eval_set.prompts, eval_set.chosen, eval_set.rejected, probs)
-        if mc.kind == "gated":
+        if multi_objective:
             metrics["arena"]["gating"] = gating_correlation(model, arena)
-    if mc.kind == "gated":
+    if multi_objective:
         metrics["stage1"] = state["stage1"]
         metrics["debias"] = state["debias"]
     return metrics
@@ -478,7 +465,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
         log.info(f"resumed from {resume_from} at step {start}")
     progress = Progress(total - start, f"train-pm {mc.kind}", log)
     last = _run_phases(cfg, acc, out, run, phases, checkpoint_modules, guard, start=start, progress=progress)
-    if mc.kind == "gated" and state["stage1"] is None:
+    if kind_spec(mc.kind).ratings and state["stage1"] is None:
         _gated_setup(cfg, model, ratings, state, acc)  # zero stage-2 steps: still fit stage 1
     acc.wait_for_everyone()
     model.eval()
@@ -530,9 +517,8 @@ def _train_step(
 
 
 def _pair_views(model: PreferenceModel, cfg: PMConfig) -> tuple[str, ...]:
-    if model.kind == "pairwise" and cfg.loss.pairwise_single_pass:
-        return ("ab",)
-    return model.views
+    """The views a training step reads (the kind's choice, e.g. pairwise's single pass)."""
+    return model.spec.views_for_training(model.views, cfg.loss)
 
 
 def _label_tensors(pairs: Pairs, idx: np.ndarray, swapped: np.ndarray, device) -> tuple[Tensor, Tensor]:
@@ -549,10 +535,11 @@ def _build_phases(
 ) -> tuple[list[Phase], dict]:
     """The phases of a run and the vector cache their setups fill (frozen backbone)."""
     tc, mc = cfg.train, cfg.model
+    spec = model.spec
     frozen = mc.backbone.freeze
     device = acc.device
     views = _pair_views(model, cfg)
-    loss_fn = pair_loss_fn(mc.kind, cfg.loss)
+    loss_fn = spec.loss(cfg.loss)
     cache: dict[str, dict[str, Tensor]] = {}
 
     def cache_pairs() -> None:
@@ -561,9 +548,9 @@ def _build_phases(
         # every view the model has, so that swapped pairs find their vectors
         cache["train"] = model.embed(model.views, train_set.prompts, train_set.chosen, train_set.rejected)
         cache["eval"] = model.embed(model.views, eval_set.prompts, eval_set.chosen, eval_set.rejected)
-        if mc.head.standardize and mc.kind != "gated":  # gated: fitted on the ratings in stage 1
+        if mc.head.standardize and not spec.ratings:  # ratings kinds: fitted on the ratings in stage 1
             train = cache["train"]
-            pair = ("ab", "ba") if mc.kind == "pairwise" else ("a", "b")
+            pair = spec.pair_views
             h_y = torch.cat([train[pair[0]], train[pair[1]]])
             h_x = torch.cat([train["x"], train["x"]]) if "x" in train else None
             for head in model.heads:
@@ -598,7 +585,7 @@ def _build_phases(
 
     def evaluator(head_index: int):
         def evaluate() -> dict:
-            if frozen or mc.kind == "gated":
+            if frozen or spec.ratings:  # stage 2 of a ratings kind: frozen backbone, cached vectors
                 with torch.no_grad():
                     head = model.heads[head_index]
                     was = head.training
@@ -615,7 +602,7 @@ def _build_phases(
 
     pairs_normalizer = lambda idx: float(len(idx))  # noqa: E731  (global pairs of the step)
     phases: list[Phase] = []
-    if mc.kind == "gated":
+    if spec.ratings:
         if mc.gated.stage1 == "sgd":
             phases.append(_stage1_phase(cfg, acc, model, ratings, state))
 

@@ -6,8 +6,9 @@
    ``data/ratings.jsonl``, or samples them from the world when no path is given) and samples a
    separate held-out set from the world (labels: the gold soft label P*(chosen ≻ rejected));
 2. trains a **BT** reward model, a **GPM** (general preference, embedding form) and a **gated**
-   (ArmoRM-style) model with ``prefgame.train.pm`` — all on one frozen backbone, so the three differ
-   only in what their heads can represent;
+   (ArmoRM-style) model — the kinds registered with ``arena=True`` (:mod:`prefgame.models.kinds`) —
+   with ``prefgame.train.pm``, all on one frozen backbone, so they differ only in what their heads
+   can represent;
 3. returns one :class:`ArenaPMRow` per model: held-out accuracy, expected accuracy under the gold
    preference (overall and on in-cycle pairs) next to the Bayes-optimal figures, the gated model's
    gating-weight correlation with the true w(x), and the folder ``load_preference_model`` restores.
@@ -35,6 +36,7 @@ from prefgame.arena import export
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.models.backbone import BackboneConfig
+from prefgame.models.kinds import kind_names, kind_spec
 from prefgame.models.model import GatedConfig, GPMConfig, HeadConfig, PMModelConfig
 from prefgame.run import RunDir, write_jsonl
 from prefgame.train.engine import TrainConfig
@@ -42,8 +44,7 @@ from prefgame.train.pm import PMConfig, PMDataConfig, train_preference_model
 
 log = logging.getLogger("prefgame.pm_arena")
 
-KINDS = ("bt", "gpm", "gated")
-MODEL_NAMES = {"bt": "BT reward", "gpm": "GPM (general preference)", "gated": "gated (ArmoRM-style)"}
+KINDS = tuple(kind_names(arena=True))  # the kinds the quickstart compares: bt, gpm, gated
 
 
 @dataclass
@@ -67,8 +68,8 @@ class ArenaPMConfig:
 class ArenaPMRow:
     """One model's figures on the held-out arena pairs."""
 
-    model: str  # display name
-    kind: str  # bt, gpm or gated
+    model: str  # display name (the kind's title)
+    kind: str  # one of KINDS
     accuracy: float  # held-out accuracy against the side of the gold label
     expected_accuracy: float  # E[P* if the model picks a else 1 − P*]: comparable to bayes_accuracy
     bayes_accuracy: float  # E[max(P*, 1 − P*)]: the best any model can reach
@@ -151,8 +152,8 @@ def train_arena_preference_models(
     pairs_path: arena pairs with gold soft labels (e.g. the quickstart's ``data/pairs.jsonl``);
     ratings_path: per-objective ratings (``data/ratings.jsonl``); either empty: sampled from the
     world. Held-out pairs are always sampled from the world (``output_dir/data/eval.jsonl``).
-    ``kinds``: a subset of ("bt", "gpm", "gated") to train. Returns the rows in that order. About
-    30 CPU seconds on one thread at 4000 pairs for the three models.
+    ``kinds``: the kinds to train (default :data:`KINDS`: bt, gpm, gated). Returns the rows in that
+    order. About 30 CPU seconds on one thread at 4000 pairs for the three models.
     """
     cfg = cfg or ArenaPMConfig()
     t0 = time.perf_counter()
@@ -173,7 +174,7 @@ def train_arena_preference_models(
         a = m["arena"]
         rows.append(
             ArenaPMRow(
-                model=MODEL_NAMES[kind],
+                model=kind_spec(kind).title or kind,
                 kind=kind,
                 accuracy=m["eval"]["accuracy"],
                 expected_accuracy=a["expected_accuracy"],

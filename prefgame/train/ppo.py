@@ -509,11 +509,13 @@ class Evaluator:
 
 def _load_reward_model(cfg: PPORewardConfig, device):
     from prefgame.models import load_preference_model
+    from prefgame.models.kinds import kind_names
 
     model = load_preference_model(cfg.path, device=device, batch_size=cfg.batch_size)
-    if not model.heads[0].is_reward:
+    if not model.spec.reward:
+        rewards = " or ".join(kind_names(reward=True))
         raise PrefgameError(
-            f"reward.path={cfg.path}: a '{model.kind}' model has no scalar reward; PPO needs kind bt or gated"
+            f"reward.path={cfg.path}: a '{model.kind}' model has no scalar reward; PPO needs kind {rewards}"
         )
     model.requires_grad_(False)
     return model
