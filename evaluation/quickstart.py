@@ -34,7 +34,7 @@ from prefgame.config import param
 from prefgame.game.lm_selfplay import ClassGame, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
-from prefgame.run import RunDir, seed_everything, write_jsonl
+from prefgame.run import RunDir, run_job, seed_everything, write_jsonl
 from prefgame.train.engine import TrainConfig
 from prefgame.train.selfplay.registry import load_algorithms
 from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
@@ -92,12 +92,7 @@ def _read_json(path: Path) -> dict:
 
 
 def run(cfg: QuickstartConfig) -> dict:
-    out = RunDir(cfg.output_dir)
-    log = out.start_logging()
-    try:
-        return _run(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: _run(cfg, out, log))
 
 
 class _Clock:

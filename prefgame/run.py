@@ -232,6 +232,17 @@ class RunDir:
             self._handler = None
 
 
+def run_job(output_dir: str | Path, body: Any, *, name: str = "prefgame", quiet: bool = False) -> Any:
+    """``body(out, log)`` with the job's output folder open and its ``log.txt`` written (the console line
+    too unless ``quiet``); the log is closed however the job ends. Returns what ``body`` returns."""
+    out = RunDir(output_dir, name=name)
+    log = out.start_logging(quiet=quiet)
+    try:
+        return body(out, log)
+    finally:
+        out.close()
+
+
 class Progress:
     """Periodic progress lines (steps done, rate, ETA) for long loops; quiet by default in tests."""
 

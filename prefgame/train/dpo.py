@@ -49,7 +49,7 @@ from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import PreferenceOracle
-from prefgame.run import Progress, RunDir, seed_everything
+from prefgame.run import Progress, RunDir, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     OptimConfig,
@@ -309,12 +309,7 @@ def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: in
 
 
 def run(cfg: DPOConfig) -> dict:
-    out = RunDir(cfg.output_dir, name="prefgame.dpo")
-    log = out.start_logging()
-    try:
-        return train(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.dpo")
 
 
 def train(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> dict:

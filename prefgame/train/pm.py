@@ -55,7 +55,7 @@ from prefgame.models.model import (
     load_preference_model,
     save_preference_model,
 )
-from prefgame.run import Progress, RunDir, seed_everything, write_jsonl
+from prefgame.run import Progress, RunDir, run_job, seed_everything, write_jsonl
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -277,12 +277,7 @@ def run(cfg: PMConfig) -> dict:
         raise PrefgameError("data.path is empty: give a pairs file, e.g. data.path=runs/arena/pairs.jsonl")
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    out = RunDir(cfg.output_dir)
-    log = out.start_logging()
-    try:
-        return train_preference_model(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: train_preference_model(cfg, out, log))
 
 
 def _validate(cfg: PMConfig) -> None:

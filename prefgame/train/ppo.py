@@ -65,7 +65,7 @@ from prefgame.losses import (
     sequence_logprobs,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
-from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
+from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     OptimConfig,
@@ -524,12 +524,7 @@ def _load_reward_model(cfg: PPORewardConfig, device):
 def run(cfg: PPOConfig) -> dict:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    out = RunDir(cfg.output_dir, name="prefgame.ppo")
-    log = out.start_logging()
-    try:
-        return train(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.ppo")
 
 
 def train(cfg: PPOConfig, out: RunDir, log) -> dict:
@@ -659,9 +654,4 @@ def train_ppo_arena(
     if kl_coef is not None:
         args.append(f"ppo.kl_coef={kl_coef}")
     cfg = ppo_config(None, [*args, *overrides])
-    out = RunDir(cfg.output_dir, name="prefgame.ppo")
-    log = out.start_logging(quiet=quiet)
-    try:
-        return train(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.ppo", quiet=quiet)

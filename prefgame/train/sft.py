@@ -26,7 +26,7 @@ from prefgame.lm import (
     load_causal_lm,
     load_tokenizer,
 )
-from prefgame.run import Progress, RunDir, atomic_dir, seed_everything
+from prefgame.run import Progress, RunDir, atomic_dir, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -149,12 +149,7 @@ def response_nll(model, examples: list[tuple[list[int], list[int]]], pad_id: int
 def run(cfg: SFTConfig) -> dict:
     if not cfg.data.path:
         raise PrefgameError("data.path is empty: give a prompt/response file, e.g. data.path=runs/arena/sft.jsonl")
-    out = RunDir(cfg.output_dir)
-    log = out.start_logging()
-    try:
-        return _train(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: _train(cfg, out, log))
 
 
 def _train(cfg: SFTConfig, out: RunDir, log) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from prefgame.errors import ConfigError
 from prefgame.oracle import PreferenceOracle
-from prefgame.run import Progress, RunDir, read_jsonl, seed_everything
+from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
 from prefgame.train.engine import (
     begin_run,
     end_run,
@@ -29,12 +29,7 @@ from prefgame.train.sft import save_model
 
 
 def run(cfg: SelfPlayConfig) -> dict:
-    out = RunDir(cfg.output_dir, name="prefgame.selfplay")
-    log = out.start_logging()
-    try:
-        return train(cfg, out, log)
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.selfplay")
 
 
 def train(
@@ -208,12 +203,12 @@ def run_selfplay(
     """
     paths = [f"policy.name_or_path={pi0}", f"output_dir={output_dir}"]
     cfg = selfplay_config(None if config_file else algorithm, config_file, [*paths, *overrides])
-    out = RunDir(cfg.output_dir, name="prefgame.selfplay")
-    log = out.start_logging(quiet=quiet)
-    try:
-        return train(cfg, out, log, oracle=oracle, reference_classes=reference_classes)
-    finally:
-        out.close()
+    return run_job(
+        cfg.output_dir,
+        lambda out, log: train(cfg, out, log, oracle=oracle, reference_classes=reference_classes),
+        name="prefgame.selfplay",
+        quiet=quiet,
+    )
 
 
 # The arena settings of each algorithm (configs/selfplay/<algorithm>.yaml holds the same values).
