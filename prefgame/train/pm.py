@@ -595,7 +595,12 @@ def _build_phases(
 
         return evaluate if len(eval_set) else None
 
-    pairs_normalizer = lambda idx: float(len(idx))  # noqa: E731  (global pairs of the step)
+    def pair_phase(name: str, seed: int, module, setup, micro_loss, head_index: int) -> Phase:
+        normalizer = lambda idx: float(len(idx))  # noqa: E731  (global pairs of the step)
+        return Phase(
+            name, tc.max_steps, seed, module, len(train_set), setup, micro_loss, normalizer, evaluator(head_index)
+        )
+
     phases: list[Phase] = []
     if spec.ratings:
         if mc.gated.stage1 == "sgd":
@@ -606,49 +611,13 @@ def _build_phases(
             cache_pairs()
 
         for i, head in enumerate(model.heads):
-            phases.append(
-                Phase(
-                    f"gate-{i}",
-                    tc.max_steps,
-                    tc.seed + i,
-                    head,
-                    len(train_set),
-                    stage2_setup,
-                    frozen_pair_loss(head),
-                    pairs_normalizer,
-                    evaluator(i),
-                )
-            )
-        return phases, cache
-    for i, head in enumerate(model.heads):
-        if frozen:
-            phases.append(
-                Phase(
-                    f"member-{i}",
-                    tc.max_steps,
-                    tc.seed + i,
-                    head,
-                    len(train_set),
-                    cache_pairs,
-                    frozen_pair_loss(head),
-                    pairs_normalizer,
-                    evaluator(i),
-                )
-            )
-        else:
-            phases.append(
-                Phase(
-                    "member-0",
-                    tc.max_steps,
-                    tc.seed,
-                    PairForward(model, head),
-                    len(train_set),
-                    lambda: None,
-                    full_pair_loss,
-                    pairs_normalizer,
-                    evaluator(0),
-                )
-            )
+            phases.append(pair_phase(f"gate-{i}", tc.seed + i, head, stage2_setup, frozen_pair_loss(head), i))
+    elif frozen:
+        for i, head in enumerate(model.heads):
+            phases.append(pair_phase(f"member-{i}", tc.seed + i, head, cache_pairs, frozen_pair_loss(head), i))
+    else:
+        for head in model.heads:
+            phases.append(pair_phase("member-0", tc.seed, PairForward(model, head), lambda: None, full_pair_loss, 0))
     return phases, cache
 
 
