@@ -41,6 +41,33 @@ class PromptsConfig:
     field: str = param("prompt", "source=file: column holding the prompt text")
 
 
+@dataclass
+class GenerationConfig:
+    """How responses are generated (``sampling``); each trainer's section extends it."""
+
+    max_new_tokens: int = param(40, "response length limit in tokens")
+    batch_size: int = param(256, "sequences per generation batch")
+    use_cache: bool = param(True, "reuse the KV cache between tokens (false recomputes the prefix; vllm ignores it)")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("sampling.max_new_tokens and sampling.batch_size must be ≥ 1")
+
+
+@dataclass
+class EvalConfig:
+    """The held-out measurements of a policy (``eval``); each trainer's section may extend it."""
+
+    every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
+    prompts: int = param(240, "held-out prompts (arena: the same number per prompt type)")
+    samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
+    reference_samples_per_prompt: int = param(4, "π0 responses per held-out prompt (measured once)")
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1 or self.samples_per_prompt < 1 or self.reference_samples_per_prompt < 1:
+            raise ValueError("eval.prompts, eval.samples_per_prompt and eval.reference_samples_per_prompt must be ≥ 1")
+
+
 def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False):
     """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` and a frozen copy of it on
     ``device`` as π0."""

@@ -78,7 +78,7 @@ from prefgame.train.engine import (
     resume_state,
     save_checkpoint,
 )
-from prefgame.train.policy import PolicyConfig, PromptsConfig, load_policy, prompt_pools
+from prefgame.train.policy import EvalConfig, GenerationConfig, PolicyConfig, PromptsConfig, load_policy, prompt_pools
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
@@ -133,17 +133,6 @@ class PPOAlgoConfig:
 
 
 @dataclass
-class PPOSamplingConfig:
-    max_new_tokens: int = param(40, "response length limit in tokens")
-    batch_size: int = param(256, "sequences per generation batch")
-    use_cache: bool = param(True, "reuse the KV cache between tokens (false recomputes the prefix)")
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("sampling.max_new_tokens and sampling.batch_size must be ≥ 1")
-
-
-@dataclass
 class PPOTrainConfig(OptimConfig):
     """``train`` of PPO: the shared optimization settings, iterations, rollouts and their mini-batches."""
 
@@ -168,18 +157,6 @@ class PPOTrainConfig(OptimConfig):
 
 
 @dataclass
-class PPOEvalConfig:
-    every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
-    prompts: int = param(240, "held-out prompts")
-    samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
-    reference_samples_per_prompt: int = param(4, "π0 responses per held-out prompt (measured once)")
-
-    def __post_init__(self) -> None:
-        if self.prompts < 1 or self.samples_per_prompt < 1 or self.reference_samples_per_prompt < 1:
-            raise ValueError("eval.prompts, eval.samples_per_prompt and eval.reference_samples_per_prompt must be ≥ 1")
-
-
-@dataclass
 class PPOConfig:
     output_dir: str = param("runs/ppo", "where the policy, checkpoints, metrics and log are written")
     resume: bool = param(False, "continue from the last iteration checkpoint in output_dir")
@@ -189,9 +166,9 @@ class PPOConfig:
     prompts: PromptsConfig = param(PromptsConfig, "where prompts come from")
     arena: ArenaConfig = param(ArenaConfig, "the arena world (prompts.source=arena: exact gold measurements)")
     ppo: PPOAlgoConfig = param(PPOAlgoConfig, "the PPO objective")
-    sampling: PPOSamplingConfig = param(PPOSamplingConfig, "response sampling")
+    sampling: GenerationConfig = param(GenerationConfig, "response sampling")
     train: PPOTrainConfig = param(PPOTrainConfig, "optimization")
-    eval: PPOEvalConfig = param(PPOEvalConfig, "measurements")
+    eval: EvalConfig = param(EvalConfig, "measurements")
 
 
 # ---------------------------------------------------------------------------------------------- model

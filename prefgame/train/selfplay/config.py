@@ -8,7 +8,7 @@ from typing import Any, Literal
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.train.engine import OptimConfig
-from prefgame.train.policy import PolicyConfig, PromptsConfig
+from prefgame.train.policy import EvalConfig, GenerationConfig, PolicyConfig, PromptsConfig
 from prefgame.train.selfplay.registry import ALGORITHMS, load_algorithms, validate
 
 load_algorithms()
@@ -58,13 +58,12 @@ class GameConfig:
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(GenerationConfig):
     backend: Literal["hf", "vllm"] = param(
         "hf", "generation engine for policy samples: hf (KV cache, any device) or vllm (GPU, imported only then)"
     )
     prompts_per_iteration: int = param(32, "prompts drawn per iteration")
     samples_per_prompt: int = param(4, "K responses per prompt (≥ 2)")
-    max_new_tokens: int = param(40, "response length limit in tokens")
     temperature: float = param(1.0, "sampling temperature (1: the policy itself)")
     reference_samples_per_prompt: int = param(
         0,
@@ -72,15 +71,14 @@ class SamplingConfig:
         "targets explicit win rates against the K policy samples (inpo_loss win_rate_gap), exact for pairs "
         "from any behaviour, so responses the policy no longer samples stay within the update's reach",
     )
-    batch_size: int = param(256, "sequences per generation batch")
-    use_cache: bool = param(True, "hf: reuse the KV cache between tokens (false recomputes the prefix)")
     vllm_gpu_memory_utilization: float = param(0.3, "vllm: share of GPU memory for its engine")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples_per_prompt < 2:
             raise ValueError("sampling.samples_per_prompt must be ≥ 2 (win rates need other samples)")
-        if self.prompts_per_iteration < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("sampling.prompts_per_iteration, max_new_tokens and batch_size must be ≥ 1")
+        if self.prompts_per_iteration < 1:
+            raise ValueError("sampling.prompts_per_iteration must be ≥ 1")
         if self.reference_samples_per_prompt < 0:
             raise ValueError("sampling.reference_samples_per_prompt must be ≥ 0")
 
@@ -120,10 +118,7 @@ class SelfPlayTrainConfig(OptimConfig):
 
 
 @dataclass
-class SelfPlayEvalConfig:
-    every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
-    prompts: int = param(240, "held-out prompts (arena: the same number per prompt type)")
-    samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
+class SelfPlayEvalConfig(EvalConfig):
     reference_samples_per_prompt: int = param(
         4, "π0 responses per held-out prompt (win-rate opponents; arena: π0's class distribution)"
     )
@@ -132,8 +127,7 @@ class SelfPlayEvalConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.prompts < 1 or self.samples_per_prompt < 1:
-            raise ValueError("eval.prompts and eval.samples_per_prompt must be ≥ 1")
+        super().__post_init__()
         if self.reference_samples_per_prompt < self.samples_per_prompt:
             raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
