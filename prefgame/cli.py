@@ -197,7 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_held(held, args.command)
             raise
     print_held(held, args.command)
+    _close_process_group()
     return code
+
+
+def _close_process_group() -> None:
+    """A job run by torchrun / accelerate launch ends by closing its process group: a process that exits
+    with gloo's threads still joinable is aborted ("terminate called without an active exception")."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
