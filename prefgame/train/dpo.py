@@ -65,6 +65,7 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
+from prefgame.train.policy import sequence_logps
 from prefgame.train.selfplay import (
     OracleConfig,
     PolicyConfig,
@@ -487,16 +488,10 @@ def arena_gold_eval(
     pi0 = arena.class_distribution(prompts, samples["ref"].texts)
     ys = samples["policy"]
     device = next(policy.parameters()).device
-    logps = []
-    for model in (policy, ref):
-        module = PairLogps(model)
-        values = []
-        for start in range(0, len(ys), batch_size):
-            idx = range(start, min(start + batch_size, len(ys)))
-            batch = build_pairs_batch([ys.prompt_ids[i] for i in idx], [ys.response_ids[i] for i in idx], 0)
-            values.append(module(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
-        logps.append(torch.cat(values))
-    log_ratio = logps[0] - logps[1]
+    policy_logps, ref_logps = (
+        sequence_logps(model, ys, 0, batch_size=batch_size, device=device, chunk_size=1024) for model in (policy, ref)
+    )
+    log_ratio = policy_logps - ref_logps
     return {
         "prompts": n_prompts,
         "gold_win_rate_vs_ref": arena.win_rate(pi, pi0),

@@ -313,9 +313,11 @@ def optimizer_step(
     applied = guard.check(step, step_loss, grad_norm)
     if applied:
         optimizer.step()
-    with warnings.catch_warnings():  # a skipped first step is intended: the schedule counts every step
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         scheduler.step()
+    else:  # the schedule counts skipped steps too; torch warns when that happens before any update
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(float(step_loss), float(grad_norm), applied, meter.mean())
 

@@ -8,6 +8,7 @@ file a seeded permutation holds out ``n_eval`` (at most half); the rest is the t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +17,8 @@ import torch
 
 from prefgame.config import param
 from prefgame.errors import PrefgameError
-from prefgame.lm import load_causal_lm, load_tokenizer
+from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
+from prefgame.losses import sequence_logprobs
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
 HELD_OUT = 12345
@@ -82,6 +84,31 @@ def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = Fal
     ref.requires_grad_(False)
     ref.eval()
     return tok, policy, ref
+
+
+def response_batch(responses, idx, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """The right-padded batch (input_ids, attention_mask, response_mask) of ``responses`` rows ``idx`` on
+    ``device``."""
+    batch = build_pairs_batch([responses.prompt_ids[i] for i in idx], [responses.response_ids[i] for i in idx], pad_id)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def sequence_logps(
+    model, responses, pad_id: int, *, batch_size: int, device, autocast=contextlib.nullcontext, chunk_size=None
+) -> torch.Tensor:
+    """log π(y | x) of every response, summed over its tokens, (N,) float32 on CPU; ``batch_size`` rows at
+    a time, in eval mode, the vocabulary projected ``chunk_size`` rows at a time (:func:`token_logps`)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(responses), batch_size):
+        batch = response_batch(responses, range(start, min(start + batch_size, len(responses))), pad_id, device)
+        with autocast():
+            logps = token_logps(model, batch, chunk_size=chunk_size)
+        out.append(sequence_logprobs(logps.float(), batch["response_mask"][:, 1:]).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[list[str], list[str]]:

@@ -54,7 +54,7 @@ from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
-from prefgame.lm import build_pairs_batch, final_hidden, hidden_token_logps
+from prefgame.lm import final_hidden, hidden_token_logps
 from prefgame.losses import (
     compute_gae,
     kl_loss,
@@ -62,7 +62,6 @@ from prefgame.losses import (
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
-    sequence_logprobs,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
@@ -78,7 +77,16 @@ from prefgame.train.engine import (
     resume_state,
     save_checkpoint,
 )
-from prefgame.train.policy import EvalConfig, GenerationConfig, PolicyConfig, PromptsConfig, load_policy, prompt_pools
+from prefgame.train.policy import (
+    EvalConfig,
+    GenerationConfig,
+    PolicyConfig,
+    PromptsConfig,
+    load_policy,
+    prompt_pools,
+    response_batch,
+    sequence_logps,
+)
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
@@ -256,11 +264,10 @@ class PPO:
         self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
         self.steps_done = 0  # optimizer steps taken (for messages)
         self.arena = cfg.arena.build() if cfg.prompts.source == "arena" else None
-        self.train_prompts, self.eval_prompts = self._prompt_pools()
+        self.train_prompts, self.eval_prompts = prompt_pools(
+            cfg.prompts, self.arena, seed=tc.seed, n_eval=cfg.eval.prompts
+        )
         self.score_shift, self.score_scale = self._score_normalization()
-
-    def _prompt_pools(self) -> tuple[list[str], list[str]]:
-        return prompt_pools(self.cfg.prompts, self.arena, seed=self.cfg.train.seed, n_eval=self.cfg.eval.prompts)
 
     def _score_normalization(self) -> tuple[float, float]:
         """(mean, std) of r(x, y) over π0 samples on training prompts; (0, 1) when not normalizing.
@@ -290,10 +297,7 @@ class PPO:
         )  # fmt: skip
 
     def batch(self, responses: Responses, idx) -> dict[str, Tensor]:
-        b = build_pairs_batch(
-            [responses.prompt_ids[i] for i in idx], [responses.response_ids[i] for i in idx], self.tok.pad_token_id
-        )
-        return {k: v.to(self.acc.device) for k, v in b.items()}
+        return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
 
     def eos_missing(self, responses: Responses) -> Tensor:
         eos = self.tok.eos_token_id
@@ -421,20 +425,13 @@ class PPO:
         self.steps_done += 1
         return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
-    @torch.no_grad()
     def sequence_logps(self, model, responses: Responses) -> Tensor:
         """log π(y | x) summed over response tokens, (N,) float32 on CPU."""
-        out = []
-        for start in range(0, len(responses), self.cfg.train.micro_batch_size):
-            b = self.batch(responses, range(start, min(start + self.cfg.train.micro_batch_size, len(responses))))
-            mask = b["response_mask"][:, 1:].bool()
-            with self.acc.autocast():
-                hidden = final_hidden(model, b["input_ids"], b["attention_mask"])
-                logps = hidden_token_logps(
-                    model, hidden, b["input_ids"], mask, chunk_size=self.cfg.train.logprob_chunk_size
-                )
-            out.append(sequence_logprobs(logps.float(), mask).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        tc = self.cfg.train
+        return sequence_logps(
+            model, responses, self.tok.pad_token_id, batch_size=tc.micro_batch_size, device=self.acc.device,
+            autocast=self.acc.autocast, chunk_size=tc.logprob_chunk_size,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- measurements

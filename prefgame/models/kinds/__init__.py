@@ -27,14 +27,13 @@ Everything in a head's ``state_dict`` is saved in ``heads.safetensors``; the kin
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from prefgame import registry
 from prefgame.errors import PrefgameError
 from prefgame.losses import bt_loss, pairwise_logistic_loss
 
@@ -115,10 +114,7 @@ KINDS: dict[str, KindSpec] = {}
 
 
 def register(spec: KindSpec) -> KindSpec:
-    if spec.name in KINDS and KINDS[spec.name] is not spec:
-        raise ValueError(f"preference-model kind {spec.name!r} is registered twice")
-    KINDS[spec.name] = spec
-    return spec
+    return registry.register(KINDS, spec, "preference-model kind")
 
 
 def load_kinds() -> dict[str, KindSpec]:
@@ -126,12 +122,7 @@ def load_kinds() -> dict[str, KindSpec]:
     (``order``, name), whatever the import order."""
     from prefgame.models import kinds
 
-    for info in pkgutil.iter_modules(kinds.__path__):
-        importlib.import_module(f"{kinds.__name__}.{info.name}")
-    ordered = sorted(KINDS.items(), key=lambda item: (item[1].order, item[0]))
-    KINDS.clear()
-    KINDS.update(ordered)
-    return KINDS
+    return registry.load_package(kinds, KINDS, order=lambda item: (item[1].order, item[0]))
 
 
 def kind_spec(name: str) -> KindSpec:

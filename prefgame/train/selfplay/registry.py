@@ -8,11 +8,11 @@ and the job itself all read :data:`ALGORITHMS`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from prefgame import registry
 
 if TYPE_CHECKING:
     from prefgame.game.lm_selfplay import PreferenceCache
@@ -38,22 +38,14 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {}
 
 
 def register(spec: AlgorithmSpec) -> AlgorithmSpec:
-    if spec.name in ALGORITHMS and ALGORITHMS[spec.name] is not spec:
-        raise ValueError(f"self-play algorithm {spec.name!r} is registered twice")
-    ALGORITHMS[spec.name] = spec
-    return spec
+    return registry.register(ALGORITHMS, spec, "self-play algorithm")
 
 
 def load_algorithms() -> dict[str, AlgorithmSpec]:
     """Import every module of :mod:`prefgame.train.selfplay.algorithms` (each registers itself)."""
     from prefgame.train.selfplay import algorithms
 
-    for info in pkgutil.iter_modules(algorithms.__path__):
-        importlib.import_module(f"{algorithms.__name__}.{info.name}")
-    ordered = sorted(ALGORITHMS.items())  # by name, whatever the import order
-    ALGORITHMS.clear()
-    ALGORITHMS.update(ordered)
-    return ALGORITHMS
+    return registry.load_package(algorithms, ALGORITHMS, order=lambda item: item[0])  # by name
 
 
 def validate(cfg: Any) -> None:

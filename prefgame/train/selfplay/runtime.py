@@ -15,7 +15,7 @@ import torch
 
 from prefgame.game.lm_sampling import Responses, _seed_int, generate
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
-from prefgame.lm import ResponseLogps, build_pairs_batch
+from prefgame.lm import ResponseLogps
 from prefgame.losses import sequence_logprobs
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir
@@ -28,7 +28,7 @@ from prefgame.train.engine import (
     optimizer_step,
     step_indices,
 )
-from prefgame.train.policy import load_policy, prompt_pools
+from prefgame.train.policy import load_policy, prompt_pools, response_batch, sequence_logps
 from prefgame.train.selfplay.oracles import build_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS
 from prefgame.train.selfplay.vllm import VLLMSampler
@@ -75,7 +75,9 @@ class SelfPlay:
         self.vllm = None
         if cfg.sampling.backend == "vllm":
             self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
-        self.train_prompts, self.eval_prompts = self._prompt_pools()
+        self.train_prompts, self.eval_prompts = prompt_pools(
+            cfg.prompts, self.arena, seed=tc.seed, n_eval=cfg.eval.prompts
+        )
         # tail average of the policy weights (train.average_from): a frozen float32 copy (a running mean in
         # bf16 would round away the small updates), updated after each iteration
         self.average = None
@@ -89,9 +91,6 @@ class SelfPlay:
         spec = ALGORITHMS.get(cfg.algorithm)
         if spec is not None and spec.setup is not None:
             spec.setup(self)
-
-    def _prompt_pools(self) -> tuple[list[str], list[str]]:
-        return prompt_pools(self.cfg.prompts, self.arena, seed=self.cfg.train.seed, n_eval=self.cfg.eval.prompts)
 
     # -- operations the algorithms use --------------------------------------------------------------
     def iteration_prompts(self, t: int) -> list[str]:
@@ -155,26 +154,15 @@ class SelfPlay:
             return responses.logps.float()
         return self.sequence_logps(self.policy if model is None else model, responses)
 
-    @torch.no_grad()
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
         """log π(y | x) summed over response tokens, (N,) float32, in eval mode, no gradient."""
-        was_training = model.training
-        model.eval()
-        out = []
-        bs = self.cfg.train.micro_batch_size
-        for start in range(0, len(responses), bs):
-            batch = self._batch(responses, range(start, min(start + bs, len(responses))))
-            with self.acc.autocast():
-                logps = ResponseLogps(model)(**batch)
-            out.append(sequence_logprobs(logps.float(), batch["response_mask"][:, 1:]).cpu())
-        model.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return sequence_logps(
+            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+            device=self.acc.device, autocast=self.acc.autocast,
+        )  # fmt: skip
 
     def _batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
-        batch = build_pairs_batch(
-            [responses.prompt_ids[i] for i in idx], [responses.response_ids[i] for i in idx], self.tok.pad_token_id
-        )
-        return {k: v.to(self.acc.device) for k, v in batch.items()}
+        return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
 
     def optimize(self, ex: Examples, seed: tuple[int, ...]) -> dict[str, float]:
         """``steps_per_iteration`` optimizer steps on ``ex``; each step's examples depend on ``seed`` only."""
