@@ -31,7 +31,7 @@ import torch
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
 from prefgame.arena.world import AnnotatorOracle, GoldOracle, class_name
 from prefgame.config import param
-from prefgame.game.lm_selfplay import ClassGame, smoothed_class_distribution
+from prefgame.game.lm_selfplay import ClassGame, class_figures, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
 from prefgame.run import RunDir, run_job, seed_everything, write_jsonl
@@ -257,8 +257,8 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     exact: dict[str, dict] = {}
     for name, texts in per_policy.items():
         pi = pi0_raw if name == "π0" else arena.class_distribution(eval_prompts, texts)
-        exact[name] = {**game.measure(pi), "gold_win_rate_vs_pi0": arena.win_rate(pi, pi0_raw)}
-    exact["π* (exact)"] = {**game.measure(game.pi_star), "gold_win_rate_vs_pi0": arena.win_rate(game.pi_star, pi0_raw)}
+        exact[name] = class_figures(arena, pi, pi0_raw, game)
+    exact["π* (exact)"] = class_figures(arena, game.pi_star, pi0_raw, game)
     clock.stage("policies", t)
 
     # 8. report
@@ -315,7 +315,7 @@ def summary_table(metrics: dict) -> str:
         f"  {'policy':<14}{'gold win vs π0':>16}{'exploitability':>16}{'gap':>10}{'TV to π*':>10}",
     ]
     for name, m in metrics["policies"].items():
-        figures = (m["gold_win_rate_vs_pi0"], m["exploitability"], m["gap"], m["tv_to_equilibrium"])
+        figures = (m["gold_win_rate_vs_ref"], m["exploitability"], m["gap"], m["tv_to_equilibrium"])
         lines.append(f"  {name:<14}" + "".join(f"{v:>{w}.3f}" for v, w in zip(figures, (16, 16, 10, 10))))
     for r in metrics["preference_models"]:
         lines.append(

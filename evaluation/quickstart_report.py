@@ -26,7 +26,7 @@ FEATURE_VALUES = {
     "unsafe": ("no", "yes"),
 }
 EXACT_COLUMNS = {
-    "gold_win_rate_vs_pi0": "gold win rate vs π0",
+    "gold_win_rate_vs_ref": "gold win rate vs π0",
     "exploitability": "exploitability",
     "gap": "duality gap",
     "tv_to_equilibrium": "TV to π*",
@@ -44,7 +44,7 @@ class QuickstartResults:
     pm_rows: list[dict]  # prefgame.train.pm_arena.ArenaPMRow as dicts
     labels: pd.DataFrame  # evaluation.arena.arena_label_table of π0 pairs
     selfplay: dict[str, dict]  # algorithm -> run_selfplay metrics (with "history")
-    exact: dict[str, dict]  # policy -> ClassGame.measure figures + gold_win_rate_vs_pi0
+    exact: dict[str, dict]  # policy -> prefgame.game.lm_selfplay.class_figures
     policy_samples: pd.DataFrame  # prompt, output, generator
     biased_judge: Any  # PreferenceOracle
     gold: Any  # PreferenceOracle
@@ -182,15 +182,10 @@ def selfplay_section(r: QuickstartResults) -> ReportSection:
         if hist.empty:
             continue
         traces[algo] = hist
-        for h in m["history"]:
-            rows.append({"algorithm": algo, **h})
+        keys = ("eval/win_rate_vs_ref", "eval/kl_to_ref", *(f"eval/{k}" for k in EXACT_COLUMNS))
+        rows += [{"algorithm": algo, "iteration": h["iteration"], **{k: h.get(k) for k in keys}} for h in m["history"]]
     if traces:
-        cols = {
-            "class/exploitability": "exploitability",
-            "class/gap": "duality gap",
-            "class/tv_to_equilibrium": "TV to π*",
-            "class/win_rate_vs_ref": "gold win rate vs π0",
-        }
+        cols = {f"eval/{key}": label for key, label in EXACT_COLUMNS.items() if key != "class_kl"}
         s.add_figure(
             "selfplay_convergence", convergence_png(traces, cols, "self-play from π0"), "Convergence per algorithm"
         )

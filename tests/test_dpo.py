@@ -259,7 +259,7 @@ def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: 
     rows = metric_rows(tmp_path / "full")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert all(r["pairs"] > 0 and r["win_rate_gap"] > 0 for r in rows[1:])
-    assert full["initial"]["kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # π_0 is π0 at round 0
+    assert full["initial"]["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # π_0 is π0 at round 0
     pi0_weights = load_causal_lm(str(pi0)).state_dict()
     policy = weights(tmp_path / "full")
     for name, p0 in pi0_weights.items():
@@ -284,7 +284,7 @@ def test_online_trains_keeps_reference_and_resumes_exactly(pi0: Path, tmp_path: 
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
     # win_rate_vs_previous is measured against the last measured iterate, which a resumed run re-measures
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "win_rate_vs_previous")} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "eval/win_rate_vs_previous")} for r in rs]  # noqa: E731
     assert strip(metric_rows(tmp_path / "part")) == strip(rows)
 
 

@@ -11,7 +11,6 @@ import torch
 from accelerate import Accelerator
 
 from prefgame.errors import PrefgameError
-from prefgame.train.dpo import selfplay_config
 from prefgame.train.engine import MetricMeter, NonFiniteGuard, OptimConfig, TrainConfig, make_optimizer, optimizer_step
 from prefgame.train.ppo import PPOTrainConfig
 from prefgame.train.selfplay import SelfPlayTrainConfig
@@ -87,13 +86,3 @@ def test_every_train_section_is_the_shared_optimization_config(section) -> None:
     shared = {f.name for f in dataclasses.fields(OptimConfig)}
     assert issubclass(section, OptimConfig)
     assert shared <= {f.name for f in dataclasses.fields(section)}
-
-
-def test_online_dpo_passes_every_optimization_setting_to_its_self_play_runtime() -> None:
-    from prefgame.train.dpo import DPOConfig
-
-    cfg = DPOConfig(mode="online")
-    cfg.train = dataclasses.replace(cfg.train, gradient_checkpointing=True, report_to="tensorboard", lr=0.123)
-    tc = selfplay_config(cfg).train
-    for f in dataclasses.fields(OptimConfig):
-        assert getattr(tc, f.name) == getattr(cfg.train, f.name), f.name

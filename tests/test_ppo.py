@@ -212,7 +212,8 @@ def test_reference_and_reward_model_stay_frozen(pi0_dir, reward_dir, tmp_path):
     cfg = ppo_config(None, [f"policy.name_or_path={pi0_dir}", f"reward.path={reward_dir}",
                             f"output_dir={tmp_path}", *TINY])  # fmt: skip
     out = RunDir(cfg.output_dir)
-    ppo = PPO(cfg, out.start_logging(quiet=True))
+    out.start_logging(quiet=True)
+    ppo = PPO(cfg, out)
     ref0 = {k: v.clone() for k, v in ppo.ref.state_dict().items()}
     rm0 = {k: v.clone() for k, v in ppo.reward_model.state_dict().items()}
     policy0 = {k: v.clone() for k, v in ppo.policy.state_dict().items()}
@@ -236,7 +237,8 @@ def test_rollout_quantities(pi0_dir, reward_dir, tmp_path):
                             f"output_dir={tmp_path}", *TINY, "reward.missing_eos_penalty=5",
                             "ppo.whiten_advantages=false", "ppo.lam=1"])  # fmt: skip
     out = RunDir(cfg.output_dir)
-    ppo = PPO(cfg, out.start_logging(quiet=True))
+    out.start_logging(quiet=True)
+    ppo = PPO(cfg, out)
     ro = ppo.rollout(0)
     out.close()
     torch.testing.assert_close(ro.old_logps, ro.ref_logps, rtol=0, atol=1e-6)
@@ -263,7 +265,8 @@ def test_micro_batches_with_accumulation_equal_full_mini_batch(pi0_dir, reward_d
                                 f"output_dir={tmp_path / str(micro)}", *TINY, "train.mini_batch_size=8",
                                 f"train.micro_batch_size={micro}", "ppo.kl_in_loss=true"])  # fmt: skip
         out = RunDir(cfg.output_dir)
-        ppo = PPO(cfg, out.start_logging(quiet=True))
+        out.start_logging(quiet=True)
+        ppo = PPO(cfg, out)
         ro = ppo.rollout(0)
         # perturb the policy so ratios differ from 1 and the clipping and KL terms are active
         with torch.no_grad():

@@ -28,6 +28,7 @@ from prefgame.game.lm_sampling import Responses, generate, sample_tokens
 from prefgame.game.lm_selfplay import (
     ClassGame,
     PreferenceCache,
+    class_figures,
     cross_matrices,
     distinct_pairs,
     draw_pairs,
@@ -259,15 +260,19 @@ def test_draw_pairs_skips_identical_and_draws_winners():
 
 
 def test_class_game_measures_equilibrium_and_reference():
-    """At π* the regularized gap is 0 and TV to π* is 0; π0 itself has KL 0 and win rate ½ vs π0."""
+    """At π* the regularized gap is 0 and TV to π* is 0; π0 itself has KL 0 and gold win rate ½ vs π0
+    (class_figures, the one vocabulary of the exact figures)."""
     arena = Arena()
     ref = arena.demonstrator_distribution()
     game = ClassGame(arena.gold_matrix, ref, arena.type_probs, tau=0.2)
     at_star = game.measure(game.pi_star)
     assert at_star["gap"] < 1e-10 and at_star["tv_to_equilibrium"] < 1e-12
     at_ref = game.measure(ref)
-    assert abs(at_ref["class_kl"]) < 1e-12 and abs(at_ref["win_rate_vs_ref"] - 0.5) < 1e-12
+    assert abs(at_ref["class_kl"]) < 1e-12
     assert at_ref["exploitability"] == pytest.approx(arena.exploitability(ref), abs=1e-12)
+    figures = class_figures(arena, ref, ref, game)
+    assert abs(figures["gold_win_rate_vs_ref"] - 0.5) < 1e-12 and figures["gap"] == at_ref["gap"]
+    assert set(class_figures(arena, ref, ref)) == {"gold_win_rate_vs_ref", "exploitability"}
     pi_star, _ = solve_equilibrium(arena.gold_matrix - 0.5, ref, 0.2)
     torch.testing.assert_close(game.pi_star, pi_star)
     assert game.pi_star.shape == (N_PROMPT_TYPES, N_CLASSES)
@@ -323,13 +328,13 @@ def test_trainer_updates_policy_not_reference(pi0_dir, tmp_path, algorithm, monk
     assert not any(p.requires_grad for p in sp.ref.parameters())
     rows = read_rows(out)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
-    for key in ("win_rate_vs_ref", "kl_to_ref", "class/exploitability", "class/gap", "class/tv_to_equilibrium"):
-        assert all(np.isfinite(r[key]) for r in rows), key
-    assert rows[1]["win_rate_vs_previous"] is not None
-    assert metrics["final"]["iteration"] == 2 and "exploitability_ratio" in metrics
+    for key in ("win_rate_vs_ref", "kl_to_ref", "exploitability", "gap", "tv_to_equilibrium", "gold_win_rate_vs_ref"):
+        assert all(np.isfinite(r[f"eval/{key}"]) for r in rows), key
+    assert rows[1]["eval/win_rate_vs_previous"] is not None
+    assert metrics["final"]["iteration"] == 2 and "equilibrium" in metrics
     history = metrics["history"]  # the convergence trace: one row per measurement, from metrics.jsonl
     assert [h["iteration"] for h in history] == [0, 1, 2]
-    assert [h["class/exploitability"] for h in history] == [r["class/exploitability"] for r in rows]
+    assert [h["eval/exploitability"] for h in history] == [r["eval/exploitability"] for r in rows]
     assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
     assert "vllm" not in sys.modules
 
@@ -418,7 +423,7 @@ def test_sampler_logps_replace_the_policy_forward_pass(pi0_dir, tmp_path):
     sp.optimizer.step = lambda: grads.update({n: p.grad.clone() for n, p in sp.policy.named_parameters()})
     sp.optimize(Examples(ys, columns, loss_fn), (0, 0, 4))
     sp.policy.zero_grad()
-    batch = sp._batch(ys, [0, 1, 2])
+    batch = sp.batch(ys, [0, 1, 2])
     logps = sequence_logprobs(sp.wrapper(**batch), batch["response_mask"][:, 1:])
     ((logps[0] + logps[0] + logps[1]) - 2 * (logps[1] + logps[2] + logps[2])).div(3).backward()
     for n, p in sp.policy.named_parameters():
@@ -486,7 +491,7 @@ def test_resume_equals_uninterrupted(pi0_dir, tmp_path, algorithm, every, anchor
     for m in summaries:
         m.pop("seconds")
     assert summaries[0] == summaries[1]
-    assert summaries[0]["final"]["win_rate_vs_previous"] is not None
+    assert summaries[0]["final"]["eval/win_rate_vs_previous"] is not None
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -508,7 +513,7 @@ def test_average_from_outputs_the_tail_average_of_the_weights(pi0_dir, tmp_path)
     assert any(not torch.equal(w2[k], w3[k]) for k in w2)
     average = load_file(str(ck[2] / "average.safetensors"))
     assert all(torch.equal(average[k], final[k]) for k in final)
-    assert [r["averaged_iterates"] for r in read_rows(out)] == [0, 0, 1, 2]
+    assert [r["eval/averaged_iterates"] for r in read_rows(out)] == [0, 0, 1, 2]
     with pytest.raises(ConfigError, match="average_from"):
         selfplay_config("sppo", None, ["train.iterations=3", "train.average_from=3"])
 
@@ -627,7 +632,7 @@ def test_measurements_sample_at_temperature_one(pi0_dir, tmp_path):
         run_selfplay(pi0_dir, algorithm="inpo", output_dir=out, overrides=overrides)
         rows[temp] = read_rows(out)[0]
     assert rows[1.0] == rows[1.5]
-    assert rows[1.0]["kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[1.0]["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_every_algorithm_is_registered_under_its_tabular_name():

@@ -166,6 +166,16 @@ def smoothed_class_distribution(
     return counts / counts.sum(-1, keepdim=True)
 
 
+def class_figures(arena, pi: torch.Tensor, pi0: torch.Tensor, game: ClassGame | None = None) -> dict[str, float]:
+    """The exact class-level figures of a policy's class distribution π (T, C) on the arena, the names
+    every trainer, the quickstart and the report use: ``gold_win_rate_vs_ref`` P*(π ≻ π0) against π0's
+    class distribution measured from samples (``pi0``), ``exploitability`` (unregularized); with the
+    regularized ``game``, also its ``gap``, ``tv_to_equilibrium`` and ``class_kl``
+    (:meth:`ClassGame.measure`)."""
+    figures = {"gold_win_rate_vs_ref": arena.win_rate(pi, pi0), "exploitability": arena.exploitability(pi)}
+    return {**figures, **game.measure(pi)} if game is not None else figures
+
+
 class ClassGame:
     """The arena's regularized class-level game, solved once; measures class-level policies exactly.
 
@@ -191,7 +201,7 @@ class ClassGame:
 
         gap: duality gap of the regularized game (0 only at π*); exploitability: max_y (P*π)_y − ½;
         tv_to_equilibrium: ½‖π − π*‖₁; class_kl: KL(π‖ρ0) over classes (a lower bound of the
-        sequence-level KL); win_rate_vs_ref: P*(π ≻ ρ0).
+        sequence-level KL).
         """
         pi = pi.double()
         return {
@@ -199,7 +209,6 @@ class ClassGame:
             "exploitability": self._avg(exploitability(self.P, pi)),
             "tv_to_equilibrium": self._avg(0.5 * (pi - self.pi_star).abs().sum(-1)),
             "class_kl": self._avg(kl(pi, self.ref)),
-            "win_rate_vs_ref": self._avg(torch.einsum("ti,tij,tj->t", pi, self.P, self.ref)),
         }
 
     def summary(self) -> dict[str, Any]:

@@ -31,7 +31,6 @@ Resume is exact: offline at step granularity, online at round granularity (see
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -49,15 +48,13 @@ from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import PreferenceOracle
-from prefgame.run import Progress, RunDir, run_job, seed_everything
+from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
-    OptimConfig,
     TrainConfig,
     begin_run,
     end_run,
     local_micro_batches,
-    log_row,
     make_accelerator,
     make_optimizer,
     resume_state,
@@ -65,7 +62,7 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
-from prefgame.train.policy import sequence_logps
+from prefgame.train.policy import PolicyEvaluator, PolicyRuntime, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay import (
     OracleConfig,
     PolicyConfig,
@@ -134,6 +131,13 @@ class OnlineConfig:
 
 
 @dataclass
+class DPOEvalConfig(SelfPlayEvalConfig):
+    prompts: int = param(
+        0, "held-out prompts the policy is measured on (online: every N rounds; offline: at the end); 0: none"
+    )
+
+
+@dataclass
 class DPOConfig:
     output_dir: str = param("runs/dpo", "where the policy, checkpoints, metrics and log are written")
     resume: bool = param(False, "continue from the last checkpoint in output_dir")
@@ -147,19 +151,12 @@ class DPOConfig:
     reference_batch_size: int = param(
         0, "offline: pairs per forward pass of the one-time reference pass (0: 4 × train.micro_batch_size)"
     )
-    arena_eval_prompts: int = param(
-        0, "offline, arena data: measure the exact gold win rate vs π0 from this many sampled prompts at the end"
-    )
     online: OnlineConfig = param(OnlineConfig, "online: rounds")
     oracle: OracleConfig = param(OracleConfig, "online: the preference oracle that ranks the K samples")
     prompts: PromptsConfig = param(PromptsConfig, "online: where prompts come from")
-    arena: ArenaConfig = param(ArenaConfig, "the arena world (arena prompts, arena oracles, arena_eval_prompts)")
+    arena: ArenaConfig = param(ArenaConfig, "the arena world (arena prompts and oracles, exact measurements)")
     sampling: SamplingConfig = param(SamplingConfig, "online: K samples per prompt from the current policy")
-    eval: SelfPlayEvalConfig = param(SelfPlayEvalConfig, "online: held-out measurements every N rounds")
-
-    def __post_init__(self) -> None:
-        if self.arena_eval_prompts < 0:
-            raise ValueError("arena_eval_prompts must be ≥ 0")
+    eval: DPOEvalConfig = param(DPOEvalConfig, "held-out measurements of the policy (prompts from `prompts`)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -433,11 +430,13 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     }
     if acc.is_main_process:
         save_model(model, tok, out.path / "model")
-        if cfg.arena_eval_prompts:
-            metrics["arena"] = arena_gold_eval(
-                model, load_causal_lm(cfg.policy.name_or_path).to(acc.device), tok, cfg.arena.build(),
-                n_prompts=cfg.arena_eval_prompts, seed=tc.seed, max_new_tokens=cfg.sampling.max_new_tokens,
+        if cfg.eval.prompts:  # the trained policy against π0, as the on-policy trainers measure it
+            ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
+            rt = PolicyRuntime(
+                cfg, out.path, batch_size=tc.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
+                models=(tok, model, ref),
             )  # fmt: skip
+            metrics["final"] = PolicyEvaluator(rt).measure(tc.max_steps)
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
         }  # fmt: skip
@@ -448,87 +447,17 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
 
 
 def summary_line(m: dict[str, Any]) -> str:
-    text = f"dpo {m['mode']} ({m['loss_type']}) done: train loss {m['train_loss']:.4f}"
+    text = f"dpo {m['mode']} ({m['loss_type']}) done, train loss {m['train_loss']:.4f}"
     if m.get("eval"):
         e, e0 = m["eval"], m["eval_initial"]
         text += (
             f", eval loss {e0['eval_loss']:.4f} → {e['eval_loss']:.4f}, reward accuracy "
             f"{e['eval_rewards/accuracy']:.3f}, margin {e['eval_rewards/margin']:.3f}"
         )
-    if "arena" in m:
-        text += f", gold win rate vs π0 {m['arena']['gold_win_rate_vs_ref']:.3f}"
-    final = m.get("final") or {}
-    if "win_rate_vs_ref" in final:
-        text += f", win rate vs π0 {final['win_rate_vs_ref']:.3f}, KL {final['kl_to_ref']:.3f}"
-    return text
-
-
-@torch.no_grad()
-def arena_gold_eval(
-    policy, ref, tokenizer, arena, *, n_prompts: int, seed: int, max_new_tokens: int = 40, batch_size: int = 256
-) -> dict[str, float]:
-    """Exact gold win rate of ``policy`` against ``ref`` on the arena, from sampled class distributions.
-
-    Both models answer the same ``n_prompts`` arena prompts (one sample each, KV cache); each policy's
-    class distribution per prompt type is measured with :meth:`Arena.class_distribution` and the win
-    rate is :meth:`Arena.win_rate` (exact given the two distributions). Also the Monte Carlo
-    sequence-level KL(π‖π0) on the policy's samples and the unregularized exploitability of both.
-    """
-    from prefgame.game.lm_sampling import generate
-
-    rng = np.random.default_rng([seed, 777])
-    prompts = [p.text for p in arena.sample_prompts(n_prompts, rng)]
-    samples = {}
-    for name, model in (("policy", policy), ("ref", ref)):
-        samples[name] = generate(
-            model, None, tokenizer, prompts, n=1, mixture_coef=0.0, max_new_tokens=max_new_tokens,
-            seed=(seed, 777, len(samples)), batch_size=batch_size,
-        )  # fmt: skip
-    pi = arena.class_distribution(prompts, samples["policy"].texts)
-    pi0 = arena.class_distribution(prompts, samples["ref"].texts)
-    ys = samples["policy"]
-    device = next(policy.parameters()).device
-    policy_logps, ref_logps = (
-        sequence_logps(model, ys, 0, batch_size=batch_size, device=device, chunk_size=1024) for model in (policy, ref)
-    )
-    log_ratio = policy_logps - ref_logps
-    return {
-        "prompts": n_prompts,
-        "gold_win_rate_vs_ref": arena.win_rate(pi, pi0),
-        "kl_to_ref": float(log_ratio.mean()),
-        "kl_to_ref_se": float(log_ratio.std() / math.sqrt(len(log_ratio))),
-        "exploitability": arena.exploitability(pi),
-        "ref_exploitability": arena.exploitability(pi0),
-        "response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
-    }
+    return summary_text(text, m) if m.get("final") else text
 
 
 # ---------------------------------------------------------------------------------------------- online
-
-
-def selfplay_config(cfg: DPOConfig):
-    """The :class:`SelfPlayConfig` whose :class:`SelfPlay` machinery the online mode drives."""
-    from prefgame.train.selfplay import SelfPlayConfig, SelfPlayTrainConfig
-
-    tc = cfg.train
-    optim = {f.name: getattr(tc, f.name) for f in dataclasses.fields(OptimConfig)}  # every shared setting
-    return SelfPlayConfig(
-        output_dir=cfg.output_dir,
-        resume=cfg.resume,
-        algorithm="sppo",  # unused: online DPO supplies its own round (online_round)
-        policy=cfg.policy,
-        oracle=cfg.oracle,
-        prompts=cfg.prompts,
-        arena=cfg.arena,
-        sampling=cfg.sampling,
-        train=SelfPlayTrainConfig(
-            **optim,
-            iterations=cfg.online.rounds,
-            steps_per_iteration=cfg.online.steps_per_round,
-            batch_size=tc.batch_size,
-        ),
-        eval=cfg.eval,
-    )
 
 
 def best_worst_pairs(win_rates: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -578,72 +507,57 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
 
 
 def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> dict:
-    from prefgame.train.selfplay import Evaluator, SelfPlay
+    from prefgame.train.selfplay import Iterations, SelfPlay
 
     t_start = time.perf_counter()
-    spc = selfplay_config(cfg)
-    seed_everything(spc.train.seed)
-    sp = SelfPlay(spc, out, log, oracle=oracle)
+    seed_everything(cfg.train.seed)
+    rounds = cfg.online.rounds
+    sp = SelfPlay(
+        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    )
     run = begin_run(out, cfg, sp.acc, job="dpo", resume=cfg.resume, report_to=cfg.train.report_to)
     state = resume_state(
         run, out, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
     )
-    start, sp.version = state["step"], state.get("version", 0)
+    sp.version = state.get("version", 0)
     n_params = sum(p.numel() for p in sp.policy.parameters())
-    rounds = cfg.online.rounds
     log.info(
         f"dpo online ({cfg.loss.loss_type}, β={cfg.loss.beta}): {rounds} rounds × "
         f"{cfg.sampling.prompts_per_iteration} prompts × K={cfg.sampling.samples_per_prompt}, "
         f"policy {n_params / 1e6:.2f}M parameters, oracle {sp.oracle.name}"
     )
-    evaluator = Evaluator.build(sp)
-    first = evaluator.measure(start)
-    if start == 0:
-        log_row(out, sp.acc, run, 0, {"round": 0, **first})
-    progress = Progress(rounds - start, "dpo online", log, every_s=5.0)
-    row: dict[str, Any] = {}
-    round_seconds = 0.0
-    for t in range(start, rounds):
-        t0 = time.perf_counter()
-        prefs = sp.preferences()
-        info = online_round(sp, t, prefs, cfg)
-        round_seconds += time.perf_counter() - t0
-        done = t + 1
-        row = {"round": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
-        if (cfg.eval.every and done % cfg.eval.every == 0) or done == rounds:
-            row.update(evaluator.measure(done))
-        log_row(out, sp.acc, run, done, row)
-        if sp.acc.is_main_process:
-            save_checkpoint(
-                out.path, done, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler,
-                state={"version": sp.version}, keep=cfg.train.keep_checkpoints,
-            )  # fmt: skip
-        progress.update(**{k: v for k, v in row.items() if k in ("loss", "win_rate_vs_ref")})
-    sp.acc.wait_for_everyone()
-    from prefgame.run import read_jsonl
+    evaluator = PolicyEvaluator(sp, preferences=sp.preferences) if cfg.eval.prompts else None
 
-    measured = [r for r in read_jsonl(out.file("metrics.jsonl")) if "win_rate_vs_ref" in r]
+    def iterate(t: int) -> dict[str, Any]:
+        prefs = sp.preferences()
+        return {**online_round(sp, t, prefs, cfg), **prefs.stats()}
+
+    def checkpoint(done: int) -> None:
+        save_checkpoint(
+            out.path, done, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler,
+            state={"version": sp.version, **(evaluator.state() if evaluator else {})}, keep=cfg.train.keep_checkpoints,
+        )  # fmt: skip
+
+    round_seconds = run_iterations(
+        sp, out, run, name="dpo online", unit="round", total=rounds, start=state["step"], state=state,
+        iterate=iterate, evaluator=evaluator, checkpoint=checkpoint, show=("loss", "eval/win_rate_vs_ref"), log=log,
+    )  # fmt: skip
+    rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
     metrics: dict[str, Any] = {
         "mode": "online",
         "loss_type": cfg.loss.loss_type,
-        "train_loss": row.get("loss", math.nan),
+        "train_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), math.nan),
         "rounds": rounds,
-        "initial": measured[0] if measured else {},
-        "final": measured[-1] if measured else {},
+        **measured_rows(out),
         "oracle": sp.oracle.name,
         "parameters": n_params,
         "nonfinite_steps": sp.guard.total,
     }
     if sp.acc.is_main_process:
-        policy = sp.acc.unwrap_model(sp.wrapper).model
-        save_model(policy, sp.tok, out.path / "model")
-        if cfg.arena_eval_prompts:
-            metrics["arena"] = arena_gold_eval(
-                policy, sp.ref, sp.tok, sp.arena or cfg.arena.build(), n_prompts=cfg.arena_eval_prompts,
-                seed=cfg.train.seed, max_new_tokens=cfg.sampling.max_new_tokens,
-            )  # fmt: skip
+        save_model(sp.acc.unwrap_model(sp.wrapper).model, sp.tok, out.path / "model")
         metrics["seconds"] = {
-            "total": time.perf_counter() - t_start, "rounds": round_seconds, "measurements": evaluator.seconds,
+            "total": time.perf_counter() - t_start, "rounds": round_seconds,
+            "measurements": evaluator.seconds if evaluator else 0.0,
         }  # fmt: skip
         out.write_metrics(metrics)
         log.info(summary_line(metrics))
@@ -665,22 +579,24 @@ def train_dpo_arena(
     *,
     mode: Literal["offline", "online"] = "online",
     overrides: Sequence[str] = (),
-    eval_prompts: int = 1000,
+    eval_prompts: int | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
     """DPO from the π0 checkpoint ``pi0_path`` on the arena export ``data_dir`` (its pairs.jsonl).
 
     Settings: configs/dpo/arena.yaml (offline) or configs/dpo/arena-online.yaml (online, gold
     oracle), whose values are :data:`ARENA_PRESETS`, then ``overrides`` (``key=value``). Returns the
-    run's metrics plus ``model_path``; ``metrics["arena"]`` holds the exact gold win rate against π0
-    measured on ``eval_prompts`` sampled prompts (0: skip it).
+    run's metrics plus ``model_path``; ``metrics["final"]`` holds the policy's held-out measurements
+    (the exact gold win rate against π0 …) on ``eval_prompts`` held-out prompts (None: the preset's;
+    0: none).
     """
     paths = [
         f"policy.name_or_path={pi0_path}",
         f"output_dir={output_dir}",
         f"data.path={Path(data_dir) / 'pairs.jsonl'}",
-        f"arena_eval_prompts={eval_prompts}",
     ]
+    if eval_prompts is not None:
+        paths.append(f"eval.prompts={eval_prompts}")
     cfg = load_config(DPOConfig, None, [*ARENA_PRESETS[mode], *paths, *overrides])
     out = RunDir(cfg.output_dir, name="prefgame.dpo")
     log = out.start_logging(quiet=quiet)
@@ -697,7 +613,7 @@ ARENA_PRESETS: dict[str, list[str]] = {
         "mode=offline", "data.skip_invalid=true", "data.eval_fraction=0.05", "data.max_length=64",
         "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4", "train.warmup_steps=10", "train.max_steps=60",
         "train.batch_size=32", "train.micro_batch_size=32", "train.eval_every=20", "train.save_every=0",
-        "train.log_every=10",
+        "train.log_every=10", "eval.prompts=1000", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],
     "online": [
         "mode=online", "oracle.kind=gold", "prompts.source=arena", "sampling.prompts_per_iteration=256",

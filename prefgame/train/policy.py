@@ -1,27 +1,48 @@
-"""What every trainer of a policy against π0 shares (self-play, PPO, online DPO): the policy and its
-frozen reference loaded from one checkpoint, and the prompt pools with one held-out split.
+"""What every trainer of a policy against π0 shares (self-play, PPO, DPO): the policy and its frozen
+reference loaded from one checkpoint, the prompt pools with one held-out split, sampling and sequence
+log-probs (:class:`PolicyRuntime`), one evaluator with one metric vocabulary (:class:`PolicyEvaluator`),
+and the iteration loop of the on-policy trainers (:func:`run_iterations`).
 
 One split for every trainer, so that their held-out measurements are taken on the same prompts: on the
 arena the held-out prompts are ``n_eval // N_PROMPT_TYPES`` per prompt type (stratified), from a
 file a seeded permutation holds out ``n_eval`` (at most half); the rest is the training pool.
+
+The metric vocabulary (every trainer's ``metrics.jsonl`` rows and ``metrics.json``, docs/design.md §2.4):
+``eval/kl_to_ref`` (Monte Carlo sequence-level KL(π‖π0), with ``eval/kl_to_ref_se``),
+``eval/response_tokens``, ``eval/eos_rate``, ``eval/averaged_iterates``; with a preference oracle
+``eval/win_rate_vs_ref`` (``_se``) and ``eval/win_rate_vs_previous``; with a reward model ``eval/score``;
+on the arena the exact class-level figures ``eval/gold_win_rate_vs_ref``, ``eval/exploitability`` and,
+with a game, ``eval/gap``, ``eval/tv_to_equilibrium``, ``eval/class_kl``
+(:func:`~prefgame.game.lm_selfplay.class_figures`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from prefgame.config import param
 from prefgame.errors import PrefgameError
+from prefgame.game.lm_sampling import Responses, generate
+from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures, smoothed_class_distribution
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
 from prefgame.losses import sequence_logprobs
+from prefgame.run import Progress, RunDir, read_jsonl
+from prefgame.train.engine import NonFiniteGuard, RunStart, log_row, make_accelerator
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
 HELD_OUT = 12345
+# purposes of the evaluator's random streams, seeded by (train.seed, iteration, purpose); the trainers'
+# own purposes are below 8
+EVAL_SAMPLES, REF_SAMPLES = 8, 9
 
 
 @dataclass
@@ -50,10 +71,13 @@ class GenerationConfig:
     max_new_tokens: int = param(40, "response length limit in tokens")
     batch_size: int = param(256, "sequences per generation batch")
     use_cache: bool = param(True, "reuse the KV cache between tokens (false recomputes the prefix; vllm ignores it)")
+    temperature: float = param(1.0, "sampling temperature of training samples (1: the policy itself)")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("sampling.max_new_tokens and sampling.batch_size must be ≥ 1")
+        if not self.temperature > 0:
+            raise ValueError("sampling.temperature must be > 0")
 
 
 @dataclass
@@ -61,13 +85,17 @@ class EvalConfig:
     """The held-out measurements of a policy (``eval``); each trainer's section may extend it."""
 
     every: int = param(10, "measure every N iterations (0: only before the first and after the last)")
-    prompts: int = param(240, "held-out prompts (arena: the same number per prompt type)")
+    prompts: int = param(240, "held-out prompts (arena: the same number per prompt type; 0: no measurements)")
     samples_per_prompt: int = param(2, "policy responses per held-out prompt at each measurement")
     reference_samples_per_prompt: int = param(4, "π0 responses per held-out prompt (measured once)")
 
     def __post_init__(self) -> None:
-        if self.prompts < 1 or self.samples_per_prompt < 1 or self.reference_samples_per_prompt < 1:
-            raise ValueError("eval.prompts, eval.samples_per_prompt and eval.reference_samples_per_prompt must be ≥ 1")
+        if self.prompts < 0 or self.samples_per_prompt < 1 or self.reference_samples_per_prompt < 1:
+            raise ValueError(
+                "eval.prompts must be ≥ 0, eval.samples_per_prompt and eval.reference_samples_per_prompt ≥ 1"
+            )
+        if self.reference_samples_per_prompt < self.samples_per_prompt:
+            raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
 
 def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False):
@@ -138,3 +166,245 @@ def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[
     order = rng.permutation(len(texts))
     n = min(n_eval, len(texts) // 2)
     return [texts[i] for i in order[n:]], [texts[i] for i in order[:n]]
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+
+
+class PolicyRuntime:
+    """What every trainer of a policy against π0 holds and does: the accelerator, tokenizer, policy and
+    frozen reference, the arena when there is one, the prompt pools, the non-finite guard, sampling and
+    sequence log-probs. ``cfg`` has the sections ``policy``, ``prompts``, ``arena``, ``sampling``,
+    ``train`` and ``eval``; ``acc`` and ``models`` (tokenizer, policy, reference) may be given when the
+    trainer built them already."""
+
+    def __init__(
+        self, cfg, out_dir, *, batch_size: int, batch_key: str = "train.batch_size", arena: bool,
+        chunk_size: int | None = None, acc=None, models=None,
+    ) -> None:  # fmt: skip
+        tc = cfg.train
+        self.cfg = cfg
+        self.acc = acc if acc is not None else make_accelerator(tc, out_dir, batch_size=batch_size, batch_key=batch_key)
+        self.tok, self.policy, self.ref = (
+            models if models is not None
+            else load_policy(cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing)
+        )  # fmt: skip
+        self.arena = cfg.arena.build() if arena else None
+        self.train_prompts, self.eval_prompts = prompt_pools(
+            cfg.prompts, self.arena, seed=tc.seed, n_eval=cfg.eval.prompts
+        )
+        self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
+        self.chunk_size = chunk_size
+        # the sampler's log-probs equal sequence_logps only for fp32 weights run without autocast
+        self._fp32 = next(self.policy.parameters()).dtype == torch.float32 and self.acc.mixed_precision == "no"
+        self.average = None  # a weight average measured instead of the policy (self-play's train.average_from)
+        self.averaged = 0  # iterates in the average
+
+    def measured_model(self):
+        """The model measurements sample: the weight average once it holds an iterate, else None (the policy)."""
+        return self.average if self.averaged else None
+
+    def sample(
+        self, prompts: Sequence[str], seed: tuple[int, ...], *, n: int = 1, model=None, mixture_coef: float = 0.0,
+        temperature: float | None = None,
+    ) -> Responses:  # fmt: skip
+        """``n`` responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0, at
+        ``temperature`` (None: ``sampling.temperature``; measurements pass 1, the policy itself).
+
+        ``logps`` of the result are the sampler's log π(y|x) under the model that sampled them when they
+        equal what :meth:`sequence_logps` computes for it (no mixture, temperature 1, fp32 without
+        autocast), else None.
+        """
+        sc = self.cfg.sampling
+        temperature = sc.temperature if temperature is None else temperature
+        ys = generate(
+            self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
+            max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
+            use_cache=sc.use_cache,
+        )  # fmt: skip
+        exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
+        return ys if exact else dataclasses.replace(ys, logps=None)
+
+    def policy_logps(self, responses: Responses, model=None) -> torch.Tensor:
+        """log π(y | x) of responses sampled from ``model`` (None: the current policy), with no update
+        since: the sampler's figures when it kept them (the same sums of the same token log-probs, up to
+        float rounding), otherwise a forward pass (:meth:`sequence_logps`)."""
+        if responses.logps is not None:
+            return responses.logps.float()
+        return self.sequence_logps(self.policy if model is None else model, responses)
+
+    def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
+        """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient."""
+        return sequence_logps(
+            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+            device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    def batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
+        return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
+
+    def eos_missing(self, responses: Responses) -> torch.Tensor:
+        """(N,) bool: the response ends without the end-of-sequence token (cut at the length limit)."""
+        eos = self.tok.eos_token_id
+        return torch.tensor([len(r) == 0 or r[-1] != eos for r in responses.response_ids])
+
+
+# ---------------------------------------------------------------------------------------------- evaluator
+
+
+def _mean_se(x: torch.Tensor) -> tuple[float, float]:
+    return float(x.mean()), float(x.std() / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+class PolicyEvaluator:
+    """Held-out measurements of a policy against π0, in the vocabulary of the module docstring.
+
+    π0 answers the held-out prompts once (``eval.reference_samples_per_prompt`` each); each measurement
+    samples ``eval.samples_per_prompt`` responses of the measured model (temperature 1). ``preferences``
+    (a fresh :class:`PreferenceCache` per call) adds oracle win rates, the k-th policy sample of a prompt
+    meeting π0's k-th; ``scores`` (responses → (N,) rewards) adds the mean reward; ``tau`` adds the
+    arena's regularized class-level game (π0's class distribution smoothed with ``reference_prior``
+    pseudo-samples, or ``reference_classes``)."""
+
+    def __init__(
+        self, rt: PolicyRuntime, *, preferences: Callable[[], PreferenceCache] | None = None,
+        scores: Callable[[Responses], torch.Tensor] | None = None, tau: float | None = None,
+        reference_prior: float = 0.0, reference_classes: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        ec, seed = rt.cfg.eval, rt.cfg.train.seed
+        self.rt, self.preferences, self.scores = rt, preferences, scores
+        self.reference = rt.sample(
+            rt.eval_prompts, (seed, 0, REF_SAMPLES), n=ec.reference_samples_per_prompt, model=rt.ref, temperature=1.0
+        )
+        self.ref_classes = self.game = None
+        if rt.arena is not None and rt.cfg.prompts.source == "arena":
+            self.ref_classes = rt.arena.class_distribution(self.reference.prompts, self.reference.texts)
+            if tau is not None:
+                rho0 = reference_classes
+                if rho0 is None:
+                    rho0 = smoothed_class_distribution(
+                        rt.arena, self.reference.prompts, self.reference.texts, prior=reference_prior
+                    )
+                self.game = ClassGame(rt.arena.gold_matrix, rho0, rt.arena.type_probs, tau)
+        n_ref, n = ec.reference_samples_per_prompt, ec.samples_per_prompt
+        self._paired = [i * n_ref + k for i in range(len(rt.eval_prompts)) for k in range(n)]
+        self.previous: Responses | None = None
+        self.seconds = 0.0
+
+    def measure(self, t: int) -> dict[str, Any]:
+        """Figures of the measured model after t iterations; remembers its samples for the next
+        ``eval/win_rate_vs_previous``."""
+        start = time.perf_counter()
+        rt = self.rt
+        model = rt.measured_model()
+        ys = rt.sample(
+            rt.eval_prompts, (rt.cfg.train.seed, t, EVAL_SAMPLES), n=rt.cfg.eval.samples_per_prompt, model=model,
+            temperature=1.0,
+        )  # fmt: skip
+        kl, kl_se = _mean_se(rt.policy_logps(ys, model) - rt.sequence_logps(rt.ref, ys))
+        row: dict[str, Any] = {
+            "eval/kl_to_ref": kl,
+            "eval/kl_to_ref_se": kl_se,
+            "eval/response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
+            "eval/eos_rate": 1.0 - float(rt.eos_missing(ys).float().mean()),
+            "eval/averaged_iterates": rt.averaged,
+        }
+        if self.scores is not None:
+            row["eval/score"] = float(self.scores(ys).mean())
+        if self.preferences is not None:
+            prefs = self.preferences()
+            vs_ref = prefs.query(ys.prompts, ys.texts, [self.reference.texts[i] for i in self._paired])
+            row["eval/win_rate_vs_ref"], row["eval/win_rate_vs_ref_se"] = _mean_se(vs_ref)
+            row["eval/win_rate_vs_previous"] = None
+            if self.previous is not None:
+                row["eval/win_rate_vs_previous"] = float(prefs.query(ys.prompts, ys.texts, self.previous.texts).mean())
+            self.previous = ys
+        if self.ref_classes is not None:
+            pi = rt.arena.class_distribution(ys.prompts, ys.texts)
+            row.update({f"eval/{k}": v for k, v in class_figures(rt.arena, pi, self.ref_classes, self.game).items()})
+        self.seconds += time.perf_counter() - start
+        return row
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run measures as an uninterrupted one: the texts of
+        the last measurement's samples (the opponents of the next ``eval/win_rate_vs_previous``)."""
+        return {"previous_texts": None if self.previous is None else list(self.previous.texts)}
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`state`; False when ``state`` has none (no oracle, or a checkpoint without it)."""
+        texts = state.get("previous_texts")
+        if texts is None or self.preferences is None:
+            return False
+        n = self.rt.cfg.eval.samples_per_prompt
+        prompts = [p for p in self.rt.eval_prompts for _ in range(n)]
+        if len(texts) != len(prompts):
+            raise PrefgameError(
+                f"the checkpoint holds {len(texts)} evaluation samples, the config asks for {len(prompts)}: "
+                "resume with the eval settings of the interrupted run"
+            )
+        self.previous = Responses(prompts, [], [], list(texts))  # only prompts and texts are read
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- iterations
+
+
+def run_iterations(
+    rt: PolicyRuntime, out: RunDir, run: RunStart, *, name: str, unit: str, total: int, start: int,
+    state: dict[str, Any], iterate: Callable[[int], dict[str, Any]], evaluator: PolicyEvaluator | None,
+    checkpoint: Callable[[int], None] | None, show: Sequence[str], log,
+) -> float:  # fmt: skip
+    """The loop of every on-policy trainer: iterations ``start`` … ``total``−1, each ``iterate(t)`` (its
+    row's figures), measured every ``eval.every`` iterations and after the last, one ``metrics.jsonl``
+    row each, then ``checkpoint(t + 1)`` on the main process. π0 is measured first on a fresh start (and
+    on a resumed one whose checkpoint lacks the evaluator's state, without logging it). Returns the
+    seconds spent in ``iterate``."""
+    if evaluator is not None and (start == 0 or not evaluator.load_state(state)):
+        first = evaluator.measure(start)
+        if start == 0:
+            log_row(out, rt.acc, run, 0, {unit: 0, **first})
+    every = rt.cfg.eval.every
+    progress = Progress(total - start, name, log, every_s=5.0)
+    seconds = 0.0
+    for t in range(start, total):
+        t0 = time.perf_counter()
+        row = {unit: t + 1, **iterate(t)}
+        seconds += time.perf_counter() - t0
+        row["seconds"] = time.perf_counter() - t0
+        done = t + 1
+        if evaluator is not None and ((every and done % every == 0) or done == total):
+            row.update(evaluator.measure(done))
+        log_row(out, rt.acc, run, done, row)
+        if checkpoint is not None and rt.acc.is_main_process:
+            checkpoint(done)
+        progress.update(**{k: row[k] for k in show if row.get(k) is not None})
+    rt.acc.wait_for_everyone()
+    return seconds
+
+
+def measured_rows(out: RunDir) -> dict[str, Any]:
+    """The first and last measured rows of ``metrics.jsonl`` and every measured row's figures (the
+    convergence history), without wall times, so that a resumed run's summary equals an uninterrupted
+    run's."""
+    rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
+    measured = [{k: v for k, v in r.items() if k != "seconds"} for r in rows if "eval/kl_to_ref" in r]
+    history = [{k: v for k, v in r.items() if k.startswith("eval/") or k in ("iteration", "round")} for r in measured]
+    return {"initial": measured[0] if measured else {}, "final": measured[-1] if measured else {}, "history": history}
+
+
+def summary_text(head: str, m: dict[str, Any]) -> str:
+    """The one-line summary of a policy run: ``head`` then the final figures of the vocabulary that the
+    run measured, with the initial (π0's) where it says how far the run moved."""
+    i, f = m.get("initial") or {}, m.get("final") or {}
+    parts = []
+    for key, label in (("eval/win_rate_vs_ref", "win rate vs π0"), ("eval/score", "reward")):
+        if f.get(key) is not None:
+            parts.append(f"{label} {f[key]:.3f}" + (f" (π0 {i[key]:.3f})" if key == "eval/score" and key in i else ""))
+    if "eval/kl_to_ref" in f:
+        parts.append(f"KL to π0 {f['eval/kl_to_ref']:.3f}")
+    if "eval/gold_win_rate_vs_ref" in f:
+        parts.append(f"gold win rate vs π0 {f['eval/gold_win_rate_vs_ref']:.3f}")
+    for key, label in (("eval/exploitability", "exploitability"), ("eval/tv_to_equilibrium", "TV to π*")):
+        if key in f:
+            parts.append(f"{label} {i[key]:.3f} → {f[key]:.3f}" if key in i else f"{label} {f[key]:.3f}")
+    return head + (": " + ", ".join(parts) if parts else "")

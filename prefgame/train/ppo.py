@@ -39,7 +39,6 @@ against π0 and the exploitability of the class distributions measured from samp
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from torch import Tensor, nn
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
-from prefgame.game.lm_sampling import Responses, generate
+from prefgame.game.lm_sampling import Responses
 from prefgame.lm import final_hidden, hidden_token_logps
 from prefgame.losses import (
     compute_gae,
@@ -64,14 +63,11 @@ from prefgame.losses import (
     ppo_value_loss,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
-from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
+from prefgame.run import RunDir, run_job, seed_everything
 from prefgame.train.engine import (
-    NonFiniteGuard,
     OptimConfig,
     begin_run,
     end_run,
-    log_row,
-    make_accelerator,
     make_optimizer,
     optimizer_step,
     resume_state,
@@ -81,16 +77,18 @@ from prefgame.train.policy import (
     EvalConfig,
     GenerationConfig,
     PolicyConfig,
+    PolicyEvaluator,
+    PolicyRuntime,
     PromptsConfig,
-    load_policy,
-    prompt_pools,
-    response_batch,
-    sequence_logps,
+    measured_rows,
+    run_iterations,
+    summary_text,
 )
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
-PROMPTS, ROLLOUT, ORDER, EVAL, REF_EVAL, REF_STATS = 0, 1, 2, 3, 4, 5
+# (8 and 9 are the evaluator's, prefgame.train.policy)
+PROMPTS, ROLLOUT, ORDER, REF_STATS = 0, 1, 2, 5
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -236,37 +234,29 @@ class Rollout:
     metrics: dict[str, float]
 
 
-class PPO:
-    """State of one PPO run and its operations: rollout, optimize, measure."""
+class PPO(PolicyRuntime):
+    """State of one PPO run and its operations: rollout, optimize; the shared policy runtime, the reward
+    model, the policy with its value head and their optimizer."""
 
-    def __init__(self, cfg: PPOConfig, log) -> None:
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: PPOConfig, out: RunDir) -> None:
         tc = cfg.train
-        self.acc = make_accelerator(
-            tc, cfg.output_dir, batch_size=tc.mini_batch_size, batch_key="train.mini_batch_size"
-        )
+        if not cfg.reward.path:
+            raise PrefgameError("reward.path is empty: give a BT reward model folder (prefgame train-pm, kind bt)")
+        super().__init__(
+            cfg, out.path, batch_size=tc.mini_batch_size, batch_key="train.mini_batch_size",
+            arena=cfg.prompts.source == "arena", chunk_size=tc.logprob_chunk_size,
+        )  # fmt: skip
         if tc.rollout_batch_size % self.acc.num_processes:
             raise PrefgameError(
                 f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
                 f"{self.acc.num_processes} processes; choose a multiple"
             )
-        if not cfg.reward.path:
-            raise PrefgameError("reward.path is empty: give a BT reward model folder (prefgame train-pm, kind bt)")
-        self.tok, policy, self.ref = load_policy(
-            cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing
-        )
         self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
-        self.module = PolicyWithValue(policy, chunk_size=tc.logprob_chunk_size)
+        self.module = PolicyWithValue(self.policy, chunk_size=tc.logprob_chunk_size)
         steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
         self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), tc, steps)
         self.wrapper, self.optimizer = self.acc.prepare(self.module, self.optimizer)
-        self.policy = policy
-        self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
         self.steps_done = 0  # optimizer steps taken (for messages)
-        self.arena = cfg.arena.build() if cfg.prompts.source == "arena" else None
-        self.train_prompts, self.eval_prompts = prompt_pools(
-            cfg.prompts, self.arena, seed=tc.seed, n_eval=cfg.eval.prompts
-        )
         self.score_shift, self.score_scale = self._score_normalization()
 
     def _score_normalization(self) -> tuple[float, float]:
@@ -277,7 +267,7 @@ class PPO:
             return 0.0, 1.0
         rng = np.random.default_rng([self.cfg.train.seed, 0, REF_STATS])
         idx = rng.choice(len(self.train_prompts), size=rc.normalize_samples, replace=True)
-        ys = self.sample(self.ref, [self.train_prompts[i] for i in idx], (self.cfg.train.seed, 0, REF_STATS))
+        ys = self.sample([self.train_prompts[i] for i in idx], (self.cfg.train.seed, 0, REF_STATS), model=self.ref)
         raw = self.scores(ys).double()
         return float(raw.mean()), float(raw.std().clamp(min=1e-6)) if len(raw) > 1 else 1.0
 
@@ -289,20 +279,6 @@ class PPO:
         idx = rng.choice(len(self.train_prompts), size=n, replace=n > len(self.train_prompts))
         return [self.train_prompts[i] for i in idx][self.acc.process_index :: self.acc.num_processes]
 
-    def sample(self, model, prompts: Sequence[str], seed: tuple[int, ...], n: int = 1) -> Responses:
-        sc = self.cfg.sampling
-        return generate(
-            model, None, self.tok, prompts, n=n, mixture_coef=0.0, max_new_tokens=sc.max_new_tokens,
-            seed=seed, batch_size=sc.batch_size, use_cache=sc.use_cache,
-        )  # fmt: skip
-
-    def batch(self, responses: Responses, idx) -> dict[str, Tensor]:
-        return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
-
-    def eos_missing(self, responses: Responses) -> Tensor:
-        eos = self.tok.eos_token_id
-        return torch.tensor([len(r) == 0 or r[-1] != eos for r in responses.response_ids])
-
     @torch.no_grad()
     def scores(self, responses: Responses) -> Tensor:
         """r(x, y) of the reward model, (N,) float32 on CPU."""
@@ -312,7 +288,7 @@ class PPO:
     def rollout(self, t: int) -> Rollout:
         """Sample, score, and compute the per-token rewards, advantages and returns of iteration t."""
         cfg, acc, p = self.cfg, self.acc, self.cfg.ppo
-        ys = self.sample(self.policy, self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, acc.process_index))
+        ys = self.sample(self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, acc.process_index))
         raw_scores = self.scores(ys)  # (B,)
         scores = (raw_scores - self.score_shift) / self.score_scale
         full = self.batch(ys, range(len(ys)))
@@ -425,61 +401,6 @@ class PPO:
         self.steps_done += 1
         return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
-    def sequence_logps(self, model, responses: Responses) -> Tensor:
-        """log π(y | x) summed over response tokens, (N,) float32 on CPU."""
-        tc = self.cfg.train
-        return sequence_logps(
-            model, responses, self.tok.pad_token_id, batch_size=tc.micro_batch_size, device=self.acc.device,
-            autocast=self.acc.autocast, chunk_size=tc.logprob_chunk_size,
-        )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------- measurements
-
-
-class Evaluator:
-    """Held-out measurements: reward, Monte Carlo KL(π‖π0), length, EOS rate; arena gold figures."""
-
-    def __init__(self, ppo: PPO) -> None:
-        self.ppo = ppo
-        ec = ppo.cfg.eval
-        self.reference = ppo.sample(
-            ppo.ref, ppo.eval_prompts, (ppo.cfg.train.seed, 0, REF_EVAL), n=ec.reference_samples_per_prompt
-        )
-        self.ref_classes = None
-        if ppo.arena is not None:
-            self.ref_classes = ppo.arena.class_distribution(self.reference.prompts, self.reference.texts)
-        self.ref_score = float(ppo.scores(self.reference).mean())
-        self.seconds = 0.0
-
-    def measure(self, t: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        ppo = self.ppo
-        was_training = ppo.policy.training
-        ppo.policy.eval()
-        ys = ppo.sample(ppo.policy, ppo.eval_prompts, (ppo.cfg.train.seed, t, EVAL), n=ppo.cfg.eval.samples_per_prompt)
-        log_ratio = ppo.sequence_logps(ppo.policy, ys) - ppo.sequence_logps(ppo.ref, ys)  # (N,)
-        ppo.policy.train(was_training)
-        scores = ppo.scores(ys)
-        row: dict[str, Any] = {
-            "eval/score": float(scores.mean()),
-            "eval/score_ref": self.ref_score,
-            "eval/kl_to_ref": float(log_ratio.mean()),
-            "eval/kl_to_ref_se": float(log_ratio.std() / math.sqrt(len(log_ratio))) if len(log_ratio) > 1 else 0.0,
-            "eval/response_tokens": float(np.mean([len(r) for r in ys.response_ids])),
-            "eval/eos_rate": 1.0 - float(ppo.eos_missing(ys).float().mean()),
-        }
-        if ppo.arena is not None:
-            classes = ppo.arena.class_distribution(ys.prompts, ys.texts)
-            row["eval/gold_win_rate_vs_ref"] = ppo.arena.win_rate(classes, self.ref_classes)
-            row["eval/exploitability"] = ppo.arena.exploitability(classes)
-            row["eval/exploitability_ref"] = ppo.arena.exploitability(self.ref_classes)
-        self.seconds += time.perf_counter() - start
-        return row
-
-
-# ---------------------------------------------------------------------------------------------- driver
-
 
 def _load_reward_model(cfg: PPORewardConfig, device):
     from prefgame.models import load_preference_model
@@ -505,60 +426,43 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     t_start = time.perf_counter()
     tc = cfg.train
     seed_everything(tc.seed)
-    ppo = PPO(cfg, log)
+    ppo = PPO(cfg, out)
     acc = ppo.acc
     run = begin_run(out, cfg, acc, job="ppo", resume=cfg.resume, report_to=tc.report_to)
-    start = resume_state(
+    state = resume_state(
         run, out, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
-    )["step"]
+    )
     n_params = sum(p.numel() for p in ppo.policy.parameters())
     log.info(
         f"ppo: {tc.iterations} iterations × {tc.rollout_batch_size} prompts, {cfg.ppo.epochs} epochs of "
         f"mini-batches of {tc.mini_batch_size}, β={cfg.ppo.kl_coef} ({'loss' if cfg.ppo.kl_in_loss else 'reward'}), "
         f"policy {n_params / 1e6:.2f}M parameters, reward model {ppo.reward_model.name}"
     )
-    evaluator = Evaluator(ppo) if acc.is_main_process else None
-    initial: dict[str, Any] = {}
-    if evaluator is not None and start == 0:
-        initial = evaluator.measure(0)
-        log_row(out, acc, run, 0, {"iteration": 0, **initial})
-    elif evaluator is not None:  # the measurement of π0 written by the interrupted run
-        rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
-        initial = next((r for r in rows if r.get("iteration") == 0), {})
-        initial = {k: v for k, v in initial.items() if k.startswith("eval/")}
-    progress = Progress(tc.iterations - start, "ppo", log, every_s=5.0)
-    final = initial
-    train_seconds = 0.0
-    for t in range(start, tc.iterations):
-        t0 = time.perf_counter()
+    evaluator = PolicyEvaluator(ppo, scores=ppo.scores) if cfg.eval.prompts else None
+
+    def iterate(t: int) -> dict[str, Any]:
         ro = ppo.rollout(t)
-        info = ppo.optimize(ro, t)
-        train_seconds += time.perf_counter() - t0
-        done = t + 1
-        row: dict[str, Any] = {
-            "iteration": done, **ro.metrics, **info, "lr": ppo.scheduler.get_last_lr()[0],
-            "seconds": time.perf_counter() - t0,
-        }  # fmt: skip
-        if evaluator is not None and ((cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations):
-            final = evaluator.measure(done)
-            row.update(final)
-        log_row(out, acc, run, done, row)
-        if acc.is_main_process:
-            if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
-                save_checkpoint(
-                    out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer,
-                    scheduler=ppo.scheduler, state={}, keep=tc.keep_checkpoints,
-                )  # fmt: skip
-        progress.update(**{k: row[k] for k in ("score", "kl", "eval/gold_win_rate_vs_ref") if k in row})
-    acc.wait_for_everyone()
+        return {**ro.metrics, **ppo.optimize(ro, t), "lr": ppo.scheduler.get_last_lr()[0]}
+
+    def checkpoint(done: int) -> None:
+        if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
+            save_checkpoint(
+                out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler,
+                state={}, keep=tc.keep_checkpoints,
+            )  # fmt: skip
+
+    train_seconds = run_iterations(
+        ppo, out, run, name="ppo", unit="iteration", total=tc.iterations, start=state["step"], state=state,
+        iterate=iterate, evaluator=evaluator, checkpoint=checkpoint, show=("score", "kl", "eval/gold_win_rate_vs_ref"),
+        log=log,
+    )  # fmt: skip
     metrics: dict[str, Any] = {
         "iterations": tc.iterations,
         "kl_coef": cfg.ppo.kl_coef,
         "kl_in_loss": cfg.ppo.kl_in_loss,
         "parameters": n_params,
         "reward_model": str(cfg.reward.path),
-        "initial": initial,
-        "final": final,
+        **measured_rows(out),
         "nonfinite_steps": ppo.guard.total,
         "seconds": {
             "total": time.perf_counter() - t_start,
@@ -574,20 +478,9 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
         head = {k: v.detach().contiguous().cpu() for k, v in ppo.module.value_head.state_dict().items()}
         save_file(head, str(out.path / "value_head.safetensors"))
         out.write_metrics(metrics)
-        log.info(summary_line(metrics))
+        log.info(summary_text(f"ppo done (β={cfg.ppo.kl_coef})", metrics) + f"; model in {metrics['model_path']}")
     end_run(acc, run)
     return metrics
-
-
-def summary_line(m: dict[str, Any]) -> str:
-    f = m.get("final", {})
-    text = (
-        f"ppo done (β={m['kl_coef']}): reward {f.get('eval/score', math.nan):.3f} "
-        f"(π0 {f.get('eval/score_ref', math.nan):.3f}), KL to π0 {f.get('eval/kl_to_ref', math.nan):.3f}"
-    )
-    if "eval/gold_win_rate_vs_ref" in f:
-        text += f", gold win rate vs π0 {f['eval/gold_win_rate_vs_ref']:.3f}"
-    return text + f"; model in {m['model_path']}"
 
 
 # ---------------------------------------------------------------------------------------------- library entry

@@ -24,7 +24,8 @@ and a resumed run replays the iterations an uninterrupted run would have run, bi
 
 Modules: :mod:`.config` (the job's settings), :mod:`.registry` and :mod:`.algorithms` (one file per
 algorithm), :mod:`.runtime` (the operations algorithms are written with), :mod:`.oracles`,
-:mod:`.vllm`, :mod:`.evaluator` (held-out measurements) and :mod:`.driver` (the job).
+:mod:`.vllm` and :mod:`.driver` (the job); held-out measurements are every policy trainer's
+(:class:`~prefgame.train.policy.PolicyEvaluator`).
 """
 
 from prefgame.train.selfplay.config import (
@@ -44,14 +45,11 @@ from prefgame.train.selfplay.driver import (
     run,
     run_selfplay,
     selfplay_config,
-    summarize,
-    summary_line,
     train,
 )
-from prefgame.train.selfplay.evaluator import Evaluator
 from prefgame.train.selfplay.oracles import build_oracle, local_judge_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS, AlgorithmSpec, register
-from prefgame.train.selfplay.runtime import POLICY_SAMPLES, STEP_ORDER, Examples, SelfPlay
+from prefgame.train.selfplay.runtime import POLICY_SAMPLES, STEP_ORDER, Examples, Iterations, SelfPlay
 from prefgame.train.selfplay.vllm import VLLMSampler
 
 __all__ = [
@@ -59,8 +57,8 @@ __all__ = [
     "ARENA_PRESETS",
     "Algorithm",
     "AlgorithmSpec",
-    "Evaluator",
     "Examples",
+    "Iterations",
     "GameConfig",
     "OracleConfig",
     "POLICY_SAMPLES",
@@ -80,7 +78,5 @@ __all__ = [
     "run",
     "run_selfplay",
     "selfplay_config",
-    "summarize",
-    "summary_line",
     "train",
 ]

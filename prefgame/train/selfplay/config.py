@@ -64,7 +64,6 @@ class SamplingConfig(GenerationConfig):
     )
     prompts_per_iteration: int = param(32, "prompts drawn per iteration")
     samples_per_prompt: int = param(4, "K responses per prompt (≥ 2)")
-    temperature: float = param(1.0, "sampling temperature (1: the policy itself)")
     reference_samples_per_prompt: int = param(
         0,
         "pair-based algorithms: M responses per prompt from π0 join each iteration's pairs; the loss then "
@@ -125,11 +124,6 @@ class SelfPlayEvalConfig(EvalConfig):
     reference_prior: float = param(
         10.0, "arena: pseudo-samples of π0's pooled class distribution added to each prompt type's counts"
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reference_samples_per_prompt < self.samples_per_prompt:
-            raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
 
 @dataclass

@@ -3,7 +3,6 @@ entry and the arena presets (each algorithm's, from the registry)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,16 +12,10 @@ import torch
 
 from prefgame.errors import ConfigError
 from prefgame.oracle import PreferenceOracle
-from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
-from prefgame.train.engine import (
-    begin_run,
-    end_run,
-    log_row,
-    resume_state,
-    save_checkpoint,
-)
+from prefgame.run import RunDir, run_job, seed_everything
+from prefgame.train.engine import begin_run, end_run, resume_state, save_checkpoint
+from prefgame.train.policy import PolicyEvaluator, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay.config import Algorithm, SelfPlayConfig
-from prefgame.train.selfplay.evaluator import Evaluator
 from prefgame.train.selfplay.registry import ALGORITHMS
 from prefgame.train.selfplay.runtime import SelfPlay
 from prefgame.train.sft import save_model
@@ -57,59 +50,57 @@ def train(
         f"selfplay {cfg.algorithm}: {tc.iterations} iterations × {cfg.sampling.prompts_per_iteration} prompts × "
         f"K={cfg.sampling.samples_per_prompt}, policy {n_params / 1e6:.2f}M parameters, oracle {sp.oracle.name}"
     )
-    evaluator = Evaluator.build(sp, reference_classes)
-    if evaluator.game is not None:
+    evaluator = None
+    if cfg.eval.prompts:
+        evaluator = PolicyEvaluator(
+            sp, preferences=sp.preferences, tau=cfg.game.tau, reference_prior=cfg.eval.reference_prior,
+            reference_classes=reference_classes,
+        )  # fmt: skip
+    if evaluator is not None and evaluator.game is not None:
         eq = evaluator.game.summary()["equilibrium"]
         log.info(f"class-level equilibrium (τ={cfg.game.tau}): exploitability {eq['exploitability']:.4f}")
-    # figures of π0 (also the opponent of the next win_rate_vs_previous); a resumed run takes that
-    # opponent from the checkpoint instead, as the uninterrupted run holds it at this point
-    if start == 0 or not evaluator.load_state(state):
-        first = evaluator.measure(start)
-        if start == 0:
-            log_row(out, sp.acc, run, 0, {"iteration": 0, **first})
-    iterate = ALGORITHMS[cfg.algorithm].iterate
-    progress = Progress(tc.iterations - start, f"selfplay {cfg.algorithm}", log, every_s=5.0)
-    train_seconds = 0.0
-    for t in range(start, tc.iterations):
-        t0 = time.perf_counter()
+    algorithm = ALGORITHMS[cfg.algorithm].iterate
+
+    def iterate(t: int) -> dict[str, Any]:
         prefs = sp.preferences()
-        info = iterate(sp, t, prefs)
-        train_seconds += time.perf_counter() - t0
-        done = t + 1
-        if sp.average is not None and done > tc.average_from:
+        info = algorithm(sp, t, prefs)
+        if sp.average is not None and t + 1 > tc.average_from:
             sp.update_average()
-        row = {"iteration": done, **info, **prefs.stats(), "seconds": time.perf_counter() - t0}
-        if (cfg.eval.every and done % cfg.eval.every == 0) or done == tc.iterations:
-            row.update(evaluator.measure(done))
-        log_row(out, sp.acc, run, done, row)
-        if sp.acc.is_main_process:
-            save_checkpoint(
-                out.path,
-                done,
-                modules=_checkpointed(sp),
-                optimizer=sp.optimizer,
-                scheduler=sp.scheduler,
-                state={
-                    "version": sp.version,
-                    "nonfinite_steps": sp.guard.total,
-                    "averaged": sp.averaged,
-                    **evaluator.state(),
-                },
-                keep=tc.keep_checkpoints,
-            )
-        progress.update(**{k: v for k, v in row.items() if k in ("loss", "class/exploitability", "win_rate_vs_ref")})
-    sp.acc.wait_for_everyone()
-    metrics = summarize(cfg, out, evaluator, n_params)
+        return {**info, **prefs.stats()}
+
+    def checkpoint(done: int) -> None:
+        extra = evaluator.state() if evaluator is not None else {}
+        save_checkpoint(
+            out.path, done, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler,
+            state={"version": sp.version, "nonfinite_steps": sp.guard.total, "averaged": sp.averaged, **extra},
+            keep=tc.keep_checkpoints,
+        )  # fmt: skip
+
+    train_seconds = run_iterations(
+        sp, out, run, name=f"selfplay {cfg.algorithm}", unit="iteration", total=tc.iterations, start=start,
+        state=state, iterate=iterate, evaluator=evaluator, checkpoint=checkpoint, log=log,
+        show=("loss", "eval/exploitability", "eval/win_rate_vs_ref"),
+    )  # fmt: skip
+    metrics: dict[str, Any] = {
+        "algorithm": cfg.algorithm,
+        "iterations": tc.iterations,
+        "parameters": n_params,
+        "oracle": sp.oracle.name,
+        **measured_rows(out),
+        "nonfinite_steps": sp.guard.total,
+    }
+    if evaluator is not None and evaluator.game is not None:
+        metrics["equilibrium"] = evaluator.game.summary()
     metrics["seconds"] = {
         "total": time.perf_counter() - t_start,
         "iterations": train_seconds,
-        "measurements": evaluator.seconds,
+        "measurements": evaluator.seconds if evaluator is not None else 0.0,
     }
     if sp.acc.is_main_process:
         final = sp.average if sp.averaged else sp.acc.unwrap_model(sp.wrapper).model
         save_model(final, sp.tok, out.path / "model")
         out.write_metrics(metrics)
-        log.info(summary_line(metrics))
+        log.info(summary_text(f"selfplay {cfg.algorithm} done", metrics))
     end_run(sp.acc, run)
     return metrics
 
@@ -119,63 +110,6 @@ def _checkpointed(sp: SelfPlay) -> dict[str, torch.nn.Module]:
     what the algorithm keeps across iterations (``sp.extras``)."""
     modules = {"policy": sp.policy} if sp.average is None else {"policy": sp.policy, "average": sp.average}
     return {**modules, **sp.extras}
-
-
-# The figures of each measured iteration that summarize() copies into metrics["history"]: oracle win
-# rates and Monte Carlo KL on held-out prompts, and on the arena the exact class-level figures
-# (class/win_rate_vs_ref is the exact gold win rate of the class distribution against π0's).
-HISTORY_KEYS = (
-    "iteration",
-    "win_rate_vs_ref",
-    "win_rate_vs_previous",
-    "kl_to_ref",
-    "class/exploitability",
-    "class/gap",
-    "class/tv_to_equilibrium",
-    "class/class_kl",
-    "class/win_rate_vs_ref",
-    "averaged_iterates",
-)
-
-
-def summarize(cfg: SelfPlayConfig, out: RunDir, evaluator: Evaluator, n_params: int) -> dict[str, Any]:
-    """Final figures from metrics.jsonl: the first and last measured rows and their changes."""
-    rows = read_jsonl(out.file("metrics.jsonl")) if out.file("metrics.jsonl").exists() else []
-    # wall times stay out of the figures (they are in metrics["seconds"]), so that a resumed run's
-    # summary equals an uninterrupted run's
-    measured = [{k: v for k, v in r.items() if k != "seconds"} for r in rows if "win_rate_vs_ref" in r]
-    initial, final = (measured[0], measured[-1]) if measured else ({}, {})
-    metrics: dict[str, Any] = {
-        "algorithm": cfg.algorithm,
-        "iterations": cfg.train.iterations,
-        "parameters": n_params,
-        "oracle": evaluator.sp.oracle.name,
-        "initial": initial,
-        "final": final,
-        "nonfinite_steps": evaluator.sp.guard.total,
-    }
-    metrics["history"] = [{k: r[k] for k in HISTORY_KEYS if k in r} for r in measured]  # convergence trace
-    if evaluator.game is not None and initial.get("class/exploitability") is not None:
-        metrics["equilibrium"] = evaluator.game.summary()
-        metrics["exploitability_ratio"] = final["class/exploitability"] / initial["class/exploitability"]
-        metrics["tv_to_equilibrium"] = [initial["class/tv_to_equilibrium"], final["class/tv_to_equilibrium"]]
-        metrics["gap_ratio"] = final["class/gap"] / initial["class/gap"]
-    return metrics
-
-
-def summary_line(m: dict[str, Any]) -> str:
-    f = m.get("final", {})
-    text = (
-        f"selfplay {m['algorithm']} done: win rate vs π0 {f.get('win_rate_vs_ref', math.nan):.3f}, "
-        f"KL {f.get('kl_to_ref', math.nan):.3f}"
-    )
-    if "exploitability_ratio" in m:
-        i = m["initial"]
-        text += (
-            f", exploitability {i['class/exploitability']:.3f} → {f['class/exploitability']:.3f}, "
-            f"TV to π* {m['tv_to_equilibrium'][0]:.3f} → {m['tv_to_equilibrium'][1]:.3f}"
-        )
-    return text
 
 
 # ---------------------------------------------------------------------------------------------- library entry

@@ -1,45 +1,32 @@
-"""The runtime every self-play algorithm (and online DPO) is written with: the policy and its frozen
-reference, the prompt pools, sampling, sequence log-probs, the optimizer steps and the state a
+"""The runtime every self-play algorithm (and online DPO) is written with: the shared policy runtime
+(:class:`~prefgame.train.policy.PolicyRuntime`), the oracle, the optimizer steps and the state a
 checkpoint holds. Every random draw comes from a stream seeded by (seed, iteration, purpose)."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from prefgame.game.lm_sampling import Responses, _seed_int, generate
+from prefgame.game.lm_sampling import Responses, _seed_int
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
 from prefgame.lm import ResponseLogps
 from prefgame.losses import sequence_logprobs
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir
-from prefgame.train.engine import (
-    MetricMeter,
-    NonFiniteGuard,
-    local_micro_batches,
-    make_accelerator,
-    make_optimizer,
-    optimizer_step,
-    step_indices,
-)
-from prefgame.train.policy import load_policy, prompt_pools, response_batch, sequence_logps
+from prefgame.train.engine import MetricMeter, local_micro_batches, make_optimizer, optimizer_step, step_indices
+from prefgame.train.policy import PolicyRuntime
 from prefgame.train.selfplay.oracles import build_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS
 from prefgame.train.selfplay.vllm import VLLMSampler
 
-if TYPE_CHECKING:
-    from prefgame.train.selfplay.config import SelfPlayConfig
-
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
 PROMPTS, POLICY_SAMPLES, MIXTURE_SAMPLES, PAIR_LABELS, STEP_ORDER = 0, 1, 2, 3, 4
-HALF_POLICY_SAMPLES, HALF_PAIR_LABELS, HALF_STEP_ORDER, EVAL_SAMPLES, REF_SAMPLES = 5, 6, 7, 8, 9
-ANCHOR_SAMPLES = 10
+HALF_POLICY_SAMPLES, HALF_PAIR_LABELS, HALF_STEP_ORDER = 5, 6, 7
+ANCHOR_SAMPLES = 10  # 8 and 9 are the evaluator's (prefgame.train.policy)
 
 
 @dataclass
@@ -52,43 +39,51 @@ class Examples:
     loss_fn: Callable[[np.ndarray, list[torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-class SelfPlay:
-    """State of one self-play run and the operations every algorithm is written with."""
+@dataclass(frozen=True)
+class Iterations:
+    """How a run's iterations are organized: ``count`` iterations of ``steps`` optimizer steps on
+    ``batch_size`` examples; ``reset_optimizer`` and ``average_from`` as in ``train`` of self-play."""
 
-    def __init__(self, cfg: SelfPlayConfig, out: RunDir, log, *, oracle: PreferenceOracle | None = None) -> None:
-        self.cfg, self.out, self.log = cfg, out, log
+    count: int
+    steps: int
+    batch_size: int
+    reset_optimizer: bool = False
+    average_from: int = -1
+
+    @classmethod
+    def of(cls, tc) -> Iterations:
+        return cls(tc.iterations, tc.steps_per_iteration, tc.batch_size, tc.reset_optimizer, tc.average_from)
+
+
+class SelfPlay(PolicyRuntime):
+    """State of one self-play run (or online DPO run) and the operations every algorithm is written with:
+    the shared policy runtime, the oracle, the optimizer over the policy's sequence log-probs, the vLLM
+    sampler, the weight average and the modules an algorithm keeps (``extras``)."""
+
+    def __init__(
+        self, cfg, out: RunDir, log, *, oracle: PreferenceOracle | None = None, plan: Iterations | None = None
+    ) -> None:
         tc = cfg.train
-        self.acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
-        self.tok, self.policy, self.ref = load_policy(
-            cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing
-        )
-        dtype = next(self.policy.parameters()).dtype
-        self.arena = cfg.arena.build() if (cfg.prompts.source == "arena" or cfg.oracle.kind != "factory") else None
+        self.plan = plan if plan is not None else Iterations.of(tc)
+        arena = cfg.prompts.source == "arena" or cfg.oracle.kind != "factory"
+        super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
+        self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
         self.wrapper = ResponseLogps(self.policy)
-        self.optimizer, self.scheduler = make_optimizer(
-            self.wrapper.parameters(), tc, tc.iterations * tc.steps_per_iteration
-        )
+        steps = self.plan.count * self.plan.steps
+        self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), tc, steps)
         self.wrapper, self.optimizer = self.acc.prepare(self.wrapper, self.optimizer)
-        self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
         self.version = 0  # optimizer steps applied (tells the vLLM copy when it is stale)
         self.vllm = None
         if cfg.sampling.backend == "vllm":
             self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
-        self.train_prompts, self.eval_prompts = prompt_pools(
-            cfg.prompts, self.arena, seed=tc.seed, n_eval=cfg.eval.prompts
-        )
         # tail average of the policy weights (train.average_from): a frozen float32 copy (a running mean in
         # bf16 would round away the small updates), updated after each iteration
-        self.average = None
-        self.averaged = 0  # iterates in the average
-        if tc.average_from >= 0:
+        if self.plan.average_from >= 0:
             self.average = copy.deepcopy(self.policy).float().requires_grad_(False).eval()
-        # the sampler runs the fp32 weights without autocast, as sequence_logps does only in this case
-        self._fp32 = dtype == torch.float32 and self.acc.mixed_precision == "no"
         # modules an algorithm keeps across iterations (its spec's setup adds them); checkpointed
         self.extras: dict[str, torch.nn.Module] = {}
-        spec = ALGORITHMS.get(cfg.algorithm)
+        spec = ALGORITHMS.get(getattr(cfg, "algorithm", ""))
         if spec is not None and spec.setup is not None:
             spec.setup(self)
 
@@ -107,72 +102,27 @@ class SelfPlay:
         return prompts, ys, leave_one_out_win_rates(mats)
 
     def sample(
-        self,
-        prompts: Sequence[str],
-        seed: tuple[int, ...],
-        *,
-        mixture_coef: float = 0.0,
-        n: int | None = None,
-        model=None,
-        temperature: float | None = None,
-    ) -> Responses:
-        """K responses per prompt from the policy (or ``model``), or from the mixture π^μ when β > 0, at
-        ``temperature`` (None: ``sampling.temperature``; measurements pass 1, the policy itself).
-
-        ``logps`` of the result are the sampler's log π(y|x) under the model that sampled them when they
-        equal what :meth:`sequence_logps` computes for it (no mixture, temperature 1, fp32 without
-        autocast), else None.
-        """
-        sc = self.cfg.sampling
-        n = sc.samples_per_prompt if n is None else n
-        temperature = sc.temperature if temperature is None else temperature
+        self, prompts: Sequence[str], seed: tuple[int, ...], *, n: int | None = None, model=None,
+        mixture_coef: float = 0.0, temperature: float | None = None,
+    ) -> Responses:  # fmt: skip
+        """:meth:`PolicyRuntime.sample` with K = ``sampling.samples_per_prompt`` responses per prompt by
+        default, the policy's own samples from vLLM when that is the backend."""
+        n = self.cfg.sampling.samples_per_prompt if n is None else n
         if self.vllm is not None and mixture_coef == 0.0 and model is None:
+            temperature = self.cfg.sampling.temperature if temperature is None else temperature
             self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
             return self.vllm.generate(prompts, n=n, seed=seed, temperature=temperature)
-        policy = self.policy if model is None else model
-        ys = generate(
-            policy,
-            self.ref,
-            self.tok,
-            prompts,
-            n=n,
-            mixture_coef=mixture_coef,
-            max_new_tokens=sc.max_new_tokens,
-            seed=seed,
-            temperature=temperature,
-            batch_size=sc.batch_size,
-            use_cache=sc.use_cache,
-        )
-        exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
-        return ys if exact else dataclasses.replace(ys, logps=None)
-
-    def policy_logps(self, responses: Responses, model=None) -> torch.Tensor:
-        """log π(y | x) of responses sampled from ``model`` (None: the current policy π_t), with no update
-        since: the sampler's figures when it kept them (the same sums of the same token log-probs, up to
-        float rounding), otherwise a forward pass (:meth:`sequence_logps`)."""
-        if responses.logps is not None:
-            return responses.logps.float()
-        return self.sequence_logps(self.policy if model is None else model, responses)
-
-    def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
-        """log π(y | x) summed over response tokens, (N,) float32, in eval mode, no gradient."""
-        return sequence_logps(
-            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
-            device=self.acc.device, autocast=self.acc.autocast,
-        )  # fmt: skip
-
-    def _batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
-        return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
+        return super().sample(prompts, seed, n=n, model=model, mixture_coef=mixture_coef, temperature=temperature)
 
     def optimize(self, ex: Examples, seed: tuple[int, ...]) -> dict[str, float]:
         """``steps_per_iteration`` optimizer steps on ``ex``; each step's examples depend on ``seed`` only."""
-        tc, acc = self.cfg.train, self.acc
+        tc, acc, plan = self.cfg.train, self.acc, self.plan
         n_examples = ex.columns.shape[1]
         if n_examples == 0:
             self.log.warning("no training examples this iteration (all samples identical?); no update")
             return {}
-        bs = min(tc.batch_size, n_examples)
-        if tc.reset_optimizer:  # a fresh AdamW for this iteration's regression (step counts restart too)
+        bs = min(plan.batch_size, n_examples)
+        if plan.reset_optimizer:  # a fresh AdamW for this iteration's regression (step counts restart too)
             getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
         self.policy.train()
 
@@ -181,7 +131,7 @@ class SelfPlay:
             # a sequence in several pairs (inpo: K − 1 pairs each) runs once; indexing its log-prob
             # again sums the gradients of its uses, as separate rows would
             unique, where = np.unique(seq.reshape(-1), return_inverse=True)  # (U,), (C·b,)
-            batch = self._batch(ex.responses, unique)
+            batch = self.batch(ex.responses, unique)
             token_logps = self.wrapper(**batch)  # (U, T−1)
             logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (U,)
             logps = logps[torch.as_tensor(where.reshape(-1), device=logps.device)]  # (C·b,)
@@ -189,7 +139,7 @@ class SelfPlay:
             return ex.loss_fn(mb, cols, bs)  # a sum over the micro-batch / global count
 
         losses, meter = [], MetricMeter()
-        for s in range(tc.steps_per_iteration):
+        for s in range(plan.steps):
             idx = step_indices(n_examples, bs, _seed_int(seed), s)
             micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
             result = optimizer_step(
