@@ -118,7 +118,7 @@ def build_judge(choice: JudgeChoice):
         from prefgame.models.model import load_preference_model
 
         return load_preference_model(choice.path)
-    from prefgame.train.selfplay import OracleConfig, build_oracle
+    from prefgame.oracle import OracleConfig, build_oracle
 
     oracle_cfg = OracleConfig(
         kind=choice.kind, annotator=choice.annotator, factory=choice.factory, path=choice.path, options=choice.options

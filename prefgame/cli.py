@@ -98,8 +98,8 @@ JOBS: list[JobCommand] = [
     JobCommand(
         "score",
         "score a pairs file with a trained preference model (P(chosen ≻ rejected) per row)",
-        "prefgame.train.pm:ScoreConfig",
-        "prefgame.train.pm:score",
+        "prefgame.score:ScoreConfig",
+        "prefgame.score:score",
         "prefgame score model=runs/pm-gpm data=runs/arena/pairs.jsonl out=runs/pm-gpm/scored.jsonl",
     ),
     JobCommand(

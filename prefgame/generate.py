@@ -83,7 +83,8 @@ def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str]
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
     if cfg.backend == "vllm":
-        from prefgame.train.selfplay import SamplingConfig, VLLMSampler
+        from prefgame.game.vllm_sampling import VLLMSampler
+        from prefgame.train.selfplay.config import SamplingConfig
 
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
         engine = VLLMSampler(cfg.model, tok, sampling, cfg.dtype, cfg.seed)

@@ -68,6 +68,14 @@ def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[i
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Keep the prompt's end and the response's start so that the pair fits in ``max_length`` tokens."""
+    if len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids, response_ids
+    prompt_ids = prompt_ids[-max(max_length - len(response_ids), max_length // 2) :]
+    return prompt_ids, response_ids[: max_length - len(prompt_ids)]
+
+
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:

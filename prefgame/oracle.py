@@ -1,4 +1,4 @@
-"""The preference-oracle protocol.
+"""The preference-oracle protocol, and the oracle a job's ``oracle`` config section builds.
 
 Anything that answers "how likely is response ``a`` preferred to response ``b`` for prompt ``x``"
 implements :class:`PreferenceOracle`: the arena's gold preference and its simulated annotators,
@@ -12,10 +12,15 @@ with P(a_i ≻ b_i | x_i) in [0, 1]. Implementations that can be exactly anti-sy
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+
+from prefgame.config import param
+from prefgame.errors import ConfigError
 
 
 @runtime_checkable
@@ -68,3 +73,59 @@ def preference_matrix(oracle: PreferenceOracle, prompt: str, responses: Sequence
     (:func:`preference_matrices` with one prompt).
     """
     return preference_matrices(oracle.preference, [prompt], list(responses), len(responses))[0]
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class OracleConfig:
+    kind: Literal["gold", "annotator", "factory"] = param(
+        "gold",
+        "gold: the arena's gold preference; annotator: a simulated arena annotator; factory: any "
+        "PreferenceOracle built by `factory` (e.g. a trained preference model or a judge)",
+    )
+    annotator: str = param("careful", "kind=annotator: the annotator's name (arena.world.DEFAULT_ANNOTATORS)")
+    factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
+    path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
+    options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
+
+
+def build_oracle(cfg: OracleConfig, arena) -> PreferenceOracle:
+    """The oracle of ``cfg``: the arena's gold preference or an annotator, or a factory's oracle."""
+    if cfg.kind == "factory":
+        if ":" not in cfg.factory:
+            raise ConfigError("oracle.factory must be 'module:function' (e.g. mypkg.pm:load_oracle)")
+        module, attr = cfg.factory.split(":", 1)
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"oracle.factory '{cfg.factory}' cannot be imported: {exc}") from None
+        oracle = fn(cfg.path, **cfg.options)
+        if not isinstance(oracle, PreferenceOracle):
+            raise ConfigError(
+                f"oracle.factory '{cfg.factory}' returned {type(oracle).__name__}, not a PreferenceOracle"
+            )
+        return oracle
+    from prefgame.arena.world import AnnotatorOracle, GoldOracle
+
+    if cfg.kind == "gold":
+        return GoldOracle(arena)
+    specs = {s.name: s for s in arena.spec.annotators}
+    if cfg.annotator not in specs:
+        raise ConfigError(f"oracle.annotator '{cfg.annotator}' is not one of {', '.join(specs)}")
+    return AnnotatorOracle(arena, specs[cfg.annotator])
+
+
+def local_judge_oracle(
+    path: str, *, dtype: str = "bfloat16", device: str = "auto", **judge_options: Any
+) -> PreferenceOracle:
+    """A causal LM read as a pairwise judge (:class:`~prefgame.judges.LocalLMJudge`), for ``oracle.kind=factory``
+    with ``oracle.factory: prefgame.oracle:local_judge_oracle`` and ``oracle.path`` the judge model;
+    ``oracle.options`` go to LocalLMJudge (batch_size, template, verdict_tokens, ...)."""
+    from prefgame.judges import LocalLMJudge
+    from prefgame.lm import load_causal_lm, load_tokenizer
+
+    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model = load_causal_lm(path, dtype=getattr(torch, dtype)).to(target)
+    return LocalLMJudge(model, load_tokenizer(path), **judge_options)

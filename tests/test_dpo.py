@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from prefgame.config import load_config
-from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer
+from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, truncate
 from prefgame.train import dpo
-from prefgame.train.dpo import DPOConfig, PairLogps, best_worst_pairs, load_pair_set, truncate
+from prefgame.train.dpo import DPOConfig, PairLogps, best_worst_pairs, load_pair_set
 from prefgame.train.sft import SFTModelConfig, build_model, save_model
 
 

@@ -19,8 +19,9 @@ from prefgame.config import load_config
 from prefgame.models import load_preference_model
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, write_jsonl
+from prefgame.score import ScoreConfig, score
 from prefgame.train import pm as pm_module
-from prefgame.train.pm import PMConfig, ScoreConfig, score, train_preference_model
+from prefgame.train.pm import PMConfig, train_preference_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pm").glob("*.yaml"))
 

@@ -564,7 +564,7 @@ def test_factory_oracle_hook(monkeypatch):
     """oracle.kind=factory imports 'module:function' and calls it as function(path, **options)."""
     import types
 
-    from prefgame.train.selfplay import OracleConfig, build_oracle
+    from prefgame.oracle import OracleConfig, build_oracle
 
     module = types.ModuleType("fake_pm")
     module.load = lambda path, scale=1.0: dataclasses.make_dataclass("O", ["name", "preference"])(

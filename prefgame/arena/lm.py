@@ -100,3 +100,21 @@ def tiny_llama_config(
         pad_token_id=tokenizer.pad_token_id,
         attention_dropout=0.0,
     )
+
+
+def new_tiny_model(model_class, cfg, *, seed: int, max_position_embeddings: int = 96):
+    """(model, tokenizer): a new ``model_class`` (``LlamaForCausalLM``, ``LlamaModel``) of
+    :func:`tiny_llama_config` sized by ``cfg`` (its ``hidden_size``, ``num_layers``, ``num_heads``,
+    ``intermediate_size``) with ``cfg.tokenizer`` or the arena's, its weights drawn after
+    ``torch.manual_seed(seed)``."""
+    import torch
+
+    from prefgame.lm import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_llama_config(
+        tok, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, max_position_embeddings=max_position_embeddings,
+    )  # fmt: skip
+    return model_class(config), tok

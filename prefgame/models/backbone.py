@@ -286,19 +286,10 @@ def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
     else:
         from transformers import LlamaModel
 
-        from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+        from prefgame.arena.lm import new_tiny_model
 
-        tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_tokenizer()
-        torch.manual_seed(seed)
-        config = tiny_llama_config(
-            tok,
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=max(96, cfg.max_length),
-        )
-        model = LlamaModel(config).to(dtype)
+        model, tok = new_tiny_model(LlamaModel, cfg, seed=seed, max_position_embeddings=max(96, cfg.max_length))
+        model = model.to(dtype)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     max_length = min(cfg.max_length, max_pos) if max_pos else cfg.max_length
     return TextEncoder(

@@ -44,10 +44,10 @@ import torch
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import DataError, PrefgameError
-from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer
+from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
-from prefgame.oracle import PreferenceOracle
+from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
@@ -64,7 +64,6 @@ from prefgame.train.engine import (
 )
 from prefgame.train.policy import PolicyEvaluator, PolicyRuntime, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay import (
-    OracleConfig,
     PolicyConfig,
     PromptsConfig,
     SamplingConfig,
@@ -193,14 +192,6 @@ class PairSet:
         prompts = [self.prompt_ids[i] for i in idx]
         responses = [self.chosen_ids[i] for i in idx] + [self.rejected_ids[i] for i in idx]
         return build_pairs_batch(prompts + prompts, responses, pad_id)
-
-
-def truncate(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """Keep the prompt's end and the response's start so that the pair fits in ``max_length`` tokens."""
-    if len(prompt_ids) + len(response_ids) <= max_length:
-        return prompt_ids, response_ids
-    prompt_ids = prompt_ids[-max(max_length - len(response_ids), max_length // 2) :]
-    return prompt_ids, response_ids[: max_length - len(prompt_ids)]
 
 
 def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int]]:
@@ -515,9 +506,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     sp = SelfPlay(
         cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
     )
-    run = begin_run(out, cfg, sp.acc, job="dpo", resume=cfg.resume, report_to=cfg.train.report_to)
-    state = resume_state(
-        run, out, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
+    run, state = sp.start(
+        out, "dpo", modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
     )
     sp.version = state.get("version", 0)
     n_params = sum(p.numel() for p in sp.policy.parameters())

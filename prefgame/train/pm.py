@@ -52,10 +52,9 @@ from prefgame.models.model import (
     PMModelConfig,
     PreferenceModel,
     build_head,
-    load_preference_model,
     save_preference_model,
 )
-from prefgame.run import Progress, RunDir, run_job, seed_everything, write_jsonl
+from prefgame.run import Progress, RunDir, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -235,11 +234,6 @@ class RatingsForward(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
         h = self.encoder(input_ids, attention_mask)  # (B or 2B, H)
         return self.head.ratings(h[:n], h[n:] if h.shape[0] > n else None)
-
-
-def pair_loss_fn(kind: str, cfg: PMLossConfig) -> Callable[[dict, Tensor, Tensor, float], tuple]:
-    """The loss of a kind, chosen once: (head outputs, labels, margins, normalizer) → (loss, metrics)."""
-    return kind_spec(kind).loss(cfg)
 
 
 def swap_mask(seed: int, step: int, n: int, enabled: bool) -> np.ndarray:
@@ -766,49 +760,3 @@ def _gated_setup(cfg: PMConfig, model: PreferenceModel, ratings: Ratings, state:
             head.set_regression(head0.reg_weight.detach(), head0.reg_bias.detach())
             head.set_standardization(head0.rating_mean, head0.rating_std)
         head.set_debias(lam.float())
-
-
-# -- scoring --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ScoreConfig:
-    model: str = param("", "a trained preference model: the train-pm output_dir or its model/ folder")
-    data: str = param("", "pairs to score: file or hub name (any pairs format)")
-    split: str = param("train", "split of data")
-    out: str = param("", "output jsonl: every input row with 'probability' = P(chosen ≻ rejected) added")
-    batch_size: int = param(64, "pairs per forward pass")
-    arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
-    arena: ArenaConfig = param(ArenaConfig, "the world for arena metrics")
-    num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
-
-
-def score(cfg: ScoreConfig) -> dict:
-    """Score a pairs file; write rows + probabilities to ``cfg.out`` and metrics next to it."""
-    from pathlib import Path
-
-    from prefgame.data.load import iter_rows, load_raw
-    from prefgame.run import atomic_write_json
-
-    for key in ("model", "data", "out"):
-        if not getattr(cfg, key):
-            raise PrefgameError(f"score needs {key}=...: e.g. model=runs/pm-gpm data=pairs.jsonl out=scored.jsonl")
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    device = "cuda" if torch.cuda.is_available() else None
-    model = load_preference_model(cfg.model, device=device, batch_size=cfg.batch_size)
-    pairs = load_pairs(cfg.data, cfg.split, skip_invalid=False)
-    raw = list(iter_rows(load_raw(cfg.data, split=cfg.split)))
-    probs = model.preference(pairs.prompts, pairs.chosen, pairs.rejected)
-    rows = [{**row, "probability": float(p)} for row, p in zip(raw, probs)]
-    write_jsonl(cfg.out, rows)
-    metrics: dict[str, Any] = {
-        "model": cfg.model,
-        "data": cfg.data,
-        **preference_metrics(probs, pairs.labels, subsets=pairs.subsets),
-    }
-    if cfg.arena_metrics:
-        metrics["arena"] = arena_metrics(cfg.arena.build(), pairs.prompts, pairs.chosen, pairs.rejected, probs)
-    out = Path(cfg.out)
-    atomic_write_json(out.with_name(out.stem + ".metrics.json"), metrics)
-    return metrics

@@ -36,7 +36,7 @@ from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures,
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
-from prefgame.train.engine import NonFiniteGuard, RunStart, log_row, make_accelerator
+from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
 HELD_OUT = 12345
@@ -199,6 +199,12 @@ class PolicyRuntime:
         self._fp32 = next(self.policy.parameters()).dtype == torch.float32 and self.acc.mixed_precision == "no"
         self.average = None  # a weight average measured instead of the policy (self-play's train.average_from)
         self.averaged = 0  # iterates in the average
+
+    def start(self, out: RunDir, job: str, *, modules: dict, optimizer, scheduler, unit: str):
+        """(run, state): the engine's run start-up (:func:`begin_run`, :func:`resume_state`) for this
+        runtime's job."""
+        run = begin_run(out, self.cfg, self.acc, job=job, resume=self.cfg.resume, report_to=self.cfg.train.report_to)
+        return run, resume_state(run, out, modules=modules, optimizer=optimizer, scheduler=scheduler, unit=unit)
 
     def measured_model(self):
         """The model measurements sample: the weight average once it holds an iterate, else None (the policy)."""

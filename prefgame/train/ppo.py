@@ -66,11 +66,9 @@ from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import RunDir, run_job, seed_everything
 from prefgame.train.engine import (
     OptimConfig,
-    begin_run,
     end_run,
     make_optimizer,
     optimizer_step,
-    resume_state,
     save_checkpoint,
 )
 from prefgame.train.policy import (
@@ -428,9 +426,8 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     seed_everything(tc.seed)
     ppo = PPO(cfg, out)
     acc = ppo.acc
-    run = begin_run(out, cfg, acc, job="ppo", resume=cfg.resume, report_to=tc.report_to)
-    state = resume_state(
-        run, out, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
+    run, state = ppo.start(
+        out, "ppo", modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
     )
     n_params = sum(p.numel() for p in ppo.policy.parameters())
     log.info(

@@ -25,6 +25,7 @@ from prefgame.lm import (
     encode_response,
     load_causal_lm,
     load_tokenizer,
+    truncate,
 )
 from prefgame.run import Progress, RunDir, atomic_dir, run_job, seed_everything
 from prefgame.train.engine import (
@@ -114,18 +115,9 @@ def build_model(cfg: SFTModelConfig, seed: int):
         return load_causal_lm(cfg.name_or_path), tok
     from transformers import LlamaForCausalLM
 
-    from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+    from prefgame.arena.lm import new_tiny_model
 
-    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else build_tokenizer()
-    torch.manual_seed(seed)
-    config = tiny_llama_config(
-        tok,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-    )
-    return LlamaForCausalLM(config), tok
+    return new_tiny_model(LlamaForCausalLM, cfg, seed=seed)
 
 
 @torch.no_grad()
@@ -162,13 +154,10 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
-    examples = []
-    for p, r in zip(prompts, responses):
-        p_ids, r_ids = encode_prompt(tok, p), encode_response(tok, r)
-        if len(p_ids) + len(r_ids) > cfg.data.max_length:  # keep the prompt's end and the response's start
-            p_ids = p_ids[-max(cfg.data.max_length - len(r_ids), cfg.data.max_length // 2) :]
-            r_ids = r_ids[: cfg.data.max_length - len(p_ids)]
-        examples.append((p_ids, r_ids))
+    examples = [
+        truncate(encode_prompt(tok, p), encode_response(tok, r), cfg.data.max_length)
+        for p, r in zip(prompts, responses)
+    ]
     order = np.random.default_rng(tc.seed).permutation(len(examples))
     n_eval = int(round(cfg.data.eval_fraction * len(examples)))
     eval_set = [examples[i] for i in order[:n_eval]]
@@ -204,15 +193,10 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         return {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)} if acc.is_main_process else {}
 
     def checkpoint(done: int) -> None:
-        save_checkpoint(
-            out.path,
-            done,
-            modules={"model": model},
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state={"eval_loss_initial": initial_eval},
-            keep=tc.keep_checkpoints,
-        )  # fmt: skip   the initial loss too, so a resumed run reports it
+        save_checkpoint(  # the initial loss too, so that a resumed run reports it
+            out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler,
+            state={"eval_loss_initial": initial_eval}, keep=tc.keep_checkpoints,
+        )  # fmt: skip
 
     last = train_steps(
         acc, out, run, tc, (wrapper, optimizer, scheduler, guard), step_batches, start_step=start_step,

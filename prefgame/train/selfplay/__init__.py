@@ -23,15 +23,17 @@ each iteration holds the policy, the optimizer state and what the algorithm keep
 and a resumed run replays the iterations an uninterrupted run would have run, bit for bit.
 
 Modules: :mod:`.config` (the job's settings), :mod:`.registry` and :mod:`.algorithms` (one file per
-algorithm), :mod:`.runtime` (the operations algorithms are written with), :mod:`.oracles`,
-:mod:`.vllm` and :mod:`.driver` (the job); held-out measurements are every policy trainer's
-(:class:`~prefgame.train.policy.PolicyEvaluator`).
+algorithm), :mod:`.runtime` (the operations algorithms are written with) and :mod:`.driver` (the
+job); held-out measurements are every policy trainer's (:class:`~prefgame.train.policy.PolicyEvaluator`),
+the oracle comes from :func:`prefgame.oracle.build_oracle`, vLLM samples from
+:mod:`prefgame.game.vllm_sampling`.
 """
 
+from prefgame.game.vllm_sampling import VLLMSampler
+from prefgame.oracle import OracleConfig, build_oracle, local_judge_oracle
 from prefgame.train.selfplay.config import (
     Algorithm,
     GameConfig,
-    OracleConfig,
     PolicyConfig,
     PromptsConfig,
     SamplingConfig,
@@ -47,10 +49,8 @@ from prefgame.train.selfplay.driver import (
     selfplay_config,
     train,
 )
-from prefgame.train.selfplay.oracles import build_oracle, local_judge_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS, AlgorithmSpec, register
 from prefgame.train.selfplay.runtime import POLICY_SAMPLES, STEP_ORDER, Examples, Iterations, SelfPlay
-from prefgame.train.selfplay.vllm import VLLMSampler
 
 __all__ = [
     "ALGORITHMS",

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
+from prefgame.oracle import OracleConfig
 from prefgame.train.engine import OptimConfig
 from prefgame.train.policy import EvalConfig, GenerationConfig, PolicyConfig, PromptsConfig
 from prefgame.train.selfplay.registry import ALGORITHMS, load_algorithms, validate
 
 load_algorithms()
 Algorithm = Literal[tuple(ALGORITHMS)]  # the registered algorithms: the config's choices and --help
-
-
-@dataclass
-class OracleConfig:
-    kind: Literal["gold", "annotator", "factory"] = param(
-        "gold",
-        "gold: the arena's gold preference; annotator: a simulated arena annotator; factory: any "
-        "PreferenceOracle built by `factory` (e.g. a trained preference model or a judge)",
-    )
-    annotator: str = param("careful", "kind=annotator: the annotator's name (arena.world.DEFAULT_ANNOTATORS)")
-    factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
-    path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
-    options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from prefgame.errors import ConfigError
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, run_job, seed_everything
-from prefgame.train.engine import begin_run, end_run, resume_state, save_checkpoint
+from prefgame.train.engine import end_run, save_checkpoint
 from prefgame.train.policy import PolicyEvaluator, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay.config import Algorithm, SelfPlayConfig
 from prefgame.train.selfplay.registry import ALGORITHMS
@@ -37,9 +37,8 @@ def train(
     tc = cfg.train
     seed_everything(tc.seed)
     sp = SelfPlay(cfg, out, log, oracle=oracle)
-    run = begin_run(out, cfg, sp.acc, job="selfplay", resume=cfg.resume, report_to=tc.report_to)
-    state = resume_state(
-        run, out, modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler, unit="iteration"
+    run, state = sp.start(
+        out, "selfplay", modules=_checkpointed(sp), optimizer=sp.optimizer, scheduler=sp.scheduler, unit="iteration"
     )
     start = state["step"]
     sp.version = state.get("version", 0)

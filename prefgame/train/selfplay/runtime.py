@@ -13,15 +13,14 @@ import torch
 
 from prefgame.game.lm_sampling import Responses, _seed_int
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
+from prefgame.game.vllm_sampling import VLLMSampler
 from prefgame.lm import ResponseLogps
 from prefgame.losses import sequence_logprobs
-from prefgame.oracle import PreferenceOracle
+from prefgame.oracle import PreferenceOracle, build_oracle
 from prefgame.run import RunDir
 from prefgame.train.engine import MetricMeter, local_micro_batches, make_optimizer, optimizer_step, step_indices
 from prefgame.train.policy import PolicyRuntime
-from prefgame.train.selfplay.oracles import build_oracle
 from prefgame.train.selfplay.registry import ALGORITHMS
-from prefgame.train.selfplay.vllm import VLLMSampler
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
 PROMPTS, POLICY_SAMPLES, MIXTURE_SAMPLES, PAIR_LABELS, STEP_ORDER = 0, 1, 2, 3, 4

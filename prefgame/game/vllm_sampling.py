@@ -1,4 +1,5 @@
-"""Policy samples from a vLLM engine (``sampling.backend=vllm``)."""
+"""Policy samples from a vLLM engine (``sampling.backend=vllm`` of self-play and online DPO, ``backend=vllm`` of
+``prefgame generate``)."""
 
 from __future__ import annotations
 
