@@ -29,10 +29,10 @@ class ScoreConfig:
 
 def score(cfg: ScoreConfig) -> dict:
     """Score a pairs file; write rows + probabilities to ``cfg.out`` and metrics next to it."""
+    from prefgame.data.columns import load_pairs
     from prefgame.data.load import iter_rows, load_raw
     from prefgame.models.metrics import arena_metrics, preference_metrics
     from prefgame.models.model import load_preference_model
-    from prefgame.train.pm import load_pairs
 
     for key in ("model", "data", "out"):
         if not getattr(cfg, key):
