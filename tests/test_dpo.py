@@ -71,7 +71,8 @@ def trained(pi0: Path, arena_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("dpo")
     cfg = dpo_config(
         pi0, arena_dir, out, "train.max_steps=12", "train.batch_size=16", "train.micro_batch_size=16",
-        "train.eval_every=6", "train.save_every=6",
+        "train.eval_every=6", "train.save_every=6", "eval.prompts=24", "eval.samples_per_prompt=1",
+        "eval.reference_samples_per_prompt=1",
     )  # fmt: skip
     return cfg, dpo.run(cfg)
 
@@ -151,6 +152,16 @@ def test_short_run_lowers_held_out_loss_and_writes_outputs(trained) -> None:
     assert [r["step"] for r in rows if "eval_loss" in r] == [6]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000006"]
     assert all(0.0 <= r["rewards/accuracy"] <= 1.0 for r in rows if "loss" in r)
+
+
+def test_offline_run_is_measured_as_every_policy_trainer_measures(trained) -> None:
+    """eval.prompts > 0: the trained policy against π0 on the held-out arena prompts, with the evaluator
+    and names of self-play and PPO (π0 samples and the policy's differ, so KL is not 0)."""
+    _, metrics = trained
+    final = metrics["final"]
+    assert 0.0 <= final["eval/gold_win_rate_vs_ref"] <= 1.0 and 0.0 <= final["eval/exploitability"] <= 0.5
+    assert math.isfinite(final["eval/kl_to_ref"]) and final["eval/kl_to_ref"] != 0.0
+    assert final["eval/response_tokens"] > 0 and "eval/win_rate_vs_ref" not in final  # no oracle offline
 
 
 def test_every_parameter_changed_and_reference_is_pi0(trained, pi0: Path) -> None:

@@ -421,13 +421,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     }
     if acc.is_main_process:
         save_model(model, tok, out.path / "model")
-        if cfg.eval.prompts:  # the trained policy against π0, as the on-policy trainers measure it
-            ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
-            rt = PolicyRuntime(
-                cfg, out.path, batch_size=tc.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
-                models=(tok, model, ref),
-            )  # fmt: skip
-            metrics["final"] = PolicyEvaluator(rt).measure(tc.max_steps)
+        if cfg.eval.prompts:
+            metrics["final"] = _measure_policy(cfg, out, acc, tok, model)
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
         }  # fmt: skip
@@ -435,6 +430,17 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         log.info(summary_line(metrics))
     end_run(acc, run)
     return metrics
+
+
+def _measure_policy(cfg: DPOConfig, out: RunDir, acc, tok, model) -> dict[str, Any]:
+    """The trained policy against π0 on the held-out prompts, as the on-policy trainers measure it."""
+    dtype = next(model.parameters()).dtype
+    ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
+    rt = PolicyRuntime(
+        cfg, out.path, batch_size=cfg.train.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
+        models=(tok, model, ref),
+    )  # fmt: skip
+    return PolicyEvaluator(rt).measure(cfg.train.max_steps)
 
 
 def summary_line(m: dict[str, Any]) -> str:
