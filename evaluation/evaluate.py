@@ -36,7 +36,7 @@ from prefgame.arena.job import ArenaConfig
 from prefgame.config import config_help, load_config, param
 from prefgame.errors import ConfigError, DataError
 from prefgame.judges import JudgeConfig
-from prefgame.run import RunDir, write_jsonl
+from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
 
 PARTS = {
     "winrate": "win rates vs a baseline (± SE, bootstrap CI, LC), BT ratings, pairwise win-rate matrix",
@@ -89,6 +89,7 @@ class AgreementConfig:
 @dataclass
 class EvaluateConfig:
     output_dir: str = param("runs/eval", "where the report, tables, figures and metrics are written")
+    overwrite: bool = overwrite_param()
     title: str = param("prefgame evaluation report", "report title")
     n_bootstrap: int = param(200, "bootstrap resamples for every confidence interval")
     ci: float = param(0.95, "confidence level of the intervals")
@@ -205,11 +206,9 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
         raise ConfigError(
             "evaluate report needs winrate.battles, winrate.samples, agreement.labels or agreement.arena_pairs"
         )
-    out = RunDir(cfg.output_dir)
-    log = out.start_logging()
-    try:
-        out.start_fresh()
-        out.write_config(cfg)
+
+    def body(out: RunDir, log) -> dict[str, Any]:
+        out.start(cfg)
         sections, metrics = [], {"part": part}
         if want_winrate:
             section, metrics["winrate_inputs"] = winrate_part(cfg, out)
@@ -222,8 +221,8 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
         out.write_metrics(metrics)
         log.info(f"evaluate {part}: report in {paths['markdown']} and {paths['html']}")
         return metrics
-    finally:
-        out.close()
+
+    return run_job(cfg.output_dir, body)
 
 
 # ---------------------------------------------------------------------------------------------------

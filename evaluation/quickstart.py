@@ -34,7 +34,7 @@ from prefgame.config import param
 from prefgame.game.lm_selfplay import ClassGame, class_figures, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
 from prefgame.lm import load_causal_lm, load_tokenizer, sample
-from prefgame.run import RunDir, run_job, seed_everything, write_jsonl
+from prefgame.run import RunDir, overwrite_param, run_job, seed_everything, write_jsonl
 from prefgame.train.engine import TrainConfig
 from prefgame.train.selfplay.registry import load_algorithms
 from prefgame.train.sft import SFTConfig, SFTDataConfig, SFTModelConfig
@@ -55,6 +55,7 @@ class QuickstartSFT:
 class QuickstartConfig:
     output_dir: str = param("runs/quickstart", "where every stage and the report are written")
     resume: bool = param(False, "keep stages that already finished in output_dir and run the rest")
+    overwrite: bool = overwrite_param()
     seed: int = param(0, "seed of training and sampling")
     num_threads: int = param(
         1,
@@ -81,6 +82,23 @@ class QuickstartConfig:
         unknown = [a for a in self.selfplay if a not in SELFPLAY_ALGORITHMS]
         if unknown:
             raise ValueError(f"unknown self-play algorithm {unknown}; choose from {list(SELFPLAY_ALGORITHMS)}")
+
+
+# the stage folders and files of a run: a fresh start removes them, and a finished stage among them is a
+# finished run that only overwrite=true replaces
+OUTPUTS = (
+    "data",
+    "pi0",
+    "pm",
+    "selfplay",
+    "dpo",
+    "ppo",
+    "samples.jsonl",
+    "labels.jsonl",
+    "policies.jsonl",
+    "report.md",
+    "report.html",
+)
 
 
 def _done(path: Path) -> bool:
@@ -112,11 +130,8 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     clock = _Clock()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    if not cfg.resume:
-        out.start_fresh()
-        for name in ("report.md", "report.html", "samples.jsonl", "labels.jsonl", "policies.jsonl"):
-            out.file(name).unlink(missing_ok=True)
-    out.write_config(cfg)
+    earlier = out.path if out.file("config.yaml").exists() else None  # what resume=true continues
+    out.start(cfg, resume="auto" if cfg.resume else False, checkpoint=earlier, outputs=OUTPUTS)
     seed_everything(cfg.seed)
     arena = cfg.arena.build()
     n_stages = 8
@@ -290,7 +305,7 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
 def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConfig:
     return SFTConfig(
         output_dir=str(pi0_dir),
-        resume=cfg.resume,
+        resume="auto" if cfg.resume else False,  # an unfinished π0 continues from its checkpoint if it has one
         model=SFTModelConfig(
             tokenizer=str(data_dir / "tokenizer"), hidden_size=cfg.sft.hidden_size, num_layers=cfg.sft.num_layers
         ),

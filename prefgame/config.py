@@ -279,6 +279,19 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> dict[str, Any]:
     return out
 
 
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict (``config_to_dict``) flattened to {"a.b.c": value} with scalar values (others as
+    strings): the form experiment trackers (``accelerator.init_trackers(config=...)``) accept, and the one
+    a resumed run's configuration is compared in."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def config_to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg, redact=True), sort_keys=False)
 

@@ -16,15 +16,13 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny
-from helpers.launch import REPO, assert_same_weights, job_env
+from helpers.launch import REPO, assert_same_weights, logged_steps, start_prefgame
 from safetensors.torch import load_file
 
 from prefgame.cli import main
@@ -41,31 +39,6 @@ def sft_args(arena: Path, out: Path, *extra: str) -> list[str]:
 
 def pm_args(arena: Path, out: Path, *extra: str) -> list[str]:
     return [f"output_dir={out}", *tiny.pm_args(arena), "train.micro_batch_size=8", "train.warmup_steps=2", *extra]
-
-
-def start_prefgame(*args: str, cwd: Path = REPO, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefgame", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=job_env(**env),
-    )
-
-
-def logged_steps(run_dir: Path) -> int:
-    """The last complete step line of metrics.jsonl (0 when none)."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    steps = [0]
-    for line in lines:
-        with_step = re.match(r'\{"step": (\d+)', line)
-        if with_step and line.endswith("}"):
-            steps.append(int(with_step.group(1)))
-    return max(steps)
 
 
 def assert_nothing_half_written(run_dir: Path, note: str) -> None:
@@ -192,7 +165,7 @@ def test_fresh_run_discards_checkpoints_of_an_earlier_run(arena_dir: Path, tmp_p
     out = tmp_path / "run"
     assert main(["sft", *sft_args(arena_dir, out, "train.max_steps=12", "train.save_every=5")]) == 0
     assert latest_checkpoint(out).name == "step-00000010"
-    assert main(["sft", *sft_args(arena_dir, out, "train.max_steps=6", "train.save_every=5")]) == 0
+    assert main(["sft", *sft_args(arena_dir, out, "train.max_steps=6", "train.save_every=5", "overwrite=true")]) == 0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
 

@@ -614,7 +614,7 @@ def test_evaluate_winrate_with_the_llm_judge_and_its_cache(server, tmp_path, mon
     assert metrics["win_rate_vs_baseline"] == {"good": 1.0}
     usage = metrics["winrate_inputs"]["judge_usage"]
     assert (usage["judgments"], usage["retries"], usage["failures"]) == (10, 2, 0)
-    assert main(args) == 0 and server.requests == 12  # all from the cache
+    assert main([*args, "overwrite=true"]) == 0 and server.requests == 12  # all from the cache
     for path in (tmp_path / "eval").rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(errors="replace"), path

@@ -10,7 +10,7 @@ from prefgame.arena import export
 from prefgame.arena.lm import save_tokenizer
 from prefgame.arena.world import Arena, ArenaSpec
 from prefgame.config import param
-from prefgame.run import RunDir, write_jsonl
+from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
 
 
 @dataclass
@@ -26,6 +26,7 @@ class ArenaConfig:
 @dataclass
 class ArenaJobConfig:
     output_dir: str = param("runs/arena", "where the data sets and the tokenizer are written")
+    overwrite: bool = overwrite_param()
     arena: ArenaConfig = param(ArenaConfig, "the world")
     sft_examples: int = param(4000, "SFT demonstrations")
     pairs: int = param(4000, "pairs labeled with the gold preference")
@@ -54,14 +55,12 @@ def export_all(cfg: ArenaJobConfig, out: RunDir) -> dict[str, int]:
 
 
 def run(cfg: ArenaJobConfig) -> dict:
-    out = RunDir(cfg.output_dir)
-    log = out.start_logging()
-    try:
-        out.start_fresh()
-        out.write_config(cfg)
-        counts = export_all(cfg, out)
-        out.write_metrics({"rows": counts})
-        log.info(f"arena data written to {out.path}: " + ", ".join(f"{k} ({v} rows)" for k, v in counts.items()))
-        return counts
-    finally:
-        out.close()
+    return run_job(cfg.output_dir, lambda out, log: _export(cfg, out, log))
+
+
+def _export(cfg: ArenaJobConfig, out: RunDir, log) -> dict[str, int]:
+    out.start(cfg)
+    counts = export_all(cfg, out)
+    out.write_metrics({"rows": counts})
+    log.info(f"arena data written to {out.path}: " + ", ".join(f"{k} ({v} rows)" for k, v in counts.items()))
+    return counts

@@ -48,7 +48,7 @@ from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import OracleConfig, PreferenceOracle
-from prefgame.run import Progress, RunDir, read_jsonl, run_job, seed_everything
+from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -139,7 +139,8 @@ class DPOEvalConfig(SelfPlayEvalConfig):
 @dataclass
 class DPOConfig:
     output_dir: str = param("runs/dpo", "where the policy, checkpoints, metrics and log are written")
-    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    resume: Resume = resume_param()
+    overwrite: bool = overwrite_param()
     mode: Literal["offline", "online"] = param("offline", "offline: a fixed data set; online: iterative DPO")
     policy: PolicyConfig = param(PolicyConfig, "π0: the initial policy, and the fixed reference")
     loss: DPOLossConfig = param(DPOLossConfig, "the DPO-family loss")

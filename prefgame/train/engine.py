@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from prefgame.config import config_to_dict, param
+from prefgame.config import config_to_dict, flat_config, param
 from prefgame.errors import PrefgameError
-from prefgame.run import RunDir, atomic_dir, untie_shared
+from prefgame.run import Resume, RunDir, atomic_dir, untie_shared
 
 log = logging.getLogger("prefgame.train")
 
@@ -122,19 +122,20 @@ class RunStart:
     trackers: list[str]  # accelerate trackers the run logs to (acc.log; acc.end_training at the end)
 
 
-def begin_run(out: RunDir, cfg: Any, acc: Accelerator, *, job: str, resume: bool, report_to: str = "none") -> RunStart:
-    """The start-up every training job shares, once its accelerator exists: find the checkpoint to
-    resume from (when ``resume``), on the main process clear an earlier run's outputs (fresh start) and
-    write ``config.yaml``, and start the experiment trackers with the flattened config."""
-    resume_from = latest_checkpoint(out.path) if resume else None
-    if acc.is_main_process:
-        if resume_from is None:
-            out.start_fresh()
-        out.write_config(cfg)
+def begin_run(
+    out: RunDir, cfg: Any, acc: Accelerator, *, job: str, resume: Resume, report_to: str = "none"
+) -> RunStart:
+    """The start-up every training job shares, once its accelerator exists: the folder's rules
+    (:meth:`RunDir.start`: its lock; a finished run replaced only with ``overwrite``; ``resume`` only
+    from a checkpoint and with the recorded configuration; a fresh start clears the earlier run's outputs
+    and writes ``config.yaml``), then the experiment trackers with the flattened config. A resumed run
+    loads its checkpoint with :func:`resume_state`, which then records the accepted ``config.yaml``."""
+    checkpoint = latest_checkpoint(out.path)
+    resuming = out.start(cfg, resume=resume, checkpoint=checkpoint, main=acc.is_main_process, defer=True)
     trackers = tracker_names(report_to)
     if trackers:
         acc.init_trackers(f"prefgame-{job}", config=flat_config(config_to_dict(cfg)))
-    return RunStart(resume_from, trackers)
+    return RunStart(checkpoint if resuming else None, trackers)
 
 
 def log_row(out: RunDir, acc: Accelerator, run: RunStart, step: int, row: dict[str, Any]) -> None:
@@ -161,11 +162,13 @@ def resume_state(
     scheduler: Any,
     unit: str = "step",
 ) -> dict[str, Any]:
-    """Restore a resumed run's modules, optimizer and scheduler and drop the ``metrics.jsonl`` lines
-    after its checkpoint; the trainer state (``step`` …), or {"step": 0} on a fresh start."""
+    """Restore a resumed run's modules, optimizer and scheduler, then (:meth:`RunDir.commit_resume`) remove
+    the finished run's ``metrics.json``, record the accepted ``config.yaml`` and drop the ``metrics.jsonl``
+    lines after the checkpoint; the trainer state (``step`` …), or {"step": 0} on a fresh start."""
     if start.resume_from is None:
         return {"step": 0}
     state = load_checkpoint(start.resume_from, modules=modules, optimizer=optimizer, scheduler=scheduler)
+    out.commit_resume()
     out.truncate_metrics(state["step"])
     out.logger.info(f"resumed from {start.resume_from} at {unit} {state['step']}")
     return state
@@ -408,6 +411,24 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def load_modules(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Restore ``modules`` from the checkpoint ``path`` (``<name>.safetensors`` each); a model whose
+    shape differs from the checkpoint's fails with one line."""
+    from safetensors.torch import load_file
+
+    for name, module in modules.items():
+        try:
+            module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+        except RuntimeError as exc:  # size mismatch, missing or unexpected keys: one line per problem
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [str(exc)]
+            first = lines[min(1, len(lines) - 1)]  # the first problem (the line before it names the model class)
+            more = f" and {len(lines) - 2} more" if len(lines) > 2 else ""
+            raise PrefgameError(
+                f"checkpoint {path} does not fit the {name} of this run ({first}{more}); resume "
+                "with the models the run started from, or start a new run (overwrite=true or another output_dir)"
+            ) from None
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -419,23 +440,8 @@ def load_checkpoint(
 
     The optimizer file is read with ``weights_only=True``: tensors and plain containers only.
     """
-    from safetensors.torch import load_file
-
-    for name, module in modules.items():
-        module.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+    load_modules(path, modules)
     opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
     return json.loads((path / "trainer_state.json").read_text())
-
-
-def flat_config(d: dict, prefix: str = "") -> dict:
-    """A nested config dict (``config_to_dict``) flattened to {"a.b.c": value} with scalar values (others as
-    strings): the form experiment trackers (``accelerator.init_trackers(config=...)``) accept."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out

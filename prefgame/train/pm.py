@@ -55,13 +55,14 @@ from prefgame.models.model import (
     build_head,
     save_preference_model,
 )
-from prefgame.run import Progress, RunDir, run_job, seed_everything
+from prefgame.run import Progress, Resume, RunDir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
     begin_run,
     end_run,
     load_checkpoint,
+    load_modules,
     local_micro_batches,
     log_row,
     make_accelerator,
@@ -116,7 +117,8 @@ class PMLossConfig:
 @dataclass
 class PMConfig:
     output_dir: str = param("runs/pm", "where the model, checkpoints, metrics and log are written")
-    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    resume: Resume = resume_param()
+    overwrite: bool = overwrite_param()
     model: PMModelConfig = param(PMModelConfig, "model section")
     data: PMDataConfig = param(PMDataConfig, "data section")
     loss: PMLossConfig = param(PMLossConfig, "loss section")
@@ -364,12 +366,9 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     total = sum(p.steps for p in phases)
     start = 0
     if resume_from is not None:
-        # modules now, optimizer state when its phase is set up
-        from safetensors.torch import load_file
-
-        for name, module in checkpoint_modules.items():
-            module.load_state_dict(load_file(str(resume_from / f"{name}.safetensors")))
+        load_modules(resume_from, checkpoint_modules)  # modules now, optimizer state when its phase is set up
         start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        out.commit_resume()
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at step {start}")
     progress = Progress(total - start, f"train-pm {mc.kind}", log)

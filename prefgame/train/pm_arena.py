@@ -25,6 +25,7 @@ CPU time (see docs/preference_models.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -163,11 +164,10 @@ def train_arena_preference_models(
     data = PMDataConfig(path=paths["train"], eval_path=paths["eval"], ratings_path=paths["ratings"], skip_invalid=True)
     rows = []
     for kind in kinds:
-        pm = arena_pm_config(cfg, kind, output_dir / kind, data)
+        # this call (re)trains the kinds: it replaces their earlier runs under output_dir
+        pm = dataclasses.replace(arena_pm_config(cfg, kind, output_dir / kind, data), overwrite=True)
         out = RunDir(pm.output_dir)
         try:
-            out.start_fresh()
-            out.write_config(pm)
             m = train_preference_model(pm, out, logging.getLogger("prefgame.train.pm"))
         finally:
             out.close()

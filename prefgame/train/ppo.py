@@ -63,7 +63,7 @@ from prefgame.losses import (
     ppo_value_loss,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
-from prefgame.run import RunDir, run_job, seed_everything
+from prefgame.run import Resume, RunDir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train.engine import (
     OptimConfig,
     end_run,
@@ -163,7 +163,8 @@ class PPOTrainConfig(OptimConfig):
 @dataclass
 class PPOConfig:
     output_dir: str = param("runs/ppo", "where the policy, checkpoints, metrics and log are written")
-    resume: bool = param(False, "continue from the last iteration checkpoint in output_dir")
+    resume: Resume = resume_param("the last iteration checkpoint in output_dir")
+    overwrite: bool = overwrite_param()
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
     policy: PolicyConfig = param(PolicyConfig, "π0 (initial policy and frozen reference)")
     reward: PPORewardConfig = param(PPORewardConfig, "the BT reward model")

@@ -27,7 +27,7 @@ from prefgame.lm import (
     load_tokenizer,
     truncate,
 )
-from prefgame.run import Progress, RunDir, atomic_dir, run_job, seed_everything
+from prefgame.run import Progress, Resume, RunDir, atomic_dir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -73,7 +73,8 @@ class SFTDataConfig:
 @dataclass
 class SFTConfig:
     output_dir: str = param("runs/sft", "where the model, checkpoints, metrics and log are written")
-    resume: bool = param(False, "continue from the last checkpoint in output_dir")
+    resume: Resume = resume_param()
+    overwrite: bool = overwrite_param()
     model: SFTModelConfig = param(SFTModelConfig, "model section")
     data: SFTDataConfig = param(SFTDataConfig, "data section")
     train: TrainConfig = param(TrainConfig, "training section")

@@ -9,6 +9,7 @@ The data-parallel harness: :func:`launch` starts a job as ``nproc`` processes on
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,6 +52,32 @@ def run_prefgame(*args: str, cwd: Path = REPO, timeout: float = 300, **env: str)
         timeout=timeout,
         env=job_env(**env),
     )
+
+
+def start_prefgame(*args: str, cwd: Path = REPO, **env: str) -> subprocess.Popen:
+    """``python -m prefgame ARGS`` started in the background (stdout and stderr piped, as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefgame", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=job_env(**env),
+    )
+
+
+def logged_steps(run_dir: Path) -> int:
+    """The last complete step line of a running job's metrics.jsonl (0 when none)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [0]
+    for line in lines:
+        with_step = re.match(r'\{"step": (\d+)', line)
+        if with_step and line.endswith("}"):
+            steps.append(int(with_step.group(1)))
+    return max(steps)
 
 
 def launch(job: str, args: list[str], *, nproc: int = 2, cwd: Path = REPO, timeout: float = 300):

@@ -8,6 +8,7 @@ from typing import Literal
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.oracle import OracleConfig
+from prefgame.run import Resume, overwrite_param, resume_param
 from prefgame.train.engine import OptimConfig
 from prefgame.train.policy import EvalConfig, GenerationConfig, PolicyConfig, PromptsConfig
 from prefgame.train.selfplay.registry import ALGORITHMS, load_algorithms, validate
@@ -117,7 +118,8 @@ class SelfPlayEvalConfig(EvalConfig):
 @dataclass
 class SelfPlayConfig:
     output_dir: str = param("runs/selfplay", "where the policy, checkpoints, metrics and log are written")
-    resume: bool = param(False, "continue from the last iteration checkpoint in output_dir")
+    resume: Resume = resume_param("the last iteration checkpoint in output_dir")
+    overwrite: bool = overwrite_param()
     algorithm: Algorithm = param("nash_md", "self-play algorithm (prefgame/train/selfplay/algorithms/<name>.py)")
     policy: PolicyConfig = param(PolicyConfig, "π0 (initial policy and frozen reference)")
     oracle: OracleConfig = param(OracleConfig, "the preference oracle")
