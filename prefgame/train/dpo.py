@@ -49,6 +49,7 @@ from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -359,10 +360,11 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     ref_seconds = time.perf_counter() - t_ref
 
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
-    wrapper, optimizer = acc.prepare(module, optimizer)
+    wrapper, optimizer = sharding.prepare(acc, module, optimizer)
 
-    def evaluate() -> dict:
-        return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+    def evaluate() -> dict:  # every process (under FSDP the layers gather their shards in their forward)
+        with sharding.gathered(acc):
+            return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
     start_step = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)["step"]
@@ -420,10 +422,13 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         "parameters": n_params,
         "nonfinite_steps": guard.total,
     }
+    weights = sharding.model_weights(model)  # gathered on every process under FSDP
     if acc.is_main_process:
-        save_model(model, tok, out.path / "model")
-        if cfg.eval.prompts:
+        save_model(model, tok, out.path / "model", state_dict=weights)
+    if cfg.eval.prompts and (acc.is_main_process or sharding.is_fsdp(acc)):  # FSDP: every process samples
+        with sharding.gathered(acc):
             metrics["final"] = _measure_policy(cfg, out, acc, tok, model)
+    if acc.is_main_process:
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
         }  # fmt: skip

@@ -1,0 +1,268 @@
+"""Sharded training (FSDP2) for the trainers that go through the engine: the launcher checks, the
+preparation of the trained module, full state dicts for the saved model and checkpoints, and forward
+passes outside the training step.
+
+**Launcher.** An ``accelerate launch`` config with ``distributed_type: FSDP`` and ``fsdp_version: 2``
+shards the trained module with accelerate's FSDP plugin (``fully_shard`` per transformer layer, the rest
+of the module in one root group). accelerate turns FSDP on only on accelerators: on a CPU launch (gloo)
+it would train plain data parallel. :func:`enable_fsdp` switches accelerate's state to its FSDP plugin
+there too, so the CPU tests run the same preparation as GPUs. :func:`check_launcher` refuses with one
+line FSDP1 (``fsdp_version: 1``), loading the weights on the main process only
+(``fsdp_cpu_ram_efficient_loading``: the trainers use the models they load on every process before
+sharding them) and DeepSpeed ZeRO-3 (or DeepSpeed when it is not installed); :func:`check_job` the jobs
+that do not run under FSDP yet.
+
+**Full state dicts.** Parameters under FSDP are ``DTensor`` shards. :func:`full_state_dict` gathers each
+tensor (a collective: every process calls it) and keeps the whole CPU copy on the main process only, so
+``model/`` and every checkpoint hold complete tensors in the format of an unsharded run;
+:func:`load_state_dict` cuts each complete tensor back to this process's shard. The optimizer state is
+handled the same way (:func:`full_optimizer_state`, :func:`load_optimizer_state`): one ``optimizer.pt``
+in ``torch.optim``'s own layout, read without unpickling. A checkpoint therefore does not depend on the
+launcher; resume is exact for the same number of processes.
+
+**Forward passes outside the step.** Evaluation, sampling and reference log-probs call the trained model
+directly rather than the prepared module's forward. Under FSDP the parameters of the root group
+(embeddings, final norm, output layer) are shards between steps; :func:`gathered` all-gathers them for
+the duration of such calls, and each transformer layer gathers its own in its forward. Every process must
+therefore make the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType
+
+from prefgame.errors import PrefgameError
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def check_launcher() -> None:
+    """Refuse, each in one line, the launcher settings prefgame does not support (read from the
+    environment ``accelerate launch`` sets, before accelerate acts on them)."""
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        if importlib.util.find_spec("deepspeed") is None:
+            raise PrefgameError(
+                "the launcher config asks for DeepSpeed but deepspeed is not installed: pip install "
+                "'prefgame[deepspeed]', or shard with configs/accelerate/fsdp.yaml (FSDP2)"
+            )
+        if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3":
+            raise PrefgameError(
+                "DeepSpeed ZeRO-3 is not supported: prefgame does not gather its sharded parameters to save "
+                "the model and checkpoints; shard with configs/accelerate/fsdp.yaml (FSDP2)"
+            )
+    if not _flag("ACCELERATE_USE_FSDP"):
+        return
+    version = os.environ.get("FSDP_VERSION", "1").strip()
+    if version != "2":
+        raise PrefgameError(
+            f"fsdp_version: {version} is not supported: set fsdp_version: 2 in the launcher config "
+            "(FSDP2, as configs/accelerate/fsdp.yaml)"
+        )
+    if _flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
+        raise PrefgameError(
+            "fsdp_cpu_ram_efficient_loading: true is not supported: the trainers use the models they load on "
+            "every process before sharding them; set it to false in the launcher config"
+        )
+
+
+def enable_fsdp(acc: Accelerator) -> None:
+    """After the accelerator exists: under an FSDP launch of several processes on CPU, turn accelerate's
+    FSDP plugin on (see the module docstring); fail with one line if FSDP was asked for and is not on."""
+    if not _flag("ACCELERATE_USE_FSDP") or acc.num_processes < 2:
+        return  # one process: nothing to shard, and accelerate does not use the plugin
+    if acc.distributed_type == DistributedType.MULTI_CPU:
+        _fsdp_on_cpu(acc)
+    if acc.distributed_type != DistributedType.FSDP:
+        raise PrefgameError(f"the launcher config asks for FSDP but accelerate runs {acc.distributed_type.value}")
+
+
+# The jobs that do not run under FSDP yet, and why.
+NOT_UNDER_FSDP = {
+    "pm": "each training phase prepares a module of its own",
+    "ppo": "each process samples rollouts of its own, and sampling under FSDP must run in step on every process",
+    "selfplay": "its weight average, snapshots and vLLM weight sync read whole parameters",
+    "dpo online": "its vLLM weight sync reads whole parameters and it has not been tested under FSDP",
+}
+
+
+def check_job(acc: Accelerator, job: str) -> None:
+    """One line when ``job`` (as :func:`prefgame.train.engine.begin_run` names it) runs under FSDP and
+    does not support it."""
+    if is_fsdp(acc) and job in NOT_UNDER_FSDP:
+        raise PrefgameError(
+            f"prefgame {job} does not run under FSDP yet ({NOT_UNDER_FSDP[job]}); FSDP runs sft and offline "
+            "dpo; train it with configs/accelerate/ddp.yaml"
+        )
+
+
+def _fsdp_on_cpu(acc: Accelerator) -> None:
+    """accelerate's FSDP plugin on a CPU launch: accelerate picked plain data parallelism (MULTI_CPU) because
+    it turns FSDP on only for accelerators; switch its shared state (both the process state and the
+    accelerator state, which copies the former) to FSDP with the plugin the launcher's settings describe."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if acc.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    acc.state.distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
+
+
+def is_fsdp(acc: Accelerator) -> bool:
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def prepare(acc: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """``acc.prepare(module, optimizer)``; under FSDP each transformer layer of the models inside ``module``
+    is its own FSDP unit (the layer classes their ``_no_split_modules`` name, unless the launcher config
+    lists ``fsdp_transformer_layer_cls_to_wrap``), and ``module`` is made the root of every forward pass
+    at once, so that the models inside it may also be called directly (:func:`gathered`)."""
+    if not is_fsdp(acc):
+        return acc.prepare(module, optimizer)
+    plugin = acc.state.fsdp_plugin
+    if plugin.transformer_cls_names_to_wrap is None:
+        present = {type(m).__name__ for m in module.modules()}
+        names = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or ()) if n in present}
+        plugin.transformer_cls_names_to_wrap = sorted(names)
+    module, optimizer = acc.prepare(module, optimizer)
+    # FSDP2 makes the first module that runs forward the root; a layer called directly (an evaluation before
+    # the first step) would become one and the next training forward would fail. Settle the root now.
+    module._get_fsdp_state()._lazy_init()
+    return module, optimizer
+
+
+@contextlib.contextmanager
+def gathered(acc: Accelerator) -> Iterator[None]:
+    """Forward passes that call the trained models directly (evaluation, sampling, reference log-probs):
+    under FSDP the parameters of the prepared modules' root groups are gathered for the duration; every
+    process must enter and make the same calls. Does nothing without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    roots = [m for m in acc._models if isinstance(m, FSDPModule)] if is_fsdp(acc) else []
+    for root in roots:
+        root.unshard()
+    try:
+        yield
+    finally:
+        for root in roots:
+            root.reshard()
+
+
+# -- full state dicts ---------------------------------------------------------------------------------
+
+
+def _is_dtensor(value: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, DTensor)
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """True when ``module`` holds FSDP-sharded parameters."""
+    return any(_is_dtensor(p) for p in module.parameters())
+
+
+def _main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _full(value: Any, cache: dict[int, torch.Tensor], keep: bool) -> Any:
+    """A complete CPU copy of a tensor or shard (a collective for a shard), computed once per tensor;
+    None for a shard on a process that does not ``keep`` it."""
+    if id(value) in cache:
+        return cache[id(value)]
+    full = value.full_tensor() if _is_dtensor(value) else value
+    full = full.detach().cpu() if keep else None
+    cache[id(value)] = full
+    return full
+
+
+@torch.no_grad()
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` as complete CPU tensors. Under FSDP every process must call it (each shard
+    is gathered); the main process gets the tensors, the others an empty dict. Tensors shared by several
+    names (tied embeddings) stay shared."""
+    sharded = is_sharded(module)
+    keep = _main() or not sharded
+    cache: dict[int, torch.Tensor] = {}
+    tensors = {k: _full(v, cache, keep) for k, v in module.state_dict(keep_vars=True).items()}
+    return tensors if keep else {}
+
+
+def model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """What :func:`prefgame.train.sft.save_model` writes for ``model``: under FSDP its gathered complete
+    tensors (every process must call this; see :func:`full_state_dict`), otherwise None (the model's
+    own state dict)."""
+    return full_state_dict(model) if is_sharded(model) else None
+
+
+@torch.no_grad()
+def load_state_dict(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(tensors)`` from complete tensors; under FSDP each is cut to this process's
+    shard first. Missing, unexpected or misshapen tensors raise torch's RuntimeError."""
+    from torch.distributed.tensor import distribute_tensor
+
+    current = module.state_dict()
+    local = {}
+    for key, value in tensors.items():
+        target = current.get(key)
+        if _is_dtensor(target) and tuple(value.shape) == tuple(target.shape):
+            value = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements, src_data_rank=None)
+        local[key] = value
+    module.load_state_dict(local)
+
+
+def _optimizer(optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+
+
+def _params(optimizer) -> list[torch.Tensor]:
+    return [p for group in _optimizer(optimizer).param_groups for p in group["params"]]
+
+
+@torch.no_grad()
+def full_optimizer_state(optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with complete CPU tensors (the layout of an unsharded run). Under FSDP
+    every process must call it; the main process gets the state, the others an empty dict."""
+    state = _optimizer(optimizer).state_dict()
+    sharded = any(_is_dtensor(p) for p in _params(optimizer))
+    keep = _main() or not sharded
+    cache: dict[int, torch.Tensor] = {}
+    out = {
+        "state": {
+            index: {k: _full(v, cache, keep) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+            for index, values in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
+    return out if keep else {}
+
+
+def load_optimizer_state(optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` from complete tensors; under FSDP each state tensor of a
+    sharded parameter is cut to this process's shard."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = _params(optimizer)
+    local = {}
+    for index, values in state["state"].items():
+        param = params[int(index)] if int(index) < len(params) else None
+        if _is_dtensor(param):
+            values = {
+                k: distribute_tensor(v, param.device_mesh, param.placements, src_data_rank=None)
+                if k != "step" and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(param.shape) else v
+                for k, v in values.items()
+            }  # fmt: skip
+        local[index] = values
+    _optimizer(optimizer).load_state_dict({"state": local, "param_groups": state["param_groups"]})
