@@ -555,8 +555,9 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
         "parameters": n_params,
         "nonfinite_steps": sp.guard.total,
     }
+    weights = sharding.model_weights(sp.policy)  # gathered on every process under FSDP
     if sp.acc.is_main_process:
-        save_model(sp.acc.unwrap_model(sp.wrapper).model, sp.tok, out.path / "model")
+        save_model(sp.policy, sp.tok, out.path / "model", state_dict=weights)
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "rounds": round_seconds,
             "measurements": evaluator.seconds if evaluator else 0.0,

@@ -133,7 +133,7 @@ def begin_run(
     from a checkpoint and with the recorded configuration; a fresh start clears the earlier run's outputs
     and writes ``config.yaml``), then the experiment trackers with the flattened config. A resumed run
     loads its checkpoint with :func:`resume_state`, which then records the accepted ``config.yaml``."""
-    sharding.check_job(acc, f"{job} online" if getattr(cfg, "mode", None) == "online" else job)
+    sharding.check_job(acc, job)  # one line for a job that does not run under FSDP yet
     checkpoint = latest_checkpoint(out.path)
     resuming = out.start(cfg, resume=resume, checkpoint=checkpoint, main=acc.is_main_process, defer=True)
     trackers = tracker_names(report_to)

@@ -36,6 +36,7 @@ from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures,
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
+from prefgame.train import sharding
 from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
@@ -223,11 +224,12 @@ class PolicyRuntime:
         """
         sc = self.cfg.sampling
         temperature = sc.temperature if temperature is None else temperature
-        ys = generate(
-            self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
-            max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
-            use_cache=sc.use_cache,
-        )  # fmt: skip
+        with sharding.gathered(self.acc):  # under FSDP every process samples the same, in step
+            ys = generate(
+                self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
+                max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
+                use_cache=sc.use_cache,
+            )  # fmt: skip
         exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
         return ys if exact else dataclasses.replace(ys, logps=None)
 
@@ -241,10 +243,11 @@ class PolicyRuntime:
 
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
         """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient."""
-        return sequence_logps(
-            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
-            device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
-        )  # fmt: skip
+        with sharding.gathered(self.acc):
+            return sequence_logps(
+                model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+                device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
+            )  # fmt: skip
 
     def batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
         return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
@@ -362,7 +365,8 @@ def run_iterations(
 ) -> float:  # fmt: skip
     """The loop of every on-policy trainer: iterations ``start`` … ``total``−1, each ``iterate(t)`` (its
     row's figures), measured every ``eval.every`` iterations and after the last, one ``metrics.jsonl``
-    row each, then ``checkpoint(t + 1)`` on the main process. π0 is measured first on a fresh start (and
+    row each, then ``checkpoint(t + 1)`` on every process (:func:`prefgame.train.engine.save_checkpoint`
+    writes on the main one). π0 is measured first on a fresh start (and
     on a resumed one whose checkpoint lacks the evaluator's state, without logging it). Returns the
     seconds spent in ``iterate``."""
     if evaluator is not None and (start == 0 or not evaluator.load_state(state)):
@@ -381,7 +385,7 @@ def run_iterations(
         if evaluator is not None and ((every and done % every == 0) or done == total):
             row.update(evaluator.measure(done))
         log_row(out, rt.acc, run, done, row)
-        if checkpoint is not None and rt.acc.is_main_process:
+        if checkpoint is not None:
             checkpoint(done)
         progress.update(**{k: row[k] for k in show if row.get(k) is not None})
     rt.acc.wait_for_everyone()

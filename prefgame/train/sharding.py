@@ -86,12 +86,10 @@ def enable_fsdp(acc: Accelerator) -> None:
         raise PrefgameError(f"the launcher config asks for FSDP but accelerate runs {acc.distributed_type.value}")
 
 
-# The jobs that do not run under FSDP yet, and why.
+# The jobs (as begin_run names them) that do not run under FSDP yet: their command, and why.
 NOT_UNDER_FSDP = {
-    "pm": "each training phase prepares a module of its own",
-    "ppo": "each process samples rollouts of its own, and sampling under FSDP must run in step on every process",
-    "selfplay": "its weight average, snapshots and vLLM weight sync read whole parameters",
-    "dpo online": "its vLLM weight sync reads whole parameters and it has not been tested under FSDP",
+    "pm": ("train-pm", "each training phase prepares a module of its own"),
+    "ppo": ("ppo", "each process samples rollouts of its own; sampling under FSDP must run in step on every process"),
 }
 
 
@@ -99,9 +97,21 @@ def check_job(acc: Accelerator, job: str) -> None:
     """One line when ``job`` (as :func:`prefgame.train.engine.begin_run` names it) runs under FSDP and
     does not support it."""
     if is_fsdp(acc) and job in NOT_UNDER_FSDP:
+        command, why = NOT_UNDER_FSDP[job]
         raise PrefgameError(
-            f"prefgame {job} does not run under FSDP yet ({NOT_UNDER_FSDP[job]}); FSDP runs sft and offline "
-            "dpo; train it with configs/accelerate/ddp.yaml"
+            f"prefgame {command} does not run under FSDP yet ({why}); FSDP runs sft, dpo and selfplay; "
+            f"train it with configs/accelerate/ddp.yaml"
+        )
+
+
+def refuse_settings(acc: Accelerator, settings: dict[str, bool]) -> None:
+    """One line when a job runs under FSDP with settings (name → in use) that read or copy whole parameters
+    outside the training step, which sharding does not support yet."""
+    used = [name for name, on in settings.items() if on]
+    if is_fsdp(acc) and used:
+        raise PrefgameError(
+            f"{', '.join(used)} is not supported under FSDP yet (it reads whole parameters outside the training "
+            "step); change it or train with configs/accelerate/ddp.yaml"
         )
 
 
@@ -146,17 +156,23 @@ def prepare(acc: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Op
 def gathered(acc: Accelerator) -> Iterator[None]:
     """Forward passes that call the trained models directly (evaluation, sampling, reference log-probs):
     under FSDP the parameters of the prepared modules' root groups are gathered for the duration; every
-    process must enter and make the same calls. Does nothing without FSDP."""
+    process must enter and make the same calls. Nested contexts are one. Does nothing without FSDP."""
     from torch.distributed.fsdp import FSDPModule
 
-    roots = [m for m in acc._models if isinstance(m, FSDPModule)] if is_fsdp(acc) else []
+    global _gathered_depth
+    roots = [m for m in acc._models if isinstance(m, FSDPModule)] if is_fsdp(acc) and not _gathered_depth else []
     for root in roots:
         root.unshard()
+    _gathered_depth += 1
     try:
         yield
     finally:
+        _gathered_depth -= 1
         for root in roots:
             root.reshard()
+
+
+_gathered_depth = 0  # open gathered() contexts: only the outermost gathers and releases
 
 
 # -- full state dicts ---------------------------------------------------------------------------------
@@ -193,8 +209,9 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` as complete CPU tensors. Under FSDP every process must call it (each shard
     is gathered); the main process gets the tensors, the others an empty dict. Tensors shared by several
     names (tied embeddings) stay shared."""
-    sharded = is_sharded(module)
-    keep = _main() or not sharded
+    keep = _main()
+    if not keep and not is_sharded(module):
+        return {}  # nothing to gather
     cache: dict[int, torch.Tensor] = {}
     tensors = {k: _full(v, cache, keep) for k, v in module.state_dict(keep_vars=True).items()}
     return tensors if keep else {}
@@ -235,9 +252,10 @@ def _params(optimizer) -> list[torch.Tensor]:
 def full_optimizer_state(optimizer) -> dict[str, Any]:
     """``optimizer.state_dict()`` with complete CPU tensors (the layout of an unsharded run). Under FSDP
     every process must call it; the main process gets the state, the others an empty dict."""
+    keep = _main()
+    if not keep and not any(_is_dtensor(p) for p in _params(optimizer)):
+        return {}  # nothing to gather
     state = _optimizer(optimizer).state_dict()
-    sharded = any(_is_dtensor(p) for p in _params(optimizer))
-    keep = _main() or not sharded
     cache: dict[int, torch.Tensor] = {}
     out = {
         "state": {

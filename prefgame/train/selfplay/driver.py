@@ -13,6 +13,7 @@ import torch
 from prefgame.errors import ConfigError
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import end_run, save_checkpoint
 from prefgame.train.policy import PolicyEvaluator, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay.config import Algorithm, SelfPlayConfig
@@ -95,9 +96,10 @@ def train(
         "iterations": train_seconds,
         "measurements": evaluator.seconds if evaluator is not None else 0.0,
     }
+    final = sp.average if sp.averaged else sp.policy
+    weights = sharding.model_weights(final)  # gathered on every process under FSDP
     if sp.acc.is_main_process:
-        final = sp.average if sp.averaged else sp.acc.unwrap_model(sp.wrapper).model
-        save_model(final, sp.tok, out.path / "model")
+        save_model(final, sp.tok, out.path / "model", state_dict=weights)
         out.write_metrics(metrics)
         log.info(summary_text(f"selfplay {cfg.algorithm} done", metrics))
     end_run(sp.acc, run)
