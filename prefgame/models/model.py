@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from prefgame.config import config_to_yaml, load_config, param
 from prefgame.errors import PrefgameError
+from prefgame.lora import save_pretrained
 from prefgame.losses import pessimistic_score
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
 from prefgame.models.kinds import KINDS, KindSpec, kind_names, kind_spec, load_kinds
@@ -336,8 +337,8 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
     path = Path(path)
     info = ModelInfo(**{**model.info.__dict__})
     with atomic_dir(path) as tmp:
-        if save_backbone:
-            model.encoder.model.save_pretrained(str(tmp / "backbone"), safe_serialization=True)
+        if save_backbone:  # with LoRA adapters: merged, and the adapters in backbone/adapter
+            save_pretrained(model.encoder.model, tmp / "backbone")
             model.encoder.tokenizer.save_pretrained(str(tmp / "backbone"))
             info.backbone_path = "backbone"
         else:

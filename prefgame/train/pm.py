@@ -20,7 +20,8 @@ Losses (from :mod:`prefgame.losses`) are sums over the step's examples divided b
 (pairs, or observed ratings), so micro-batching, gradient accumulation and data-parallel processes
 give the same update as one full batch. The examples of a step are a function of (seed, step)
 (:func:`~prefgame.train.engine.step_indices`), and checkpoints hold the heads, the backbone when it
-trains, and the optimizer state, so a resumed run ends with the same weights as an uninterrupted one.
+trains (with LoRA: its adapters), and the optimizer state, so a resumed run ends with the same weights
+as an uninterrupted one.
 Every ``phase setup`` (caching vectors, the ridge fit, debiasing) is deterministic and is re-run on
 resume.
 """
@@ -42,7 +43,8 @@ from torch import Tensor, nn
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.data.columns import Pairs, Ratings, load_pairs, load_ratings, split_eval
-from prefgame.errors import PrefgameError
+from prefgame.errors import ConfigError, PrefgameError
+from prefgame.lora import LoraConfig, apply_lora, trained_state
 from prefgame.losses import regression_loss, ridge_fit
 from prefgame.models.backbone import build_encoder
 from prefgame.models.heads import debias_coefficients
@@ -126,6 +128,9 @@ class PMConfig:
     arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
     arena: ArenaConfig = param(ArenaConfig, "the world whose gold preference the arena metrics use")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    lora: LoraConfig = param(
+        LoraConfig, "LoRA adapters on the fine-tuned backbone (model.backbone.freeze=false) instead of every weight"
+    )
 
 
 # -- the step pieces ------------------------------------------------------------------------------
@@ -198,6 +203,8 @@ def run(cfg: PMConfig) -> dict:
 
 def _validate(cfg: PMConfig) -> None:
     m = cfg.model
+    if cfg.lora.enabled and m.backbone.freeze:
+        raise ConfigError("lora.enabled adapts a fine-tuned backbone: set model.backbone.freeze=false")
     if not m.backbone.freeze and m.ensemble.size > 1:
         raise PrefgameError(
             "ensembles share one frozen backbone: set model.backbone.freeze=true or model.ensemble.size=1"
@@ -248,6 +255,7 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     tc, mc = cfg.train, cfg.model
     encoder = build_encoder(mc.backbone, seed=tc.seed)
     frozen = mc.backbone.freeze
+    encoder.model = apply_lora(encoder.model, cfg.lora, seed=tc.seed, task="FEATURE_EXTRACTION")
     heads = []
     for i in range(mc.ensemble.size):
         torch.manual_seed(tc.seed + 1000 * (i + 1))
@@ -361,7 +369,9 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
 
     state: dict[str, Any] = {"stage1": None, "debias": None}
     phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
-    checkpoint_modules = {"heads": model.heads} if frozen else {"heads": model.heads, "encoder": encoder.model}
+    checkpoint_modules = {"heads": model.heads}
+    if not frozen:  # a fine-tuned backbone: whole, or with LoRA its adapters
+        checkpoint_modules["encoder"] = trained_state(encoder.model)
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     total = sum(p.steps for p in phases)
     start = 0

@@ -34,6 +34,7 @@ from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
 from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures, smoothed_class_distribution
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
+from prefgame.lora import LoraConfig, active_model, apply_lora, reference
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
 from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
@@ -48,7 +49,9 @@ EVAL_SAMPLES, REF_SAMPLES = 8, 9
 @dataclass
 class PolicyConfig:
     name_or_path: str = param(
-        "", "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference"
+        "",
+        "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference "
+        "(with lora: its weights with the adapters disabled)",
     )
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
     dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype of policy and reference")
@@ -98,9 +101,12 @@ class EvalConfig:
             raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
 
-def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False):
+def load_policy(
+    cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False, lora: LoraConfig | None = None, seed: int = 0
+):
     """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` and a frozen copy of it on
-    ``device`` as π0."""
+    ``device`` as π0; with ``lora.enabled`` the policy trains adapters (seeded by ``seed``) and π0 is its
+    base with the adapters disabled (:class:`~prefgame.lora.Reference`, no second copy)."""
     if not cfg.name_or_path:
         raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
@@ -108,6 +114,9 @@ def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = Fal
     policy = load_causal_lm(cfg.name_or_path, dtype=dtype)
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    if lora is not None and lora.enabled:
+        policy = apply_lora(policy, lora, seed=seed).to(device)
+        return tok, policy, reference(policy)
     ref = load_causal_lm(cfg.name_or_path, dtype=dtype).to(device)
     ref.requires_grad_(False)
     ref.eval()
@@ -173,10 +182,11 @@ def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[
 
 class PolicyRuntime:
     """What every trainer of a policy against π0 holds and does: the accelerator, tokenizer, policy and
-    frozen reference, the arena when there is one, the prompt pools, the non-finite guard, sampling and
-    sequence log-probs. ``cfg`` has the sections ``policy``, ``prompts``, ``arena``, ``sampling``,
-    ``train`` and ``eval``; ``acc`` and ``models`` (tokenizer, policy, reference) may be given when the
-    trainer built them already."""
+    reference (``ref``: a frozen copy of π0, or with LoRA the policy with its adapters disabled, evaluated
+    through :func:`~prefgame.lora.active_model`), the arena when there is one, the prompt pools, the
+    non-finite guard, sampling and sequence log-probs. ``cfg`` has the sections ``policy``, ``prompts``,
+    ``arena``, ``sampling``, ``train``, ``eval`` and ``lora``; ``acc`` and ``models`` (tokenizer, policy,
+    reference) may be given when the trainer built them already."""
 
     def __init__(
         self, cfg, out_dir, *, batch_size: int, batch_key: str = "train.batch_size", arena: bool,
@@ -187,7 +197,10 @@ class PolicyRuntime:
         self.acc = acc if acc is not None else make_accelerator(tc, out_dir, batch_size=batch_size, batch_key=batch_key)
         self.tok, self.policy, self.ref = (
             models if models is not None
-            else load_policy(cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing)
+            else load_policy(
+                cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing, lora=cfg.lora,
+                seed=tc.seed,
+            )
         )  # fmt: skip
         self.arena = cfg.arena.build() if arena else None
         self.train_prompts, self.eval_prompts = prompt_pools(
@@ -240,11 +253,13 @@ class PolicyRuntime:
         return self.sequence_logps(self.policy if model is None else model, responses)
 
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
-        """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient."""
-        return sequence_logps(
-            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
-            device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
-        )  # fmt: skip
+        """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient; ``model``
+        a causal LM or the reference (:attr:`ref`, a frozen copy or the adapter-disabled policy)."""
+        with active_model(model) as net:
+            return sequence_logps(
+                net, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+                device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
+            )  # fmt: skip
 
     def batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
         return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)

@@ -29,7 +29,8 @@ trains as well and is twice as fast.)
 Token losses are sums over the mini-batch's response tokens divided by its global token count, so
 micro-batch × accumulation (and data-parallel processes) equals one full mini-batch. Resume is exact
 at iteration granularity: every random draw comes from a generator seeded by (seed, iteration,
-purpose) and a checkpoint holds the policy, its value head, the optimizer and the scheduler.
+purpose) and a checkpoint holds the policy (with LoRA: its adapters), its value head, the optimizer and
+the scheduler.
 
 Measurements every ``eval.every`` iterations on held-out prompts: mean reward, the Monte Carlo
 sequence-level KL(π‖π0), response length and EOS rate; on the arena also the exact gold win rate
@@ -54,6 +55,7 @@ from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses
 from prefgame.lm import final_hidden, hidden_token_logps
+from prefgame.lora import LoraConfig, active_model, trained_state
 from prefgame.losses import (
     compute_gae,
     kl_loss,
@@ -174,6 +176,9 @@ class PPOConfig:
     sampling: GenerationConfig = param(GenerationConfig, "response sampling")
     train: PPOTrainConfig = param(PPOTrainConfig, "optimization")
     eval: EvalConfig = param(EvalConfig, "measurements")
+    lora: LoraConfig = param(
+        LoraConfig, "LoRA adapters instead of full fine-tuning (the value head trains in full); π0 is the base"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -306,10 +311,11 @@ class PPO(PolicyRuntime):
                 ).float()
                 values[rows] = self.module.values(hidden, mask[rows])
                 entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
-                ref_hidden = final_hidden(self.ref, mb["input_ids"], mb["attention_mask"])
-                ref_logps[rows] = hidden_token_logps(
-                    self.ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
-                ).float()
+                with active_model(self.ref) as ref:
+                    ref_hidden = final_hidden(ref, mb["input_ids"], mb["attention_mask"])
+                    ref_logps[rows] = hidden_token_logps(
+                        ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+                    ).float()
         self.module.train()
         eos_missing = self.eos_missing(ys).to(acc.device)
         penalty = cfg.reward.missing_eos_penalty or None
@@ -427,8 +433,9 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     seed_everything(tc.seed)
     ppo = PPO(cfg, out)
     acc = ppo.acc
+    trained = trained_state(ppo.module)  # what checkpoints hold: policy and value head, or adapters and value head
     run, state = ppo.start(
-        out, "ppo", modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
+        out, "ppo", modules={"policy": trained}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
     )
     n_params = sum(p.numel() for p in ppo.policy.parameters())
     log.info(
@@ -445,7 +452,7 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     def checkpoint(done: int) -> None:
         if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
             save_checkpoint(
-                out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler,
+                out.path, done, modules={"policy": trained}, optimizer=ppo.optimizer, scheduler=ppo.scheduler,
                 state={}, keep=tc.keep_checkpoints,
             )  # fmt: skip
 

@@ -27,6 +27,7 @@ from prefgame.lm import (
     load_tokenizer,
     truncate,
 )
+from prefgame.lora import LoraConfig, apply_lora, save_pretrained, trained_state
 from prefgame.run import Progress, Resume, RunDir, atomic_dir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train.engine import (
     NonFiniteGuard,
@@ -78,6 +79,7 @@ class SFTConfig:
     model: SFTModelConfig = param(SFTModelConfig, "model section")
     data: SFTDataConfig = param(SFTDataConfig, "data section")
     train: TrainConfig = param(TrainConfig, "training section")
+    lora: LoraConfig = param(LoraConfig, "LoRA adapters instead of full fine-tuning (prefgame.lora)")
 
 
 def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
@@ -154,6 +156,8 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     model, tok = build_model(cfg.model, tc.seed)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    model = apply_lora(model, cfg.lora, seed=tc.seed)
+    trained = trained_state(model)  # what checkpoints hold: the model, or its adapters
 
     examples = [
         truncate(encode_prompt(tok, p), encode_response(tok, r), cfg.data.max_length)
@@ -169,7 +173,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc, tc.max_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
-    state = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+    state = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)
     start_step, initial_eval = state["step"], state.get("eval_loss_initial")
 
     if eval_set and start_step == 0:
@@ -195,7 +199,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
     def checkpoint(done: int) -> None:
         save_checkpoint(  # the initial loss too, so that a resumed run reports it
-            out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler,
+            out.path, done, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler,
             state={"eval_loss_initial": initial_eval}, keep=tc.keep_checkpoints,
         )  # fmt: skip
 
@@ -225,7 +229,8 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    """A normal transformers checkpoint (safetensors) written atomically."""
+    """A normal transformers checkpoint (safetensors) written atomically; a model with LoRA adapters is
+    written merged, with its adapters in ``adapter/`` (:func:`prefgame.lora.save_pretrained`)."""
     with atomic_dir(path) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_pretrained(model, tmp)
         tokenizer.save_pretrained(str(tmp))
