@@ -108,7 +108,7 @@ def apply_lora(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type=task
     )
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         # peft reads the model's is_gradient_checkpointing, which transformers deprecates for
         # is_activation_checkpointing: a deprecation inside peft, not in what prefgame calls
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -233,7 +233,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(layer, LoraLayer):
                 base = layer.get_base_layer().weight
                 delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
-                out[f"{name}.weight" if name else "weight"] = (base + delta).detach().cpu()
+                # in the base's dtype, as peft's in-place merge rounds it (bf16 base, float32 adapters)
+                out[f"{name}.weight" if name else "weight"] = (base + delta).to(base.dtype).detach().cpu()
     return {k: v.contiguous() for k, v in out.items()}
 
 

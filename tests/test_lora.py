@@ -12,6 +12,7 @@ logits; two processes equal one for sft and dpo.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -38,6 +39,7 @@ from prefgame.lora import (
     active_model,
     adapters_of,
     apply_lora,
+    merged_state_dict,
     reference,
     trained_state,
 )
@@ -218,6 +220,22 @@ def test_export_loads_with_from_pretrained_and_gives_the_adapted_logits(pi0: Pat
         "adapter_config.json",
         "adapter_model.safetensors",
     }
+
+
+def test_bfloat16_base_trains_float32_adapters_and_exports_as_peft_merges(pi0: Path) -> None:
+    """Frozen weights in bf16 keep float32 adapters (peft's default: what trains has float32 weights); the
+    export is in the base's dtype and equals peft's own merge."""
+    model = apply_lora(load_causal_lm(str(pi0), dtype=torch.bfloat16), LoraConfig(enabled=True, r=4), seed=0)
+    names = adapters_of(model).names
+    assert {p.dtype for n, p in model.named_parameters() if n in names} == {torch.float32}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    merged = merged_state_dict(model)
+    assert {v.dtype for v in merged.values()} == {torch.bfloat16}
+    peft_merged = copy.deepcopy(adapters_of(model).peft_model).merge_and_unload().state_dict()
+    assert all(torch.equal(merged[k], peft_merged[k]) for k in merged)
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # adapting lm_head, refused
