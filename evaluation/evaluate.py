@@ -33,7 +33,7 @@ from evaluation.report import (
     write_report,
 )
 from prefgame.arena.job import ArenaConfig
-from prefgame.config import config_help, load_config, param
+from prefgame.config import check_output_paths, config_help, load_config, param
 from prefgame.errors import ConfigError, DataError
 from prefgame.judges import JudgeConfig
 from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
@@ -252,6 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    check_output_paths(cfg)
     metrics = run(cfg, args.part)
     print(f"prefgame evaluate {args.part}: report in {Path(cfg.output_dir) / 'report.md'}")
     flagged = metrics.get("flagged")

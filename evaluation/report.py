@@ -189,19 +189,29 @@ def write_report(
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A .jsonl/.json/.csv/.parquet file as a DataFrame (one row per line/record)."""
+    from prefgame.data.load import check_json_file, check_text_file
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"file not found: {p} (give a .jsonl, .json, .csv or .parquet file)")
     suffix = p.suffix.lower()
-    if suffix == ".jsonl":
-        return pd.read_json(p, lines=True, dtype=False)
-    if suffix == ".json":
-        return pd.read_json(p, dtype=False)
-    if suffix == ".csv":
-        return pd.read_csv(p)
-    if suffix == ".parquet":
-        return pd.read_parquet(p)
-    raise DataError(f"{p}: unknown file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    readers = {
+        ".jsonl": lambda: pd.read_json(p, lines=True, dtype=False),
+        ".json": lambda: pd.read_json(p, dtype=False),
+        ".csv": lambda: pd.read_csv(p),
+        ".parquet": lambda: pd.read_parquet(p),
+    }
+    if suffix not in readers:
+        raise DataError(f"{p}: unknown file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    if suffix != ".parquet":
+        check_text_file(p, str(p), header=suffix == ".csv")
+    if suffix in (".json", ".jsonl"):
+        check_json_file(p, str(p))  # malformed lines, with their numbers
+    try:
+        return readers[suffix]()
+    except (ValueError, OSError, ImportError) as exc:  # pandas' parser errors are ValueErrors
+        reason = " ".join(str(exc).split())[:160]
+        raise DataError(f"{p}: could not read ({type(exc).__name__}: {reason})") from None
 
 
 def word_count(texts: Sequence[str]) -> np.ndarray:
@@ -588,7 +598,10 @@ def policy_battles(
     prompts, ra, rb = list(battles["prompt"]), list(battles["response_a"]), list(battles["response_b"])
     failed = 0
     if hasattr(oracle, "judge_pairs"):
+        from prefgame.judges.llm import require_some_judged
+
         records = oracle.judge_pairs(prompts, ra, rb)
+        require_some_judged(records)
         ok = np.array([r.status == "ok" for r in records])
         battles["outcome"] = [r.preference if r.status == "ok" else np.nan for r in records]
         failed = int((~ok).sum())

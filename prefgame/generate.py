@@ -46,7 +46,7 @@ class GenerateConfig:
     seed: int = param(0, "seed of sampling (and of the arena prompt draw)")
     backend: Literal["hf", "vllm"] = param("hf", "hf: transformers with the KV cache; vllm: vLLM on a GPU")
     dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype (bfloat16 only on a GPU)")
-    out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json")
+    out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json", output="file")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
 
     def __post_init__(self) -> None:

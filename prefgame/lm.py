@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from prefgame.errors import PrefgameError
 from prefgame.losses.logprobs import response_logprobs
+from prefgame.weights import load_pretrained
 
 
 def _require_local_or_hub_name(name_or_path: str, what: str) -> None:
@@ -43,10 +44,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     _require_local_or_hub_name(name_or_path, "model")
-    try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise PrefgameError(f"cannot load causal LM from '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    return load_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "causal LM", dtype=dtype)
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:

@@ -28,11 +28,11 @@ class ArenaJobConfig:
     output_dir: str = param("runs/arena", "where the data sets and the tokenizer are written")
     overwrite: bool = overwrite_param()
     arena: ArenaConfig = param(ArenaConfig, "the world")
-    sft_examples: int = param(4000, "SFT demonstrations")
-    pairs: int = param(4000, "pairs labeled with the gold preference")
+    sft_examples: int = param(4000, "SFT demonstrations", ge=0)
+    pairs: int = param(4000, "pairs labeled with the gold preference", ge=0)
     minimal_pair_fraction: float = param(0.3, "share of pairs that differ in exactly one feature")
-    ratings: int = param(2000, "responses with per-objective ratings")
-    battles: int = param(2000, "battles between arena systems judged by the annotators")
+    ratings: int = param(2000, "responses with per-objective ratings", ge=0)
+    battles: int = param(2000, "battles between arena systems judged by the annotators", ge=0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.minimal_pair_fraction <= 1.0:

@@ -39,6 +39,7 @@ from torch import nn
 from prefgame.config import param
 from prefgame.errors import PrefgameError
 from prefgame.lm import load_tokenizer, pad_batch, prompt_text
+from prefgame.weights import load_pretrained
 
 
 @dataclass
@@ -66,11 +67,11 @@ class BackboneConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = param(
         "float32", "weights dtype of the backbone (bf16 halves memory of big frozen backbones)"
     )
-    embed_batch_size: int = param(256, "sequences per forward pass when computing cached vectors")
-    hidden_size: int = param(128, "new model only: hidden size")
-    num_layers: int = param(4, "new model only: transformer layers")
-    num_heads: int = param(4, "new model only: attention heads")
-    intermediate_size: int = param(512, "new model only: MLP width")
+    embed_batch_size: int = param(256, "sequences per forward pass when computing cached vectors", ge=1)
+    hidden_size: int = param(128, "new model only: hidden size", ge=1)
+    num_layers: int = param(4, "new model only: transformer layers", ge=1)
+    num_heads: int = param(4, "new model only: attention heads", ge=1)
+    intermediate_size: int = param(512, "new model only: MLP width", ge=1)
 
     def __post_init__(self) -> None:
         if self.max_length < 4:
@@ -279,10 +280,7 @@ def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
                 f"backbone path not found: '{cfg.name_or_path}' (give a model folder or a hub name org/model)"
             )
         tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-        try:
-            model = AutoModel.from_pretrained(cfg.name_or_path, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise PrefgameError(f"cannot load backbone from '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
+        model = load_pretrained(AutoModel.from_pretrained, cfg.name_or_path, "backbone", dtype=dtype)
     else:
         from transformers import LlamaModel
 

@@ -38,11 +38,12 @@ import torch
 from torch import Tensor, nn
 
 from prefgame.config import config_to_yaml, load_config, param
-from prefgame.errors import PrefgameError
+from prefgame.errors import DataError, PrefgameError
 from prefgame.losses import pessimistic_score
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
 from prefgame.models.kinds import KINDS, KindSpec, kind_names, kind_spec, load_kinds
 from prefgame.run import atomic_dir, untie_shared
+from prefgame.weights import load_safetensors, read_json
 
 load_kinds()
 Kind = Literal[tuple(KINDS)]  # the registered kinds: the config's choices and --help
@@ -355,8 +356,6 @@ def load_preference_model(
     path: str | Path, *, device: str | torch.device | None = None, batch_size: int = 64
 ) -> PreferenceModel:
     """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if (path / "model" / "preference_model.json").exists():
         path = path / "model"
@@ -366,9 +365,13 @@ def load_preference_model(
             f"{path}: not a preference model folder (no preference_model.json); "
             "give the output_dir of 'prefgame train-pm' or its model/ folder"
         )
-    meta = json.loads(meta_file.read_text())
-    meta.pop("format", None)
-    info = ModelInfo(**meta)
+    fix = "the preference model folder is damaged: train it again with 'prefgame train-pm' or copy it again"
+    meta = read_json(meta_file, fix)
+    try:
+        meta.pop("format", None)
+        info = ModelInfo(**meta)
+    except (AttributeError, TypeError):
+        raise DataError(f"{meta_file} does not describe a preference model (kind, objectives, ...): {fix}") from None
     cfg = load_config(PMModelConfig, path / "model_config.yaml")
     backbone = cfg.backbone
     if info.backbone_path == "backbone":
@@ -382,7 +385,7 @@ def load_preference_model(
         for _ in range(cfg.ensemble.size)
     ]
     model = PreferenceModel(encoder, heads, cfg, info=info, name=f"pm-{cfg.kind}:{path}", batch_size=batch_size)
-    model.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+    model.heads.load_state_dict(load_safetensors(path / "heads.safetensors", fix))
     model.eval()
     if device is not None:
         model.to(device)

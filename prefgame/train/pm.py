@@ -28,7 +28,6 @@ resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from prefgame.train.engine import (
     make_accelerator,
     make_optimizer,
     optimizer_step,
+    read_trainer_state,
     save_checkpoint,
     step_indices,
 )
@@ -367,7 +367,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     start = 0
     if resume_from is not None:
         load_modules(resume_from, checkpoint_modules)  # modules now, optimizer state when its phase is set up
-        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        start = read_trainer_state(resume_from)["step"]
         out.commit_resume()
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at step {start}")

@@ -47,10 +47,10 @@ from prefgame.train.engine import (
 class SFTModelConfig:
     name_or_path: str = param("", "causal LM checkpoint folder or hub name; empty: a new tiny Llama (arena size)")
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
-    hidden_size: int = param(128, "new model only: hidden size")
-    num_layers: int = param(4, "new model only: transformer layers")
-    num_heads: int = param(4, "new model only: attention heads")
-    intermediate_size: int = param(512, "new model only: MLP width")
+    hidden_size: int = param(128, "new model only: hidden size", ge=1)
+    num_layers: int = param(4, "new model only: transformer layers", ge=1)
+    num_heads: int = param(4, "new model only: attention heads", ge=1)
+    intermediate_size: int = param(512, "new model only: MLP width", ge=1)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class SFTDataConfig:
         "", "chat data instead: column with [{role, content}] lists; the last assistant turn is the target"
     )
     eval_fraction: float = param(0.05, "share of rows held out to measure the loss")
-    max_length: int = param(512, "truncate prompt+response to this many tokens")
+    max_length: int = param(512, "truncate prompt+response to this many tokens", ge=2)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
