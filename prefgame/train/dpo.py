@@ -608,7 +608,7 @@ def train_dpo_arena(
 ARENA_PRESETS: dict[str, list[str]] = {
     "offline": [
         "mode=offline", "data.skip_invalid=true", "data.eval_fraction=0.05", "data.max_length=64",
-        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4", "train.warmup_steps=10", "train.max_steps=60",
+        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=1e-4", "train.warmup_steps=10", "train.max_steps=60",
         "train.batch_size=32", "train.micro_batch_size=32", "train.eval_every=20", "train.save_every=0",
         "train.log_every=10", "eval.prompts=1000", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],
