@@ -8,7 +8,7 @@ import numpy as np
 
 from prefgame.arena import export
 from prefgame.arena.lm import save_tokenizer
-from prefgame.arena.world import Arena, ArenaSpec
+from prefgame.arena.world import Arena, ArenaSpec, DemonstratorProbs
 from prefgame.config import param
 from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
 
@@ -18,9 +18,21 @@ class ArenaConfig:
     strength: float = param(6.0, "scale of the objective term of the gold preference")
     cycle: float = param(2.5, "strength c of the cyclic (intransitive) style term; 0 gives a Bradley–Terry world")
     seed: int = param(0, "seed of every sampled data set")
+    demonstrator_style: list[float] = param(
+        [1 / 3, 1 / 3, 1 / 3],
+        "style marginal (formal, casual, poetic) of the demonstrations and of the exported pairs' responses; "
+        "skewed, as real demonstrators are, it makes the cyclic term decide part of what improves on π0",
+    )
+
+    def __post_init__(self) -> None:
+        q = self.demonstrator_style
+        if len(q) != 3 or min(q) < 0 or abs(sum(q) - 1.0) > 1e-3:
+            raise ValueError(f"arena.demonstrator_style must be 3 probabilities summing to 1, got {q}")
 
     def build(self) -> Arena:
-        return Arena(ArenaSpec(strength=self.strength, cycle=self.cycle, seed=self.seed))
+        style = tuple(float(v) / sum(self.demonstrator_style) for v in self.demonstrator_style)
+        demonstrator = DemonstratorProbs(style=style)
+        return Arena(ArenaSpec(strength=self.strength, cycle=self.cycle, seed=self.seed, demonstrator=demonstrator))
 
 
 @dataclass

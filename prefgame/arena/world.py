@@ -248,6 +248,17 @@ DEFAULT_ANNOTATORS = (
 
 
 @dataclass(frozen=True)
+class DemonstratorProbs:
+    """Feature probabilities of the SFT demonstrator (a deliberately mediocre π0)."""
+
+    style: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    relevant: float = 0.6
+    correct: float = 0.5
+    length: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    unsafe: float = 0.25
+
+
+@dataclass(frozen=True)
 class ArenaSpec:
     """Parameters of the world (all have sensible defaults)."""
 
@@ -255,6 +266,7 @@ class ArenaSpec:
     cycle: float = 2.5  # c: strength of the cyclic style term (0 gives a BT world)
     annotators: tuple[AnnotatorSpec, ...] = DEFAULT_ANNOTATORS
     seed: int = 0
+    demonstrator: DemonstratorProbs = DemonstratorProbs()  # the SFT demonstrations' and pairs' features
 
 
 class Arena:
@@ -376,7 +388,7 @@ class Arena:
         return [self.prompts[i] for i in idx]
 
     def sample_features(self, rng: np.random.Generator, probs: DemonstratorProbs | None = None) -> Features:
-        q = probs or DemonstratorProbs()
+        q = probs or self.spec.demonstrator
         return Features(
             style=int(rng.choice(3, p=q.style)),
             relevant=int(rng.random() < q.relevant),
@@ -387,7 +399,7 @@ class Arena:
 
     def demonstrator_distribution(self, probs: DemonstratorProbs | None = None) -> torch.Tensor:
         """(N_PROMPT_TYPES, N_CLASSES) exact class distribution of the demonstrator."""
-        q = probs or DemonstratorProbs()
+        q = probs or self.spec.demonstrator
         p = np.einsum(
             "a,b,c,d,e->abcde",
             np.asarray(q.style),
@@ -425,17 +437,6 @@ class Arena:
         p = 1.0 / (1.0 + np.exp(-self.annotator_logits(spec, prompts, responses_a, responses_b)))
         draws = (rng.random(len(p)) < p).astype(float)
         return np.where(np.abs(p - 0.5) < spec.tie_band, 0.5, draws)
-
-
-@dataclass(frozen=True)
-class DemonstratorProbs:
-    """Feature probabilities of the SFT demonstrator (a deliberately mediocre π0)."""
-
-    style: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
-    relevant: float = 0.6
-    correct: float = 0.5
-    length: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
-    unsafe: float = 0.25
 
 
 class GoldOracle:
