@@ -23,6 +23,7 @@ regularized equilibrium over classes can be computed for any policy.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -360,12 +361,20 @@ class Arena:
         per_type = torch.einsum("ti,tij,tj->t", pi_a.double(), self.gold_matrix, pi_b.double())
         return float(per_type @ self.type_probs)
 
-    def exploitability(self, pi: torch.Tensor) -> float:
+    def exploitability(self, pi: torch.Tensor, *, transitive: bool = False) -> float:
         """Unregularized exploitability E_t[max_y (P*[t] π[t])_y − ½] of a class-level policy
-        (:func:`prefgame.game.metrics.exploitability` per prompt type, weighted by the types' frequency)."""
+        (:func:`prefgame.game.metrics.exploitability` per prompt type, weighted by the types' frequency);
+        ``transitive``: under the gold preference without its cyclic term (c = 0), the part of the
+        exploitability a reward function can see."""
         from prefgame.game.metrics import exploitability
 
-        return float(exploitability(self.gold_matrix, pi.double()) @ self.type_probs)
+        matrix = self.transitive_matrix if transitive else self.gold_matrix
+        return float(exploitability(matrix, pi.double()) @ self.type_probs)
+
+    @cached_property
+    def transitive_matrix(self) -> torch.Tensor:
+        """The gold matrix of this world with the cyclic term removed (c = 0): its Bradley–Terry part."""
+        return Arena(dataclasses.replace(self.spec, cycle=0.0)).gold_matrix
 
     def bayes_accuracy(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> float:
         """E[max(P*, 1 − P*)]: the best accuracy any model can reach on these pairs."""
