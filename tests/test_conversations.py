@@ -455,3 +455,22 @@ def test_generate(seen, tok, pi0_dir, data_dir, tmp_path) -> None:
     assert [r["prompt_messages"] for r in rows] == [h for h, _, _ in CONVERSATIONS]
     assert [r["prompt"] for r in rows] == [conversation_text(h) for h, _, _ in CONVERSATIONS]
     assert all(seen.saw(history_ids(tok, h)) for h, _, _ in CONVERSATIONS)
+
+
+def test_evaluate_winrate_judges_generated_conversations(tmp_path) -> None:
+    """``prefgame evaluate winrate`` on ``prefgame generate`` outputs: the judge reads each conversation
+    (its text for a text judge, its messages for a model judge), also next to single-turn samples."""
+    from evaluation.report import policy_battles, read_table
+
+    rows = []
+    for generator in ("a", "b"):
+        rows += [{"prompt": conversation_text(h), "prompt_messages": h, "output": f"{generator} {c}",
+                  "generator": generator} for h, c, _ in CONVERSATIONS[:3]]  # fmt: skip
+        rows.append({"prompt": "hi", "prompt_messages": [user("hi")], "output": generator, "generator": generator})
+    write_jsonl(tmp_path / "samples.jsonl", rows)
+    oracle = RecordingOracle()
+    battles = policy_battles(read_table(tmp_path / "samples.jsonl"), oracle, pairs="all")
+    assert len(battles) == 4
+    conversations = [p for p in oracle.prompts if p != "hi"]
+    assert len(conversations) == 3 and all(isinstance(p, Conversation) for p in conversations)
+    assert [p.messages for p in conversations] == [h for h, _, _ in CONVERSATIONS[:3]]
