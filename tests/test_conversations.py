@@ -17,12 +17,13 @@ import pickle
 import sys
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM, LlamaModel, PreTrainedTokenizerBase
 
-from prefgame.arena.lm import build_tokenizer, tiny_llama_config
+from prefgame.arena.lm import build_tokenizer, new_tiny_model, tiny_llama_config
 from prefgame.arena.world import TOPIC_FACTS, TOPICS
 from prefgame.cli import main
 from prefgame.data.chat import Conversation, as_prompt, conversation_text, messages_of
@@ -30,8 +31,10 @@ from prefgame.data.columns import load_pairs, load_prompts, load_ratings, read_p
 from prefgame.errors import DataError
 from prefgame.lm import encode_prompt, encode_response, prompt_text
 from prefgame.run import read_jsonl, write_jsonl
+from prefgame.train.sft import save_model
 
-TINY_LM = ["hidden_size=32", "num_layers=2", "num_heads=2", "intermediate_size=64"]
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+TINY_LM = [f"{k}={v}" for k, v in TINY.items()]
 OPTIM = ["train.lr=1e-3", "train.warmup_steps=0", "train.mixed_precision=no"]  # every trainer's keys
 TRAIN = [*OPTIM, "train.log_every=1", "train.save_every=0"]  # and those of sft, train-pm and dpo
 
@@ -57,6 +60,9 @@ def conversations() -> list[tuple[list[dict[str, str]], str, str]]:
 
 
 CONVERSATIONS = conversations()
+# the ratings' conversations differ in their last turn, so that a test can tell which data a model read
+RATED = [([*h[:2], user(h[2]["content"].replace("what about", "explain").replace("?", "in detail"))], c, r)
+         for h, c, r in CONVERSATIONS]  # fmt: skip
 
 
 def hh(history: list[dict[str, str]], response: str) -> str:
@@ -73,24 +79,12 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory, tok) -> Path:
-    path = tmp_path_factory.mktemp("tokenizer")
-    tok.save_pretrained(str(path))
+def pi0_dir(tmp_path_factory) -> Path:
+    """A saved tiny π0 (random weights, 2 layers) with the arena tokenizer (which has a chat template);
+    the folder is also the tokenizer of the jobs that build a new model."""
+    path = tmp_path_factory.mktemp("pi0") / "model"
+    save_model(*new_tiny_model(LlamaForCausalLM, SimpleNamespace(tokenizer="", **TINY), seed=0), path)
     return path
-
-
-@pytest.fixture(scope="module")
-def pi0_dir(tmp_path_factory, tok) -> Path:
-    """A saved tiny π0 (random weights, 2 layers) with the arena tokenizer (which has a chat template)."""
-    path = tmp_path_factory.mktemp("pi0")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(tok, **_tiny())).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
-def _tiny() -> dict[str, int]:
-    return {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +100,7 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(d / "hh.jsonl", [{"chosen": hh(h, c), "rejected": hh(h, r)} for h, c, r in rows])
     write_jsonl(d / "pairs.jsonl", [{"prompt": h, "chosen": c, "rejected": r} for h, c, r in rows])
     write_jsonl(d / "ratings.jsonl", [
-        {"prompt": h, "response": y, "helpfulness": s} for h, c, r in rows for y, s in ((c, 4), (r, 1))
+        {"prompt": h, "response": y, "helpfulness": s} for h, c, r in RATED for y, s in ((c, 4), (r, 1))
     ])  # fmt: skip
     write_jsonl(d / "battles.jsonl", [
         {"model_a": "m1", "model_b": "m2", "winner": "model_a", "conversation_a": [*h, assistant(c)],
@@ -173,11 +167,12 @@ def history_ids(tok, history: list[dict[str, str]]) -> list[int]:
     return ids
 
 
-def saw_a_whole_conversation(seen: Seen, tok, *, response: bool = False, layers: int | None = None) -> bool:
-    """Some model was given a whole history (followed by its chosen response when ``response``)."""
+def saw_a_whole_conversation(
+    seen: Seen, tok, *, response: bool = False, layers: int | None = None, rows=CONVERSATIONS
+) -> bool:
+    """Some model was given a whole history of ``rows`` (followed by its chosen response when ``response``)."""
     return any(
-        seen.saw(history_ids(tok, h) + (encode_response(tok, c) if response else []), layers=layers)
-        for h, c, _ in CONVERSATIONS
+        seen.saw(history_ids(tok, h) + (encode_response(tok, c) if response else []), layers=layers) for h, c, _ in rows
     )
 
 
@@ -256,7 +251,7 @@ def test_preference_model_encoder_reads_the_whole_history(layout: str) -> None:
 
     tok = build_tokenizer()
     tok.cls_token, tok.sep_token = "<bos>", "<eos>"  # for the pair layout
-    model = LlamaModel(tiny_llama_config(tok, **_tiny()))
+    model = LlamaModel(tiny_llama_config(tok, **TINY))
     encoder = TextEncoder(model, tok, text_format=layout, max_length=96)
     history, chosen, _ = CONVERSATIONS[0]
     prompt = as_prompt(history)
@@ -266,8 +261,10 @@ def test_preference_model_encoder_reads_the_whole_history(layout: str) -> None:
         assert message["content"] in text
     if layout == "chat":
         assert ids[: len(history_ids(tok, history))] == history_ids(tok, history)
-    # the cache of rendered prompts tells a conversation from plain text equal to its text
-    assert encoder.prompt_ids(str(prompt)) != encoder.prompt_ids(prompt) or layout == "pair"
+    # a conversation is not its text read as one user turn (the cache of rendered prompts tells them
+    # apart), except in the pair layout, which reads text
+    as_text = encoder.prompt_ids(str(prompt))
+    assert (encoder.prompt_ids(prompt) == as_text) == (layout == "pair")
 
 
 # ---------------------------------------------------------------------------------------------- formats
@@ -280,7 +277,7 @@ def test_every_format_keeps_the_whole_conversation(data_dir: Path) -> None:
         assert [p.messages for p in pairs.prompts] == histories, name
         assert pairs.chosen == [c for _, c, _ in CONVERSATIONS]
     ratings = load_ratings(str(data_dir / "ratings.jsonl"), "train", [], skip_invalid=False)
-    assert [p.messages for p in ratings.prompts] == [h for h in histories for _ in range(2)]
+    assert [p.messages for p in ratings.prompts] == [h for h, _, _ in RATED for _ in range(2)]
     for name, field in (("battles", "prompt"), ("hh", "prompt"), ("prompts", "messages"), ("chat", "chosen")):
         prompts = load_prompts(str(data_dir / f"{name}.jsonl"), "train", field)
         assert [p.messages for p in prompts] == histories, name
@@ -312,7 +309,7 @@ def test_prompt_fields_take_text_transcripts_and_message_lists() -> None:
         (7, "expected text or a list of messages, got int 7"),
     ],
 )
-def test_a_malformed_message_list_names_its_row_and_field(data_dir: Path, tmp_path: Path, value, detail) -> None:
+def test_a_malformed_message_list_names_its_row_and_field(tmp_path: Path, value, detail) -> None:
     with pytest.raises(DataError, match=r"row 1, field 'messages'") as err:
         read_prompts([[user("fine")], value], "messages", "p.jsonl")
     assert detail in str(err.value) and "\n" not in str(err.value)
@@ -336,39 +333,46 @@ def test_a_malformed_message_list_names_its_row_and_field(data_dir: Path, tmp_pa
     ("sft_messages.jsonl", ["data.messages_field=messages"]),
     ("sft_prompts.jsonl", []),  # the prompt field holds message lists
 ])  # fmt: skip
-def test_sft(seen, tok, tok_dir, data_dir, tmp_path, data, fields) -> None:
-    args = [f"data.path={data_dir / data}", *fields, f"model.tokenizer={tok_dir}", *(f"model.{kv}" for kv in TINY_LM)]
+def test_sft(seen, tok, pi0_dir, data_dir, tmp_path, data, fields) -> None:
+    args = [f"data.path={data_dir / data}", *fields, f"model.tokenizer={pi0_dir}", *(f"model.{kv}" for kv in TINY_LM)]
     args += ["data.max_length=64", "data.eval_fraction=0", "train.max_steps=1", "train.batch_size=12", *TRAIN]
     assert main(["sft", *args, f"output_dir={tmp_path / 'sft'}"]) == 0
     assert saw_a_whole_conversation(seen, tok, response=True)
 
 
-def test_sft_refuses_a_malformed_conversation(tok_dir, tmp_path, capsys) -> None:
+def test_sft_refuses_a_malformed_conversation(pi0_dir, tmp_path, capsys) -> None:
     path = tmp_path / "bad.jsonl"
     write_jsonl(path, [{"prompt": [user("fine")], "response": "ok"}, {"prompt": [{"role": "user"}], "response": "ok"}])
-    assert main(["sft", f"data.path={path}", f"model.tokenizer={tok_dir}", f"output_dir={tmp_path / 'o'}"]) != 0
+    assert main(["sft", f"data.path={path}", f"model.tokenizer={pi0_dir}", f"output_dir={tmp_path / 'o'}"]) != 0
     err = capsys.readouterr().err
     assert "row 1, field 'prompt'" in err and "message 0 is not a {role, content} dict of strings" in err
 
 
 @pytest.fixture(scope="module")
-def pm_run(tmp_path_factory, tok_dir, data_dir) -> Path:
+def pm_run(tmp_path_factory, pi0_dir, data_dir) -> Path:
     """A BT preference model trained on the chat (UltraFeedback-style) conversations, with the held-out
     evaluation (the PM evaluation) on a quarter of them."""
     out = tmp_path_factory.mktemp("pm") / "run"
     args = [f"data.path={data_dir / 'chat.jsonl'}", "data.eval_fraction=0.25", "model.kind=bt"]
-    args += [f"model.backbone.tokenizer={tok_dir}", *(f"model.backbone.{kv}" for kv in TINY_LM)]
+    args += [f"model.backbone.tokenizer={pi0_dir}", *(f"model.backbone.{kv}" for kv in TINY_LM)]
     args += ["model.backbone.max_length=64", "model.backbone.freeze=false", "train.max_steps=1", "train.batch_size=4"]
     assert main(["train-pm", *args, *TRAIN, f"output_dir={out}"]) == 0
     return out
 
 
-def test_train_pm(seen, tok, tok_dir, data_dir, tmp_path) -> None:
-    args = [f"data.path={data_dir / 'hh.jsonl'}", "data.eval_fraction=0.25", "model.kind=bt"]
-    args += [f"model.backbone.tokenizer={tok_dir}", *(f"model.backbone.{kv}" for kv in TINY_LM)]
+@pytest.mark.parametrize("kind", [
+    ["model.kind=bt"],  # on HH transcripts
+    ["model.kind=gated", "data.ratings_path={ratings}", "model.head.prompt_input=true"],  # and HelpSteer-style ratings
+], ids=["bt-hh", "gated-hh-ratings"])  # fmt: skip
+def test_train_pm(seen, tok, pi0_dir, data_dir, tmp_path, kind) -> None:
+    args = [f"data.path={data_dir / 'hh.jsonl'}", "data.eval_fraction=0.25"]
+    args += [a.format(ratings=data_dir / "ratings.jsonl") for a in kind]
+    args += [f"model.backbone.tokenizer={pi0_dir}", *(f"model.backbone.{kv}" for kv in TINY_LM)]
     args += ["model.backbone.max_length=64", "train.max_steps=1", "train.batch_size=4"]
     assert main(["train-pm", *args, *TRAIN, f"output_dir={tmp_path / 'pm'}"]) == 0
     assert saw_a_whole_conversation(seen, tok, response=True)
+    if "model.kind=gated" in kind:  # the ratings too
+        assert saw_a_whole_conversation(seen, tok, response=True, rows=RATED)
 
 
 def test_score(seen, tok, pm_run, data_dir, tmp_path) -> None:
@@ -419,23 +423,16 @@ def test_selfplay(seen, oracle, tok, pi0_dir, data_dir, tmp_path) -> None:
 def test_ppo(seen, tok, pi0_dir, data_dir, tmp_path, monkeypatch) -> None:
     """Prompts from UltraFeedback-style lists (the chosen conversations, without their final answer);
     the policy (2 layers) and the reward model (1 layer) both read the whole history."""
-    from prefgame.models import (
-        BackboneConfig,
-        PMModelConfig,
-        PreferenceModel,
-        build_encoder,
-        build_head,
-        save_preference_model,
-    )
+    from prefgame import models as pm
 
-    backbone = BackboneConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=96)
-    cfg = PMModelConfig(kind="bt", backbone=backbone)
-    encoder = build_encoder(backbone, seed=0)
-    model = PreferenceModel(encoder, [build_head(cfg, encoder.hidden_size)], cfg)
-    save_preference_model(model, tmp_path / "rm", save_backbone=True)
+    backbone = pm.BackboneConfig(**{**TINY, "num_layers": 1}, max_length=96)  # a new model: the arena tokenizer
+    cfg = pm.PMModelConfig(kind="bt", backbone=backbone)
+    encoder = pm.build_encoder(backbone, seed=0)
+    reward_model = pm.PreferenceModel(encoder, [pm.build_head(cfg, encoder.hidden_size)], cfg)
+    pm.save_preference_model(reward_model, tmp_path / "rm", save_backbone=True)
     rewarded: list[str] = []
-    reward = PreferenceModel.reward
-    monkeypatch.setattr(PreferenceModel, "reward", lambda self, x, y: rewarded.extend(x) or reward(self, x, y))
+    reward = pm.PreferenceModel.reward
+    monkeypatch.setattr(pm.PreferenceModel, "reward", lambda self, x, y: rewarded.extend(x) or reward(self, x, y))
     args = [f"policy.name_or_path={pi0_dir}", f"reward.path={tmp_path / 'rm'}", "prompts.source=file"]
     args += [f"prompts.path={data_dir / 'chat.jsonl'}", "prompts.field=chosen", "train.iterations=1"]
     args += ["train.rollout_batch_size=4", "train.mini_batch_size=4", "train.micro_batch_size=4", "ppo.epochs=1"]
