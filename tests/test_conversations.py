@@ -292,10 +292,11 @@ def test_prompt_fields_take_text_transcripts_and_message_lists() -> None:
         history,
         [*history, assistant("an answer")],  # a final assistant turn is the response, left out
         None,
+        float("nan"),  # an empty CSV cell
         "  ",
     ]
     prompts = read_prompts(values, "prompt", "p.jsonl")
-    assert prompts[0] == "plain text" and prompts[5:] == [None, None]
+    assert prompts[0] == "plain text" and prompts[5:] == [None, None, None]
     assert all(isinstance(p, Conversation) and p.messages == history for p in prompts[1:5])
 
 

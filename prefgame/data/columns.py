@@ -100,13 +100,13 @@ def split_eval(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
 
 def read_prompts(values: Sequence[Any], field: str, source: str) -> list[str | None]:
     """The prompt of each value of a prompt field (text, an HH transcript or a message list:
-    :func:`~prefgame.data.formats.prompt_turns`), None where the value is missing or blank; a value
-    that is no prompt raises DataError naming its row and the field."""
-    from prefgame.data.formats import RowError, prompt_turns
+    :func:`~prefgame.data.formats.prompt_turns`), None where the value is missing (None, NaN) or
+    blank; a value that is no prompt raises DataError naming its row and the field."""
+    from prefgame.data.formats import RowError, _missing, prompt_turns
 
     out: list[str | None] = []
     for row, value in enumerate(values):
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if _missing(value) or (isinstance(value, str) and not value.strip()):
             out.append(None)
             continue
         try:
