@@ -556,8 +556,9 @@ def policy_battles(
 ) -> pd.DataFrame:
     """Battles between generators judged by ``oracle`` (any :class:`~prefgame.oracle.PreferenceOracle`).
 
-    ``samples`` has ``prompt``, ``output`` and ``generator`` (the jsonl of ``prefgame generate``). Two
-    generators meet on every prompt both answered: their k-th outputs for that prompt are paired.
+    ``samples`` has ``prompt`` (and optionally ``prompt_messages``), ``output`` and ``generator`` (the
+    jsonl of ``prefgame generate``). Two generators meet on every prompt both answered: their k-th
+    outputs for that prompt are paired.
     ``pairs="all"`` pits every two generators, ``"baseline"`` every generator against ``baseline``.
     Which one is shown first (model_a) is drawn at random per battle (``seed``). A judge with
     ``judge_pairs`` (the LLM judge) keeps the pairs it judged and drops failures; their count is in
@@ -577,11 +578,12 @@ def policy_battles(
         raise DataError(f"need at least two generators to compare; got {generators}")
     by_gen = {g: _outputs_by_prompt(samples[samples["generator"].astype(str) == g]) for g in generators}
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, asked = [], []  # asked: the prompts as the judge reads them (a table keeps only their text)
     for g, h in matchups:
         for prompt, outs_g in by_gen[g].items():
             for out_g, out_h in zip(outs_g, by_gen[h].get(prompt, [])):
                 first_g = bool(rng.random() < 0.5)
+                asked.append(prompt)
                 rows.append(
                     {
                         "prompt": prompt,
@@ -595,7 +597,7 @@ def policy_battles(
         raise DataError("no two generators answered a common prompt: generate from the same prompts")
     battles = pd.DataFrame(rows)
     battles["len_a"], battles["len_b"] = word_count(battles["response_a"]), word_count(battles["response_b"])
-    prompts, ra, rb = list(battles["prompt"]), list(battles["response_a"]), list(battles["response_b"])
+    prompts, ra, rb = asked, list(battles["response_a"]), list(battles["response_b"])
     failed = 0
     if hasattr(oracle, "judge_pairs"):
         from prefgame.judges.llm import require_some_judged
@@ -615,6 +617,21 @@ def policy_battles(
 
 def _outputs_by_prompt(frame: pd.DataFrame) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for prompt, output in zip(frame["prompt"].astype(str), frame["output"].astype(str)):
+    for prompt, output in zip(_sample_prompts(frame), frame["output"].astype(str)):
         out.setdefault(prompt, []).append(output)
     return out
+
+
+def _sample_prompts(frame: pd.DataFrame) -> list[str]:
+    """The prompt of each sample: its ``prompt_messages`` (written by ``prefgame generate``) as a prompt
+    (a multi-turn one is a :class:`~prefgame.data.chat.Conversation`, equal to its ``prompt`` text, so
+    that a preference-model judge reads the whole conversation), else the ``prompt`` text."""
+    from prefgame.data.chat import as_prompt
+
+    texts = frame["prompt"].astype(str)
+    if "prompt_messages" not in frame.columns:
+        return list(texts)
+    return [
+        as_prompt(list(m)) if isinstance(m, (list, tuple, np.ndarray)) and len(m) else text
+        for text, m in zip(texts, frame["prompt_messages"])
+    ]

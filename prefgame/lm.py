@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from prefgame.data.chat import messages_of
 from prefgame.errors import PrefgameError
 from prefgame.losses.logprobs import response_logprobs
 from prefgame.weights import load_pretrained
@@ -48,15 +49,24 @@ def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> 
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
-    """The prompt as the model sees it before its response (chat template with generation prompt)."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    """The prompt as the model sees it before its response: the chat template with the generation
+    prompt applied to every message of the prompt (text is one user turn, a
+    :class:`~prefgame.data.chat.Conversation` or a message list the whole history), or without a
+    template :func:`plain_prompt`."""
+    messages = messages_of(prompt)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turns = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(turns) + "\nassistant:"
+    return plain_prompt(messages)
+
+
+def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
+    """A prompt for a model without a chat template: one ``role: content`` line per message, then
+    ``assistant:``."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
+    """The token ids of :func:`prompt_text` (the whole conversation of a multi-turn prompt)."""
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 

@@ -19,8 +19,11 @@ Three kinds of sequences are built here, so every model kind tokenizes the same 
 form). Text layout (``text_format``): ``chat`` renders the prompt with the tokenizer's chat template
 and appends the response and EOS (decoders); ``pair`` writes ``[CLS] x [SEP] y [SEP]`` (BERT-style
 encoders; token type ids are left at 0); ``plain`` writes ``user: x / assistant:`` text then the
-response and EOS; ``auto`` picks chat when the tokenizer has a template, pair when it has CLS and
-SEP tokens, plain otherwise. Too-long sequences lose the start of the prompt first, then the end of
+response and EOS (:func:`prefgame.lm.plain_prompt`). A multi-turn prompt
+(:class:`~prefgame.data.chat.Conversation`) is the whole history in every layout: every message in
+the chat template and in plain lines, its text with roles (``User: … Assistant: …``) in pair layout.
+``auto`` picks chat when the tokenizer has a template, pair when it has CLS and SEP tokens, plain
+otherwise. Too-long sequences lose the start of the prompt first, then the end of
 the response (the final EOS/SEP is always kept, so last-token pooling stays meaningful).
 """
 
@@ -37,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prefgame.config import param
+from prefgame.data.chat import Conversation, messages_of
 from prefgame.errors import PrefgameError
-from prefgame.lm import load_tokenizer, pad_batch, prompt_text
+from prefgame.lm import load_tokenizer, pad_batch, plain_prompt, prompt_text
 from prefgame.weights import load_pretrained
 
 
@@ -106,7 +110,7 @@ class TextEncoder(nn.Module):
         self.hidden_size = int(model.config.hidden_size) * len(self.layers)
         self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
         self._token_cache: dict[str, tuple[int, ...]] = {}
-        self._prompt_cache: dict[str, str] = {}
+        self._prompt_cache: dict = {}  # prompt text, or a Conversation's turns → rendered prompt
 
     # -- tokenization -----------------------------------------------------------------------
     _CACHE_LIMIT = 200_000
@@ -140,15 +144,16 @@ class TextEncoder(nn.Module):
 
     def _prompt_string(self, prompt: str) -> str:
         if self.text_format == "pair":
-            return prompt
+            return str(prompt)  # a Conversation: its text, every turn with its role
         if self.text_format == "chat":  # rendering the template is slow: once per prompt
-            text = self._prompt_cache.get(prompt)
+            key = prompt.turns if isinstance(prompt, Conversation) else prompt
+            text = self._prompt_cache.get(key)
             if text is None:
                 if len(self._prompt_cache) > self._CACHE_LIMIT:
                     self._prompt_cache.clear()
-                text = self._prompt_cache[prompt] = prompt_text(self.tokenizer, prompt)
+                text = self._prompt_cache[key] = prompt_text(self.tokenizer, prompt)
             return text
-        return f"user: {prompt}\nassistant:"
+        return plain_prompt(messages_of(prompt))
 
     def _segment_string(self, response: str) -> str:
         return response if self.text_format in ("chat", "pair") else " " + response

@@ -61,7 +61,12 @@ class PromptsConfig:
     )
     path: str = param("", "source=file: a .jsonl/.json/.parquet/.csv file or hub data set with prompts")
     split: str = param("train", "source=file: split of a hub data set")
-    field: str = param("prompt", "source=file: column holding the prompt text")
+    field: str = param(
+        "prompt",
+        "source=file: column holding the prompts: text, HH transcripts or [{role, content}] message lists "
+        "(whole conversations; a final assistant turn is left out); without that column, the prompts of "
+        "preference data in any supported format",
+    )
 
 
 @dataclass
@@ -157,12 +162,9 @@ def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[
         return [p.text for p in arena.prompts if p.text not in held_set], held
     if not cfg.path:
         raise PrefgameError("prompts.path is empty: give a prompt file, or set prompts.source=arena")
-    from prefgame.data.load import load_raw
+    from prefgame.data.columns import load_prompts
 
-    table = load_raw(cfg.path, split=cfg.split)
-    if cfg.field not in table.column_names:
-        raise PrefgameError(f"{cfg.path}: no column '{cfg.field}' (columns: {', '.join(table.column_names)})")
-    texts = list(dict.fromkeys(str(x) for x in table[cfg.field] if str(x).strip()))
+    texts = load_prompts(cfg.path, cfg.split, cfg.field)
     order = rng.permutation(len(texts))
     n = min(n_eval, len(texts) // 2)
     return [texts[i] for i in order[n:]], [texts[i] for i in order[:n]]

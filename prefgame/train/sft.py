@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from prefgame.config import param
+from prefgame.data.columns import read_prompts
 from prefgame.data.load import load_raw
 from prefgame.errors import DataError, PrefgameError
 from prefgame.lm import (
@@ -57,10 +58,14 @@ class SFTModelConfig:
 class SFTDataConfig:
     path: str = param("", "prompt/response data: a .jsonl/.json/.parquet/.csv file or a hub name")
     split: str = param("train", "split to read from a hub data set")
-    prompt_field: str = param("prompt", "column holding the prompt text")
+    prompt_field: str = param(
+        "prompt", "column holding the prompts: text, HH transcripts or [{role, content}] message lists"
+    )
     response_field: str = param("response", "column holding the target response text")
     messages_field: str = param(
-        "", "chat data instead: column with [{role, content}] lists; the last assistant turn is the target"
+        "",
+        "chat data instead: column with [{role, content}] lists; the last assistant turn is the target, "
+        "every turn before it the prompt",
     )
     eval_fraction: float = param(0.05, "share of rows held out to measure the loss")
     max_length: int = param(512, "truncate prompt+response to this many tokens", ge=2)
@@ -80,8 +85,9 @@ class SFTConfig:
     train: TrainConfig = param(TrainConfig, "training section")
 
 
-def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
-    """Prompts (text, or the conversation before the answer as messages) and target responses."""
+def load_prompt_response(cfg: SFTDataConfig) -> tuple[list[str], list[str]]:
+    """Prompts (text, or a :class:`~prefgame.data.chat.Conversation`: the whole conversation before the
+    answer) and target responses."""
     table = load_raw(cfg.path, split=cfg.split)
     fields = [cfg.messages_field] if cfg.messages_field else [cfg.prompt_field, cfg.response_field]
     for field in fields:
@@ -91,23 +97,27 @@ def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
                 "set data.prompt_field / data.response_field or data.messages_field"
             )
     if cfg.messages_field:
-        prompts, responses = [], []
-        for i, messages in enumerate(table[cfg.messages_field]):
-            ok = isinstance(messages, list) and len(messages) >= 2 and all(isinstance(m, dict) for m in messages)
-            if not ok or messages[-1].get("role") != "assistant" or not str(messages[-1].get("content", "")).strip():
+        conversations, responses = table[cfg.messages_field], []
+        for i, messages in enumerate(conversations):
+            final = messages[-1] if isinstance(messages, list) and len(messages) >= 2 else None
+            answer = isinstance(final, dict) and final.get("role") == "assistant"
+            content = final.get("content") if answer else None
+            if not isinstance(content, str) or not content.strip():
                 raise DataError(
                     f"{cfg.path}: row {i}, field '{cfg.messages_field}': expected a message list ending with a "
                     "non-empty assistant turn"
                 )
-            prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
-            responses.append(messages[-1]["content"])
-        return prompts, responses
-    prompts, responses = table[cfg.prompt_field], table[cfg.response_field]
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        for field, value in ((cfg.prompt_field, p), (cfg.response_field, r)):
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{cfg.path}: row {i}, field '{field}': expected non-empty text, got {value!r}")
-    return list(prompts), list(responses)
+            responses.append(content)
+        return read_prompts(conversations, cfg.messages_field, cfg.path), responses
+    prompts = read_prompts(table[cfg.prompt_field], cfg.prompt_field, cfg.path)
+    for i, (p, r) in enumerate(zip(prompts, table[cfg.response_field])):
+        if p is None:
+            raise DataError(
+                f"{cfg.path}: row {i}, field '{cfg.prompt_field}': expected non-empty text or a message list"
+            )
+        if not isinstance(r, str) or not r.strip():
+            raise DataError(f"{cfg.path}: row {i}, field '{cfg.response_field}': expected non-empty text, got {r!r}")
+    return prompts, list(table[cfg.response_field])
 
 
 def build_model(cfg: SFTModelConfig, seed: int):
