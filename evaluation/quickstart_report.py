@@ -79,7 +79,10 @@ def world_section(r: QuickstartResults) -> ReportSection:
         f"s_k(b)) + c · C[style(a), style(b)]) with strength {spec.strength}, cyclic strength c = {spec.cycle} "
         "(formal ≻ casual ≻ poetic ≻ formal: no reward function can express it) and prompt-dependent objective "
         "weights w(x). Because P* depends on a response only through its class, every policy's exact win rates, "
-        "exploitability and distance to the regularized equilibrium π* can be computed."
+        "exploitability and distance to the regularized equilibrium π* can be computed. The demonstrations (π0's "
+        "SFT data) and the exported pairs draw their style as "
+        + ", ".join(f"{name} {q:.2f}" for name, q in zip(STYLES, spec.demonstrator.style))
+        + " (`arena.demonstrator_style`)."
     )
     types = [f"{t}/{m}" for t in TOPICS for m in MODIFIERS]
     weights = pd.DataFrame(arena.type_weights, index=pd.Index(types, name="prompt type"), columns=list(OBJECTIVES))
