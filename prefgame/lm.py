@@ -120,7 +120,8 @@ def build_pairs_batch(
 def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The final hidden states whose row t predicts token t + 1, (B, T−1, H)."""
     base = getattr(model, model.base_model_prefix)
-    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    # no KV cache: nothing is generated from these states (and checkpointed layers cannot keep one)
+    return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
 
 
 def hidden_token_logps(

@@ -69,7 +69,10 @@ class BackboneConfig:
         True, "frozen backbone: vectors computed once and cached, only heads train; false: fine-tune all"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = param(
-        "float32", "weights dtype of the backbone (bf16 halves memory of big frozen backbones)"
+        "float32",
+        "precision asked for the backbone's weights: a frozen one is stored in the lower of it and the compute "
+        "dtype (bf16 halves the memory of big frozen backbones); a fine-tuned one keeps float32 master weights "
+        "(in this dtype only with train.low_precision_weights); a saved model is served in it",
     )
     embed_batch_size: int = param(256, "sequences per forward pass when computing cached vectors", ge=1)
     hidden_size: int = param(128, "new model only: hidden size", ge=1)
@@ -108,7 +111,9 @@ class TextEncoder(nn.Module):
         self.text_format = resolve_text_format(tokenizer, text_format)
         self.layers = tuple(layers)
         self.hidden_size = int(model.config.hidden_size) * len(self.layers)
-        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        accepted = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in accepted
+        self._takes_use_cache = "use_cache" in accepted  # decoders: no KV cache, nothing is generated
         self._token_cache: dict[str, tuple[int, ...]] = {}
         self._prompt_cache: dict = {}  # prompt text, or a Conversation's turns → rendered prompt
 
@@ -207,7 +212,7 @@ class TextEncoder(nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled vectors (B, H) of a padded batch (either padding side)."""
-        kwargs = {}
+        kwargs = {"use_cache": False} if self._takes_use_cache else {}
         if self._takes_position_ids:
             # positions count real tokens only, so left padding gives the same positions as right
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -273,10 +278,11 @@ def resolve_text_format(tokenizer, text_format: str) -> str:
     return "plain"
 
 
-def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
+def build_encoder(cfg: BackboneConfig, *, seed: int = 0, dtype: torch.dtype | None = None) -> TextEncoder:
     """Load ``cfg.name_or_path`` with AutoModel (a causal-LM checkpoint loads as its base model),
-    or build a new tiny Llama with the arena tokenizer when the path is empty."""
-    dtype = _DTYPES[cfg.dtype]
+    or build a new tiny Llama with the arena tokenizer when the path is empty; its weights in ``dtype``
+    (None: ``cfg.dtype``; a trainer passes what :mod:`prefgame.train.precision` decides)."""
+    dtype = _DTYPES[cfg.dtype] if dtype is None else dtype
     if cfg.name_or_path:
         from transformers import AutoModel
 

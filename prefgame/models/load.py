@@ -10,6 +10,7 @@ Both loaded types are :class:`~prefgame.oracle.PreferenceOracle` s with ``prefer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,13 +33,21 @@ def is_preference_model_folder(path: str | Path) -> bool:
     return (path / "preference_model.json").exists() or (path / "model" / "preference_model.json").exists()
 
 
-def load_model(path: str | Path, *, device: str | torch.device | None = "auto", batch_size: int = 64, **options):
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = "auto",
+    batch_size: int = 64,
+    backbone_dtype: Callable[[str], torch.dtype] | None = None,
+    **options,
+):
     """The model at ``path``: a :class:`~prefgame.models.PreferenceModel` when it holds
     ``preference_model.json`` (itself or its ``model/`` folder), else a
     :class:`~prefgame.models.sequence_classifier.SequenceClassifierReward` when its config names a
     ``...ForSequenceClassification`` architecture; on ``device`` ("auto": CUDA when there is one).
     ``options`` (``dtype``, ``max_length``) are the sequence classifier's; a preference model keeps the
-    settings it was saved with."""
+    settings it was saved with, but for ``backbone_dtype`` (a trainer's frozen-weight dtype, see
+    :func:`~prefgame.models.model.load_preference_model`)."""
     from prefgame.models.model import load_preference_model
     from prefgame.models.sequence_classifier import load_sequence_classifier
 
@@ -55,7 +64,7 @@ def load_model(path: str | Path, *, device: str | torch.device | None = "auto", 
                 f"{path}: {', '.join(sorted(options))} apply to sequence-classification reward models only; "
                 "a prefgame preference model keeps the settings it was trained with"
             )
-        return load_preference_model(path, device=device, batch_size=batch_size)
+        return load_preference_model(path, device=device, batch_size=batch_size, backbone_dtype=backbone_dtype)
     if not Path(path).exists() and str(path).count("/") != 1:
         raise PrefgameError(
             f"model path not found: '{path}' (give a 'prefgame train-pm' output_dir, or a sequence-"

@@ -33,7 +33,7 @@ referenced by its path or hub name instead of copied).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -408,9 +408,15 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
 
 
 def load_preference_model(
-    path: str | Path, *, device: str | torch.device | None = None, batch_size: int = 64
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    backbone_dtype: Callable[[str], torch.dtype] | None = None,
 ) -> PreferenceModel:
-    """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle."""
+    """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle;
+    its backbone in the dtype the saved config names, or in ``backbone_dtype(that name)`` (a trainer
+    passes :meth:`prefgame.train.precision.Precision.frozen_dtype`)."""
     path = Path(path)
     if (path / "model" / "preference_model.json").exists():
         path = path / "model"
@@ -434,7 +440,7 @@ def load_preference_model(
         backbone.tokenizer = str(path / "backbone")
     else:
         backbone.name_or_path = info.backbone_path
-    encoder = build_encoder(backbone)
+    encoder = build_encoder(backbone, dtype=None if backbone_dtype is None else backbone_dtype(backbone.dtype))
     heads = [
         build_head(cfg, encoder.hidden_size, objectives=info.objectives, verbosity_index=info.verbosity_index)
         for _ in range(cfg.ensemble.size)

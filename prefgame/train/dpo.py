@@ -44,7 +44,7 @@ import torch
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import DataError, PrefgameError
-from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer, truncate
+from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import OracleConfig, PreferenceOracle
@@ -62,7 +62,15 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
-from prefgame.train.policy import PolicyEvaluator, PolicyRuntime, measured_rows, run_iterations, summary_text
+from prefgame.train.policy import (
+    PolicyEvaluator,
+    PolicyRuntime,
+    measured_rows,
+    reference_home,
+    run_iterations,
+    summary_text,
+)
+from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 from prefgame.train.selfplay import (
     PolicyConfig,
     PromptsConfig,
@@ -341,10 +349,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-    dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
-    model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = load_trainable_lm(cfg.policy.name_or_path, cfg.policy.dtype, Precision.of(tc, acc), key="policy.dtype")
     train_set, eval_set, data_info = _split_pairs(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -435,8 +440,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
 
 def _measure_policy(cfg: DPOConfig, out: RunDir, acc, tok, model) -> dict[str, Any]:
     """The trained policy against π0 on the held-out prompts, as the on-policy trainers measure it."""
-    dtype = next(model.parameters()).dtype
-    ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
+    precision, home = Precision.of(cfg.train, acc), reference_home(cfg.policy, acc.device)
+    ref = load_frozen_lm(cfg.policy.name_or_path, cfg.policy.dtype, precision, home)
     rt = PolicyRuntime(
         cfg, out.path, batch_size=cfg.train.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
         models=(tok, model, ref),

@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from prefgame.config import config_to_dict, flat_config, param
 from prefgame.errors import DataError, PrefgameError
 from prefgame.run import Resume, RunDir, atomic_dir, untie_shared
+from prefgame.train.precision import resolve_mixed_precision
 from prefgame.weights import load_safetensors, load_torch_state, read_json
 
 log = logging.getLogger("prefgame.train")
@@ -56,7 +57,15 @@ class OptimConfig:
     micro_batch_size: int = param(64, "examples per forward pass on one process (gradient accumulation)", ge=1)
     max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)", ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
-        "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
+        "auto",
+        "compute precision (autocast; trained weights stay float32 master weights): auto is bf16 on a CUDA GPU "
+        "that supports it and float32 elsewhere; bf16 also autocasts on a CPU; fp16 needs a CUDA GPU",
+    )
+    low_precision_weights: bool = param(
+        False,
+        "store and update the trained weights in the dtype their model section asks for (policy.dtype, "
+        "model.backbone.dtype = bfloat16) with no float32 master copy: half the memory of weights and AdamW "
+        "state, but an update below bf16's resolution (about 0.4% of a weight) is rounded away",
     )
     gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
     report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
@@ -98,9 +107,8 @@ def make_accelerator(
 ) -> Accelerator:
     """The run's accelerator; ``batch_size`` (the config key ``batch_key``) is the global number of
     examples per optimizer step, which the processes share equally."""
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    _allow_precision(precision)
     trackers = tracker_names(cfg.report_to)
     # Under torchrun / accelerate launch on a machine without GPUs, accelerate only joins the process
     # group when told to use the CPU (gloo); without it every process would train alone on the full batch.
@@ -117,6 +125,17 @@ def make_accelerator(
             f"{batch_key}={batch_size} is not divisible by the {acc.num_processes} processes; choose a multiple"
         )
     return acc
+
+
+def _allow_precision(precision: str) -> None:
+    """Let this process's accelerator take ``precision`` although an earlier run in the same process
+    (a notebook, a test session) made one at another: accelerate keeps one process-wide state and
+    refuses a change of mixed precision. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state()
 
 
 @dataclass

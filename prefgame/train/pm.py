@@ -71,6 +71,7 @@ from prefgame.train.engine import (
     save_checkpoint,
     step_indices,
 )
+from prefgame.train.precision import Precision
 
 # -- configs ------------------------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class PairForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, names: list[str], sizes: list[int]):
-        h = self.encoder(input_ids, attention_mask)  # (ΣB, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (ΣB, H); float32 heads read low-precision backbones
         return self.head(dict(zip(names, h.split(sizes))))
 
 
@@ -154,7 +155,7 @@ class RatingsForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
-        h = self.encoder(input_ids, attention_mask)  # (B or 2B, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (B or 2B, H)
         return self.head.ratings(h[:n], h[n:] if h.shape[0] > n else None)
 
 
@@ -246,8 +247,13 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     """The preference model of ``cfg.model`` on the accelerator (backbone frozen or prepared for
     fine-tuning), with its parameter counts (backbone, one head)."""
     tc, mc = cfg.train, cfg.model
-    encoder = build_encoder(mc.backbone, seed=tc.seed)
     frozen = mc.backbone.freeze
+    precision = Precision.of(tc, acc)
+    if frozen:
+        dtype = precision.frozen_dtype(mc.backbone.dtype)
+    else:
+        dtype = precision.trainable_dtype(mc.backbone.dtype, key="model.backbone.dtype")
+    encoder = build_encoder(mc.backbone, seed=tc.seed, dtype=dtype)
     heads = []
     for i in range(mc.ensemble.size):
         torch.manual_seed(tc.seed + 1000 * (i + 1))
@@ -256,8 +262,8 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     model.to(acc.device)
     if frozen:
         encoder.requires_grad_(False)
-    elif tc.gradient_checkpointing:
-        encoder.model.gradient_checkpointing_enable()
+    else:
+        precision.prepare_trainable(encoder.model)
     n_backbone = sum(p.numel() for p in encoder.parameters())
     n_head = sum(p.numel() for p in heads[0].parameters())
     log.info(

@@ -33,10 +33,11 @@ from prefgame.config import param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
 from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures, smoothed_class_distribution
-from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
+from prefgame.lm import build_pairs_batch, load_tokenizer, token_logps
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
 from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
+from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
 HELD_OUT = 12345
@@ -51,7 +52,17 @@ class PolicyConfig:
         "", "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference"
     )
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
-    dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype of policy and reference")
+    dtype: Literal["float32", "bfloat16"] = param(
+        "float32",
+        "precision asked for π0's weights: the frozen reference is stored in the lower of it and the compute "
+        "dtype (train.mixed_precision); the trained policy keeps float32 master weights (in this dtype only "
+        "with train.low_precision_weights)",
+    )
+    offload_reference: bool = param(
+        False,
+        "keep the frozen reference in CPU memory and move it to the accelerator only while it samples or "
+        "scores (frees its memory during the optimizer steps, for two copies of its weights per use)",
+    )
 
 
 @dataclass
@@ -103,20 +114,20 @@ class EvalConfig:
             raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
 
-def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False):
-    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` and a frozen copy of it on
-    ``device`` as π0."""
+def load_policy(cfg: PolicyConfig, device, precision: Precision):
+    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` to train and a frozen copy of
+    it on ``device`` as π0, at the run's ``precision`` (:mod:`prefgame.train.precision`)."""
     if not cfg.name_or_path:
         raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-    policy = load_causal_lm(cfg.name_or_path, dtype=dtype)
-    if gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    ref = load_causal_lm(cfg.name_or_path, dtype=dtype).to(device)
-    ref.requires_grad_(False)
-    ref.eval()
+    policy = load_trainable_lm(cfg.name_or_path, cfg.dtype, precision, key="policy.dtype")
+    ref = load_frozen_lm(cfg.name_or_path, cfg.dtype, precision, reference_home(cfg, device))
     return tok, policy, ref
+
+
+def reference_home(cfg: PolicyConfig, device):
+    """Where the frozen reference stays between its uses: CPU memory with ``policy.offload_reference``."""
+    return torch.device("cpu") if cfg.offload_reference else device
 
 
 def response_batch(responses, idx, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -189,7 +200,7 @@ class PolicyRuntime:
         self.acc = acc if acc is not None else make_accelerator(tc, out_dir, batch_size=batch_size, batch_key=batch_key)
         self.tok, self.policy, self.ref = (
             models if models is not None
-            else load_policy(cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing)
+            else load_policy(cfg.policy, self.acc.device, Precision.of(tc, self.acc))
         )  # fmt: skip
         self.arena = cfg.arena.build() if arena else None
         self.train_prompts, self.eval_prompts = prompt_pools(
@@ -200,6 +211,7 @@ class PolicyRuntime:
         # the sampler's log-probs equal sequence_logps only for fp32 weights run without autocast
         self._fp32 = next(self.policy.parameters()).dtype == torch.float32 and self.acc.mixed_precision == "no"
         self.average = None  # a weight average measured instead of the policy (self-play's train.average_from)
+        self.reference_borrowed = False  # the offloaded reference is on the accelerator (:meth:`reference`)
         self.averaged = 0  # iterates in the average
 
     def start(self, out: RunDir, job: str, *, modules: dict, optimizer, scheduler, unit: str):
@@ -225,11 +237,13 @@ class PolicyRuntime:
         """
         sc = self.cfg.sampling
         temperature = sc.temperature if temperature is None else temperature
-        ys = generate(
-            self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
-            max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
-            use_cache=sc.use_cache,
-        )  # fmt: skip
+        uses_ref = model is self.ref or mixture_coef > 0
+        with self.reference() if uses_ref else contextlib.nullcontext():
+            ys = generate(
+                self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
+                max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
+                use_cache=sc.use_cache,
+            )  # fmt: skip
         exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
         return ys if exact else dataclasses.replace(ys, logps=None)
 
@@ -243,10 +257,27 @@ class PolicyRuntime:
 
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
         """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient."""
-        return sequence_logps(
-            model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
-            device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
-        )  # fmt: skip
+        with self.reference() if model is self.ref else contextlib.nullcontext():
+            return sequence_logps(
+                model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+                device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference on the accelerator for the block: with ``policy.offload_reference`` it is
+        moved there from CPU memory and back afterwards (nested blocks move it once)."""
+        home = reference_home(self.cfg.policy, self.acc.device)
+        if home == self.acc.device or self.reference_borrowed:
+            yield self.ref
+            return
+        self.reference_borrowed = True
+        self.ref.to(self.acc.device)
+        try:
+            yield self.ref
+        finally:
+            self.ref.to(home)
+            self.reference_borrowed = False
 
     def batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
         return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)

@@ -84,6 +84,7 @@ from prefgame.train.policy import (
     run_iterations,
     summary_text,
 )
+from prefgame.train.precision import Precision
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
@@ -259,7 +260,7 @@ class PPO(PolicyRuntime):
                 f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
                 f"{self.acc.num_processes} processes; choose a multiple"
             )
-        self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
+        self.reward_model = _load_reward_model(cfg.reward, self.acc.device, Precision.of(tc, self.acc))
         self.module = PolicyWithValue(self.policy, chunk_size=tc.logprob_chunk_size)
         steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
         self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), tc, steps)
@@ -410,13 +411,14 @@ class PPO(PolicyRuntime):
         return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
 
-def _load_reward_model(cfg: PPORewardConfig, device):
-    """The reward model of ``reward.path`` (:func:`prefgame.models.load.load_model`) on ``device``: a
-    sequence-classification reward model or a train-pm model of a reward kind."""
+def _load_reward_model(cfg: PPORewardConfig, device, precision: Precision):
+    """The frozen reward model of ``reward.path`` (:func:`prefgame.models.load.load_model`) on ``device``: a
+    sequence-classification reward model or a train-pm model of a reward kind (its backbone in
+    :meth:`Precision.frozen_dtype` of its saved dtype)."""
     from prefgame.models.kinds import kind_names
     from prefgame.models.load import load_model
 
-    model = load_model(cfg.path, device=device, batch_size=cfg.batch_size)
+    model = load_model(cfg.path, device=device, batch_size=cfg.batch_size, backbone_dtype=precision.frozen_dtype)
     if not model.has_reward:
         rewards = " or ".join(kind_names(reward=True))
         raise PrefgameError(
@@ -451,7 +453,8 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     evaluator = PolicyEvaluator(ppo, scores=ppo.scores) if cfg.eval.prompts else None
 
     def iterate(t: int) -> dict[str, Any]:
-        ro = ppo.rollout(t)
+        with ppo.reference():  # π0 on the accelerator for the rollout (policy.offload_reference)
+            ro = ppo.rollout(t)
         return {**ro.metrics, **ppo.optimize(ro, t), "lr": ppo.scheduler.get_last_lr()[0]}
 
     def checkpoint(done: int) -> None:

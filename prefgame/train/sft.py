@@ -24,7 +24,6 @@ from prefgame.lm import (
     build_pairs_batch,
     encode_prompt,
     encode_response,
-    load_causal_lm,
     load_tokenizer,
     truncate,
 )
@@ -42,6 +41,7 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
+from prefgame.train.precision import Precision, load_trainable_lm
 
 
 @dataclass
@@ -120,15 +120,19 @@ def load_prompt_response(cfg: SFTDataConfig) -> tuple[list[str], list[str]]:
     return prompts, list(table[cfg.response_field])
 
 
-def build_model(cfg: SFTModelConfig, seed: int):
+def build_model(cfg: SFTModelConfig, seed: int, precision: Precision | None = None):
+    """(model, tokenizer) to train: float32 master weights (whatever dtype the checkpoint was saved in;
+    compute runs in train.mixed_precision), gradient checkpointing as ``precision`` asks."""
+    precision = precision or Precision()
     if cfg.name_or_path:
         tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-        return load_causal_lm(cfg.name_or_path), tok
+        return load_trainable_lm(cfg.name_or_path, "float32", precision, key="model"), tok
     from transformers import LlamaForCausalLM
 
     from prefgame.arena.lm import new_tiny_model
 
-    return new_tiny_model(LlamaForCausalLM, cfg, seed=seed)
+    model, tok = new_tiny_model(LlamaForCausalLM, cfg, seed=seed)
+    return precision.prepare_trainable(model), tok
 
 
 @torch.no_grad()
@@ -161,9 +165,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="sft", resume=cfg.resume, report_to=tc.report_to)
     prompts, responses = load_prompt_response(cfg.data)
-    model, tok = build_model(cfg.model, tc.seed)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model, tok = build_model(cfg.model, tc.seed, Precision.of(tc, acc))
 
     examples = [
         truncate(encode_prompt(tok, p), encode_response(tok, r), cfg.data.max_length)
