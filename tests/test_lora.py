@@ -47,6 +47,8 @@ from prefgame.train import policy as policy_module
 from prefgame.train import ppo as ppo_module
 from prefgame.train.engine import load_modules, save_checkpoint
 from prefgame.train.pm import PMConfig, _validate
+from prefgame.train.policy import load_policy
+from prefgame.train.precision import Precision
 from prefgame.train.selfplay import Iterations, SelfPlayConfig
 from prefgame.train.selfplay.runtime import _check_lora
 from prefgame.train.sft import SFTModelConfig, build_model, save_model
@@ -254,6 +256,9 @@ def test_settings_that_cannot_work_fail_in_one_line(pi0: Path, arena_dir: Path) 
     cfg = load_config(SelfPlayConfig, None, [f"policy.name_or_path={pi0}", "sampling.backend=vllm", *LORA])
     with pytest.raises(ConfigError, match="vllm"):
         _check_lora(cfg, Iterations.of(cfg.train))
+    policy = load_config(SelfPlayConfig, None, [f"policy.name_or_path={pi0}", "policy.offload_reference=true"]).policy
+    with pytest.raises(ConfigError, match="offload_reference"):
+        load_policy(policy, "cpu", Precision(), lora=LoraConfig(enabled=True), seed=0)
 
 
 # ---------------------------------------------------------------------------------------------- trainers

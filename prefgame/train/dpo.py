@@ -44,7 +44,7 @@ import torch
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import DataError, PrefgameError
-from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer, truncate
+from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, trained_state
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
@@ -63,7 +63,15 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
-from prefgame.train.policy import PolicyEvaluator, PolicyRuntime, measured_rows, run_iterations, summary_text
+from prefgame.train.policy import (
+    PolicyEvaluator,
+    PolicyRuntime,
+    measured_rows,
+    reference_home,
+    run_iterations,
+    summary_text,
+)
+from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 from prefgame.train.selfplay import (
     PolicyConfig,
     PromptsConfig,
@@ -345,10 +353,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-    dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
-    model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = load_trainable_lm(cfg.policy.name_or_path, cfg.policy.dtype, Precision.of(tc, acc), key="policy.dtype")
     model = apply_lora(model, cfg.lora, seed=tc.seed)
     trained = trained_state(model)  # what checkpoints hold: the model, or its adapters
     train_set, eval_set, data_info = _split_pairs(cfg, tok)
@@ -443,8 +448,8 @@ def _measure_policy(cfg: DPOConfig, out: RunDir, acc, tok, model) -> dict[str, A
     """The trained policy against π0 on the held-out prompts, as the on-policy trainers measure it."""
     ref = reference(model)  # with LoRA: the trained model with its adapters disabled
     if ref is None:
-        dtype = next(model.parameters()).dtype
-        ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
+        precision, home = Precision.of(cfg.train, acc), reference_home(cfg.policy, acc.device)
+        ref = load_frozen_lm(cfg.policy.name_or_path, cfg.policy.dtype, precision, home)
     rt = PolicyRuntime(
         cfg, out.path, batch_size=cfg.train.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
         models=(tok, model, ref),
@@ -617,7 +622,7 @@ def train_dpo_arena(
 ARENA_PRESETS: dict[str, list[str]] = {
     "offline": [
         "mode=offline", "data.skip_invalid=true", "data.eval_fraction=0.05", "data.max_length=64",
-        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4", "train.warmup_steps=10", "train.max_steps=60",
+        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=1e-4", "train.warmup_steps=10", "train.max_steps=60",
         "train.batch_size=32", "train.micro_batch_size=32", "train.eval_every=20", "train.save_every=0",
         "train.log_every=10", "eval.prompts=1000", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],

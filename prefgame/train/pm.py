@@ -29,7 +29,6 @@ resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -70,9 +69,11 @@ from prefgame.train.engine import (
     make_accelerator,
     make_optimizer,
     optimizer_step,
+    read_trainer_state,
     save_checkpoint,
     step_indices,
 )
+from prefgame.train.precision import Precision
 
 # -- configs ------------------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class PairForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, names: list[str], sizes: list[int]):
-        h = self.encoder(input_ids, attention_mask)  # (ΣB, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (ΣB, H); float32 heads read low-precision backbones
         return self.head(dict(zip(names, h.split(sizes))))
 
 
@@ -159,7 +160,7 @@ class RatingsForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
-        h = self.encoder(input_ids, attention_mask)  # (B or 2B, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (B or 2B, H)
         return self.head.ratings(h[:n], h[n:] if h.shape[0] > n else None)
 
 
@@ -253,8 +254,13 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     """The preference model of ``cfg.model`` on the accelerator (backbone frozen or prepared for
     fine-tuning), with its parameter counts (backbone, one head)."""
     tc, mc = cfg.train, cfg.model
-    encoder = build_encoder(mc.backbone, seed=tc.seed)
     frozen = mc.backbone.freeze
+    precision = Precision.of(tc, acc)
+    if frozen:
+        dtype = precision.frozen_dtype(mc.backbone.dtype)
+    else:
+        dtype = precision.trainable_dtype(mc.backbone.dtype, key="model.backbone.dtype")
+    encoder = build_encoder(mc.backbone, seed=tc.seed, dtype=dtype)
     encoder.model = apply_lora(encoder.model, cfg.lora, seed=tc.seed, task="FEATURE_EXTRACTION")
     heads = []
     for i in range(mc.ensemble.size):
@@ -264,8 +270,8 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     model.to(acc.device)
     if frozen:
         encoder.requires_grad_(False)
-    elif tc.gradient_checkpointing:
-        encoder.model.gradient_checkpointing_enable()
+    else:
+        precision.prepare_trainable(encoder.model)
     n_backbone = sum(p.numel() for p in encoder.parameters())
     n_head = sum(p.numel() for p in heads[0].parameters())
     log.info(
@@ -377,7 +383,7 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     start = 0
     if resume_from is not None:
         load_modules(resume_from, checkpoint_modules)  # modules now, optimizer state when its phase is set up
-        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        start = read_trainer_state(resume_from)["step"]
         out.commit_resume()
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at step {start}")

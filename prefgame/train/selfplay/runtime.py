@@ -67,7 +67,7 @@ class SelfPlay(PolicyRuntime):
         tc = cfg.train
         self.plan = plan if plan is not None else Iterations.of(tc)
         _check_lora(cfg, self.plan)
-        arena = cfg.prompts.source == "arena" or cfg.oracle.kind != "factory"
+        arena = cfg.prompts.source == "arena" or cfg.oracle.kind in ("gold", "annotator")
         super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
         self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
