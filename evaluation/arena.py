@@ -25,6 +25,7 @@ from evaluation.report import (
     word_count,
 )
 from prefgame.arena.world import AnnotatorSpec, Arena, GoldOracle, prompt_type_name
+from prefgame.judges.llm import require_some_judged
 from prefgame.judges.verdicts import VERDICT_VALUE, combine_orders
 from prefgame.oracle import PreferenceOracle
 
@@ -70,6 +71,7 @@ def arena_label_table(
     for name, oracle in (oracles or {}).items():
         if hasattr(oracle, "judge_pairs"):  # an LLM judge: keep its single-order verdicts too
             records = oracle.judge_pairs(prompts, a, b)
+            require_some_judged(records)
             table[name] = [r.preference if r.status == "ok" else np.nan for r in records]
             table[name + FIRST] = [_single(r.ab) if r.status == "ok" else np.nan for r in records]
             table[name + SWAPPED] = [_single(r.ba) if r.status == "ok" else np.nan for r in records]

@@ -33,7 +33,7 @@ from evaluation.report import (
     write_report,
 )
 from prefgame.arena.job import ArenaConfig
-from prefgame.config import config_help, load_config, param
+from prefgame.config import check_output_paths, config_help, load_config, param
 from prefgame.errors import ConfigError, DataError
 from prefgame.judges import JudgeConfig
 from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
@@ -50,10 +50,15 @@ class JudgeChoice:
     kind: Literal["gold", "annotator", "pm", "llm", "factory"] = param(
         "gold",
         "gold / annotator: the arena's gold preference or a simulated annotator; pm: a trained preference "
-        "model (path); llm: an LLM judge over an OpenAI-compatible API (llm.*); factory: any PreferenceOracle",
+        "model or a sequence-classification reward model (path); llm: an LLM judge over an OpenAI-compatible "
+        "API (llm.*); factory: any PreferenceOracle",
     )
     annotator: str = param("careful", "kind=annotator: the annotator's name")
-    path: str = param("", "kind=pm: the train-pm output_dir or its model/ folder; kind=factory: its first argument")
+    path: str = param(
+        "",
+        "kind=pm: the train-pm output_dir (or its model/ folder), or a reward model folder or hub name; "
+        "kind=factory: its first argument",
+    )
     factory: str = param("", "kind=factory: 'module:function' called as function(path, **options)")
     options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
     llm: JudgeConfig = param(JudgeConfig, "kind=llm: the LLM judge (model, base_url, cache_dir, ...)")
@@ -115,10 +120,10 @@ def build_judge(choice: JudgeChoice):
         return LLMJudge(choice.llm)
     if choice.kind == "pm":
         if not choice.path:
-            raise ConfigError("winrate.judge.kind=pm needs winrate.judge.path=<train-pm output_dir>")
-        from prefgame.models.model import load_preference_model
+            raise ConfigError("winrate.judge.kind=pm needs winrate.judge.path=<train-pm output_dir or reward model>")
+        from prefgame.models.load import load_model
 
-        return load_preference_model(choice.path)
+        return load_model(choice.path)
     from prefgame.oracle import OracleConfig, build_oracle
 
     oracle_cfg = OracleConfig(
@@ -252,6 +257,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    check_output_paths(cfg)
     metrics = run(cfg, args.part)
     print(f"prefgame evaluate {args.part}: report in {Path(cfg.output_dir) / 'report.md'}")
     flagged = metrics.get("flagged")

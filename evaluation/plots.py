@@ -106,18 +106,46 @@ def bias_png(judges: pd.DataFrame, title: str, *, z: float) -> bytes:
     return _png(fig)
 
 
-def convergence_png(traces: dict[str, pd.DataFrame], columns: dict[str, str], title: str) -> bytes:
-    """One panel per column (name -> axis label): each trace's value against its ``iteration``."""
-    fig = _figure(3.3 * len(columns), 3.0)
+def convergence_png(
+    traces: dict[str, pd.DataFrame],
+    columns: dict[str, str],
+    title: str,
+    references: dict[str, dict[str, float]] | None = None,
+) -> bytes:
+    """One panel per column (name -> axis label): each trace's value against its ``iteration``, and
+    ``references[column]`` (label -> value: π*, π0, the baselines' final values) as dashed horizontal
+    lines, so that a panel shows how far every trace is from them (the y-axis spans them all)."""
+    fig = _figure(3.6 * len(columns), 3.2)
+    styles = ("--", ":", "-.", (0, (5, 1)), (0, (1, 1)), (0, (3, 1, 1, 1)))
     for k, (col, label) in enumerate(columns.items()):
         ax = fig.add_subplot(1, len(columns), k + 1)
         for name, frame in traces.items():
             if col in frame and frame[col].notna().any():
                 ax.plot(frame["iteration"], frame[col], marker="o", label=name)
+        for i, (name, value) in enumerate(((references or {}).get(col) or {}).items()):
+            if value is not None and np.isfinite(value):
+                ax.axhline(value, color=f"C{7 + i % 3}" if name != "π*" else "black", linestyle=styles[i % len(styles)],
+                           linewidth=1.2, label=f"{name} ({value:.2f})")  # fmt: skip
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-        if k == 0:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def marginals_png(marginals: dict[str, list[float]], categories: list[str], title: str, ylabel: str) -> bytes:
+    """Grouped bars: one group per category, one bar per policy (name -> shares per category)."""
+    fig = _figure(1.2 + 0.5 * len(categories) * max(len(marginals), 1) / 2, 3.0)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(marginals), 1)
+    x = np.arange(len(categories))
+    for i, (name, values) in enumerate(marginals.items()):
+        color = "black" if name.startswith("π*") else None
+        ax.bar(x + (i - (len(marginals) - 1) / 2) * width, values, width, label=name, color=color)
+    ax.set_xticks(x, categories)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title, fontsize=10)
     return _png(fig)

@@ -19,10 +19,12 @@ every layer of prefgame and ends in an evaluation report (:mod:`evaluation.quick
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,6 +70,11 @@ class QuickstartConfig:
     sft: QuickstartSFT = param(QuickstartSFT, "π0 training")
     samples: int = param(2000, "π0 responses sampled to measure its class distribution")
     label_pairs: int = param(1000, "pairs of π0 responses labeled by every source (the agreement matrix)")
+    worlds: list[str] = param(
+        ["cyclic", "transitive"],
+        "the worlds to run the pipeline in: cyclic (the arena's cycle c) and transitive (c = 0, where Bradley–Terry "
+        "is the true model: the control); the first one's preference models, labels and win rates fill the report",
+    )
     selfplay: list[str] = param(["nash_md", "sppo", "inpo"], f"self-play algorithms to run, of {SELFPLAY_ALGORITHMS}")
     tau: float = param(0.05, "KL regularization τ of the arena game that π* and the duality gap refer to")
     baselines: bool = param(True, "train the DPO and PPO baselines")
@@ -79,6 +86,8 @@ class QuickstartConfig:
     judge: JudgeConfig = param(JudgeConfig, "the LLM judge (key from $OPENAI_API_KEY or judge.api_key, never written)")
 
     def __post_init__(self) -> None:
+        if not self.worlds or any(w not in ("cyclic", "transitive") for w in self.worlds):
+            raise ValueError(f"worlds must list cyclic and/or transitive, got {self.worlds}")
         unknown = [a for a in self.selfplay if a not in SELFPLAY_ALGORITHMS]
         if unknown:
             raise ValueError(f"unknown self-play algorithm {unknown}; choose from {list(SELFPLAY_ALGORITHMS)}")
@@ -93,6 +102,7 @@ OUTPUTS = (
     "selfplay",
     "dpo",
     "ppo",
+    "transitive",
     "samples.jsonl",
     "labels.jsonl",
     "policies.jsonl",
@@ -126,6 +136,21 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
+@dataclass
+class World:
+    """One world's stages: its preference models, self-play runs and baselines, and every policy's exact
+    class-level figures against its equilibrium π*."""
+
+    name: str
+    arena: Any
+    pm_rows: list[dict]
+    pms: dict[str, Any]
+    selfplay: dict[str, dict]
+    policies: dict[str, str]
+    exact: dict[str, dict]
+    samples: pd.DataFrame
+
+
 def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     clock = _Clock()
     if cfg.num_threads > 0:
@@ -134,28 +159,19 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     out.start(cfg, resume="auto" if cfg.resume else False, checkpoint=earlier, outputs=OUTPUTS)
     seed_everything(cfg.seed)
     arena = cfg.arena.build()
-    n_stages = 8
     rng = np.random.default_rng(cfg.seed + 1)
 
-    # 1. the world and its data sets
+    # 1–2. the world's data sets, and π0 by SFT with its class distribution from samples (both worlds
+    # share them: the demonstrations do not depend on the gold preference)
     t = time.perf_counter()
-    data_dir = out.file("data")
-    if not (cfg.resume and _done(data_dir)):
-        from prefgame.arena import job as arena_job
-
-        log.info(f"stage 1/{n_stages}: building the arena and exporting its data sets")
-        arena_job.run(
-            ArenaJobConfig(output_dir=str(data_dir), arena=cfg.arena, sft_examples=cfg.sft_examples, pairs=cfg.pairs)
-        )
+    data_dir = _export(cfg, cfg.arena, out.file("data"), log)
     clock.stage("arena", t)
-
-    # 2. π0 by SFT, and its class distribution from samples
     t = time.perf_counter()
     pi0_dir = out.file("pi0")
     if not (cfg.resume and _done(pi0_dir)):
         from prefgame.train import sft
 
-        log.info(f"stage 2/{n_stages}: training π0 by SFT on the demonstrations ({cfg.sft.max_steps} steps)")
+        log.info(f"stage 2/{N_STAGES}: training π0 by SFT on the demonstrations ({cfg.sft.max_steps} steps)")
         sft.run(_sft_config(cfg, data_dir, pi0_dir))
     pi0_path = str(pi0_dir / "model")
     model, tok = load_causal_lm(pi0_path), load_tokenizer(pi0_path)
@@ -170,31 +186,20 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     rho0 = smoothed_class_distribution(arena, prompts, responses, prior=2.0)
     clock.stage("sft", t)
 
-    # 3. preference models
-    t = time.perf_counter()
-    from prefgame.models import load_preference_model
-    from prefgame.train.pm_arena import rows_as_dicts, train_arena_preference_models
+    worlds: dict[str, World] = {}
+    for name in cfg.worlds:
+        world_cfg = dataclasses.replace(cfg.arena, cycle=0.0) if name == "transitive" else cfg.arena
+        world_out = out.path if name == "cyclic" else out.file(name)
+        world_data = data_dir if name == "cyclic" else _export(cfg, world_cfg, world_out / "data", log)
+        worlds[name] = _world(cfg, name, world_cfg, world_out, world_data, (pi0_path, model, tok),
+                              (pi0_raw, rho0), clock, log)  # fmt: skip
+    main_world = worlds[cfg.worlds[0]]
 
-    pm_dir = out.file("pm")
-    if cfg.resume and _done(pm_dir):
-        pm_rows = _read_json(pm_dir / "metrics.json")["models"]
-    else:
-        log.info(f"stage 3/{n_stages}: training BT, general (GPM) and gated preference models")
-        pm_rows = rows_as_dicts(
-            train_arena_preference_models(
-                pm_dir, pairs_path=data_dir / "pairs.jsonl", ratings_path=data_dir / "ratings.jsonl"
-            )
-        )
-        RunDir(pm_dir).write_metrics({"models": pm_rows})
-    pms = {r["model"]: load_preference_model(r["model_dir"]) for r in pm_rows}
-    by_kind = {r["kind"]: r for r in pm_rows}
-    clock.stage("preference models", t)
-
-    # 4. labels of π0 response pairs from every source
+    # 4. labels of π0 response pairs from every source (the first world's)
     t = time.perf_counter()
     from evaluation.arena import BIASED_JUDGE, arena_label_table
 
-    log.info(f"stage 4/{n_stages}: labeling {cfg.label_pairs} pairs of π0 responses by every source")
+    log.info(f"stage 4/{N_STAGES}: labeling {cfg.label_pairs} pairs of π0 responses by every source")
     pair_prompts = [p.text for p in arena.sample_prompts(cfg.label_pairs, rng)]
     doubled = sample(model, tok, pair_prompts * 2, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 2)
     judge = None
@@ -202,104 +207,161 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         from prefgame.judges import LLMJudge
 
         judge = LLMJudge(cfg.judge, seed=cfg.seed)
-    oracles = {**pms, **({judge.name: judge} if judge else {})}
+    oracles = {**main_world.pms, **({judge.name: judge} if judge else {})}
     labels = arena_label_table(
-        arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed, oracles=oracles
-    )
+        main_world.arena, pair_prompts, doubled[: cfg.label_pairs], doubled[cfg.label_pairs :], seed=cfg.seed,
+        oracles=oracles,
+    )  # fmt: skip
     write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
     clock.stage("labels", t)
-
-    # 5. Nash self-play with the general preference model as oracle
-    from prefgame.train.selfplay import QUICKSTART_OVERRIDES, run_selfplay
-
-    policies: dict[str, str] = {"π0": pi0_path}
-    runs: dict[str, dict] = {}
-    gpm = pms[by_kind["gpm"]["model"]]
-    for i, algo in enumerate(cfg.selfplay):
-        t = time.perf_counter()
-        sp_dir = out.file("selfplay") / algo
-        if cfg.resume and _done(sp_dir):
-            runs[algo] = _read_json(sp_dir / "metrics.json")
-        else:
-            log.info(f"stage 5/{n_stages}: self-play {algo} ({i + 1}/{len(cfg.selfplay)}) from π0 against the GPM")
-            runs[algo] = run_selfplay(
-                pi0_path,
-                gpm,
-                algorithm=algo,
-                output_dir=sp_dir,
-                overrides=[*QUICKSTART_OVERRIDES, f"train.seed={cfg.seed}", f"game.tau={cfg.tau}"],
-                reference_classes=rho0,
-            )
-        policies[algo] = str(sp_dir / "model")
-        clock.stage(f"selfplay {algo}", t)
-
-    # 6. baselines
-    if cfg.baselines:
-        from prefgame.train.dpo import train_dpo_arena
-        from prefgame.train.ppo import train_ppo_arena
-
-        t = time.perf_counter()
-        dpo_dir = out.file("dpo")
-        if not (cfg.resume and _done(dpo_dir)):
-            log.info(f"stage 6/{n_stages}: offline DPO from π0 on the exported arena pairs")
-            train_dpo_arena(
-                pi0_path, data_dir, dpo_dir, mode="offline", overrides=[f"train.seed={cfg.seed}"], eval_prompts=0
-            )
-        policies["dpo"] = str(dpo_dir / "model")
-        clock.stage("dpo", t)
-        t = time.perf_counter()
-        ppo_dir = out.file("ppo")
-        if not (cfg.resume and _done(ppo_dir)):
-            log.info(f"stage 6/{n_stages}: PPO from π0 against the BT reward model")
-            train_ppo_arena(pi0_path, by_kind["bt"]["model_dir"], ppo_dir, overrides=[f"train.seed={cfg.seed}"])
-        policies["ppo"] = str(ppo_dir / "model")
-        clock.stage("ppo", t)
-
-    # 7. every policy on the same held-out prompts
-    t = time.perf_counter()
-    log.info(f"stage 7/{n_stages}: sampling every policy on {cfg.eval_prompts} held-out prompts and judging them")
-    eval_prompts = [p.text for p in arena.sample_prompts(cfg.eval_prompts, np.random.default_rng(cfg.seed + 7))]
-    rows, per_policy = [], {}
-    for name, path in policies.items():
-        m = model if name == "π0" else load_causal_lm(path)
-        texts = sample(m, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 3)
-        rows += [{"prompt": p, "output": y, "generator": name} for p, y in zip(eval_prompts, texts)]
-        per_policy[name] = texts
-    write_jsonl(out.file("policies.jsonl"), rows)
-    samples_frame = pd.DataFrame(rows)
-
-    game = ClassGame(arena.gold_matrix, rho0, arena.type_probs, cfg.tau)
-    exact: dict[str, dict] = {}
-    for name, texts in per_policy.items():
-        pi = pi0_raw if name == "π0" else arena.class_distribution(eval_prompts, texts)
-        exact[name] = class_figures(arena, pi, pi0_raw, game)
-    exact["π* (exact)"] = class_figures(arena, game.pi_star, pi0_raw, game)
-    clock.stage("policies", t)
 
     # 8. report
     from evaluation.quickstart_report import QuickstartResults, write_quickstart_report
 
-    log.info(f"stage 8/{n_stages}: writing the report")
+    log.info(f"stage 8/{N_STAGES}: writing the report")
     results = QuickstartResults(
         cfg=cfg,
-        arena=arena,
+        arena=main_world.arena,
         pi0_raw=pi0_raw,
         sft_metrics=_read_json(pi0_dir / "metrics.json"),
         samples=(prompts, responses, classes),
-        pm_rows=pm_rows,
+        pm_rows=main_world.pm_rows,
         labels=labels,
-        selfplay=runs,
-        exact=exact,
-        policy_samples=samples_frame,
-        biased_judge=AnnotatorOracle(arena, BIASED_JUDGE),
-        gold=GoldOracle(arena),
+        selfplay=main_world.selfplay,
+        exact=main_world.exact,
+        policy_samples=main_world.samples,
+        biased_judge=AnnotatorOracle(main_world.arena, BIASED_JUDGE),
+        gold=GoldOracle(main_world.arena),
         llm_judge=judge,
+        worlds={
+            name: {"exact": w.exact, "selfplay": w.selfplay, "cycle": w.arena.spec.cycle} for name, w in worlds.items()
+        },
     )
     metrics = write_quickstart_report(out.path, results, {**clock.seconds, "total": clock.total()})
     out.write_metrics(metrics)
     print(summary_table(metrics))
     log.info(f"quickstart done in {metrics['seconds']['total']:.0f}s: report in {metrics['report']}")
     return metrics
+
+
+N_STAGES = 8
+
+
+def _export(cfg: QuickstartConfig, arena_cfg: ArenaConfig, data_dir: Path, log) -> Path:
+    """Stage 1: the world's data sets in ``data_dir`` (kept on resume)."""
+    if not (cfg.resume and _done(data_dir)):
+        from prefgame.arena import job as arena_job
+
+        log.info(f"stage 1/{N_STAGES}: building the arena (cycle {arena_cfg.cycle}) and exporting its data sets")
+        arena_job.run(
+            ArenaJobConfig(output_dir=str(data_dir), arena=arena_cfg, sft_examples=cfg.sft_examples, pairs=cfg.pairs)
+        )
+    return data_dir
+
+
+def _world(
+    cfg: QuickstartConfig, name: str, world_cfg: ArenaConfig, out: Path, data_dir: Path, pi0, pi0_classes, clock, log
+) -> World:
+    """Stages 3, 5, 6 and 7 in one world: preference models on its pairs, self-play against its GPM, the
+    baselines (offline DPO on its pairs, PPO against its BT reward), and every policy measured exactly."""
+    from prefgame.models import load_preference_model
+    from prefgame.train.pm_arena import KINDS, ArenaPMConfig, rows_as_dicts, train_arena_preference_models
+    from prefgame.train.selfplay import QUICKSTART_OVERRIDES, run_selfplay
+
+    pi0_path, model, tok = pi0
+    pi0_raw, rho0 = pi0_classes
+    arena = world_cfg.build()
+    t = time.perf_counter()
+    pm_dir = out / "pm"
+    if cfg.resume and _done(pm_dir):
+        pm_rows = _read_json(pm_dir / "metrics.json")["models"]
+    else:
+        kinds = KINDS if name == cfg.worlds[0] else ("bt", "gpm")  # the report's world gets every kind
+        log.info(f"stage 3/{N_STAGES} ({name} world): training the {', '.join(kinds)} preference models")
+        trained = train_arena_preference_models(
+            pm_dir, pairs_path=data_dir / "pairs.jsonl", ratings_path=data_dir / "ratings.jsonl",
+            cfg=ArenaPMConfig(arena=world_cfg), kinds=kinds,
+        )  # fmt: skip
+        pm_rows = rows_as_dicts(trained)
+        RunDir(pm_dir).write_metrics({"models": pm_rows})
+    pms = {r["model"]: load_preference_model(r["model_dir"]) for r in pm_rows}
+    by_kind = {r["kind"]: r for r in pm_rows}
+    clock.stage(f"preference models ({name})", t)
+
+    policies: dict[str, str] = {"π0": pi0_path}
+    runs: dict[str, dict] = {}
+    for i, algo in enumerate(cfg.selfplay):
+        t = time.perf_counter()
+        sp_dir = out / "selfplay" / algo
+        if cfg.resume and _done(sp_dir):
+            runs[algo] = _read_json(sp_dir / "metrics.json")
+        else:
+            log.info(f"stage 5/{N_STAGES} ({name} world): self-play {algo} ({i + 1}/{len(cfg.selfplay)}) vs the GPM")
+            world = [
+                f"arena.cycle={arena.spec.cycle}",
+                f"arena.demonstrator_style={list(cfg.arena.demonstrator_style)}",
+            ]
+            runs[algo] = run_selfplay(
+                pi0_path, pms[by_kind["gpm"]["model"]], algorithm=algo, output_dir=sp_dir,
+                overrides=[*QUICKSTART_OVERRIDES, f"train.seed={cfg.seed}", f"game.tau={cfg.tau}", *world],
+                reference_classes=rho0,
+            )  # fmt: skip
+        policies[algo] = str(sp_dir / "model")
+        clock.stage(f"selfplay {algo} ({name})", t)
+    if cfg.baselines:
+        policies.update(_baselines(cfg, name, arena, out, data_dir, pi0_path, by_kind["bt"]["model_dir"], clock, log))
+
+    # 7. every policy on the same held-out prompts, measured exactly in this world
+    t = time.perf_counter()
+    log.info(f"stage 7/{N_STAGES} ({name} world): sampling every policy on {cfg.eval_prompts} held-out prompts")
+    eval_prompts = [p.text for p in arena.sample_prompts(cfg.eval_prompts, np.random.default_rng(cfg.seed + 7))]
+    rows, per_policy = [], {}
+    for policy, path in policies.items():
+        m = model if policy == "π0" else load_causal_lm(path)
+        texts = sample(m, tok, eval_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 3)
+        rows += [{"prompt": p, "output": y, "generator": policy} for p, y in zip(eval_prompts, texts)]
+        per_policy[policy] = texts
+    write_jsonl(out / "policies.jsonl", rows)
+    game = ClassGame(arena.gold_matrix, rho0, arena.type_probs, cfg.tau)
+    exact: dict[str, dict] = {}
+    for policy, texts in per_policy.items():
+        pi = pi0_raw if policy == "π0" else arena.class_distribution(eval_prompts, texts)
+        exact[policy] = {**class_figures(arena, pi, pi0_raw, game), "style": _style_marginal(pi, arena)}
+    exact["π* (exact)"] = {
+        **class_figures(arena, game.pi_star, pi0_raw, game),
+        "style": _style_marginal(game.pi_star, arena),
+    }
+    clock.stage(f"policies ({name})", t)
+    return World(name, arena, pm_rows, pms, runs, policies, exact, pd.DataFrame(rows))
+
+
+def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, bt_dir: str, clock, log) -> dict:
+    """Stage 6: offline DPO on the world's pairs and PPO against its BT reward model, from π0."""
+    from prefgame.train.dpo import train_dpo_arena
+    from prefgame.train.ppo import train_ppo_arena
+
+    world = [f"arena.cycle={arena.spec.cycle}", f"arena.demonstrator_style={list(cfg.arena.demonstrator_style)}"]
+    t = time.perf_counter()
+    dpo_dir = out / "dpo"
+    if not (cfg.resume and _done(dpo_dir)):
+        log.info(f"stage 6/{N_STAGES} ({name} world): offline DPO from π0 on the exported arena pairs")
+        train_dpo_arena(
+            pi0_path, data_dir, dpo_dir, mode="offline", overrides=[f"train.seed={cfg.seed}", *world], eval_prompts=0
+        )
+    clock.stage(f"dpo ({name})", t)
+    t = time.perf_counter()
+    ppo_dir = out / "ppo"
+    if not (cfg.resume and _done(ppo_dir)):
+        log.info(f"stage 6/{N_STAGES} ({name} world): PPO from π0 against the BT reward model")
+        train_ppo_arena(pi0_path, bt_dir, ppo_dir, overrides=[f"train.seed={cfg.seed}", *world])
+    clock.stage(f"ppo ({name})", t)
+    return {"dpo": str(dpo_dir / "model"), "ppo": str(ppo_dir / "model")}
+
+
+def _style_marginal(pi: torch.Tensor, arena) -> list[float]:
+    """The style shares (formal, casual, poetic) of a class-level policy (T, C), averaged over prompt types."""
+    avg = (pi.double() * arena.type_probs[:, None]).sum(0)  # (C,)
+    return [float(avg[torch.from_numpy(arena.class_styles == s)].sum()) for s in range(3)]
 
 
 def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConfig:
@@ -324,17 +386,21 @@ def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConf
 
 
 def summary_table(metrics: dict) -> str:
-    lines = [
-        "",
-        "prefgame quickstart summary",
-        f"  {'policy':<14}{'gold win vs π0':>16}{'exploitability':>16}{'gap':>10}{'TV to π*':>10}",
-    ]
-    for name, m in metrics["policies"].items():
-        figures = (m["gold_win_rate_vs_ref"], m["exploitability"], m["gap"], m["tv_to_equilibrium"])
-        lines.append(f"  {name:<14}" + "".join(f"{v:>{w}.3f}" for v, w in zip(figures, (16, 16, 10, 10))))
+    lines = ["", "prefgame quickstart summary"]
+    header = f"  {'policy':<14}{'gold win vs π0':>16}{'exploitability':>16}{'  w/o cycle':>12}{'TV to π*':>10}"
+    for world, policies in (metrics.get("worlds") or {"": metrics["policies"]}).items():
+        lines += [f"  {world} world" if world else "", header]
+        for name, m in policies.items():
+            figures = (
+                m["gold_win_rate_vs_ref"],
+                m["exploitability"],
+                m["exploitability_transitive"],
+                m["tv_to_equilibrium"],
+            )
+            lines.append(f"  {name:<14}" + "".join(f"{v:>{w}.3f}" for v, w in zip(figures, (16, 16, 12, 10))))
     for r in metrics["preference_models"]:
         lines.append(
             f"  PM {r['model']:<11} held-out accuracy {r['expected_accuracy']:.3f} (Bayes {r['bayes_accuracy']:.3f})"
         )
     lines.append(f"  total time {metrics['seconds']['total']:.0f} s; report: {metrics['report']}")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from evaluation.plots import convergence_png
+from evaluation.plots import convergence_png, marginals_png
 from evaluation.report import ReportSection, agreement_section, policy_battles, winrate_section, write_report
 from prefgame.arena.world import MODIFIERS, N_CLASSES, OBJECTIVES, STYLES, TOPICS, Arena, class_features, class_name
 
@@ -28,6 +28,7 @@ FEATURE_VALUES = {
 EXACT_COLUMNS = {
     "gold_win_rate_vs_ref": "gold win rate vs π0",
     "exploitability": "exploitability",
+    "exploitability_transitive": "exploitability without the cycle",
     "gap": "duality gap",
     "tv_to_equilibrium": "TV to π*",
     "class_kl": "class KL to π0",
@@ -49,6 +50,7 @@ class QuickstartResults:
     biased_judge: Any  # PreferenceOracle
     gold: Any  # PreferenceOracle
     llm_judge: Any = None  # prefgame.judges.LLMJudge when the run was given an endpoint
+    worlds: dict[str, dict] | None = None  # world -> {"exact", "selfplay", "cycle"}: the two-world comparison
 
 
 def type_average(pi: torch.Tensor, arena: Arena) -> torch.Tensor:
@@ -77,7 +79,10 @@ def world_section(r: QuickstartResults) -> ReportSection:
         f"s_k(b)) + c · C[style(a), style(b)]) with strength {spec.strength}, cyclic strength c = {spec.cycle} "
         "(formal ≻ casual ≻ poetic ≻ formal: no reward function can express it) and prompt-dependent objective "
         "weights w(x). Because P* depends on a response only through its class, every policy's exact win rates, "
-        "exploitability and distance to the regularized equilibrium π* can be computed."
+        "exploitability and distance to the regularized equilibrium π* can be computed. The demonstrations (π0's "
+        "SFT data) and the exported pairs draw their style as "
+        + ", ".join(f"{name} {q:.2f}" for name, q in zip(STYLES, spec.demonstrator.style))
+        + " (`arena.demonstrator_style`)."
     )
     types = [f"{t}/{m}" for t in TOPICS for m in MODIFIERS]
     weights = pd.DataFrame(arena.type_weights, index=pd.Index(types, name="prompt type"), columns=list(OBJECTIVES))
@@ -185,11 +190,67 @@ def selfplay_section(r: QuickstartResults) -> ReportSection:
         keys = ("eval/win_rate_vs_ref", "eval/kl_to_ref", *(f"eval/{k}" for k in EXACT_COLUMNS))
         rows += [{"algorithm": algo, "iteration": h["iteration"], **{k: h.get(k) for k in keys}} for h in m["history"]]
     if traces:
-        cols = {f"eval/{key}": label for key, label in EXACT_COLUMNS.items() if key != "class_kl"}
+        cols = {
+            f"eval/{key}": EXACT_COLUMNS[key] for key in ("exploitability", "tv_to_equilibrium", "gold_win_rate_vs_ref")
+        }
+        references = {
+            col: {name: m.get(col[len("eval/") :]) for name, m in r.exact.items() if name not in r.selfplay}
+            for col in cols
+        }
         s.add_figure(
-            "selfplay_convergence", convergence_png(traces, cols, "self-play from π0"), "Convergence per algorithm"
+            "selfplay_convergence",
+            convergence_png(
+                traces, cols, "self-play from π0 (dashed: π*, π0 and the baselines' final values)", references
+            ),
+            "Convergence per algorithm, with the exact equilibrium π*, π0 and the baselines as reference lines",
         )
         s.add_table("selfplay_trace", pd.DataFrame(rows).set_index(["algorithm", "iteration"]), "Measured iterations:")
+    return s
+
+
+def _best_selfplay(exact: dict[str, dict], selfplay: dict) -> str | None:
+    names = [a for a in selfplay if a in exact]
+    return min(names, key=lambda a: exact[a]["exploitability"]) if names else None
+
+
+FINDING_COLUMNS = ("exploitability", "exploitability_transitive", "tv_to_equilibrium", "gold_win_rate_vs_ref")
+
+
+def findings_section(r: QuickstartResults) -> ReportSection | None:
+    """The first screen: the two-world comparison in two sentences computed from this run, and its figure."""
+    worlds = r.worlds or {}
+    if not worlds:
+        return None
+    s = ReportSection("Finding")
+    sentences, rows, bars = [], [], {}
+    policies = list(next(iter(worlds.values()))["exact"])
+    for name, w in worlds.items():
+        exact, best, label = w["exact"], _best_selfplay(w["exact"], w["selfplay"]), f"{name} (c = {w['cycle']})"
+        rows += [
+            {"world": label, "policy": p, **{EXACT_COLUMNS[k]: m[k] for k in FINDING_COLUMNS}} for p, m in exact.items()
+        ]
+        bars[label] = [exact[p]["exploitability"] if p in exact else float("nan") for p in policies]
+        if best is None:
+            continue
+        e = {p: m["exploitability"] for p, m in exact.items()}
+        others = {p: v for p, v in e.items() if p in ("ppo", "dpo")}
+        versus = ", ".join(f"{p} {v:.3f}" for p, v in others.items())
+        verdict = "lower than" if all(e[best] < v for v in others.values()) else "not lower than every baseline:"
+        sentences.append(
+            f"In the {name} world (c = {w['cycle']}), self-play ({best}) takes exploitability from {e['π0']:.3f} (π0) "
+            f"to {e[best]:.3f} ({e[best] / e['π0']:.2f}× π0; π* {e['π* (exact)']:.3f})"
+            + (f", {verdict} {versus}." if versus else ".")
+        )
+    s.text(
+        " ".join(sentences) + " Exploitability is what the best response to a policy wins against it under the gold "
+        "preference, minus ½ (0: nothing beats it); its part without the cycle is what a reward function can see."
+    )
+    s.add_figure(
+        "finding",
+        marginals_png(bars, policies, "exploitability per policy and world (lower is better)", "exploitability"),
+        "Exploitability of every policy in each world (π* is the regularized equilibrium)",
+    )
+    s.add_table("finding", pd.DataFrame(rows).set_index(["world", "policy"]), "Exact class-level figures per world:")
     return s
 
 
@@ -205,6 +266,13 @@ def policies_section(r: QuickstartResults) -> ReportSection:
     frame = pd.DataFrame({name: {lab: m[key] for key, lab in EXACT_COLUMNS.items()} for name, m in r.exact.items()}).T
     frame.index.name = "policy"
     s.add_table("policies_exact", frame, "Exact class-level figures under the gold preference:")
+    styles = {name: m["style"] for name, m in r.exact.items() if "style" in m}
+    if styles:
+        s.add_figure(
+            "policies_style",
+            marginals_png(styles, list(STYLES), "style marginal per policy", "share of responses"),
+            "Style marginal of every policy against π*'s (the cyclic term's equilibrium mixes the three styles)",
+        )
     rows = []
     for name, g in r.policy_samples.groupby("generator", sort=False):
         for p, y in list(zip(g["prompt"], g["output"]))[:2]:
@@ -248,6 +316,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
     timing = ReportSection("Timings")
     timing.add_table("timings", pd.DataFrame({"seconds": seconds}).rename_axis("stage"), "Wall time per stage (s):")
     sections = [
+        *([f] if (f := findings_section(r)) is not None else []),
         world_section(r),
         pi0_section(r),
         pm_section(r),
@@ -267,6 +336,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         "preference_models": r.pm_rows,
         "selfplay": {a: {k: v for k, v in m.items() if k != "history"} for a, m in r.selfplay.items()},
         "policies": r.exact,
+        "worlds": {name: w["exact"] for name, w in (r.worlds or {}).items()},
         "agreement": agreement.metrics,
         "win_rates": win_metrics,
         "seconds": seconds,

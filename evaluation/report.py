@@ -189,19 +189,29 @@ def write_report(
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A .jsonl/.json/.csv/.parquet file as a DataFrame (one row per line/record)."""
+    from prefgame.data.load import check_json_file, check_text_file
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"file not found: {p} (give a .jsonl, .json, .csv or .parquet file)")
     suffix = p.suffix.lower()
-    if suffix == ".jsonl":
-        return pd.read_json(p, lines=True, dtype=False)
-    if suffix == ".json":
-        return pd.read_json(p, dtype=False)
-    if suffix == ".csv":
-        return pd.read_csv(p)
-    if suffix == ".parquet":
-        return pd.read_parquet(p)
-    raise DataError(f"{p}: unknown file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    readers = {
+        ".jsonl": lambda: pd.read_json(p, lines=True, dtype=False),
+        ".json": lambda: pd.read_json(p, dtype=False),
+        ".csv": lambda: pd.read_csv(p),
+        ".parquet": lambda: pd.read_parquet(p),
+    }
+    if suffix not in readers:
+        raise DataError(f"{p}: unknown file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    if suffix != ".parquet":
+        check_text_file(p, str(p), header=suffix == ".csv")
+    if suffix in (".json", ".jsonl"):
+        check_json_file(p, str(p))  # malformed lines, with their numbers
+    try:
+        return readers[suffix]()
+    except (ValueError, OSError, ImportError) as exc:  # pandas' parser errors are ValueErrors
+        reason = " ".join(str(exc).split())[:160]
+        raise DataError(f"{p}: could not read ({type(exc).__name__}: {reason})") from None
 
 
 def word_count(texts: Sequence[str]) -> np.ndarray:
@@ -546,8 +556,9 @@ def policy_battles(
 ) -> pd.DataFrame:
     """Battles between generators judged by ``oracle`` (any :class:`~prefgame.oracle.PreferenceOracle`).
 
-    ``samples`` has ``prompt``, ``output`` and ``generator`` (the jsonl of ``prefgame generate``). Two
-    generators meet on every prompt both answered: their k-th outputs for that prompt are paired.
+    ``samples`` has ``prompt`` (and optionally ``prompt_messages``), ``output`` and ``generator`` (the
+    jsonl of ``prefgame generate``). Two generators meet on every prompt both answered: their k-th
+    outputs for that prompt are paired.
     ``pairs="all"`` pits every two generators, ``"baseline"`` every generator against ``baseline``.
     Which one is shown first (model_a) is drawn at random per battle (``seed``). A judge with
     ``judge_pairs`` (the LLM judge) keeps the pairs it judged and drops failures; their count is in
@@ -567,11 +578,12 @@ def policy_battles(
         raise DataError(f"need at least two generators to compare; got {generators}")
     by_gen = {g: _outputs_by_prompt(samples[samples["generator"].astype(str) == g]) for g in generators}
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, asked = [], []  # asked: the prompts as the judge reads them (a table keeps only their text)
     for g, h in matchups:
         for prompt, outs_g in by_gen[g].items():
             for out_g, out_h in zip(outs_g, by_gen[h].get(prompt, [])):
                 first_g = bool(rng.random() < 0.5)
+                asked.append(prompt)
                 rows.append(
                     {
                         "prompt": prompt,
@@ -585,10 +597,13 @@ def policy_battles(
         raise DataError("no two generators answered a common prompt: generate from the same prompts")
     battles = pd.DataFrame(rows)
     battles["len_a"], battles["len_b"] = word_count(battles["response_a"]), word_count(battles["response_b"])
-    prompts, ra, rb = list(battles["prompt"]), list(battles["response_a"]), list(battles["response_b"])
+    prompts, ra, rb = asked, list(battles["response_a"]), list(battles["response_b"])
     failed = 0
     if hasattr(oracle, "judge_pairs"):
+        from prefgame.judges.llm import require_some_judged
+
         records = oracle.judge_pairs(prompts, ra, rb)
+        require_some_judged(records)
         ok = np.array([r.status == "ok" for r in records])
         battles["outcome"] = [r.preference if r.status == "ok" else np.nan for r in records]
         failed = int((~ok).sum())
@@ -602,6 +617,21 @@ def policy_battles(
 
 def _outputs_by_prompt(frame: pd.DataFrame) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for prompt, output in zip(frame["prompt"].astype(str), frame["output"].astype(str)):
+    for prompt, output in zip(_sample_prompts(frame), frame["output"].astype(str)):
         out.setdefault(prompt, []).append(output)
     return out
+
+
+def _sample_prompts(frame: pd.DataFrame) -> list[str]:
+    """The prompt of each sample: its ``prompt_messages`` (written by ``prefgame generate``) as a prompt
+    (a multi-turn one is a :class:`~prefgame.data.chat.Conversation`, equal to its ``prompt`` text, so
+    that a preference-model judge reads the whole conversation), else the ``prompt`` text."""
+    from prefgame.data.chat import as_prompt
+
+    texts = frame["prompt"].astype(str)
+    if "prompt_messages" not in frame.columns:
+        return list(texts)
+    return [
+        as_prompt(list(m)) if isinstance(m, (list, tuple, np.ndarray)) and len(m) else text
+        for text, m in zip(texts, frame["prompt_messages"])
+    ]

@@ -46,6 +46,10 @@ def battle_outcomes(battles: pd.DataFrame) -> np.ndarray:
     for col in ("model_a", "model_b"):
         if col not in battles.columns:
             raise DataError(f"battles table needs a {col!r} column; it has {list(battles.columns)}")
+        names = battles[col].map(lambda v: isinstance(v, str) and bool(v.strip()))
+        if not names.all():
+            row = int(np.flatnonzero(~names.to_numpy())[0])
+            raise DataError(f"battle row {row}: {col!r} must name a model, got {battles[col].iloc[row]!r}")
     if "outcome" in battles.columns:
         return as_outcomes(battles["outcome"].to_numpy(), "battles['outcome']")
     if "winner" not in battles.columns:

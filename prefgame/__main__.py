@@ -1,5 +1,13 @@
 import sys
 
-from prefgame.cli import main
+try:
+    from prefgame.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C while Python loads the command line (main handles the rest)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write("prefgame: interrupted\n")
+    code = 130
+sys.exit(code)

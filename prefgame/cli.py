@@ -14,11 +14,13 @@ without prefgame importing ``evaluation`` (docs/design.md §2.2).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from prefgame.console import held_library_messages, print_held
 from prefgame.errors import PrefgameError
@@ -122,8 +124,15 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="prefgame",
         description="General-preference, game-theoretic alignment of language models.",
         epilog="Run 'prefgame <command> --help' for the config keys of a command.",
@@ -170,17 +179,37 @@ def _quiet_library_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # at any moment, imports and argument parsing included
+        return interrupted(command)
+
+
+def interrupted(command: str | None) -> int:
+    """Ctrl-C: one line and exit code 130; a second Ctrl-C while the process ends is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"prefgame{' ' + command if command else ''}: interrupted", file=sys.stderr)
+    return 130
+
+
+def _main(argv: list[str]) -> int:
     parser = _build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides on both sides of --config: argparse leaves those after it unparsed
+        if not hasattr(args, "overrides") or any(a.startswith("-") for a in extra):
+            parser.parse_args(argv)  # argparse's one-line usage error for what it cannot place
+        args.overrides += extra
     if args.command is None:
         parser.print_help()
         return 0
     with held_library_messages() as held:
         try:
             if hasattr(args, "_job"):
-                from prefgame.config import load_config
+                from prefgame.config import check_output_paths, load_config
 
                 cfg = load_config(_load(args._job.config), args.config, args.overrides)
+                check_output_paths(cfg)
                 _quiet_library_progress_bars()
                 run: Callable[[Any], Any] = _load(args._job.run)
                 run(cfg)
@@ -188,17 +217,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 code = int(_load(f"{args._tool.module}:main")(args) or 0)
         except PrefgameError as exc:  # one line: the held warnings are in log.txt, not on the console
-            print(f"prefgame {args.command}: error: {exc}", file=sys.stderr)
-            return 2
+            return _error(args.command, str(exc))
+        except OSError as exc:
+            if exc.errno not in USER_OS_ERRORS:
+                print_held(held, args.command)
+                raise
+            return _error(args.command, _os_error_line(exc))
         except KeyboardInterrupt:
-            print(f"prefgame {args.command}: interrupted", file=sys.stderr)
-            return 130
+            return interrupted(args.command)
         except BaseException:  # a crash: everything that may explain it, then the traceback
             print_held(held, args.command)
             raise
     print_held(held, args.command)
     _close_process_group()
     return code
+
+
+# Failures of the machine's files that the user causes and fixes (permissions, a full or read-only
+# disk, a path that is a file or a folder where the other was needed)
+USER_OS_ERRORS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
+     errno.EEXIST, errno.ENAMETOOLONG}
+)  # fmt: skip
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where} (check the path and its permissions, and the free disk space)"
+
+
+def _error(command: str, message: str) -> int:
+    print(f"prefgame {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def _close_process_group() -> None:

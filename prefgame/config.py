@@ -5,12 +5,22 @@ default and a one-line doc (shown by ``prefgame <command> --help``). YAML files 
 ``a.b=value`` overrides on the command line are applied on top. An unknown key fails with a message
 naming the key and the nearest valid one; a value of the wrong type fails with the key, the
 expected type and the value.
+
+Values are checked where they enter: every number must be finite (``nan`` and ``inf`` are refused
+unless a field is declared with ``finite=False``), a field declared with bounds (``param(..., gt=0)``,
+``ge``, ``le``, ``lt``) must lie within them (a subclass that changes a field's default keeps the
+bounds its base declared), and every field named ``seed`` is a non-negative integer. A failure names
+the key, the rule, the value given and the default. The paths a job writes (``output_dir``, and the
+fields declared ``param(..., output="file")``) are checked by :func:`check_output_paths` before the
+job starts, so a folder that is a file or cannot be written fails before any work is done.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import types
 import typing
@@ -21,10 +31,9 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from prefgame.errors import ConfigError
+from prefgame.redact import REDACTED, redact_value
 
 T = TypeVar("T")
-
-REDACTED = "<redacted>"
 
 
 class _Loader(yaml.SafeLoader):
@@ -44,10 +53,30 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
 
 
-def param(default: Any, help: str, *, secret: bool = False) -> Any:
+BOUNDS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+# Bounds every field of this name has, wherever it is declared
+_NAMED_BOUNDS: dict[str, dict[str, float]] = {"seed": {"ge": 0}}
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    secret: bool = False,
+    finite: bool = True,
+    output: str | None = None,
+    **bounds: float,
+) -> Any:
     """A documented config field. ``default`` may be a dataclass type (nested section) or a mutable
-    value (copied per instance). ``secret`` fields are never written to disk or printed."""
-    meta = {"help": help, "secret": secret}
+    value (copied per instance). ``secret`` fields are never written to disk or printed. ``gt``, ``ge``,
+    ``lt`` and ``le`` bound a number; ``finite=False`` lets it be nan or inf. ``output="file"`` marks a
+    path the job writes (checked before it starts, as ``output_dir`` is)."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"param() got unknown bounds {sorted(unknown)}; use {', '.join(BOUNDS)}")
+    if output not in (None, "file"):
+        raise TypeError(f"param(output=...) must be None or 'file', got {output!r}")
+    meta = {"help": help, "secret": secret, "finite": finite, "bounds": bounds, "output": output}
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -66,13 +95,19 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 def iter_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Field]]:
     """Yield (dotted key, type, field) for every leaf field of a config dataclass."""
+    for key, tp, f, _ in _iter_fields(cls, prefix):
+        yield key, tp, f
+
+
+def _iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Field, type]]:
+    """(dotted key, type, field, the dataclass declaring it) for every leaf field of a config dataclass."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dataclass_type(tp):
-            yield from iter_keys(tp, f"{prefix}{f.name}.")
+            yield from _iter_fields(tp, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", tp, f
+            yield f"{prefix}{f.name}", tp, f, cls
 
 
 def _type_name(tp: Any) -> str:
@@ -95,6 +130,49 @@ def _type_name(tp: Any) -> str:
 
 class _Mismatch(Exception):
     pass
+
+
+def _bounds(cls: type, name: str) -> dict[str, float]:
+    """The bounds of field ``name``: its own, else those of the nearest base class that declares the
+    field with bounds (a subclass that only changes the default keeps them), else those of its name."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("bounds"):
+            return f.metadata["bounds"]
+    return _NAMED_BOUNDS.get(name, {})
+
+
+def _rule(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{BOUNDS[k]} {v:g}" for k, v in bounds.items())
+
+
+def _numbers(value: Any) -> Iterator[float]:
+    """The numbers in a coerced value (itself, or the items of a list or mapping)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+
+
+def _check_value(cls: type, f: dataclasses.Field, tp: Any, value: Any, dotted: str) -> None:
+    """Finite numbers within the field's bounds, or a ConfigError naming key, rule, value and default."""
+    if tp is Any or get_args(tp) and Any in get_args(tp):
+        return  # free-form values (factory options) are the factory's to check
+    default = "" if f.default is dataclasses.MISSING else f" (default {f.default!r})"
+    bounds = _bounds(cls, f.name)
+    for number in _numbers(value):
+        if f.metadata.get("finite", True) and not math.isfinite(number):
+            raise ConfigError(f"config key '{dotted}' must be a finite number, got {number}{default}")
+        for kind, limit in bounds.items():
+            ok = {"gt": number > limit, "ge": number >= limit, "lt": number < limit, "le": number <= limit}[kind]
+            if not ok:
+                raise ConfigError(f"config key '{dotted}' must be {_rule(bounds)}, got {number!r}{default}")
 
 
 def _coerce(value: Any, tp: Any) -> Any:
@@ -168,6 +246,15 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Mismatch
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """A value's repr for a one-line message: shortened, and safe for values nested too deeply to print."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "a value nested too deeply to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _nearest(key: str, valid: list[str]) -> str:
     tail = key.rsplit(".", 1)[-1]
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
@@ -194,15 +281,16 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, root: type) -> T:
             if value is None:
                 value = {}
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{dotted}' is a section: give it as a mapping, not {value!r}")
+                raise ConfigError(f"config key '{dotted}' is a section: give it as a mapping, not {_show(value)}")
             kwargs[key] = _build(tp, value, f"{dotted}.", root)
             continue
         try:
             kwargs[key] = _coerce(value, tp)
         except _Mismatch:
             raise ConfigError(
-                f"config key '{dotted}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+                f"config key '{dotted}' expects {_type_name(tp)}, got {_show(value)} ({type(value).__name__})"
             ) from None
+        _check_value(cls, fields[key], tp, kwargs[key], dotted)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -231,7 +319,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override '{key}=...' is nested too deeply to read (give a flat value)") from None
     return key.split("."), value
+
+
+def _read_yaml_file(p: Path) -> Any:
+    """The YAML document in ``p``, or a ConfigError naming the file and what is wrong with it."""
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}): save it as UTF-8"
+        ) from None
+    try:
+        return _load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {p} is nested too deeply to read: a config is a few levels of keys") from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -241,12 +355,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (give an existing YAML file, e.g. under configs/)")
-        try:
-            loaded = _load_yaml(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        loaded = _read_yaml_file(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -266,7 +375,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 
 def config_to_dict(cfg: Any, *, redact: bool = True) -> dict[str, Any]:
-    """A plain dict of the config; secret fields are replaced by a marker when ``redact``."""
+    """A plain dict of the config. With ``redact``, secret fields are replaced by a marker, and so are
+    the credentials of URLs and the secrets of free-form mappings (see :func:`prefgame.redact.redact_value`)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -275,7 +385,8 @@ def config_to_dict(cfg: Any, *, redact: bool = True) -> dict[str, Any]:
         elif redact and f.metadata.get("secret") and value:
             out[f.name] = REDACTED
         else:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            value = list(value) if isinstance(value, tuple) else value
+            out[f.name] = redact_value(value) if redact else value
     return out
 
 
@@ -297,12 +408,44 @@ def config_to_yaml(cfg: Any) -> str:
 
 
 def config_help(cls: type) -> str:
-    """One line per key: name, type, default and doc. Used as the epilog of ``--help``."""
+    """One line per key: name, type (and bounds), default and doc. Used as the epilog of ``--help``."""
     lines = []
     defaults = config_to_dict(cls(), redact=True)
-    for key, tp, f in iter_keys(cls):
+    for key, tp, f, owner in _iter_fields(cls):
         node: Any = defaults
         for part in key.split("."):
             node = node[part]
-        lines.append(f"  {key} ({_type_name(tp)}, default {node!r})\n      {f.metadata.get('help', '')}")
+        bounds = _bounds(owner, f.name)
+        kind = _type_name(tp) + (f" {_rule(bounds)}" if bounds else "")
+        lines.append(f"  {key} ({kind}, default {node!r})\n      {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def check_output_paths(cfg: Any) -> None:
+    """Fail before a job starts when a path it writes cannot be written: ``output_dir`` (every job's
+    folder) that is a file or lies where no folder can be made, and a field declared
+    ``param(..., output="file")`` that names a folder or lies in such a place."""
+    for key, _, f, _ in _iter_fields(type(cfg)):
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if not node or not isinstance(node, str):
+            continue
+        if f.name == "output_dir":
+            _check_writable(Path(node).expanduser(), key, folder=True)
+        elif f.metadata.get("output") == "file":
+            _check_writable(Path(node).expanduser(), key, folder=False)
+
+
+def _check_writable(path: Path, key: str, *, folder: bool) -> None:
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a folder: give a folder for the job's outputs")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{key}={path} is a folder: give a file path, e.g. {path / 'outputs.jsonl'}")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key}={path} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} cannot be written: no write permission in {parent}")

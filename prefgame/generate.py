@@ -1,15 +1,19 @@
 """``prefgame generate``: model outputs for evaluation, from any causal-LM checkpoint.
 
-Writes one JSON line per output: ``prompt``, ``output``, ``generator`` (the name the win-rate report
-shows), ``sample`` (k-th output for the prompt), and the lengths ``prompt_tokens``, ``output_tokens``
-and ``output_words``. This is the ``samples`` format ``prefgame evaluate winrate`` judges: give it one
-file per model, generated from the same prompts.
+Writes one JSON line per output: ``prompt`` (text; a multi-turn prompt as the text of every turn,
+:func:`prefgame.data.chat.conversation_text`), ``prompt_messages`` (the prompt's messages, what the
+model was given), ``output``, ``generator`` (the name the win-rate report shows), ``sample`` (k-th
+output for the prompt), and the lengths ``prompt_tokens``, ``output_tokens`` and ``output_words``.
+This is the ``samples`` format ``prefgame evaluate winrate`` judges: give it one file per model,
+generated from the same prompts.
 
 Prompts come from the arena's grammar (``prompts=arena``) or from any data set ``prefgame.data`` reads
-(a local .jsonl/.json/.parquet/.csv file or a hub name): the ``field`` column when it exists (a plain
-prompt list), otherwise the prompts of the normalized preference data (pairs, ratings or battles in
-any supported format). Repeated prompts are generated once. The HF backend samples in batches with
-the KV cache (:func:`prefgame.lm.sample`); ``backend=vllm`` uses vLLM on a GPU (imported only then).
+(a local .jsonl/.json/.parquet/.csv file or a hub name): the ``field`` column when it exists (text,
+HH transcripts or message lists), otherwise the prompts of the normalized preference data (pairs,
+ratings or battles in any supported format); a multi-turn prompt is the whole conversation, chat
+template applied to every turn (:func:`prefgame.data.columns.load_prompts`). Repeated prompts are
+generated once. The HF backend samples in batches with the KV cache (:func:`prefgame.lm.sample`);
+``backend=vllm`` uses vLLM on a GPU (imported only then).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class GenerateConfig:
     generator: str = param("", "name of this model in the outputs and reports; empty: the checkpoint's folder name")
     prompts: str = param("", "'arena' (the arena's prompt grammar), or a prompt / preference data file or hub name")
     split: str = param("train", "split of a hub data set")
-    field: str = param("prompt", "column holding the prompt text in a plain prompt file")
+    field: str = param(
+        "prompt", "column holding the prompts of a prompt file: text, HH transcripts or [{role, content}] lists"
+    )
     max_prompts: int = param(0, "use the first N distinct prompts (arena: N sampled with seed); 0: all")
     samples_per_prompt: int = param(1, "outputs per prompt")
     max_new_tokens: int = param(256, "output length limit in tokens")
@@ -46,7 +52,7 @@ class GenerateConfig:
     seed: int = param(0, "seed of sampling (and of the arena prompt draw)")
     backend: Literal["hf", "vllm"] = param("hf", "hf: transformers with the KV cache; vllm: vLLM on a GPU")
     dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype (bfloat16 only on a GPU)")
-    out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json")
+    out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json", output="file")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
 
     def __post_init__(self) -> None:
@@ -63,16 +69,9 @@ def load_prompts(cfg: GenerateConfig) -> list[str]:
 
         n = cfg.max_prompts or 240
         return [p.text for p in Arena().sample_prompts(n, np.random.default_rng(cfg.seed))]
-    from prefgame.data.load import load_preferences, load_raw
+    from prefgame.data.columns import load_prompts as read_prompt_file
 
-    raw = load_raw(cfg.prompts, split=cfg.split)
-    if cfg.field in raw.column_names and isinstance(raw[0][cfg.field], str):
-        texts = raw[cfg.field]
-    else:  # preference data in any supported format: its normalized prompts
-        texts = load_preferences(cfg.prompts, split=cfg.split).dataset["prompt"]
-    prompts = list(dict.fromkeys(str(t) for t in texts if str(t).strip()))
-    if not prompts:
-        raise PrefgameError(f"{cfg.prompts}: no prompts found (column '{cfg.field}' is empty or missing)")
+    prompts = read_prompt_file(cfg.prompts, cfg.split, cfg.field)
     return prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
 
 
@@ -122,10 +121,13 @@ def run(cfg: GenerateConfig) -> dict:
     log.info(f"generating {cfg.samples_per_prompt} output(s) for {len(prompts)} prompts with {name} ({cfg.backend})")
     repeated, outputs, tok = generate_outputs(cfg, prompts)
     rows = []
+    from prefgame.data.chat import messages_of
+
     for i, (prompt, output) in enumerate(zip(repeated, outputs)):
         rows.append(
             {
-                "prompt": prompt,
+                "prompt": str(prompt),
+                "prompt_messages": messages_of(prompt),
                 "output": output,
                 "generator": name,
                 "sample": i % cfg.samples_per_prompt,

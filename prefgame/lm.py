@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from prefgame.data.chat import messages_of
 from prefgame.errors import PrefgameError
 from prefgame.losses.logprobs import response_logprobs
+from prefgame.weights import load_pretrained
 
 
 def _require_local_or_hub_name(name_or_path: str, what: str) -> None:
@@ -43,22 +45,28 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     _require_local_or_hub_name(name_or_path, "model")
-    try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise PrefgameError(f"cannot load causal LM from '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    return load_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "causal LM", dtype=dtype)
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
-    """The prompt as the model sees it before its response (chat template with generation prompt)."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    """The prompt as the model sees it before its response: the chat template with the generation
+    prompt applied to every message of the prompt (text is one user turn, a
+    :class:`~prefgame.data.chat.Conversation` or a message list the whole history), or without a
+    template :func:`plain_prompt`."""
+    messages = messages_of(prompt)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turns = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(turns) + "\nassistant:"
+    return plain_prompt(messages)
+
+
+def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
+    """A prompt for a model without a chat template: one ``role: content`` line per message, then
+    ``assistant:``."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> list[int]:
+    """The token ids of :func:`prompt_text` (the whole conversation of a multi-turn prompt)."""
     return tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
 
@@ -112,7 +120,8 @@ def build_pairs_batch(
 def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The final hidden states whose row t predicts token t + 1, (B, T−1, H)."""
     base = getattr(model, model.base_model_prefix)
-    return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    # no KV cache: nothing is generated from these states (and checkpointed layers cannot keep one)
+    return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
 
 
 def hidden_token_logps(

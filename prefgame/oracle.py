@@ -80,19 +80,37 @@ def preference_matrix(oracle: PreferenceOracle, prompt: str, responses: Sequence
 
 @dataclass
 class OracleConfig:
-    kind: Literal["gold", "annotator", "factory"] = param(
+    kind: Literal["gold", "annotator", "model", "factory"] = param(
         "gold",
-        "gold: the arena's gold preference; annotator: a simulated arena annotator; factory: any "
-        "PreferenceOracle built by `factory` (e.g. a trained preference model or a judge)",
+        "gold: the arena's gold preference; annotator: a simulated arena annotator; model: the model at `path` "
+        "(a sequence-classification reward model, P = σ(r_a − r_b), or a 'prefgame train-pm' output); "
+        "factory: any PreferenceOracle built by `factory` (e.g. a judge)",
     )
     annotator: str = param("careful", "kind=annotator: the annotator's name (arena.world.DEFAULT_ANNOTATORS)")
     factory: str = param("", "kind=factory: 'module:function' called as function(path, **options) → PreferenceOracle")
-    path: str = param("", "kind=factory: the first argument of the factory (e.g. a preference-model folder)")
-    options: dict[str, Any] = param({}, "kind=factory: keyword arguments of the factory")
+    path: str = param(
+        "",
+        "kind=model: a reward model folder or hub name, or a train-pm output_dir; "
+        "kind=factory: the first argument of the factory",
+    )
+    options: dict[str, Any] = param(
+        {},
+        "kind=model: device (auto), batch_size (64) and, for a sequence classifier, dtype (auto: bfloat16 on "
+        "CUDA, float32 on CPU) and max_length (0: the model's); kind=factory: keyword arguments of the factory",
+    )
 
 
 def build_oracle(cfg: OracleConfig, arena) -> PreferenceOracle:
-    """The oracle of ``cfg``: the arena's gold preference or an annotator, or a factory's oracle."""
+    """The oracle of ``cfg``: the arena's gold preference or an annotator, a model
+    (:func:`prefgame.models.load.load_model`), or a factory's oracle."""
+    if cfg.kind == "model":
+        from prefgame.models.load import load_model
+
+        if not cfg.path:
+            raise ConfigError(
+                "oracle.kind=model needs oracle.path: a reward model folder or hub name, or a train-pm output_dir"
+            )
+        return load_model(cfg.path, **cfg.options)
     if cfg.kind == "factory":
         if ":" not in cfg.factory:
             raise ConfigError("oracle.factory must be 'module:function' (e.g. mypkg.pm:load_oracle)")
@@ -125,7 +143,7 @@ def local_judge_oracle(
     ``oracle.options`` go to LocalLMJudge (batch_size, template, verdict_tokens, ...)."""
     from prefgame.judges import LocalLMJudge
     from prefgame.lm import load_causal_lm, load_tokenizer
+    from prefgame.models.load import resolve_device
 
-    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = load_causal_lm(path, dtype=getattr(torch, dtype)).to(target)
+    model = load_causal_lm(path, dtype=getattr(torch, dtype)).to(resolve_device(device))
     return LocalLMJudge(model, load_tokenizer(path), **judge_options)

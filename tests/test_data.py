@@ -40,7 +40,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "data"
 PAIR_COLUMNS = "prompt prompt_messages chosen rejected label subset source score_chosen score_rejected".split()
 ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 RATING_COLUMNS = ["prompt", "prompt_messages", "response", *ATTRIBUTES, "subset"]
-BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "judge", "response_a", "response_b", "subset"]
+BATTLE_COLUMNS = "prompt prompt_messages model_a model_b winner judge response_a response_b subset".split()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -144,10 +144,13 @@ def test_battles_fixture_normalizes_to_schema() -> None:
     assert ds.column_names == BATTLE_COLUMNS
     assert ds.features == BATTLES_FEATURES
     assert len(ds) == 12
-    assert all(isinstance(r[c], str) and r[c] for r in ds for c in BATTLE_COLUMNS if c != "subset")
+    texts = [c for c in BATTLE_COLUMNS if c not in ("subset", "prompt_messages")]
+    assert all(isinstance(r[c], str) and r[c] for r in ds for c in texts)
+    assert all(r["prompt_messages"] == [user(r["prompt"])] for r in ds)
     assert ds["winner"].count("tie") == 3 and ds["winner"].count("tie (bothbad)") == 2
     assert ds[0] == {
         "prompt": "What is a good name for a goldfish?",
+        "prompt_messages": [user("What is a good name for a goldfish?")],
         "model_a": "tiny-chat-a",
         "model_b": "tiny-chat-b",
         "winner": "model_b",
@@ -422,6 +425,7 @@ def test_arena_conversations_become_battles(tmp_path: Path) -> None:
     ds = load_preferences(write_jsonl(tmp_path / "arena.jsonl", [row])).dataset
     assert ds[0] == {
         "prompt": "bye",
+        "prompt_messages": [user("hi"), assistant("hello"), user("bye")],  # the whole history
         "model_a": "m1",
         "model_b": "m2",
         "winner": "model_a",

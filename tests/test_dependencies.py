@@ -9,6 +9,7 @@ bound only where a release is known to remove an API prefgame uses, and, under `
 from __future__ import annotations
 
 import os
+import tomllib
 from importlib.metadata import requires, version
 from pathlib import Path
 
@@ -17,8 +18,12 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 CONSTRAINTS = Path(__file__).parent / "constraints-min.txt"
+PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 # name -> why it has an upper bound; empty: no release is known to remove an API prefgame uses
 UPPER_BOUNDS: dict[str, str] = {}
+# packages of optional extras that prefgame's own code imports (not tools such as pytest): pinned too, with
+# one lower bound in every extra that lists them (peft: the `dev` extra for its tests and the `peft` extra)
+PINNED_EXTRAS = {"peft": ("dev", "peft")}
 
 
 def pins() -> dict[str, Version]:
@@ -37,9 +42,17 @@ def declared() -> dict[str, Requirement]:
     return {r.name.lower(): r for r in reqs if r.marker is None}
 
 
+def extra_requirements() -> dict[str, list[Requirement]]:
+    """The optional extras as pyproject.toml declares them (the file, not an installed copy's metadata)."""
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    return {extra: [Requirement(r) for r in reqs] for extra, reqs in extras.items()}
+
+
 def test_every_dependency_has_a_lower_bound_equal_to_its_pin() -> None:
     deps, pinned = declared(), pins()
-    assert set(deps) == set(pinned), "tests/constraints-min.txt and pyproject.toml list different packages"
+    assert set(deps) | set(PINNED_EXTRAS) == set(pinned), (
+        "tests/constraints-min.txt and pyproject.toml list different packages"
+    )
     for name, req in deps.items():
         lower = [s for s in req.specifier if s.operator == ">="]
         assert len(lower) == 1, f"{name}: one lower bound (>=) expected, got {req.specifier}"
@@ -52,3 +65,13 @@ def test_every_dependency_has_a_lower_bound_equal_to_its_pin() -> None:
 def test_the_oldest_declared_releases_are_installed() -> None:
     for name, pinned in pins().items():
         assert Version(Version(version(name)).base_version) == pinned, f"{name} {version(name)} is not {pinned}"
+
+
+def test_pinned_extras_have_their_pin_as_lower_bound_in_every_extra() -> None:
+    extras, pinned = extra_requirements(), pins()
+    for name, listed_in in PINNED_EXTRAS.items():
+        for extra in listed_in:
+            (req,) = [r for r in extras[extra] if r.name.lower() == name]
+            lower = [s for s in req.specifier if s.operator == ">="]
+            assert len(lower) == 1 and Version(lower[0].version) == pinned[name], f"{extra}: {req} (pin {pinned[name]})"
+            assert all(s.operator == ">=" for s in req.specifier), f"{extra}: {req} has an upper bound"

@@ -47,7 +47,9 @@ def test_arena_prompts_rows_lengths_and_determinism(model_dir, tmp_path):
     assert [r["prompt"] for r in rows[::2]] == [r["prompt"] for r in rows[1::2]]
     tok = load_tokenizer(str(model_dir))
     for r in rows:
-        assert set(r) == {"prompt", "output", "generator", "sample", "prompt_tokens", "output_tokens", "output_words"}
+        keys = "prompt prompt_messages output generator sample prompt_tokens output_tokens output_words"
+        assert set(r) == set(keys.split())
+        assert r["prompt_messages"] == [{"role": "user", "content": r["prompt"]}]
         assert r["output_tokens"] == len(tok(r["output"], add_special_tokens=False)["input_ids"]) <= 8
         assert r["output_words"] == len(r["output"].split())
     # the same seed gives the same outputs, and they are exactly prefgame.lm.sample's

@@ -39,9 +39,17 @@ def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_p
     assert {r["kind"] for r in metrics["preference_models"]} == {"bt", "gpm", "gated"}
     assert set(metrics["policies"]) == {"π0", "π* (exact)"}
     assert metrics["policies"]["π* (exact)"]["gap"] < 1e-8  # the exact equilibrium has no duality gap
+    assert set(metrics["worlds"]) == {"cyclic", "transitive"}  # the control world runs the same stages
+    assert set(metrics["worlds"]["transitive"]) == {"π0", "π* (exact)"}
+    transitive_pms = json.loads((out / "transitive" / "pm" / "metrics.json").read_text())["models"]
+    assert {r["kind"] for r in transitive_pms} == {"bt", "gpm"}
+    # in the transitive world the whole exploitability is what a reward function can see
+    for m in metrics["worlds"]["transitive"].values():
+        assert m["exploitability"] == m["exploitability_transitive"]
     report = (out / "report.md").read_text()
     titles = _sections(report)
-    assert titles[:4] == [
+    assert titles[:5] == [
+        "## Finding",
         "## 1. The world",
         "## 2. π0 (SFT)",
         "## 3. Preference models",
@@ -68,6 +76,11 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     _run(out, "selfplay=[inpo]")
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "ppo", "π* (exact)"}
-    titles = _sections((out / "report.md").read_text())
+    assert set(metrics["worlds"]["transitive"]) == set(metrics["policies"])
+    report = (out / "report.md").read_text()
+    assert "In the cyclic world (c = 2.5), self-play (inpo) takes exploitability from" in report
+    assert "In the transitive world (c = 0.0)" in report
+    assert (out / "figures" / "finding.png").is_file() and (out / "figures" / "policies_style.png").is_file()
+    titles = _sections(report)
     assert "## 5. Nash self-play: convergence" in titles and "## 7. Win rates and ratings (gold)" in titles
     assert (out / "figures" / "selfplay_convergence.png").is_file()

@@ -272,7 +272,14 @@ def test_class_game_measures_equilibrium_and_reference():
     assert at_ref["exploitability"] == pytest.approx(arena.exploitability(ref), abs=1e-12)
     figures = class_figures(arena, ref, ref, game)
     assert abs(figures["gold_win_rate_vs_ref"] - 0.5) < 1e-12 and figures["gap"] == at_ref["gap"]
-    assert set(class_figures(arena, ref, ref)) == {"gold_win_rate_vs_ref", "exploitability"}
+    assert set(class_figures(arena, ref, ref)) == {
+        "gold_win_rate_vs_ref",
+        "exploitability",
+        "exploitability_transitive",
+    }
+    # without the cyclic term the world is Bradley–Terry: its exploitability is the transitive part
+    bt = Arena(dataclasses.replace(arena.spec, cycle=0.0))
+    assert figures["exploitability_transitive"] == pytest.approx(bt.exploitability(ref), abs=1e-12)
     pi_star, _ = solve_equilibrium(arena.gold_matrix - 0.5, ref, 0.2)
     torch.testing.assert_close(game.pi_star, pi_star)
     assert game.pi_star.shape == (N_PROMPT_TYPES, N_CLASSES)

@@ -8,7 +8,7 @@ import numpy as np
 
 from prefgame.arena import export
 from prefgame.arena.lm import save_tokenizer
-from prefgame.arena.world import Arena, ArenaSpec
+from prefgame.arena.world import Arena, ArenaSpec, DemonstratorProbs
 from prefgame.config import param
 from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
 
@@ -18,9 +18,21 @@ class ArenaConfig:
     strength: float = param(6.0, "scale of the objective term of the gold preference")
     cycle: float = param(2.5, "strength c of the cyclic (intransitive) style term; 0 gives a Bradley–Terry world")
     seed: int = param(0, "seed of every sampled data set")
+    demonstrator_style: list[float] = param(
+        [1 / 3, 1 / 3, 1 / 3],
+        "style marginal (formal, casual, poetic) of the demonstrations and of the exported pairs' responses; "
+        "skewed, as real demonstrators are, it makes the cyclic term decide part of what improves on π0",
+    )
+
+    def __post_init__(self) -> None:
+        q = self.demonstrator_style
+        if len(q) != 3 or min(q) < 0 or abs(sum(q) - 1.0) > 1e-3:
+            raise ValueError(f"arena.demonstrator_style must be 3 probabilities summing to 1, got {q}")
 
     def build(self) -> Arena:
-        return Arena(ArenaSpec(strength=self.strength, cycle=self.cycle, seed=self.seed))
+        style = tuple(float(v) / sum(self.demonstrator_style) for v in self.demonstrator_style)
+        demonstrator = DemonstratorProbs(style=style)
+        return Arena(ArenaSpec(strength=self.strength, cycle=self.cycle, seed=self.seed, demonstrator=demonstrator))
 
 
 @dataclass
@@ -28,11 +40,11 @@ class ArenaJobConfig:
     output_dir: str = param("runs/arena", "where the data sets and the tokenizer are written")
     overwrite: bool = overwrite_param()
     arena: ArenaConfig = param(ArenaConfig, "the world")
-    sft_examples: int = param(4000, "SFT demonstrations")
-    pairs: int = param(4000, "pairs labeled with the gold preference")
+    sft_examples: int = param(4000, "SFT demonstrations", ge=0)
+    pairs: int = param(4000, "pairs labeled with the gold preference", ge=0)
     minimal_pair_fraction: float = param(0.3, "share of pairs that differ in exactly one feature")
-    ratings: int = param(2000, "responses with per-objective ratings")
-    battles: int = param(2000, "battles between arena systems judged by the annotators")
+    ratings: int = param(2000, "responses with per-objective ratings", ge=0)
+    battles: int = param(2000, "battles between arena systems judged by the annotators", ge=0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.minimal_pair_fraction <= 1.0:

@@ -23,6 +23,7 @@ regularized equilibrium over classes can be computed for any policy.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -248,6 +249,17 @@ DEFAULT_ANNOTATORS = (
 
 
 @dataclass(frozen=True)
+class DemonstratorProbs:
+    """Feature probabilities of the SFT demonstrator (a deliberately mediocre π0)."""
+
+    style: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    relevant: float = 0.6
+    correct: float = 0.5
+    length: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    unsafe: float = 0.25
+
+
+@dataclass(frozen=True)
 class ArenaSpec:
     """Parameters of the world (all have sensible defaults)."""
 
@@ -255,6 +267,7 @@ class ArenaSpec:
     cycle: float = 2.5  # c: strength of the cyclic style term (0 gives a BT world)
     annotators: tuple[AnnotatorSpec, ...] = DEFAULT_ANNOTATORS
     seed: int = 0
+    demonstrator: DemonstratorProbs = DemonstratorProbs()  # the SFT demonstrations' and pairs' features
 
 
 class Arena:
@@ -348,12 +361,20 @@ class Arena:
         per_type = torch.einsum("ti,tij,tj->t", pi_a.double(), self.gold_matrix, pi_b.double())
         return float(per_type @ self.type_probs)
 
-    def exploitability(self, pi: torch.Tensor) -> float:
+    def exploitability(self, pi: torch.Tensor, *, transitive: bool = False) -> float:
         """Unregularized exploitability E_t[max_y (P*[t] π[t])_y − ½] of a class-level policy
-        (:func:`prefgame.game.metrics.exploitability` per prompt type, weighted by the types' frequency)."""
+        (:func:`prefgame.game.metrics.exploitability` per prompt type, weighted by the types' frequency);
+        ``transitive``: under the gold preference without its cyclic term (c = 0), the part of the
+        exploitability a reward function can see."""
         from prefgame.game.metrics import exploitability
 
-        return float(exploitability(self.gold_matrix, pi.double()) @ self.type_probs)
+        matrix = self.transitive_matrix if transitive else self.gold_matrix
+        return float(exploitability(matrix, pi.double()) @ self.type_probs)
+
+    @cached_property
+    def transitive_matrix(self) -> torch.Tensor:
+        """The gold matrix of this world with the cyclic term removed (c = 0): its Bradley–Terry part."""
+        return Arena(dataclasses.replace(self.spec, cycle=0.0)).gold_matrix
 
     def bayes_accuracy(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> float:
         """E[max(P*, 1 − P*)]: the best accuracy any model can reach on these pairs."""
@@ -376,7 +397,7 @@ class Arena:
         return [self.prompts[i] for i in idx]
 
     def sample_features(self, rng: np.random.Generator, probs: DemonstratorProbs | None = None) -> Features:
-        q = probs or DemonstratorProbs()
+        q = probs or self.spec.demonstrator
         return Features(
             style=int(rng.choice(3, p=q.style)),
             relevant=int(rng.random() < q.relevant),
@@ -387,7 +408,7 @@ class Arena:
 
     def demonstrator_distribution(self, probs: DemonstratorProbs | None = None) -> torch.Tensor:
         """(N_PROMPT_TYPES, N_CLASSES) exact class distribution of the demonstrator."""
-        q = probs or DemonstratorProbs()
+        q = probs or self.spec.demonstrator
         p = np.einsum(
             "a,b,c,d,e->abcde",
             np.asarray(q.style),
@@ -425,17 +446,6 @@ class Arena:
         p = 1.0 / (1.0 + np.exp(-self.annotator_logits(spec, prompts, responses_a, responses_b)))
         draws = (rng.random(len(p)) < p).astype(float)
         return np.where(np.abs(p - 0.5) < spec.tie_band, 0.5, draws)
-
-
-@dataclass(frozen=True)
-class DemonstratorProbs:
-    """Feature probabilities of the SFT demonstrator (a deliberately mediocre π0)."""
-
-    style: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
-    relevant: float = 0.6
-    correct: float = 0.5
-    length: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
-    unsafe: float = 0.25
 
 
 class GoldOracle:

@@ -1,13 +1,22 @@
 """Normalized preference data as aligned columns, what trainers and scorers read: pairs (prompt,
 chosen, rejected, soft label, score margin, subset) and per-objective ratings, from any format
-:func:`prefgame.data.load_preferences` reads."""
+:func:`prefgame.data.load_preferences` reads; and prompt lists (:func:`load_prompts`) for the jobs
+that generate.
+
+Every prompt here is the whole conversation before the response (``prompt_messages`` of the
+normalized data): plain text for one user turn, a :class:`~prefgame.data.chat.Conversation` for more.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from prefgame.data.chat import as_prompt
+from prefgame.data.schema import Problem
 from prefgame.errors import DataError
 
 
@@ -15,7 +24,7 @@ from prefgame.errors import DataError
 class Pairs:
     """Aligned pair columns; label = P(chosen ≻ rejected)."""
 
-    prompts: list[str]
+    prompts: list[str]  # text, or a Conversation
     chosen: list[str]
     rejected: list[str]
     labels: np.ndarray
@@ -43,13 +52,13 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind != "pairs":
         raise DataError(f"{path}: expected preference pairs (prompt/chosen/rejected), got {data.kind} data")
-    columns = ["prompt", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"]
+    columns = ["prompt_messages", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"]
     ds = data.dataset.select_columns(columns)
     cols = ds.to_dict()  # one Arrow → Python conversion (row-wise column access is ~10× slower)
     sc = np.array([np.nan if v is None else v for v in cols["score_chosen"]], dtype=float)
     sr = np.array([np.nan if v is None else v for v in cols["score_rejected"]], dtype=float)
     return Pairs(
-        cols["prompt"],
+        [as_prompt(m) for m in cols["prompt_messages"]],
         cols["chosen"],
         cols["rejected"],
         np.asarray(cols["label"], dtype=float),
@@ -60,7 +69,7 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
 
 @dataclass
 class Ratings:
-    prompts: list[str]
+    prompts: list[str]  # text, or a Conversation
     responses: list[str]
     values: np.ndarray  # (n, k), NaN where missing
     objectives: list[str]
@@ -78,12 +87,53 @@ def load_ratings(path: str, split: str, objectives: list[str], *, skip_invalid: 
     missing = [o for o in names if o not in available]
     if missing:
         raise DataError(f"{path}: no rating column(s) {missing} (rating columns: {available})")
-    cols = ds.select_columns(["prompt", "response", *names]).to_dict()
+    cols = ds.select_columns(["prompt_messages", "response", *names]).to_dict()
     values = np.stack([np.array([np.nan if v is None else v for v in cols[o]], dtype=float) for o in names], axis=1)
-    return Ratings(cols["prompt"], cols["response"], values, names)
+    return Ratings([as_prompt(m) for m in cols["prompt_messages"]], cols["response"], values, names)
 
 
 def split_eval(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_eval = int(round(fraction * len(pairs)))
     return pairs.take(order[n_eval:]), pairs.take(order[:n_eval])
+
+
+def read_prompts(values: Sequence[Any], field: str, source: str) -> list[str | None]:
+    """The prompt of each value of a prompt field (text, an HH transcript or a message list:
+    :func:`~prefgame.data.formats.prompt_turns`), None where the value is missing (None, NaN) or
+    blank; a value that is no prompt raises DataError naming its row and the field."""
+    from prefgame.data.formats import RowError, _missing, prompt_turns
+
+    out: list[str | None] = []
+    for row, value in enumerate(values):
+        if _missing(value) or (isinstance(value, str) and not value.strip()):
+            out.append(None)
+            continue
+        try:
+            out.append(as_prompt(prompt_turns(value, field)))
+        except RowError as exc:
+            raise DataError(f"{source}: {Problem(source, row, exc.field, exc.reason, exc.detail).describe()}") from None
+    return out
+
+
+def load_prompts(path: str, split: str, field: str) -> list[str]:
+    """The distinct prompts of a data set in file order: the ``field`` column's when the data have it
+    (:func:`read_prompts`; blank rows are skipped), otherwise the normalized prompts of preference data
+    in any supported format (pairs, ratings or battles: the whole conversation before the responses)."""
+    from prefgame.data.load import load_preferences, load_raw
+
+    raw = load_raw(path, split=split)
+    if field in raw.column_names:
+        prompts = [p for p in read_prompts(raw[field], field, path) if p is not None]
+    else:
+        try:
+            data = load_preferences(path, split=split)
+        except DataError as exc:
+            raise DataError(
+                f"{path}: no column '{field}' (columns: {', '.join(raw.column_names)}) and not preference data ({exc})"
+            ) from None
+        prompts = [as_prompt(m) for m in data.dataset["prompt_messages"]]
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise DataError(f"{path}: no prompts found (column '{field}' is empty)")
+    return prompts

@@ -2,22 +2,28 @@
 
 Formats (name → kind, required input columns):
 
-``pairs`` → pairs: ``prompt``, ``chosen``, ``rejected`` strings; optional soft label column
-    ``label`` or ``preference`` (P(chosen ≻ rejected), default 1.0 when the data has no such column),
-    ``subset``, ``source`` / ``annotator`` / ``judge``, ``score_chosen`` / ``score_rejected``.
+``pairs`` → pairs: ``prompt`` (a prompt field, below), ``chosen``, ``rejected`` strings; optional soft
+    label column ``label`` or ``preference`` (P(chosen ≻ rejected), default 1.0 when the data has no
+    such column), ``subset``, ``source`` / ``annotator`` / ``judge``, ``score_chosen`` / ``score_rejected``.
 ``hh`` → pairs: Anthropic-HH transcripts, ``chosen`` / ``rejected`` strings of the form
     ``"\\n\\nHuman: …\\n\\nAssistant: …"`` (any number of turns; a ``prompt`` column, if any, is
     not used). The text after the last ``"\\n\\nAssistant:"`` is the response; the turns before it
     are the prompt, which must be the same in both transcripts.
 ``chat`` → pairs: ``chosen`` / ``rejected`` lists of {role, content} messages whose last message is
     the assistant response (UltraFeedback-binarized style); the messages before it must be the same
-    in both. ``prompt`` is used when the lists hold only the response.
-``ratings`` → ratings: ``prompt``, ``response`` and one numeric column per attribute (HelpSteer
-    style). Attributes are the known names in :data:`KNOWN_ATTRIBUTES` plus every other numeric
+    in both. ``prompt`` (a prompt field) is used when the lists hold only the response.
+``ratings`` → ratings: ``prompt`` (a prompt field), ``response`` and one numeric column per attribute
+    (HelpSteer style). Attributes are the known names in :data:`KNOWN_ATTRIBUTES` plus every other numeric
     column except ids (``id``, ``idx``, ``index``, ``*_id``).
 ``battles`` → battles: ``model_a``, ``model_b``, ``winner`` (one of the four canonical values) and
-    either ``prompt`` or ``conversation_a`` / ``conversation_b`` message lists (Chatbot-Arena style);
-    optional ``judge`` / ``annotator`` / ``annotator_id``, ``response_a`` / ``response_b``.
+    either ``prompt`` (a prompt field) or ``conversation_a`` / ``conversation_b`` message lists
+    (Chatbot-Arena style); optional ``judge`` / ``annotator`` / ``annotator_id``, ``response_a`` /
+    ``response_b``.
+
+A *prompt field* (:func:`prompt_turns`) holds text, an HH transcript (``"\\n\\nHuman: …\\n\\nAssistant:
+…"``) or a list of {role, content} messages; a transcript or list that ends with an assistant turn
+gives the turns before it (that turn is a response). Every format keeps the whole conversation
+before the responses in ``prompt_messages``.
 
 A normalizer is a function ``row dict → record dict`` that raises :class:`RowError` on the first
 problem it finds in the row.
@@ -230,6 +236,36 @@ def _last_user_text(messages: list[dict[str, str]], field: str) -> str:
     raise RowError(field, "no user turn", "the conversation before the response has no user message")
 
 
+def prompt_turns(value: Any, field: str) -> list[dict[str, str]]:
+    """The conversation of a prompt field (see the module docstring): text is one user turn; an HH
+    transcript or a message list is every turn before its final assistant turn, and needs a user turn."""
+    if _missing(value):
+        raise RowError(field, "missing field")
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(field, "empty text")
+        if not (value.lstrip().startswith("Human:") and HH_ASSISTANT in value):
+            return [{"role": "user", "content": value}]
+        parts = _HH_TURN.split("\n\n" + value.lstrip())  # ["", "Human", " text", "Assistant", " text", ...]
+        messages = [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2])]
+    elif isinstance(value, list):
+        messages = _messages({field: value}, field)
+    else:
+        raise RowError(
+            field, "wrong type", f"expected text or a list of messages, got {type(value).__name__} {_show(value)}"
+        )
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    _last_user_text(messages, field)
+    return messages
+
+
+def _prompt(row: Mapping[str, Any], field: str) -> tuple[str, list[dict[str, str]]]:
+    """(text of the last user turn, the conversation) of a prompt field."""
+    messages = prompt_turns(row.get(field), field)
+    return _last_user_text(messages, field), messages
+
+
 def _same_prompt(chosen_msgs: list[dict[str, str]], rejected_msgs: list[dict[str, str]]) -> None:
     if chosen_msgs != rejected_msgs:
         raise RowError("rejected", "prompt differs from chosen", "the turns before the final response differ")
@@ -242,10 +278,10 @@ PairParts = tuple[str, list[dict[str, str]], str, str]
 
 
 def _plain_pair(row: Mapping[str, Any]) -> PairParts:
-    prompt = _text(row, "prompt")
+    prompt, messages = _prompt(row, "prompt")
     chosen = _text(row, "chosen", response=True)
     rejected = _text(row, "rejected", response=True)
-    return prompt, [{"role": "user", "content": prompt}], chosen, rejected
+    return prompt, messages, chosen, rejected
 
 
 def split_hh_transcript(transcript: str, field: str = "chosen") -> tuple[list[dict[str, str]], str]:
@@ -284,8 +320,7 @@ def _chat_pair(row: Mapping[str, Any]) -> PairParts:
     rejected_msgs, rejected = _split_final_turn(_messages(row, "rejected"), "rejected")
     _same_prompt(chosen_msgs, rejected_msgs)
     if not chosen_msgs:  # the lists hold only the responses: the prompt column is the conversation
-        prompt = _text(row, "prompt")
-        return prompt, [{"role": "user", "content": prompt}], chosen, rejected
+        return (*_prompt(row, "prompt"), chosen, rejected)
     return _last_user_text(chosen_msgs, "chosen"), chosen_msgs, chosen, rejected
 
 
@@ -316,14 +351,14 @@ def _pair_record(
 
 
 def _ratings_row(row: Mapping[str, Any], attributes: list[str]) -> Record:
-    prompt = _text(row, "prompt")
+    prompt, messages = _prompt(row, "prompt")
     response = _text(row, "response", response=True)
     ratings = {name: _number(row, name) for name in attributes}
     if all(v is None for v in ratings.values()):
         raise RowError("ratings", "no ratings", f"all of {', '.join(attributes) or '(no attribute columns)'} missing")
     record: Record = {
         "prompt": prompt,
-        "prompt_messages": [{"role": "user", "content": prompt}],
+        "prompt_messages": messages,
         "response": response,
     }
     record.update({name: math.nan if v is None else v for name, v in ratings.items()})
@@ -333,7 +368,7 @@ def _ratings_row(row: Mapping[str, Any], attributes: list[str]) -> Record:
 
 def _battles_row(row: Mapping[str, Any], cols: set[str]) -> Record:
     if "prompt" in cols:
-        prompt = _text(row, "prompt")
+        prompt, messages = _prompt(row, "prompt")
         response_a = _text(row, "response_a", response=True) if "response_a" in cols else ""
         response_b = _text(row, "response_b", response=True) if "response_b" in cols else ""
     else:  # Chatbot-Arena conversations: the prompt is the final user turn before the responses
@@ -341,7 +376,7 @@ def _battles_row(row: Mapping[str, Any], cols: set[str]) -> Record:
         before_b, response_b = _split_final_turn(_messages(row, "conversation_b"), "conversation_b")
         if before_a != before_b:
             raise RowError("conversation_b", "prompt differs from conversation_a")
-        prompt = _last_user_text(before_a, "conversation_a")
+        prompt, messages = _last_user_text(before_a, "conversation_a"), before_a
     model_a, model_b = _text(row, "model_a"), _text(row, "model_b")
     if model_a == model_b:
         raise RowError("model_b", "same model on both sides", f"both are {model_a!r}")
@@ -350,6 +385,7 @@ def _battles_row(row: Mapping[str, Any], cols: set[str]) -> Record:
         raise RowError("winner", "unknown winner", f"got {_show(winner)}, expected one of {', '.join(WINNERS)}")
     return {
         "prompt": prompt,
+        "prompt_messages": messages,
         "model_a": model_a,
         "model_b": model_b,
         "winner": winner,

@@ -16,6 +16,7 @@ line numbers), since the ``datasets`` JSON reader cannot skip them.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -148,6 +149,8 @@ def load_raw(source: str, *, split: str = "train", data_files: Any = None) -> Da
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise DataError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
+        if builder != "parquet":
+            check_text_file(path, source, header=builder == "csv")
         if builder == "json":
             check_json_file(path, source)
         return _load_dataset(source, builder, data_files={split: str(path)}, split=split)
@@ -161,9 +164,40 @@ def load_raw(source: str, *, split: str = "train", data_files: Any = None) -> Da
 def _load_dataset(label: str, path: str, **kwargs: Any) -> Dataset:
     try:
         return datasets.load_dataset(path, **kwargs)
-    except Exception as exc:  # datasets raises many exception types; the user needs one line
-        lines = str(exc).strip().splitlines()
-        raise DataError(f"{label}: could not load ({type(exc).__name__}: {lines[0] if lines else ''})") from exc
+    except Exception as exc:  # datasets raises many exception types; the user needs one line, with the cause
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        lines = str(cause).strip().splitlines()
+        raise DataError(f"{label}: could not load ({type(cause).__name__}: {lines[0] if lines else ''})") from exc
+
+
+def check_text_file(path: Path, label: str, *, header: bool = False) -> None:
+    """Raise DataError for a text data file that is not UTF-8 (naming the line of the first bad byte)
+    or holds no rows (nothing but blank lines; for a CSV, nothing after its ``header`` line)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = seen = 0
+    rows = False
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line = lines + chunk[: exc.start].count(b"\n") + 1
+                raise DataError(
+                    f"{label}: not UTF-8 text (byte 0x{chunk[exc.start]:02x} at line {line}): save the file as UTF-8"
+                ) from None
+            lines += chunk.count(b"\n")
+            if not rows:
+                seen += sum(1 for line in chunk.splitlines() if line.strip())
+                rows = seen > int(header)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{label}: not UTF-8 text (the file ends inside a character): save it as UTF-8") from None
+    if not rows:
+        what = "only a header line" if header and seen else "no rows"
+        raise DataError(f"{label}: the file is empty ({what}): give a data file with rows")
 
 
 def _local_files(data_files: Any) -> list[Path]:

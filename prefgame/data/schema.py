@@ -5,20 +5,21 @@ Every loader output is a ``datasets.Dataset`` of one *kind* with exactly these c
 ``pairs`` (:data:`PAIRS_FEATURES`)
     ``prompt`` str, the text of the final user turn; ``prompt_messages`` list of {role, content},
     the whole conversation before the final assistant turn (single-turn data gives
-    ``[{"role": "user", "content": prompt}]``); ``chosen`` / ``rejected`` str, the two final
+    ``[{"role": "user", "content": prompt}]``; what every job reads as the prompt, through
+    :func:`prefgame.data.chat.as_prompt`); ``chosen`` / ``rejected`` str, the two final
     assistant responses; ``label`` float, P(chosen ≻ rejected) (1.0 hard label, 0.5 tie, any value in
     [0, 1] for soft labels); ``subset`` str ("" when absent); ``source`` str, the annotator or judge
     id ("" when absent); ``score_chosen`` / ``score_rejected`` float or None.
 
 ``ratings`` (:func:`ratings_features`)
-    ``prompt``, ``prompt_messages``, ``response`` str, then one float column per rated attribute
-    (e.g. helpfulness, correctness, coherence, complexity, verbosity; a missing rating is NaN), then
-    ``subset``.
+    ``prompt`` str, ``prompt_messages`` (as for pairs), ``response`` str, then one float column per
+    rated attribute (e.g. helpfulness, correctness, coherence, complexity, verbosity; a missing rating
+    is NaN), then ``subset``.
 
 ``battles`` (:data:`BATTLES_FEATURES`)
-    ``prompt`` str; ``model_a`` / ``model_b`` str; ``winner`` one of :data:`WINNERS`; ``judge`` str,
-    the annotator or judge id ("" when absent); ``response_a`` / ``response_b`` str ("" when the
-    input has no responses); ``subset`` str.
+    ``prompt`` str and ``prompt_messages`` (as for pairs); ``model_a`` / ``model_b`` str; ``winner``
+    one of :data:`WINNERS`; ``judge`` str, the annotator or judge id ("" when absent); ``response_a``
+    / ``response_b`` str ("" when the input has no responses); ``subset`` str.
 
 An invalid input row is described by a :class:`Problem`. Rows are numbered from 0 in the loaded
 split (``dataset[row]``; in a jsonl file without blank lines that is line ``row + 1``).
@@ -58,6 +59,7 @@ PAIRS_FEATURES = Features(
 BATTLES_FEATURES = Features(
     {
         "prompt": _TEXT,
+        "prompt_messages": MESSAGES,
         "model_a": _TEXT,
         "model_b": _TEXT,
         "winner": _TEXT,

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prefgame.errors import PrefgameError
 from prefgame.lm import encode_prompt, pad_batch
+from prefgame.lora import active_model, base_of
 from prefgame.losses import geometric_mixture_logprobs
 
 
@@ -81,8 +82,9 @@ def sample_tokens(
     """Sample one response per prompt from π^μ ∝ π^{1−β} π0^{β} (β = ``mixture_coef``) at ``temperature``.
 
     Each step's distribution is log_softmax(((1 − β)·logits_π + β·logits_π0) / temperature). The
-    policy may be None when β = 1 and the reference may be None when β = 0. Both models are put in
-    eval mode for the call and restored afterwards.
+    policy may be None when β = 1 and the reference may be None when β = 0; the reference may be a
+    :class:`~prefgame.lora.Reference` (the policy with its adapters disabled for each of its forward
+    passes). Both models are put in eval mode for the call and restored afterwards.
     """
     if not 0.0 <= mixture_coef <= 1.0:
         raise ValueError(f"mixture_coef must be in [0, 1], got {mixture_coef}")
@@ -91,13 +93,14 @@ def sample_tokens(
     models = [m for m, w in ((policy, 1.0 - mixture_coef), (ref, mixture_coef)) if w > 0]
     if any(m is None for m in models):
         raise ValueError("a model with non-zero mixture weight is None")
+    nets = [base_of(m) for m in models]  # a LoRA reference runs on the policy's own module
     if use_cache:
-        for m in models:
-            _check_cache_argument(m)
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    device = next(models[0].parameters()).device
+        for net in nets:
+            _check_cache_argument(net)
+    modes = {id(net): (net, net.training) for net in nets}
+    for net, _ in modes.values():
+        net.eval()
+    device = next(nets[0].parameters()).device
     ids, mask = pad_batch(prompt_ids, pad_token_id, left=True)
     ids, mask = ids.to(device), mask.to(device)  # (B, T0)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0) positions of real tokens, 0 on padding
@@ -112,10 +115,11 @@ def sample_tokens(
     for n in range(max_new_tokens):
         logits = []
         for k, m in enumerate(models):
-            if use_cache:
-                lg, caches[k] = _next_token_logits(m, step_ids, mask, step_pos, caches[k], use_cache=True)
-            else:  # recompute the whole prefix
-                lg, _ = _next_token_logits(m, ids, mask, pos, None, use_cache=False)
+            with active_model(m) as net:
+                if use_cache:
+                    lg, caches[k] = _next_token_logits(net, step_ids, mask, step_pos, caches[k], use_cache=True)
+                else:  # recompute the whole prefix
+                    lg, _ = _next_token_logits(net, ids, mask, pos, None, use_cache=False)
             logits.append(lg / temperature)  # (B, V)
         if len(models) == 2:
             step_logp = geometric_mixture_logprobs(logits[0], logits[1], mixture_coef=mixture_coef)  # (B, V)
@@ -137,8 +141,8 @@ def sample_tokens(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)  # (B, T+1)
         ids = torch.cat([ids, step_ids], dim=-1)
         pos = torch.cat([pos, step_pos], dim=-1)
-    for m, mode in zip(models, modes):
-        m.train(mode)
+    for net, mode in modes.values():
+        net.train(mode)
     n_used = n + 1
     return SampledTokens(tokens[:, :n_used].cpu(), out_mask[:, :n_used].cpu(), logps[:, :n_used].cpu())
 

@@ -169,10 +169,15 @@ def smoothed_class_distribution(
 def class_figures(arena, pi: torch.Tensor, pi0: torch.Tensor, game: ClassGame | None = None) -> dict[str, float]:
     """The exact class-level figures of a policy's class distribution π (T, C) on the arena, the names
     every trainer, the quickstart and the report use: ``gold_win_rate_vs_ref`` P*(π ≻ π0) against π0's
-    class distribution measured from samples (``pi0``), ``exploitability`` (unregularized); with the
+    class distribution measured from samples (``pi0``), ``exploitability`` (unregularized) and
+    ``exploitability_transitive`` (its part under the gold preference without the cyclic term); with the
     regularized ``game``, also its ``gap``, ``tv_to_equilibrium`` and ``class_kl``
     (:meth:`ClassGame.measure`)."""
-    figures = {"gold_win_rate_vs_ref": arena.win_rate(pi, pi0), "exploitability": arena.exploitability(pi)}
+    figures = {
+        "gold_win_rate_vs_ref": arena.win_rate(pi, pi0),
+        "exploitability": arena.exploitability(pi),
+        "exploitability_transitive": arena.exploitability(pi, transitive=True),
+    }
     return {**figures, **game.measure(pi)} if game is not None else figures
 
 

@@ -15,7 +15,8 @@ Errors that no retry can fix (endpoint unreachable, key rejected, unknown model)
 one :class:`JudgeError` line. :meth:`LLMJudge.preference` raises :class:`JudgeError` when any pair
 failed (failures must never become labels silently); :meth:`LLMJudge.judge_pairs` returns per-pair
 records with their status instead. The API key is held only by the client: it is never logged,
-written, hashed or put in a message.
+written, hashed or put in a message, and an answer or error that echoes it (or part of it) is stored,
+logged and shown with it redacted; credentials inside ``base_url`` are never shown either.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from prefgame.judges.verdicts import (
     render,
     soft_verdict,
 )
+from prefgame.redact import redact_secret, redact_urls, url_for_display
 from prefgame.run import Progress
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class JudgeConfig:
     backoff_base_s: float = param(1.0, "first backoff wait; doubles per retry, jittered in [½, 1]×")
     max_retry_wait_s: float = param(120.0, "cap on the total time one request may spend waiting to retry")
     timeout_s: float = param(60.0, "timeout of one HTTP request, seconds")
-    temperature: float = param(0.0, "sampling temperature of the judge")
+    temperature: float = param(0.0, "sampling temperature of the judge", ge=0)
     max_tokens: int = param(1024, "most tokens the judge may write per answer")
     template_path: str = param("", "pairwise template file ({prompt}, {response_a}, {response_b}); empty: default")
     use_logprobs: bool = param(False, "soft preferences from verdict-token log-probs when the endpoint has them")
@@ -146,14 +148,13 @@ class LLMJudge:
         self.cfg = cfg = cfg or JudgeConfig()
         self.base_url = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
         api_key = cfg.api_key or os.environ.get("OPENAI_API_KEY", "")
-        if not api_key:
-            if self.base_url == OPENAI_BASE_URL:
-                raise JudgeError(
-                    "no API key for the OpenAI judge: set OPENAI_API_KEY (or judge.api_key), "
-                    "or point judge.base_url at an OpenAI-compatible server"
-                )
-            api_key = "EMPTY"  # local servers (vLLM) accept any key unless started with one
-        self._secret = api_key
+        if not api_key and self.base_url == OPENAI_BASE_URL:
+            raise JudgeError(
+                "no API key for the OpenAI judge: set OPENAI_API_KEY (or judge.api_key), "
+                "or point judge.base_url at an OpenAI-compatible server"
+            )
+        self._secret = api_key  # what is redacted from answers, errors and logs
+        api_key = api_key or "EMPTY"  # local servers (vLLM) accept any key unless started with one
         self.name = f"llm-judge:{cfg.model}"
         self.template = load_template(cfg.template_path)
         self.settings = {  # everything that can change a verdict; hashed into every cache key
@@ -305,7 +306,7 @@ class LLMJudge:
             status="ok" if error is None else "failed",
             verdict=verdict if error is None else None,
             p_first=p_first,
-            answer=answer,
+            answer=self._redact(answer),
             error=self._redact(error),
             prompt_tokens=usage[0],
             completion_tokens=usage[1],
@@ -340,7 +341,7 @@ class LLMJudge:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 self._raise_if_fatal(status)
-                reason = f"HTTP {status}: {_short(exc)}"
+                reason = f"HTTP {status}: {self._redact(_short(exc))}"
                 if status not in RETRY_STATUS:
                     raise _RequestFailed(reason) from None
                 retry_after = _retry_after_s(exc.response.headers) if status == 429 else None
@@ -349,7 +350,8 @@ class LLMJudge:
             except openai.APIConnectionError as exc:
                 if attempt >= min(CONNECTION_RETRIES, self.cfg.max_retries):
                     raise JudgeError(
-                        f"cannot reach the judge endpoint {_display_url(self.base_url)} ({_short(exc)}): "
+                        f"cannot reach the judge endpoint {url_for_display(self.base_url)} "
+                        f"({self._redact(_short(exc))}): "
                         "start the server, or fix judge.base_url / OPENAI_BASE_URL (it ends in /v1)"
                     ) from None
                 reason = "connection error"
@@ -374,7 +376,7 @@ class LLMJudge:
         raise AssertionError("unreachable")
 
     def _raise_if_fatal(self, status: int) -> None:
-        url = _display_url(self.base_url)
+        url = url_for_display(self.base_url)
         if status in (401, 403):
             raise JudgeError(
                 f"the judge endpoint {url} rejected the API key (HTTP {status}): "
@@ -406,9 +408,23 @@ class LLMJudge:
             return self._rng.uniform(low, high)
 
     def _redact(self, text: str | None) -> str | None:
-        if text is None or len(self._secret) < 4:
+        """``text`` without the API key (or a part of it) and without URL credentials."""
+        if not text:
             return text
-        return text.replace(self._secret, "<redacted>")
+        return redact_urls(redact_secret(text, self._secret))
+
+
+def require_some_judged(records: Sequence[PairJudgment]) -> None:
+    """Raise JudgeError when there were pairs to judge and every judgment failed: there is nothing to
+    report, and the first failure says why (callers that keep partial results drop failed pairs)."""
+    if not records or any(r.status == "ok" for r in records):
+        return
+    first = records[0]
+    reason = next((j.error for j in (first.ab, first.ba) if j.error), first.error)
+    raise JudgeError(
+        f"every judgment failed ({len(records)} pairs, both orders); the first: {reason}. Check judge.model, "
+        "the template and what the endpoint answers (the judgment cache records every failure)"
+    )
 
 
 def _answer(response: Any) -> tuple[str, list[tuple[str, list[tuple[str, float]]]] | None]:
@@ -463,8 +479,3 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     """The exception's message on one line, without the client's "Error code: 500 - " prefix."""
     text = re.sub(r"^Error code: \d+ - ", "", " ".join(str(exc).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _display_url(url: str) -> str:
-    """The URL without user:password, if it carries any."""
-    return re.sub(r"//[^/@]*@", "//", url)

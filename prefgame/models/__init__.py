@@ -9,6 +9,10 @@
   does what differs between them reads :data:`KINDS`.
 - :mod:`~prefgame.models.model` — :class:`PreferenceModel` (backbone + ensemble of heads, the
   oracle), configs, :func:`save_preference_model` / :func:`load_preference_model`.
+- :mod:`~prefgame.models.sequence_classifier` — a sequence-classification reward model (the form of
+  most public reward models) as a reward and an oracle, P(a ≻ b) = σ(r_a − r_b).
+- :mod:`~prefgame.models.load` — :func:`load_model`: a train-pm output or a sequence-classification
+  reward model, whichever the path holds (PPO's reward, ``oracle.kind=model``, ``prefgame score``).
 - :mod:`~prefgame.models.metrics` — accuracy, log-loss, calibration, per subset/section, and arena
   ground-truth metrics.
 
@@ -26,6 +30,7 @@ from prefgame.models.heads import (
     debias_coefficients,
 )
 from prefgame.models.kinds import KINDS, KindSpec, kind_spec
+from prefgame.models.load import load_model
 from prefgame.models.model import (
     EnsembleConfig,
     GatedConfig,
@@ -39,6 +44,7 @@ from prefgame.models.model import (
     load_preference_model,
     save_preference_model,
 )
+from prefgame.models.sequence_classifier import SequenceClassifierReward, load_sequence_classifier
 
 __all__ = [
     "KINDS",
@@ -57,13 +63,16 @@ __all__ = [
     "PreferenceModel",
     "ResponseInput",
     "RewardHead",
+    "SequenceClassifierReward",
     "TextEncoder",
     "build_encoder",
     "build_head",
     "combine_scores",
     "debias_coefficients",
     "kind_spec",
+    "load_model",
     "load_preference_model",
+    "load_sequence_classifier",
     "pool",
     "save_preference_model",
 ]

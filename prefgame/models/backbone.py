@@ -19,8 +19,11 @@ Three kinds of sequences are built here, so every model kind tokenizes the same 
 form). Text layout (``text_format``): ``chat`` renders the prompt with the tokenizer's chat template
 and appends the response and EOS (decoders); ``pair`` writes ``[CLS] x [SEP] y [SEP]`` (BERT-style
 encoders; token type ids are left at 0); ``plain`` writes ``user: x / assistant:`` text then the
-response and EOS; ``auto`` picks chat when the tokenizer has a template, pair when it has CLS and
-SEP tokens, plain otherwise. Too-long sequences lose the start of the prompt first, then the end of
+response and EOS (:func:`prefgame.lm.plain_prompt`). A multi-turn prompt
+(:class:`~prefgame.data.chat.Conversation`) is the whole history in every layout: every message in
+the chat template and in plain lines, its text with roles (``User: … Assistant: …``) in pair layout.
+``auto`` picks chat when the tokenizer has a template, pair when it has CLS and SEP tokens, plain
+otherwise. Too-long sequences lose the start of the prompt first, then the end of
 the response (the final EOS/SEP is always kept, so last-token pooling stays meaningful).
 """
 
@@ -37,8 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from prefgame.config import param
+from prefgame.data.chat import Conversation, messages_of
 from prefgame.errors import PrefgameError
-from prefgame.lm import load_tokenizer, pad_batch, prompt_text
+from prefgame.lm import load_tokenizer, pad_batch, plain_prompt, prompt_text
+from prefgame.weights import load_pretrained
 
 
 @dataclass
@@ -64,13 +69,16 @@ class BackboneConfig:
         True, "frozen backbone: vectors computed once and cached, only heads train; false: fine-tune all"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = param(
-        "float32", "weights dtype of the backbone (bf16 halves memory of big frozen backbones)"
+        "float32",
+        "precision asked for the backbone's weights: a frozen one is stored in the lower of it and the compute "
+        "dtype (bf16 halves the memory of big frozen backbones); a fine-tuned one keeps float32 master weights "
+        "(in this dtype only with train.low_precision_weights); a saved model is served in it",
     )
-    embed_batch_size: int = param(256, "sequences per forward pass when computing cached vectors")
-    hidden_size: int = param(128, "new model only: hidden size")
-    num_layers: int = param(4, "new model only: transformer layers")
-    num_heads: int = param(4, "new model only: attention heads")
-    intermediate_size: int = param(512, "new model only: MLP width")
+    embed_batch_size: int = param(256, "sequences per forward pass when computing cached vectors", ge=1)
+    hidden_size: int = param(128, "new model only: hidden size", ge=1)
+    num_layers: int = param(4, "new model only: transformer layers", ge=1)
+    num_heads: int = param(4, "new model only: attention heads", ge=1)
+    intermediate_size: int = param(512, "new model only: MLP width", ge=1)
 
     def __post_init__(self) -> None:
         if self.max_length < 4:
@@ -103,9 +111,11 @@ class TextEncoder(nn.Module):
         self.text_format = resolve_text_format(tokenizer, text_format)
         self.layers = tuple(layers)
         self.hidden_size = int(model.config.hidden_size) * len(self.layers)
-        self._takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        accepted = inspect.signature(model.forward).parameters
+        self._takes_position_ids = "position_ids" in accepted
+        self._takes_use_cache = "use_cache" in accepted  # decoders: no KV cache, nothing is generated
         self._token_cache: dict[str, tuple[int, ...]] = {}
-        self._prompt_cache: dict[str, str] = {}
+        self._prompt_cache: dict = {}  # prompt text, or a Conversation's turns → rendered prompt
 
     # -- tokenization -----------------------------------------------------------------------
     _CACHE_LIMIT = 200_000
@@ -139,15 +149,16 @@ class TextEncoder(nn.Module):
 
     def _prompt_string(self, prompt: str) -> str:
         if self.text_format == "pair":
-            return prompt
+            return str(prompt)  # a Conversation: its text, every turn with its role
         if self.text_format == "chat":  # rendering the template is slow: once per prompt
-            text = self._prompt_cache.get(prompt)
+            key = prompt.turns if isinstance(prompt, Conversation) else prompt
+            text = self._prompt_cache.get(key)
             if text is None:
                 if len(self._prompt_cache) > self._CACHE_LIMIT:
                     self._prompt_cache.clear()
-                text = self._prompt_cache[prompt] = prompt_text(self.tokenizer, prompt)
+                text = self._prompt_cache[key] = prompt_text(self.tokenizer, prompt)
             return text
-        return f"user: {prompt}\nassistant:"
+        return plain_prompt(messages_of(prompt))
 
     def _segment_string(self, response: str) -> str:
         return response if self.text_format in ("chat", "pair") else " " + response
@@ -201,7 +212,7 @@ class TextEncoder(nn.Module):
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled vectors (B, H) of a padded batch (either padding side)."""
-        kwargs = {}
+        kwargs = {"use_cache": False} if self._takes_use_cache else {}
         if self._takes_position_ids:
             # positions count real tokens only, so left padding gives the same positions as right
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -267,10 +278,11 @@ def resolve_text_format(tokenizer, text_format: str) -> str:
     return "plain"
 
 
-def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
+def build_encoder(cfg: BackboneConfig, *, seed: int = 0, dtype: torch.dtype | None = None) -> TextEncoder:
     """Load ``cfg.name_or_path`` with AutoModel (a causal-LM checkpoint loads as its base model),
-    or build a new tiny Llama with the arena tokenizer when the path is empty."""
-    dtype = _DTYPES[cfg.dtype]
+    or build a new tiny Llama with the arena tokenizer when the path is empty; its weights in ``dtype``
+    (None: ``cfg.dtype``; a trainer passes what :mod:`prefgame.train.precision` decides)."""
+    dtype = _DTYPES[cfg.dtype] if dtype is None else dtype
     if cfg.name_or_path:
         from transformers import AutoModel
 
@@ -279,10 +291,7 @@ def build_encoder(cfg: BackboneConfig, *, seed: int = 0) -> TextEncoder:
                 f"backbone path not found: '{cfg.name_or_path}' (give a model folder or a hub name org/model)"
             )
         tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-        try:
-            model = AutoModel.from_pretrained(cfg.name_or_path, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise PrefgameError(f"cannot load backbone from '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from None
+        model = load_pretrained(AutoModel.from_pretrained, cfg.name_or_path, "backbone", dtype=dtype)
     else:
         from transformers import LlamaModel
 

@@ -3,9 +3,13 @@
 :class:`PreferenceModel` implements :class:`~prefgame.oracle.PreferenceOracle`:
 ``preference(prompts, a, b)`` returns P(a ≻ b | x) = σ(s(a, b)) in float64, with the score s
 exactly anti-symmetric (``s(b, a) == -s(a, b)`` and ``s(a, a) == 0`` bit for bit), so
-P(a≻b) + P(b≻a) = 1 and P(a≻a) = ½ to float64 precision. ``preference_matrix(prompt, responses)``
-gives the K×K matrix: K backbone passes and one matrix product for GPM, K passes and a difference of
-rewards for BT/gated, K² passes for the pairwise form.
+P(a≻b) + P(b≻a) = 1 and P(a≻a) = ½ to float64 precision. Every call passes each distinct token
+sequence through the backbone once (:meth:`PreferenceModel.embedded_blocks`), so pairs that share
+responses share their passes: the K(K−1)/2 pairs of K responses to a prompt (what self-play's matrix
+builder asks) cost K passes, and one for the prompt when the head reads it, for every kind that reads
+responses one at a time (bt, gpm, gated); the pairwise form reads both responses at once, two passes
+per pair. ``preference_matrix(prompt, responses)`` gives the K×K matrix: one matrix product for GPM,
+a difference of rewards for BT/gated, the pairs for the pairwise form.
 
 What differs between kinds is read from the kind registry (:mod:`prefgame.models.kinds`): how a head
 is built, whether the kind is a reward, its fast K×K matrix, its training loss and views.
@@ -29,7 +33,7 @@ referenced by its path or hub name instead of copied).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,11 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from prefgame.config import config_to_yaml, load_config, param
-from prefgame.errors import PrefgameError
+from prefgame.errors import DataError, PrefgameError
+from prefgame.lora import save_pretrained
 from prefgame.losses import pessimistic_score
 from prefgame.models.backbone import BackboneConfig, TextEncoder, build_encoder
 from prefgame.models.kinds import KINDS, KindSpec, kind_names, kind_spec, load_kinds
 from prefgame.run import atomic_dir, untie_shared
+from prefgame.weights import load_safetensors, read_json
 
 load_kinds()
 Kind = Literal[tuple(KINDS)]  # the registered kinds: the config's choices and --help
@@ -192,6 +198,11 @@ class PreferenceModel(nn.Module):
     def views(self) -> tuple[str, ...]:
         return tuple(self.heads[0].views)
 
+    @property
+    def has_reward(self) -> bool:
+        """Whether the model has a scalar reward r(x, y) (:meth:`reward`): the reward kinds (bt, gated)."""
+        return self.spec.reward
+
     # -- sequences and vectors ----------------------------------------------------------------
     def view_sequences(
         self, views: Sequence[str], prompts: Sequence[str], a: Sequence[str], b: Sequence[str]
@@ -217,11 +228,54 @@ class PreferenceModel(nn.Module):
         h = self.encoder(**batch)  # (V·B, H)
         return dict(zip(names, h.split([len(sequences[v]) for v in names])))
 
+    # distinct sequences a block of rows embeds together (their float32 vectors are held on the CPU at once)
+    block_sequences = 8192
+
+    @torch.no_grad()
+    def embedded_blocks(
+        self, views: Sequence[str], prompts: Sequence[str], a: Sequence[str], b: Sequence[str]
+    ) -> Iterator[tuple[slice, Tensor, dict[str, Tensor]]]:
+        """Frozen vectors of aligned (prompt, a, b) rows, a block of rows at a time: (the block's rows,
+        the vectors (U, H) float32 of its U distinct sequences, view → (rows,) index into them).
+
+        Each distinct sequence of a block passes the backbone once: (x, y) is view "a" of one pair and
+        "b" of another, x is the "x" view of all its pairs, and a K×K request names every response
+        K − 1 times, so K responses to a prompt cost K passes (and one for the prompt when the head
+        reads it) however many pairs ask about them. A block takes rows 16 × ``batch_size`` at a time
+        until it holds ``block_sequences`` distinct sequences.
+        """
+        n, step, start = len(prompts), 16 * self.batch_size, 0
+        while start < n:
+            index: dict[tuple[int, ...], int] = {}
+            unique: list[list[int]] = []
+            where: dict[str, list[int]] = {v: [] for v in views}
+            end = start
+            while end < n and len(unique) < self.block_sequences:
+                stop = min(end + step, n)
+                seqs = self.view_sequences(views, prompts[end:stop], a[end:stop], b[end:stop])
+                for v in views:
+                    for s in seqs[v]:
+                        j = index.setdefault(tuple(s), len(unique))
+                        if j == len(unique):
+                            unique.append(s)
+                        where[v].append(j)
+                end = stop
+            # the backbone's batches from the set of sequences, not their order: (a, b) and (b, a) get the same bits
+            order = sorted(range(len(unique)), key=lambda i: (len(unique[i]), unique[i]))
+            vectors = torch.empty(len(unique), self.encoder.hidden_size)
+            vectors[order] = self.encoder.embed([unique[i] for i in order], batch_size=self.batch_size * 4)
+            yield slice(start, end), vectors, {v: torch.tensor(w, dtype=torch.long) for v, w in where.items()}
+            start = end
+
     @torch.no_grad()
     def embed(self, views: Sequence[str], prompts, a, b) -> dict[str, Tensor]:
-        """Frozen vectors of each view, (N, H) float32, in batches of ``batch_size`` rows."""
-        seqs = self.view_sequences(views, prompts, a, b)
-        return {v: self.encoder.embed(s, batch_size=self.batch_size * 4) for v, s in seqs.items()}
+        """Frozen vectors of each view, (N, H) float32, every distinct sequence computed once
+        (:meth:`embedded_blocks`)."""
+        parts: dict[str, list[Tensor]] = {v: [] for v in views}
+        for _, vectors, where in self.embedded_blocks(views, list(prompts), list(a), list(b)):
+            for v in views:
+                parts[v].append(vectors[where[v]])
+        return {v: torch.cat(p) if p else torch.zeros(0, self.encoder.hidden_size) for v, p in parts.items()}
 
     # -- scores -------------------------------------------------------------------------------
     def _head_dtype_device(self) -> tuple[torch.dtype, torch.device]:
@@ -229,6 +283,15 @@ class PreferenceModel(nn.Module):
         if p is None:
             p = next(self.heads.buffers())
         return p.dtype, p.device
+
+    def _batches(self, views: Sequence[str], prompts, a, b) -> Iterator[dict[str, Tensor]]:
+        """The view vectors of ``batch_size`` rows at a time (:meth:`embedded_blocks`), on the heads'
+        device and in their dtype."""
+        dtype, device = self._head_dtype_device()
+        for rows, vectors, where in self.embedded_blocks(views, list(prompts), list(a), list(b)):
+            for start in range(0, rows.stop - rows.start, self.batch_size):
+                batch = {v: vectors[w[start : start + self.batch_size]] for v, w in where.items()}
+                yield {v: h.to(device=device, dtype=dtype) for v, h in batch.items()}
 
     @torch.no_grad()
     def scores_from_vectors(self, emb: dict[str, Tensor]) -> Tensor:
@@ -252,11 +315,8 @@ class PreferenceModel(nn.Module):
         """Anti-symmetric pair scores s(a, b) (N,), float32, on CPU."""
         was_training = self.training
         self.eval()
-        out = []
-        for start in range(0, len(prompts), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            emb = self.embed(self.views, prompts[sl], responses_a[sl], responses_b[sl])
-            out.append(self.scores_from_vectors(emb).float().cpu())
+        batches = self._batches(self.views, prompts, responses_a, responses_b)
+        out = [self.scores_from_vectors(emb).float().cpu() for emb in batches]
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -272,13 +332,10 @@ class PreferenceModel(nn.Module):
             raise PrefgameError(f"a '{self.kind}' model has no scalar reward; use preference()")
         prompts, responses = list(prompts), list(responses)
         views = ("a", "x") if "x" in self.views else ("a",)
-        out = []
-        for start in range(0, len(prompts), self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            emb = self.embed(views, prompts[sl], responses[sl], responses[sl])
-            dtype, device = self._head_dtype_device()
-            emb = {k: v.to(device=device, dtype=dtype) for k, v in emb.items()}
-            out.append(self._combine_rewards([h.reward(emb["a"], emb.get("x")) for h in self.heads]).float().cpu())
+        out = [
+            self._combine_rewards([h.reward(e["a"], e.get("x")) for h in self.heads]).float().cpu()
+            for e in self._batches(views, prompts, responses, responses)
+        ]
         return torch.cat(out) if out else torch.zeros(0)
 
     @torch.no_grad()
@@ -336,8 +393,8 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
     path = Path(path)
     info = ModelInfo(**{**model.info.__dict__})
     with atomic_dir(path) as tmp:
-        if save_backbone:
-            model.encoder.model.save_pretrained(str(tmp / "backbone"), safe_serialization=True)
+        if save_backbone:  # with LoRA adapters: merged, and the adapters in backbone/adapter
+            save_pretrained(model.encoder.model, tmp / "backbone")
             model.encoder.tokenizer.save_pretrained(str(tmp / "backbone"))
             info.backbone_path = "backbone"
         else:
@@ -352,11 +409,15 @@ def save_preference_model(model: PreferenceModel, path: str | Path, *, save_back
 
 
 def load_preference_model(
-    path: str | Path, *, device: str | torch.device | None = None, batch_size: int = 64
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    backbone_dtype: Callable[[str], torch.dtype] | None = None,
 ) -> PreferenceModel:
-    """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle."""
-    from safetensors.torch import load_file
-
+    """Restore a saved preference model (a training output dir or its ``model/`` folder) as an oracle;
+    its backbone in the dtype the saved config names, or in ``backbone_dtype(that name)`` (a trainer
+    passes :meth:`prefgame.train.precision.Precision.frozen_dtype`)."""
     path = Path(path)
     if (path / "model" / "preference_model.json").exists():
         path = path / "model"
@@ -366,9 +427,13 @@ def load_preference_model(
             f"{path}: not a preference model folder (no preference_model.json); "
             "give the output_dir of 'prefgame train-pm' or its model/ folder"
         )
-    meta = json.loads(meta_file.read_text())
-    meta.pop("format", None)
-    info = ModelInfo(**meta)
+    fix = "the preference model folder is damaged: train it again with 'prefgame train-pm' or copy it again"
+    meta = read_json(meta_file, fix)
+    try:
+        meta.pop("format", None)
+        info = ModelInfo(**meta)
+    except (AttributeError, TypeError):
+        raise DataError(f"{meta_file} does not describe a preference model (kind, objectives, ...): {fix}") from None
     cfg = load_config(PMModelConfig, path / "model_config.yaml")
     backbone = cfg.backbone
     if info.backbone_path == "backbone":
@@ -376,13 +441,13 @@ def load_preference_model(
         backbone.tokenizer = str(path / "backbone")
     else:
         backbone.name_or_path = info.backbone_path
-    encoder = build_encoder(backbone)
+    encoder = build_encoder(backbone, dtype=None if backbone_dtype is None else backbone_dtype(backbone.dtype))
     heads = [
         build_head(cfg, encoder.hidden_size, objectives=info.objectives, verbosity_index=info.verbosity_index)
         for _ in range(cfg.ensemble.size)
     ]
     model = PreferenceModel(encoder, heads, cfg, info=info, name=f"pm-{cfg.kind}:{path}", batch_size=batch_size)
-    model.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+    model.heads.load_state_dict(load_safetensors(path / "heads.safetensors", fix))
     model.eval()
     if device is not None:
         model.to(device)

@@ -44,8 +44,9 @@ import torch
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
 from prefgame.errors import DataError, PrefgameError
-from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_causal_lm, load_tokenizer, truncate
+from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
+from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, trained_state
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
@@ -63,7 +64,15 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
-from prefgame.train.policy import PolicyEvaluator, PolicyRuntime, measured_rows, run_iterations, summary_text
+from prefgame.train.policy import (
+    PolicyEvaluator,
+    PolicyRuntime,
+    measured_rows,
+    reference_home,
+    run_iterations,
+    summary_text,
+)
+from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 from prefgame.train.selfplay import (
     PolicyConfig,
     PromptsConfig,
@@ -158,6 +167,7 @@ class DPOConfig:
     arena: ArenaConfig = param(ArenaConfig, "the arena world (arena prompts and oracles, exact measurements)")
     sampling: SamplingConfig = param(SamplingConfig, "online: K samples per prompt from the current policy")
     eval: DPOEvalConfig = param(DPOEvalConfig, "held-out measurements of the policy (prompts from `prompts`)")
+    lora: LoraConfig = param(LoraConfig, "LoRA adapters instead of full fine-tuning; π0 is the base (prefgame.lora)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -325,14 +335,16 @@ def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]
 
 
 def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[PairSet], pad_id: int, acc) -> None:
-    """π0 = the initial policy: its log-probs of every pair, computed once (no reference model stays in
-    memory), stored on each part as ``ref_chosen`` / ``ref_rejected``."""
-    for part in parts:
-        if len(part):
-            part.ref_chosen, part.ref_rejected = pair_logps(
-                module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
-                device=acc.device, autocast=acc.autocast,
-            )  # fmt: skip
+    """π0 = the initial policy (with LoRA: its base, adapters disabled): its log-probs of every pair,
+    computed once (no reference model stays in memory), stored on each part as ``ref_chosen`` /
+    ``ref_rejected``."""
+    with base_weights(module.model):
+        for part in parts:
+            if len(part):
+                part.ref_chosen, part.ref_rejected = pair_logps(
+                    module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
+                    device=acc.device, autocast=acc.autocast,
+                )  # fmt: skip
 
 
 def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
@@ -342,10 +354,9 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-    dtype = torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32
-    model = load_causal_lm(cfg.policy.name_or_path, dtype=dtype)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model = load_trainable_lm(cfg.policy.name_or_path, cfg.policy.dtype, Precision.of(tc, acc), key="policy.dtype")
+    model = apply_lora(model, cfg.lora, seed=tc.seed)
+    trained = trained_state(model)  # what checkpoints hold: the model, or its adapters
     train_set, eval_set, data_info = _split_pairs(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -367,7 +378,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
             return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
-    start_step = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)["step"]
+    start_step = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)["step"]
 
     lengths = train_set.lengths
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
@@ -397,7 +408,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
 
     def checkpoint(done: int) -> None:
         save_checkpoint(
-            out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler, state={},
+            out.path, done, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler, state={},
             keep=tc.keep_checkpoints,
         )  # fmt: skip
 
@@ -440,8 +451,10 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
 
 def _measure_policy(cfg: DPOConfig, out: RunDir, acc, tok, model) -> dict[str, Any]:
     """The trained policy against π0 on the held-out prompts, as the on-policy trainers measure it."""
-    dtype = next(model.parameters()).dtype
-    ref = load_causal_lm(cfg.policy.name_or_path, dtype=dtype).to(acc.device).requires_grad_(False).eval()
+    ref = reference(model)  # with LoRA: the trained model with its adapters disabled
+    if ref is None:
+        precision, home = Precision.of(cfg.train, acc), reference_home(cfg.policy, acc.device)
+        ref = load_frozen_lm(cfg.policy.name_or_path, cfg.policy.dtype, precision, home)
     rt = PolicyRuntime(
         cfg, out.path, batch_size=cfg.train.batch_size, arena=cfg.prompts.source == "arena", acc=acc,
         models=(tok, model, ref),
@@ -518,8 +531,9 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     sp = SelfPlay(
         cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
     )
+    trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(
-        out, "dpo", modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
+        out, "dpo", modules={"policy": trained}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
     )
     sp.version = state.get("version", 0)
     n_params = sum(p.numel() for p in sp.policy.parameters())
@@ -536,7 +550,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
 
     def checkpoint(done: int) -> None:
         save_checkpoint(
-            out.path, done, modules={"policy": sp.policy}, optimizer=sp.optimizer, scheduler=sp.scheduler,
+            out.path, done, modules={"policy": trained}, optimizer=sp.optimizer, scheduler=sp.scheduler,
             state={"version": sp.version, **(evaluator.state() if evaluator else {})}, keep=cfg.train.keep_checkpoints,
         )  # fmt: skip
 
@@ -614,7 +628,7 @@ def train_dpo_arena(
 ARENA_PRESETS: dict[str, list[str]] = {
     "offline": [
         "mode=offline", "data.skip_invalid=true", "data.eval_fraction=0.05", "data.max_length=64",
-        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=5e-4", "train.warmup_steps=10", "train.max_steps=60",
+        "loss.loss_type=sigmoid", "loss.beta=0.1", "train.lr=1e-4", "train.warmup_steps=10", "train.max_steps=60",
         "train.batch_size=32", "train.micro_batch_size=32", "train.eval_every=20", "train.save_every=0",
         "train.log_every=10", "eval.prompts=1000", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1",
     ],

@@ -32,9 +32,11 @@ import torch
 from accelerate import Accelerator
 
 from prefgame.config import config_to_dict, flat_config, param
-from prefgame.errors import PrefgameError
+from prefgame.errors import DataError, PrefgameError
 from prefgame.run import Resume, RunDir, atomic_dir, untie_shared
 from prefgame.train import sharding
+from prefgame.train.precision import resolve_mixed_precision
+from prefgame.weights import load_safetensors, load_torch_state, read_json
 
 log = logging.getLogger("prefgame.train")
 
@@ -47,21 +49,31 @@ class OptimConfig:
     a default."""
 
     seed: int = param(0, "random seed of everything the run draws (batch order, initialization, sampling)")
-    lr: float = param(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = param(0.0, "AdamW weight decay")
-    warmup_steps: int = param(10, "linear learning-rate warm-up, in optimizer steps")
+    lr: float = param(1e-3, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0)
+    warmup_steps: int = param(10, "linear learning-rate warm-up, in optimizer steps", ge=0)
     schedule: Literal["cosine", "linear", "constant"] = param(
         "cosine", "learning-rate decay after warm-up, over all the run's optimizer steps"
     )
-    micro_batch_size: int = param(64, "examples per forward pass on one process (gradient accumulation)")
-    max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)")
+    micro_batch_size: int = param(64, "examples per forward pass on one process (gradient accumulation)", ge=1)
+    max_grad_norm: float = param(1.0, "gradient clipping norm (0 disables)", ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
-        "auto", "autocast precision; auto uses bf16 on a GPU that supports it and fp32 on CPU"
+        "auto",
+        "compute precision (autocast; trained weights stay float32 master weights): auto is bf16 on a CUDA GPU "
+        "that supports it and float32 elsewhere; bf16 also autocasts on a CPU; fp16 needs a CUDA GPU",
+    )
+    low_precision_weights: bool = param(
+        False,
+        "store and update the trained weights in the dtype their model section asks for (policy.dtype, "
+        "model.backbone.dtype = bfloat16) with no float32 master copy: half the memory of weights and AdamW "
+        "state, but an update below bf16's resolution (about 0.4% of a weight) is rounded away",
     )
     gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
     report_to: str = param("none", "trackers for accelerate (none, tensorboard, wandb, ...; comma-separated)")
-    max_nonfinite_steps: int = param(3, "stop after this many consecutive steps with a non-finite loss or gradient")
-    keep_checkpoints: int = param(2, "how many recent checkpoints to keep")
+    max_nonfinite_steps: int = param(
+        3, "stop after this many consecutive steps with a non-finite loss or gradient", ge=1
+    )
+    keep_checkpoints: int = param(2, "how many recent checkpoints to keep (0: all)", ge=0)
 
     def __post_init__(self) -> None:
         if self.micro_batch_size <= 0:
@@ -72,11 +84,11 @@ class OptimConfig:
 class TrainConfig(OptimConfig):
     """``train`` of the step-based trainers (sft, train-pm, dpo)."""
 
-    max_steps: int = param(200, "optimizer steps")
-    batch_size: int = param(64, "examples per optimizer step, over all processes and micro-batches")
-    eval_every: int = param(50, "evaluate every N steps (0: only at the end)")
-    save_every: int = param(100, "checkpoint every N steps (0: only the final model)")
-    log_every: int = param(10, "write metrics.jsonl every N steps")
+    max_steps: int = param(200, "optimizer steps", ge=0)
+    batch_size: int = param(64, "examples per optimizer step, over all processes and micro-batches", ge=1)
+    eval_every: int = param(50, "evaluate every N steps (0: only at the end)", ge=0)
+    save_every: int = param(100, "checkpoint every N steps (0: only the final model)", ge=0)
+    log_every: int = param(10, "write metrics.jsonl every N steps", ge=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,9 +108,8 @@ def make_accelerator(
 ) -> Accelerator:
     """The run's accelerator; ``batch_size`` (the config key ``batch_key``) is the global number of
     examples per optimizer step, which the processes share equally."""
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    _allow_precision(precision)
     trackers = tracker_names(cfg.report_to)
     # Under torchrun / accelerate launch on a machine without GPUs, accelerate only joins the process
     # group when told to use the CPU (gloo); without it every process would train alone on the full batch.
@@ -117,6 +128,17 @@ def make_accelerator(
             f"{batch_key}={batch_size} is not divisible by the {acc.num_processes} processes; choose a multiple"
         )
     return acc
+
+
+def _allow_precision(precision: str) -> None:
+    """Let this process's accelerator take ``precision`` although an earlier run in the same process
+    (a notebook, a test session) made one at another: accelerate keeps one process-wide state and
+    refuses a change of mixed precision. The process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state()
 
 
 @dataclass
@@ -429,11 +451,10 @@ def load_modules(path: Path, modules: dict[str, torch.nn.Module]) -> None:
     """Restore ``modules`` from the checkpoint ``path`` (``<name>.safetensors`` each, complete tensors; a
     sharded module takes its shards of them); a model whose shape differs from the checkpoint's fails
     with one line."""
-    from safetensors.torch import load_file
-
     for name, module in modules.items():
+        tensors = load_safetensors(path / f"{name}.safetensors", checkpoint_fix(path))
         try:
-            sharding.load_state_dict(module, load_file(str(path / f"{name}.safetensors")))
+            sharding.load_state_dict(module, tensors)
         except RuntimeError as exc:  # size mismatch, missing or unexpected keys: one line per problem
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [str(exc)]
             first = lines[min(1, len(lines) - 1)]  # the first problem (the line before it names the model class)
@@ -453,10 +474,26 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore modules and optimizer from a checkpoint; returns the trainer state (``step`` …).
 
-    The optimizer file is read with ``weights_only=True``: tensors and plain containers only.
+    The optimizer file is read with ``weights_only=True``: tensors and plain containers only. A damaged
+    or foreign file stops the run with one line naming it.
     """
     load_modules(path, modules)
-    opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    opt_state = load_torch_state(path / "optimizer.pt", checkpoint_fix(path))
+    if not isinstance(opt_state, dict) or not {"optimizer", "scheduler"} <= set(opt_state):
+        raise DataError(f"{path / 'optimizer.pt'} is not an optimizer state saved by prefgame: {checkpoint_fix(path)}")
     sharding.load_optimizer_state(optimizer, opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
-    return json.loads((path / "trainer_state.json").read_text())
+    return read_trainer_state(path)
+
+
+def checkpoint_fix(path: Path) -> str:
+    """How to get past a damaged checkpoint: remove it (a resume then continues from the one before)."""
+    return f"remove the checkpoint folder {path} to resume from an earlier one, or start without resume=true"
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint ``path`` (its ``step`` at least)."""
+    state = read_json(path / "trainer_state.json", checkpoint_fix(path))
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DataError(f"{path / 'trainer_state.json'} has no step: {checkpoint_fix(path)}")
+    return state

@@ -20,7 +20,8 @@ Losses (from :mod:`prefgame.losses`) are sums over the step's examples divided b
 (pairs, or observed ratings), so micro-batching, gradient accumulation and data-parallel processes
 give the same update as one full batch. The examples of a step are a function of (seed, step)
 (:func:`~prefgame.train.engine.step_indices`), and checkpoints hold the heads, the backbone when it
-trains, and the optimizer state, so a resumed run ends with the same weights as an uninterrupted one.
+trains (with LoRA: its adapters), and the optimizer state, so a resumed run ends with the same weights
+as an uninterrupted one.
 Every ``phase setup`` (caching vectors, the ridge fit, debiasing) is deterministic and is re-run on
 resume.
 """
@@ -28,7 +29,6 @@ resume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
 from prefgame.data.columns import Pairs, Ratings, load_pairs, load_ratings, split_eval
-from prefgame.errors import PrefgameError
+from prefgame.errors import ConfigError, PrefgameError
+from prefgame.lora import LoraConfig, apply_lora, trained_state
 from prefgame.losses import regression_loss, ridge_fit
 from prefgame.models.backbone import build_encoder
 from prefgame.models.heads import debias_coefficients
@@ -68,9 +69,11 @@ from prefgame.train.engine import (
     make_accelerator,
     make_optimizer,
     optimizer_step,
+    read_trainer_state,
     save_checkpoint,
     step_indices,
 )
+from prefgame.train.precision import Precision
 
 # -- configs ------------------------------------------------------------------------------------
 
@@ -126,6 +129,9 @@ class PMConfig:
     arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
     arena: ArenaConfig = param(ArenaConfig, "the world whose gold preference the arena metrics use")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    lora: LoraConfig = param(
+        LoraConfig, "LoRA adapters on the fine-tuned backbone (model.backbone.freeze=false) instead of every weight"
+    )
 
 
 # -- the step pieces ------------------------------------------------------------------------------
@@ -139,7 +145,7 @@ class PairForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, names: list[str], sizes: list[int]):
-        h = self.encoder(input_ids, attention_mask)  # (ΣB, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (ΣB, H); float32 heads read low-precision backbones
         return self.head(dict(zip(names, h.split(sizes))))
 
 
@@ -154,7 +160,7 @@ class RatingsForward(nn.Module):
         self.encoder, self.head = model.encoder, head
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
-        h = self.encoder(input_ids, attention_mask)  # (B or 2B, H)
+        h = self.encoder(input_ids, attention_mask).float()  # (B or 2B, H)
         return self.head.ratings(h[:n], h[n:] if h.shape[0] > n else None)
 
 
@@ -198,6 +204,8 @@ def run(cfg: PMConfig) -> dict:
 
 def _validate(cfg: PMConfig) -> None:
     m = cfg.model
+    if cfg.lora.enabled and m.backbone.freeze:
+        raise ConfigError("lora.enabled adapts a fine-tuned backbone: set model.backbone.freeze=false")
     if not m.backbone.freeze and m.ensemble.size > 1:
         raise PrefgameError(
             "ensembles share one frozen backbone: set model.backbone.freeze=true or model.ensemble.size=1"
@@ -246,8 +254,14 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     """The preference model of ``cfg.model`` on the accelerator (backbone frozen or prepared for
     fine-tuning), with its parameter counts (backbone, one head)."""
     tc, mc = cfg.train, cfg.model
-    encoder = build_encoder(mc.backbone, seed=tc.seed)
     frozen = mc.backbone.freeze
+    precision = Precision.of(tc, acc)
+    if frozen:
+        dtype = precision.frozen_dtype(mc.backbone.dtype)
+    else:
+        dtype = precision.trainable_dtype(mc.backbone.dtype, key="model.backbone.dtype")
+    encoder = build_encoder(mc.backbone, seed=tc.seed, dtype=dtype)
+    encoder.model = apply_lora(encoder.model, cfg.lora, seed=tc.seed, task="FEATURE_EXTRACTION")
     heads = []
     for i in range(mc.ensemble.size):
         torch.manual_seed(tc.seed + 1000 * (i + 1))
@@ -256,8 +270,8 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     model.to(acc.device)
     if frozen:
         encoder.requires_grad_(False)
-    elif tc.gradient_checkpointing:
-        encoder.model.gradient_checkpointing_enable()
+    else:
+        precision.prepare_trainable(encoder.model)
     n_backbone = sum(p.numel() for p in encoder.parameters())
     n_head = sum(p.numel() for p in heads[0].parameters())
     log.info(
@@ -361,13 +375,15 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
 
     state: dict[str, Any] = {"stage1": None, "debias": None}
     phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
-    checkpoint_modules = {"heads": model.heads} if frozen else {"heads": model.heads, "encoder": encoder.model}
+    checkpoint_modules = {"heads": model.heads}
+    if not frozen:  # a fine-tuned backbone: whole, or with LoRA its adapters
+        checkpoint_modules["encoder"] = trained_state(encoder.model)
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     total = sum(p.steps for p in phases)
     start = 0
     if resume_from is not None:
         load_modules(resume_from, checkpoint_modules)  # modules now, optimizer state when its phase is set up
-        start = int(json.loads((resume_from / "trainer_state.json").read_text())["step"])
+        start = read_trainer_state(resume_from)["step"]
         out.commit_resume()
         out.truncate_metrics(start)
         log.info(f"resumed from {resume_from} at step {start}")

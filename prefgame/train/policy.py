@@ -30,14 +30,16 @@ import numpy as np
 import torch
 
 from prefgame.config import param
-from prefgame.errors import PrefgameError
+from prefgame.errors import ConfigError, PrefgameError
 from prefgame.game.lm_sampling import Responses, generate
 from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures, smoothed_class_distribution
-from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, token_logps
+from prefgame.lm import build_pairs_batch, load_tokenizer, token_logps
+from prefgame.lora import LoraConfig, active_model, apply_lora, reference
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
 from prefgame.train import sharding
 from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
+from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 
 # the seed stream of the held-out split: (train.seed, HELD_OUT)
 HELD_OUT = 12345
@@ -49,10 +51,22 @@ EVAL_SAMPLES, REF_SAMPLES = 8, 9
 @dataclass
 class PolicyConfig:
     name_or_path: str = param(
-        "", "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference"
+        "",
+        "π0: causal LM folder or hub name; the policy starts from it and a frozen copy is the reference "
+        "(with lora: its weights with the adapters disabled)",
     )
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
-    dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype of policy and reference")
+    dtype: Literal["float32", "bfloat16"] = param(
+        "float32",
+        "precision asked for π0's weights: the frozen reference is stored in the lower of it and the compute "
+        "dtype (train.mixed_precision); the trained policy keeps float32 master weights (in this dtype only "
+        "with train.low_precision_weights)",
+    )
+    offload_reference: bool = param(
+        False,
+        "keep the frozen reference in CPU memory and move it to the accelerator only while it samples or "
+        "scores (frees its memory during the optimizer steps, for two copies of its weights per use)",
+    )
 
 
 @dataclass
@@ -62,7 +76,12 @@ class PromptsConfig:
     )
     path: str = param("", "source=file: a .jsonl/.json/.parquet/.csv file or hub data set with prompts")
     split: str = param("train", "source=file: split of a hub data set")
-    field: str = param("prompt", "source=file: column holding the prompt text")
+    field: str = param(
+        "prompt",
+        "source=file: column holding the prompts: text, HH transcripts or [{role, content}] message lists "
+        "(whole conversations; a final assistant turn is left out); without that column, the prompts of "
+        "preference data in any supported format",
+    )
 
 
 @dataclass
@@ -99,20 +118,30 @@ class EvalConfig:
             raise ValueError("eval.reference_samples_per_prompt must be ≥ eval.samples_per_prompt")
 
 
-def load_policy(cfg: PolicyConfig, device, *, gradient_checkpointing: bool = False):
-    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` and a frozen copy of it on
-    ``device`` as π0."""
+def load_policy(cfg: PolicyConfig, device, precision: Precision, *, lora: LoraConfig | None = None, seed: int = 0):
+    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` to train and a frozen copy of
+    it on ``device`` as π0, at the run's ``precision`` (:mod:`prefgame.train.precision`); with
+    ``lora.enabled`` the policy trains adapters (seeded by ``seed``) and π0 is its base with the adapters
+    disabled (:class:`~prefgame.lora.Reference`, no second copy)."""
     if not cfg.name_or_path:
         raise PrefgameError("policy.name_or_path is empty: give π0's folder, e.g. runs/quickstart/pi0/model")
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-    policy = load_causal_lm(cfg.name_or_path, dtype=dtype)
-    if gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    ref = load_causal_lm(cfg.name_or_path, dtype=dtype).to(device)
-    ref.requires_grad_(False)
-    ref.eval()
+    if lora is not None and lora.enabled and cfg.offload_reference:
+        raise ConfigError(
+            "policy.offload_reference moves a frozen copy of π0 to CPU memory; with lora.enabled π0 is the "
+            "policy's own weights (no copy): set policy.offload_reference=false"
+        )
+    policy = load_trainable_lm(cfg.name_or_path, cfg.dtype, precision, key="policy.dtype")
+    if lora is not None and lora.enabled:
+        policy = apply_lora(policy, lora, seed=seed).to(device)
+        return tok, policy, reference(policy)
+    ref = load_frozen_lm(cfg.name_or_path, cfg.dtype, precision, reference_home(cfg, device))
     return tok, policy, ref
+
+
+def reference_home(cfg: PolicyConfig, device):
+    """Where the frozen reference stays between its uses: CPU memory with ``policy.offload_reference``."""
+    return torch.device("cpu") if cfg.offload_reference else device
 
 
 def response_batch(responses, idx, pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -158,12 +187,9 @@ def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[
         return [p.text for p in arena.prompts if p.text not in held_set], held
     if not cfg.path:
         raise PrefgameError("prompts.path is empty: give a prompt file, or set prompts.source=arena")
-    from prefgame.data.load import load_raw
+    from prefgame.data.columns import load_prompts
 
-    table = load_raw(cfg.path, split=cfg.split)
-    if cfg.field not in table.column_names:
-        raise PrefgameError(f"{cfg.path}: no column '{cfg.field}' (columns: {', '.join(table.column_names)})")
-    texts = list(dict.fromkeys(str(x) for x in table[cfg.field] if str(x).strip()))
+    texts = load_prompts(cfg.path, cfg.split, cfg.field)
     order = rng.permutation(len(texts))
     n = min(n_eval, len(texts) // 2)
     return [texts[i] for i in order[n:]], [texts[i] for i in order[:n]]
@@ -174,10 +200,11 @@ def prompt_pools(cfg: PromptsConfig, arena, *, seed: int, n_eval: int) -> tuple[
 
 class PolicyRuntime:
     """What every trainer of a policy against π0 holds and does: the accelerator, tokenizer, policy and
-    frozen reference, the arena when there is one, the prompt pools, the non-finite guard, sampling and
-    sequence log-probs. ``cfg`` has the sections ``policy``, ``prompts``, ``arena``, ``sampling``,
-    ``train`` and ``eval``; ``acc`` and ``models`` (tokenizer, policy, reference) may be given when the
-    trainer built them already."""
+    reference (``ref``: a frozen copy of π0, or with LoRA the policy with its adapters disabled, evaluated
+    through :func:`~prefgame.lora.active_model`), the arena when there is one, the prompt pools, the
+    non-finite guard, sampling and sequence log-probs. ``cfg`` has the sections ``policy``, ``prompts``,
+    ``arena``, ``sampling``, ``train``, ``eval`` and ``lora``; ``acc`` and ``models`` (tokenizer, policy,
+    reference) may be given when the trainer built them already."""
 
     def __init__(
         self, cfg, out_dir, *, batch_size: int, batch_key: str = "train.batch_size", arena: bool,
@@ -188,7 +215,7 @@ class PolicyRuntime:
         self.acc = acc if acc is not None else make_accelerator(tc, out_dir, batch_size=batch_size, batch_key=batch_key)
         self.tok, self.policy, self.ref = (
             models if models is not None
-            else load_policy(cfg.policy, self.acc.device, gradient_checkpointing=tc.gradient_checkpointing)
+            else load_policy(cfg.policy, self.acc.device, Precision.of(tc, self.acc), lora=cfg.lora, seed=tc.seed)
         )  # fmt: skip
         self.arena = cfg.arena.build() if arena else None
         self.train_prompts, self.eval_prompts = prompt_pools(
@@ -199,6 +226,7 @@ class PolicyRuntime:
         # the sampler's log-probs equal sequence_logps only for fp32 weights run without autocast
         self._fp32 = next(self.policy.parameters()).dtype == torch.float32 and self.acc.mixed_precision == "no"
         self.average = None  # a weight average measured instead of the policy (self-play's train.average_from)
+        self.reference_borrowed = False  # the offloaded reference is on the accelerator (:meth:`reference`)
         self.averaged = 0  # iterates in the average
 
     def start(self, out: RunDir, job: str, *, modules: dict, optimizer, scheduler, unit: str):
@@ -224,7 +252,9 @@ class PolicyRuntime:
         """
         sc = self.cfg.sampling
         temperature = sc.temperature if temperature is None else temperature
-        with sharding.gathered(self.acc):  # under FSDP every process samples the same, in step
+        uses_ref = model is self.ref or mixture_coef > 0
+        # under FSDP every process samples the same, in step, with the policy's root parameters gathered
+        with sharding.gathered(self.acc), self.reference() if uses_ref else contextlib.nullcontext():
             ys = generate(
                 self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
                 max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
@@ -242,12 +272,30 @@ class PolicyRuntime:
         return self.sequence_logps(self.policy if model is None else model, responses)
 
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
-        """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient."""
-        with sharding.gathered(self.acc):
+        """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient; ``model``
+        a causal LM or the reference (:attr:`ref`, a frozen copy or the adapter-disabled policy)."""
+        reference = self.reference() if model is self.ref else contextlib.nullcontext()
+        with sharding.gathered(self.acc), reference, active_model(model) as net:
             return sequence_logps(
-                model, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
+                net, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
                 device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
             )  # fmt: skip
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference on the accelerator for the block: with ``policy.offload_reference`` it is
+        moved there from CPU memory and back afterwards (nested blocks move it once)."""
+        home = reference_home(self.cfg.policy, self.acc.device)
+        if home == self.acc.device or self.reference_borrowed:
+            yield self.ref
+            return
+        self.reference_borrowed = True
+        self.ref.to(self.acc.device)
+        try:
+            yield self.ref
+        finally:
+            self.ref.to(home)
+            self.reference_borrowed = False
 
     def batch(self, responses: Responses, idx) -> dict[str, torch.Tensor]:
         return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)

@@ -4,7 +4,9 @@ Each iteration t:
 
 1. draws ``train.rollout_batch_size`` prompts (a function of (seed, t)) and samples one response per
    prompt from the current policy π_θ with the KV cache (:func:`prefgame.game.lm_sampling.generate`);
-2. scores every response with the BT reward model, r(x, y) (:meth:`PreferenceModel.reward`), and
+2. scores every response with the reward model, r(x, y) (a BT or gated preference model's
+   :meth:`PreferenceModel.reward`, or the one output of a sequence-classification reward model,
+   :class:`~prefgame.models.sequence_classifier.SequenceClassifierReward`), and
    subtracts ``reward.missing_eos_penalty`` from responses cut at ``sampling.max_new_tokens``
    without an end-of-sequence token;
 3. one no-gradient pass gives log π_old(y_t), V_old(t) and the token entropy; one pass of the frozen
@@ -29,7 +31,8 @@ trains as well and is twice as fast.)
 Token losses are sums over the mini-batch's response tokens divided by its global token count, so
 micro-batch × accumulation (and data-parallel processes) equals one full mini-batch. Resume is exact
 at iteration granularity: every random draw comes from a generator seeded by (seed, iteration,
-purpose) and a checkpoint holds the policy, its value head, the optimizer and the scheduler.
+purpose) and a checkpoint holds the policy (with LoRA: its adapters), its value head, the optimizer and
+the scheduler.
 
 Measurements every ``eval.every`` iterations on held-out prompts: mean reward, the Monte Carlo
 sequence-level KL(π‖π0), response length and EOS rate; on the arena also the exact gold win rate
@@ -54,6 +57,7 @@ from prefgame.config import load_config, param
 from prefgame.errors import PrefgameError
 from prefgame.game.lm_sampling import Responses
 from prefgame.lm import final_hidden, hidden_token_logps
+from prefgame.lora import LoraConfig, active_model, trained_state
 from prefgame.losses import (
     compute_gae,
     kl_loss,
@@ -82,6 +86,7 @@ from prefgame.train.policy import (
     run_iterations,
     summary_text,
 )
+from prefgame.train.precision import Precision
 from prefgame.train.sft import save_model
 
 # Purposes of the random streams; every stream is seeded by (seed, iteration, purpose).
@@ -94,7 +99,11 @@ PROMPTS, ROLLOUT, ORDER, REF_STATS = 0, 1, 2, 5
 
 @dataclass
 class PPORewardConfig:
-    path: str = param("", "BT (or gated) reward model: the 'prefgame train-pm' output_dir or its model/ folder")
+    path: str = param(
+        "",
+        "the reward model: a sequence-classification reward model (folder or hub name, one output), or a BT "
+        "(or gated) 'prefgame train-pm' output_dir or its model/ folder",
+    )
     batch_size: int = param(256, "responses per reward-model forward pass")
     normalize: bool = param(
         True,
@@ -167,13 +176,16 @@ class PPOConfig:
     overwrite: bool = overwrite_param()
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
     policy: PolicyConfig = param(PolicyConfig, "π0 (initial policy and frozen reference)")
-    reward: PPORewardConfig = param(PPORewardConfig, "the BT reward model")
+    reward: PPORewardConfig = param(PPORewardConfig, "the reward model")
     prompts: PromptsConfig = param(PromptsConfig, "where prompts come from")
     arena: ArenaConfig = param(ArenaConfig, "the arena world (prompts.source=arena: exact gold measurements)")
     ppo: PPOAlgoConfig = param(PPOAlgoConfig, "the PPO objective")
     sampling: GenerationConfig = param(GenerationConfig, "response sampling")
     train: PPOTrainConfig = param(PPOTrainConfig, "optimization")
     eval: EvalConfig = param(EvalConfig, "measurements")
+    lora: LoraConfig = param(
+        LoraConfig, "LoRA adapters instead of full fine-tuning (the value head trains in full); π0 is the base"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -240,7 +252,10 @@ class PPO(PolicyRuntime):
     def __init__(self, cfg: PPOConfig, out: RunDir) -> None:
         tc = cfg.train
         if not cfg.reward.path:
-            raise PrefgameError("reward.path is empty: give a BT reward model folder (prefgame train-pm, kind bt)")
+            raise PrefgameError(
+                "reward.path is empty: give a reward model (a sequence-classification model folder or hub name, "
+                "or a 'prefgame train-pm' output of kind bt)"
+            )
         super().__init__(
             cfg, out.path, batch_size=tc.mini_batch_size, batch_key="train.mini_batch_size",
             arena=cfg.prompts.source == "arena", chunk_size=tc.logprob_chunk_size,
@@ -250,7 +265,7 @@ class PPO(PolicyRuntime):
                 f"train.rollout_batch_size={tc.rollout_batch_size} is not divisible by the "
                 f"{self.acc.num_processes} processes; choose a multiple"
             )
-        self.reward_model = _load_reward_model(cfg.reward, self.acc.device)
+        self.reward_model = _load_reward_model(cfg.reward, self.acc.device, Precision.of(tc, self.acc))
         self.module = PolicyWithValue(self.policy, chunk_size=tc.logprob_chunk_size)
         steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
         self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), tc, steps)
@@ -306,10 +321,11 @@ class PPO(PolicyRuntime):
                 ).float()
                 values[rows] = self.module.values(hidden, mask[rows])
                 entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
-                ref_hidden = final_hidden(self.ref, mb["input_ids"], mb["attention_mask"])
-                ref_logps[rows] = hidden_token_logps(
-                    self.ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
-                ).float()
+                with active_model(self.ref) as ref:
+                    ref_hidden = final_hidden(ref, mb["input_ids"], mb["attention_mask"])
+                    ref_logps[rows] = hidden_token_logps(
+                        ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+                    ).float()
         self.module.train()
         eos_missing = self.eos_missing(ys).to(acc.device)
         penalty = cfg.reward.missing_eos_penalty or None
@@ -401,15 +417,19 @@ class PPO(PolicyRuntime):
         return {"loss": result.loss, "grad_norm": result.grad_norm, **result.metrics}
 
 
-def _load_reward_model(cfg: PPORewardConfig, device):
-    from prefgame.models import load_preference_model
+def _load_reward_model(cfg: PPORewardConfig, device, precision: Precision):
+    """The frozen reward model of ``reward.path`` (:func:`prefgame.models.load.load_model`) on ``device``: a
+    sequence-classification reward model or a train-pm model of a reward kind (its backbone in
+    :meth:`Precision.frozen_dtype` of its saved dtype)."""
     from prefgame.models.kinds import kind_names
+    from prefgame.models.load import load_model
 
-    model = load_preference_model(cfg.path, device=device, batch_size=cfg.batch_size)
-    if not model.spec.reward:
+    model = load_model(cfg.path, device=device, batch_size=cfg.batch_size, backbone_dtype=precision.frozen_dtype)
+    if not model.has_reward:
         rewards = " or ".join(kind_names(reward=True))
         raise PrefgameError(
-            f"reward.path={cfg.path}: a '{model.kind}' model has no scalar reward; PPO needs kind {rewards}"
+            f"reward.path={cfg.path}: a '{model.kind}' model has no scalar reward; PPO needs kind {rewards} "
+            "or a sequence-classification reward model"
         )
     model.requires_grad_(False)
     return model
@@ -427,8 +447,9 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     seed_everything(tc.seed)
     ppo = PPO(cfg, out)
     acc = ppo.acc
+    trained = trained_state(ppo.module)  # what checkpoints hold: policy and value head, or adapters and value head
     run, state = ppo.start(
-        out, "ppo", modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
+        out, "ppo", modules={"policy": trained}, optimizer=ppo.optimizer, scheduler=ppo.scheduler, unit="iteration"
     )
     n_params = sum(p.numel() for p in ppo.policy.parameters())
     log.info(
@@ -439,13 +460,14 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
     evaluator = PolicyEvaluator(ppo, scores=ppo.scores) if cfg.eval.prompts else None
 
     def iterate(t: int) -> dict[str, Any]:
-        ro = ppo.rollout(t)
+        with ppo.reference():  # π0 on the accelerator for the rollout (policy.offload_reference)
+            ro = ppo.rollout(t)
         return {**ro.metrics, **ppo.optimize(ro, t), "lr": ppo.scheduler.get_last_lr()[0]}
 
     def checkpoint(done: int) -> None:
         if tc.save_every and done % tc.save_every == 0 and done != tc.iterations:
             save_checkpoint(
-                out.path, done, modules={"policy": ppo.module}, optimizer=ppo.optimizer, scheduler=ppo.scheduler,
+                out.path, done, modules={"policy": trained}, optimizer=ppo.optimizer, scheduler=ppo.scheduler,
                 state={}, keep=tc.keep_checkpoints,
             )  # fmt: skip
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from prefgame.config import param
+from prefgame.data.columns import read_prompts
 from prefgame.data.load import load_raw
 from prefgame.errors import DataError, PrefgameError
 from prefgame.lm import (
@@ -23,10 +24,10 @@ from prefgame.lm import (
     build_pairs_batch,
     encode_prompt,
     encode_response,
-    load_causal_lm,
     load_tokenizer,
     truncate,
 )
+from prefgame.lora import LoraConfig, apply_lora, save_pretrained, trained_state
 from prefgame.run import Progress, Resume, RunDir, atomic_dir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train import sharding
 from prefgame.train.engine import (
@@ -42,29 +43,34 @@ from prefgame.train.engine import (
     step_indices,
     train_steps,
 )
+from prefgame.train.precision import Precision, load_trainable_lm
 
 
 @dataclass
 class SFTModelConfig:
     name_or_path: str = param("", "causal LM checkpoint folder or hub name; empty: a new tiny Llama (arena size)")
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
-    hidden_size: int = param(128, "new model only: hidden size")
-    num_layers: int = param(4, "new model only: transformer layers")
-    num_heads: int = param(4, "new model only: attention heads")
-    intermediate_size: int = param(512, "new model only: MLP width")
+    hidden_size: int = param(128, "new model only: hidden size", ge=1)
+    num_layers: int = param(4, "new model only: transformer layers", ge=1)
+    num_heads: int = param(4, "new model only: attention heads", ge=1)
+    intermediate_size: int = param(512, "new model only: MLP width", ge=1)
 
 
 @dataclass
 class SFTDataConfig:
     path: str = param("", "prompt/response data: a .jsonl/.json/.parquet/.csv file or a hub name")
     split: str = param("train", "split to read from a hub data set")
-    prompt_field: str = param("prompt", "column holding the prompt text")
+    prompt_field: str = param(
+        "prompt", "column holding the prompts: text, HH transcripts or [{role, content}] message lists"
+    )
     response_field: str = param("response", "column holding the target response text")
     messages_field: str = param(
-        "", "chat data instead: column with [{role, content}] lists; the last assistant turn is the target"
+        "",
+        "chat data instead: column with [{role, content}] lists; the last assistant turn is the target, "
+        "every turn before it the prompt",
     )
     eval_fraction: float = param(0.05, "share of rows held out to measure the loss")
-    max_length: int = param(512, "truncate prompt+response to this many tokens")
+    max_length: int = param(512, "truncate prompt+response to this many tokens", ge=2)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -79,10 +85,12 @@ class SFTConfig:
     model: SFTModelConfig = param(SFTModelConfig, "model section")
     data: SFTDataConfig = param(SFTDataConfig, "data section")
     train: TrainConfig = param(TrainConfig, "training section")
+    lora: LoraConfig = param(LoraConfig, "LoRA adapters instead of full fine-tuning (prefgame.lora)")
 
 
-def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
-    """Prompts (text, or the conversation before the answer as messages) and target responses."""
+def load_prompt_response(cfg: SFTDataConfig) -> tuple[list[str], list[str]]:
+    """Prompts (text, or a :class:`~prefgame.data.chat.Conversation`: the whole conversation before the
+    answer) and target responses."""
     table = load_raw(cfg.path, split=cfg.split)
     fields = [cfg.messages_field] if cfg.messages_field else [cfg.prompt_field, cfg.response_field]
     for field in fields:
@@ -92,34 +100,42 @@ def load_prompt_response(cfg: SFTDataConfig) -> tuple[list, list[str]]:
                 "set data.prompt_field / data.response_field or data.messages_field"
             )
     if cfg.messages_field:
-        prompts, responses = [], []
-        for i, messages in enumerate(table[cfg.messages_field]):
-            ok = isinstance(messages, list) and len(messages) >= 2 and all(isinstance(m, dict) for m in messages)
-            if not ok or messages[-1].get("role") != "assistant" or not str(messages[-1].get("content", "")).strip():
+        conversations, responses = table[cfg.messages_field], []
+        for i, messages in enumerate(conversations):
+            final = messages[-1] if isinstance(messages, list) and len(messages) >= 2 else None
+            answer = isinstance(final, dict) and final.get("role") == "assistant"
+            content = final.get("content") if answer else None
+            if not isinstance(content, str) or not content.strip():
                 raise DataError(
                     f"{cfg.path}: row {i}, field '{cfg.messages_field}': expected a message list ending with a "
                     "non-empty assistant turn"
                 )
-            prompts.append([{"role": m["role"], "content": m["content"]} for m in messages[:-1]])
-            responses.append(messages[-1]["content"])
-        return prompts, responses
-    prompts, responses = table[cfg.prompt_field], table[cfg.response_field]
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        for field, value in ((cfg.prompt_field, p), (cfg.response_field, r)):
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{cfg.path}: row {i}, field '{field}': expected non-empty text, got {value!r}")
-    return list(prompts), list(responses)
+            responses.append(content)
+        return read_prompts(conversations, cfg.messages_field, cfg.path), responses
+    prompts = read_prompts(table[cfg.prompt_field], cfg.prompt_field, cfg.path)
+    for i, (p, r) in enumerate(zip(prompts, table[cfg.response_field])):
+        if p is None:
+            raise DataError(
+                f"{cfg.path}: row {i}, field '{cfg.prompt_field}': expected non-empty text or a message list"
+            )
+        if not isinstance(r, str) or not r.strip():
+            raise DataError(f"{cfg.path}: row {i}, field '{cfg.response_field}': expected non-empty text, got {r!r}")
+    return prompts, list(table[cfg.response_field])
 
 
-def build_model(cfg: SFTModelConfig, seed: int):
+def build_model(cfg: SFTModelConfig, seed: int, precision: Precision | None = None):
+    """(model, tokenizer) to train: float32 master weights (whatever dtype the checkpoint was saved in;
+    compute runs in train.mixed_precision), gradient checkpointing as ``precision`` asks."""
+    precision = precision or Precision()
     if cfg.name_or_path:
         tok = load_tokenizer(cfg.tokenizer or cfg.name_or_path)
-        return load_causal_lm(cfg.name_or_path), tok
+        return load_trainable_lm(cfg.name_or_path, "float32", precision, key="model"), tok
     from transformers import LlamaForCausalLM
 
     from prefgame.arena.lm import new_tiny_model
 
-    return new_tiny_model(LlamaForCausalLM, cfg, seed=seed)
+    model, tok = new_tiny_model(LlamaForCausalLM, cfg, seed=seed)
+    return precision.prepare_trainable(model), tok
 
 
 @torch.no_grad()
@@ -152,9 +168,9 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="sft", resume=cfg.resume, report_to=tc.report_to)
     prompts, responses = load_prompt_response(cfg.data)
-    model, tok = build_model(cfg.model, tc.seed)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    model, tok = build_model(cfg.model, tc.seed, Precision.of(tc, acc))
+    model = apply_lora(model, cfg.lora, seed=tc.seed)
+    trained = trained_state(model)  # what checkpoints hold: the model, or its adapters
 
     examples = [
         truncate(encode_prompt(tok, p), encode_response(tok, r), cfg.data.max_length)
@@ -170,7 +186,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc, tc.max_steps)
     wrapper, optimizer = sharding.prepare(acc, wrapper, optimizer)
-    state = resume_state(run, out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+    state = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)
     start_step, initial_eval = state["step"], state.get("eval_loss_initial")
 
     def eval_loss() -> float:  # every process under FSDP (the layers gather their shards), else any
@@ -200,7 +216,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
     def checkpoint(done: int) -> None:
         save_checkpoint(  # the initial loss too, so that a resumed run reports it
-            out.path, done, modules={"model": model}, optimizer=optimizer, scheduler=scheduler,
+            out.path, done, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler,
             state={"eval_loss_initial": initial_eval}, keep=tc.keep_checkpoints,
         )  # fmt: skip
 
@@ -231,11 +247,16 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
 
 def save_model(model, tokenizer, path: Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """A normal transformers checkpoint (safetensors) written atomically, loadable with ``from_pretrained``.
+    """A normal transformers checkpoint (safetensors) written atomically, loadable with ``from_pretrained``;
+    a model with LoRA adapters is written merged, with its adapters in ``adapter/``
+    (:func:`prefgame.lora.save_pretrained`).
 
     ``state_dict``: the complete tensors to write instead of the model's own, for a model sharded by FSDP
     (:func:`prefgame.train.sharding.model_weights`, gathered on every process before the main one calls
-    this)."""
+    this; FSDP does not combine with LoRA)."""
     with atomic_dir(path) as tmp:
-        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        if state_dict is None:
+            save_pretrained(model, tmp)
+        else:
+            model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))

@@ -7,6 +7,7 @@ from typing import Literal
 
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
+from prefgame.lora import LoraConfig
 from prefgame.oracle import OracleConfig
 from prefgame.run import Resume, overwrite_param, resume_param
 from prefgame.train.engine import OptimConfig
@@ -129,6 +130,7 @@ class SelfPlayConfig:
     sampling: SamplingConfig = param(SamplingConfig, "response sampling")
     train: SelfPlayTrainConfig = param(SelfPlayTrainConfig, "optimization")
     eval: SelfPlayEvalConfig = param(SelfPlayEvalConfig, "measurements")
+    lora: LoraConfig = param(LoraConfig, "LoRA adapters instead of full fine-tuning; π0 is the base (prefgame.lora)")
 
     def __post_init__(self) -> None:
         validate(self)

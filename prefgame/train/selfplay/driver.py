@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from prefgame.errors import ConfigError
+from prefgame.lora import trained_state
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, run_job, seed_everything
 from prefgame.train import sharding
@@ -108,9 +109,9 @@ def train(
 
 def _checkpointed(sp: SelfPlay) -> dict[str, torch.nn.Module]:
     """The modules an iteration checkpoint holds: the policy, the weight average when there is one, and
-    what the algorithm keeps across iterations (``sp.extras``)."""
+    what the algorithm keeps across iterations (``sp.extras``); of an adapted model only its adapters."""
     modules = {"policy": sp.policy} if sp.average is None else {"policy": sp.policy, "average": sp.average}
-    return {**modules, **sp.extras}
+    return {name: trained_state(module) for name, module in {**modules, **sp.extras}.items()}
 
 
 # ---------------------------------------------------------------------------------------------- library entry

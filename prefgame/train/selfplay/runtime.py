@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prefgame.errors import ConfigError
 from prefgame.game.lm_sampling import Responses, _seed_int
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
 from prefgame.game.vllm_sampling import VLLMSampler
 from prefgame.lm import ResponseLogps
+from prefgame.lora import trained_state
 from prefgame.losses import sequence_logprobs
 from prefgame.oracle import PreferenceOracle, build_oracle
 from prefgame.run import RunDir
@@ -65,7 +67,8 @@ class SelfPlay(PolicyRuntime):
     ) -> None:
         tc = cfg.train
         self.plan = plan if plan is not None else Iterations.of(tc)
-        arena = cfg.prompts.source == "arena" or cfg.oracle.kind != "factory"
+        _check_lora(cfg, self.plan)
+        arena = cfg.prompts.source == "arena" or cfg.oracle.kind in ("gold", "annotator")
         super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
         self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
@@ -164,12 +167,13 @@ class SelfPlay(PolicyRuntime):
             avg.add_(p.detach().to(avg.dtype) - avg, alpha=1.0 / self.averaged)
 
     def snapshot(self) -> tuple[dict, dict, dict]:
-        """Policy weights and optimizer/scheduler state (EGPO restarts its full step from θ_t)."""
-        weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        """Policy weights (with LoRA: its adapters) and optimizer/scheduler state (EGPO restarts its full
+        step from θ_t)."""
+        weights = {k: v.detach().clone() for k, v in trained_state(self.policy).state_dict().items()}
         return weights, copy.deepcopy(self.optimizer.state_dict()), copy.deepcopy(self.scheduler.state_dict())
 
     def restore(self, snap: tuple[dict, dict, dict]) -> None:
-        self.policy.load_state_dict(snap[0])
+        trained_state(self.policy).load_state_dict(snap[0])
         self.optimizer.load_state_dict(snap[1])
         self.scheduler.load_state_dict(snap[2])
         self.version += 1
@@ -186,6 +190,19 @@ class SelfPlay(PolicyRuntime):
                 return box[0]
 
         return PreferenceCache(self.oracle, is_main=self.acc.is_main_process, broadcast=broadcast)
+
+
+def _check_lora(cfg, plan: Iterations) -> None:
+    """The settings that do not combine with LoRA adapters yet, refused in one line."""
+    if not cfg.lora.enabled:
+        return
+    if plan.average_from >= 0:
+        raise ConfigError(
+            "train.average_from with lora.enabled would average the adapter factors B and A separately, which "
+            "is not the average of the weight updates B·A; set train.average_from=-1 or lora.enabled=false"
+        )
+    if cfg.sampling.backend == "vllm":
+        raise ConfigError("sampling.backend=vllm copies full weights into the engine: with lora.enabled use backend=hf")
 
 
 def single(responses: Responses, loss_fn) -> Examples:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 from prefgame.game.lm_selfplay import PreferenceCache, cross_matrices
+from prefgame.lora import trained_state
 from prefgame.train.selfplay.algorithms.mmd import magnetic_update
 from prefgame.train.selfplay.registry import AlgorithmSpec, register
 from prefgame.train.selfplay.runtime import SelfPlay
@@ -32,7 +33,7 @@ def keep_previous_iterate(sp: SelfPlay) -> None:
 def optimistic_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str, float]:
     """y ∼ π_t, g = 2 P̂(y ≻ π_t) − P̂(y ≻ π_{t−1}), the magnetic step on g; then π_{t−1} ← π_t."""
     previous = sp.extras["previous"]
-    current = {k: v.detach().clone() for k, v in sp.policy.state_dict().items()}  # π_t
+    current = {k: v.detach().clone() for k, v in trained_state(sp.policy).state_dict().items()}  # π_t
     prompts, ys, win = sp.sample_with_win_rates(t, prefs)
     if t == 0:
         win_previous = win
@@ -42,7 +43,7 @@ def optimistic_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dic
         win_previous = cross_matrices(prefs, ys.prompts, ys.texts, zs.texts, k).mean(-1).reshape(-1)  # (P·K,)
     payoff = 2.0 * win - win_previous
     info = magnetic_update(sp, t, ys, payoff)
-    previous.load_state_dict(current)
+    trained_state(previous).load_state_dict(current)
     return {"win_rate_std": float(win.std()), "win_rate_vs_previous_iterate": float(win_previous.mean()), **info}
 
 
