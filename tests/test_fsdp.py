@@ -2,8 +2,10 @@
 configs/accelerate/fsdp_cpu_2proc.yaml -m prefgame ...``) trains, saves and resumes like one process
 without FSDP.
 
-What is checked, for ``sft`` (default run) and offline ``dpo`` (``-m slow``, with the end-of-run
-measurement that samples from the sharded policy):
+What is checked, for ``sft`` (default run) and, with ``-m slow``, offline ``dpo`` (with the end-of-run
+measurement that samples from the sharded policy), ``train-pm`` (GPM, fine-tuned backbone), ``selfplay``
+(INPO, Nash-MD, extragradient, and a step whose examples do not divide over the processes), online
+``dpo`` and ``ppo``:
 
 * the FSDP run ends with the weights of a one-process run with the same global batch, within the DDP
   tests' tolerance (tests/test_distributed.py: float32 summation order), and logs the same losses;
@@ -13,10 +15,11 @@ measurement that samples from the sharded policy):
 * a run cut after its checkpoint resumes, as two FSDP processes again, to the uninterrupted run's weights
   bit for bit: in the default test by resuming a copy of the folder as a kill after the checkpoint leaves
   it (the checkpoint, no ``model/``, no ``metrics.json``), in the slow one by SIGKILL of the running job;
-  one process without FSDP resumes the same checkpoint too;
-* ``selfplay`` (INPO, Nash-MD, extragradient) and online ``dpo`` the same way (``-m slow``).
+  one process without FSDP resumes the same checkpoint too.
 
-Settings prefgame does not support under sharding fail with one line (in-process, no launch).
+Settings prefgame does not support under sharding fail with one line (in-process, no launch): DeepSpeed,
+FSDP1, loading on the main process only, LoRA, and the train-pm and selfplay settings FSDP does not
+shard.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from helpers.launch import FSDP_CONFIG, REPO, assert_same_weights, job_env, launch, launch_command, load_weights
-from helpers.tiny import TRAIN, sft_args
-from transformers import AutoModelForCausalLM
+from helpers.tiny import EVAL, TRAIN, ppo_args, selfplay_args, sft_args, train_pi0_and_reward
+from helpers.tiny import pm_args as tiny_pm_args
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from prefgame.cli import main
 from prefgame.errors import PrefgameError
+from prefgame.models.model import load_preference_model
 from prefgame.train import sharding
 from prefgame.train.engine import latest_checkpoint
 
@@ -115,13 +121,26 @@ def test_sft_under_fsdp_equals_one_process_saves_and_resumes(arena_dir: Path, tm
     assert_same_weights(one / "model", single / "model", atol=ATOL)
 
 
+@pytest.mark.slow
+def test_sft_under_fsdp_with_bf16_autocast(arena_dir: Path, tmp_path: Path) -> None:
+    """bf16 autocast under FSDP: the layers gather bf16 copies and reduce float32 gradients into float32
+    master weights, which model/ holds; the losses follow the one-process autocast run's within autocast
+    tolerance (the bf16 roundings differ: FSDP also rounds the norm weights)."""
+    args = [*sft_args(arena_dir), "train.max_steps=4", "train.save_every=0", "train.micro_batch_size=2"]
+    args = [a for a in args if not a.startswith("train.mixed_precision")] + ["train.mixed_precision=bf16"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["sft", *args, f"output_dir={one}"]) == 0
+    launch("sft", [*args, f"output_dir={two}"], config=FSDP_CONFIG)
+    assert losses(two) == pytest.approx(losses(one), rel=1e-3)
+    assert {t.dtype for t in load_weights(two / "model").values()} == {torch.float32}
+
+
 @pytest.fixture(scope="module")
 def pi0(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny π0 (hidden 32, 2 layers, tied embeddings) after 5 SFT steps."""
-    out = tmp_path_factory.mktemp("pi0")
-    sft = [*sft_args(arena_dir), "train.max_steps=5", "train.micro_batch_size=8", "train.save_every=0"]
-    assert main(["sft", *sft, f"output_dir={out}"]) == 0
-    return out / "model"
+    """A tiny π0 (hidden 32, 2 layers, tied embeddings) after 5 SFT steps, and next to it (``../../reward``)
+    a BT reward model for PPO."""
+    pi0, _ = train_pi0_and_reward(arena_dir, tmp_path_factory.mktemp("pi0"))
+    return pi0
 
 
 def dpo_args(arena: Path, pi0: Path, steps: int) -> list[str]:
@@ -190,62 +209,110 @@ def test_dpo_under_fsdp_equals_one_process_saves_and_resumes_after_sigkill(
     assert losses(killed) == losses(two)
 
 
-def selfplay_args(pi0: Path, algorithm: str) -> list[str]:
-    return [
-        f"policy.name_or_path={pi0}",
-        f"algorithm={algorithm}",
-        "sampling.prompts_per_iteration=4",
-        "sampling.samples_per_prompt=2",
-        "sampling.max_new_tokens=6",
-        "train.iterations=2",
-        "train.steps_per_iteration=2",
-        "train.batch_size=8",
-        "train.micro_batch_size=4",
-        "train.lr=1e-2",
-        "train.mixed_precision=no",
-        "eval.every=0",
-        "eval.prompts=4",
-        "eval.samples_per_prompt=1",
-        "eval.reference_samples_per_prompt=1",
-    ]
-
-
-def online_dpo_args(pi0: Path, algorithm: str) -> list[str]:
-    sampling = selfplay_args(pi0, "inpo")[2:5]
-    evaluation = selfplay_args(pi0, "inpo")[-3:]
+def online_dpo_args(pi0: Path) -> list[str]:
     train = ["train.batch_size=8", "train.micro_batch_size=4", "train.lr=1e-2", "train.mixed_precision=no"]
+    sampling = ["sampling.prompts_per_iteration=4", "sampling.samples_per_prompt=2", "sampling.max_new_tokens=6"]
     online = ["mode=online", "online.rounds=2", "online.steps_per_round=2", "prompts.source=arena"]
-    return [f"policy.name_or_path={pi0}", *online, *sampling, *train, *evaluation]
+    return [f"policy.name_or_path={pi0}", *online, *sampling, *train, *EVAL]
 
 
 POLICY_CASES = {
-    # id: (job, settings (π0, algorithm), algorithm); a checkpoint after every iteration or round
-    "selfplay-inpo": ("selfplay", selfplay_args, "inpo"),
-    "selfplay-nash_md": ("selfplay", selfplay_args, "nash_md"),  # samples the mixture with π0
-    "selfplay-extragradient": ("selfplay", selfplay_args, "extragradient"),  # restores a snapshot mid-iteration
-    "dpo-online": ("dpo", online_dpo_args, ""),
+    # id: (job, its settings); each checkpoints after every iteration or round
+    "selfplay-inpo": ("selfplay", lambda pi0: [*selfplay_args(pi0, "inpo"), "train.micro_batch_size=4"]),
+    "selfplay-nash_md": ("selfplay", lambda pi0: [*selfplay_args(pi0, "nash_md"), "train.micro_batch_size=4"]),
+    "selfplay-extragradient": (  # restores a snapshot of the sharded policy mid-iteration
+        "selfplay",
+        lambda pi0: [*selfplay_args(pi0, "extragradient"), "train.micro_batch_size=4"],
+    ),
+    # 3 prompts × 1 pair = 3 examples a step: 2 micro-batches of 1 on one process, 1 on the other, which repeats
+    # its last one with a zero loss to stay in step (sharding.micro_batch_rounds)
+    "selfplay-uneven": (
+        "selfplay",
+        lambda pi0: [*selfplay_args(pi0), "sampling.prompts_per_iteration=3", "train.micro_batch_size=1"],
+    ),
+    "dpo-online": ("dpo", online_dpo_args),
+    "ppo": (  # every process samples the whole rollout; two mini-batches of 4 per epoch, each process on 2 rows
+        "ppo",
+        lambda pi0: [
+            *ppo_args(pi0),
+            "ppo.epochs=2",
+            "train.mini_batch_size=4",
+            "train.micro_batch_size=1",
+            "train.save_every=1",
+        ],
+    ),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(POLICY_CASES))
 def test_on_policy_trainers_under_fsdp_equal_one_process_and_resume(case: str, pi0: Path, tmp_path: Path) -> None:
-    job, settings, algorithm = POLICY_CASES[case]
-    args = settings(pi0, algorithm)
+    job, settings = POLICY_CASES[case]
+    args = settings(pi0)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([job, *args, f"output_dir={one}"]) == 0
     launch(job, [*args, f"output_dir={two}"], config=FSDP_CONFIG)
     assert_same_weights(one / "model", two / "model", atol=ATOL)
+    start, end = load_weights(pi0), load_weights(two / "model")
+    assert any(not start[k].equal(end[k]) for k in start)  # it trained
     assert losses(one) == pytest.approx(losses(two), rel=1e-4, abs=1e-6)
-    assert_same_weights(one / "checkpoints" / "step-00000001", two / "checkpoints" / "step-00000001", atol=ATOL)
+    ckpt1, ckpt2 = one / "checkpoints" / "step-00000001", two / "checkpoints" / "step-00000001"
+    assert_same_weights(ckpt1, ckpt2, atol=ATOL)
+    assert_same_optimizer_state(ckpt1, ckpt2)
+    assert_loads_as_plain_model(two / "model", one / "model")
+    if job == "ppo":
+        heads = [load_file(str(d / "value_head.safetensors")) for d in (one, two)]
+        for name, tensor in heads[0].items():
+            torch.testing.assert_close(heads[1][name], tensor, rtol=0, atol=ATOL, msg=name)
 
     resumed = cut_after_checkpoint(two, tmp_path / "resumed")
-    shutil.rmtree(resumed / "checkpoints" / "step-00000002")  # cut after the first iteration
+    for later in sorted((resumed / "checkpoints").glob("step-*"))[1:]:
+        shutil.rmtree(later)  # cut after the first iteration
     launch(job, [*args, f"output_dir={resumed}", "resume=true"], config=FSDP_CONFIG)
     assert_same_weights(two / "model", resumed / "model")  # bit for bit
 
 
+def pm_args(arena: Path) -> list[str]:
+    """train-pm, the GPM kind with a fine-tuned backbone: what FSDP shards."""
+    return [
+        *tiny_pm_args(arena),
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.eval_every=2",
+        "train.micro_batch_size=4",
+    ]
+
+
+@pytest.mark.slow
+def test_train_pm_under_fsdp_equals_one_process_saves_and_resumes(arena_dir: Path, tmp_path: Path) -> None:
+    args = pm_args(arena_dir)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train-pm", *args, f"output_dir={one}"]) == 0
+    launch("train-pm", [*args, f"output_dir={two}"], config=FSDP_CONFIG)
+
+    assert_same_weights(one / "model", two / "model", atol=ATOL)  # model/backbone and heads
+    assert losses(one) == pytest.approx(losses(two), rel=1e-4, abs=1e-6)
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m2["eval"]["log_loss"] == pytest.approx(m1["eval"]["log_loss"], rel=1e-4)
+    ckpt1, ckpt2 = one / "checkpoints" / "step-00000002", two / "checkpoints" / "step-00000002"
+    assert_same_weights(ckpt1, ckpt2, atol=ATOL)
+    assert_same_optimizer_state(ckpt1, ckpt2)
+    a, b = (load_preference_model(d / "model") for d in (one, two))  # its backbone with from_pretrained
+    prompts, x, y = ["add 2 and 3"] * 2, ["five", "it is 5"], ["six", "formal: 5"]
+    torch.testing.assert_close(b.preference(prompts, x, y), a.preference(prompts, x, y), rtol=0, atol=1e-4)
+
+    resumed = cut_after_checkpoint(two, tmp_path / "resumed")
+    launch("train-pm", [*args, f"output_dir={resumed}", "resume=true"], config=FSDP_CONFIG)
+    assert_same_weights(two / "model", resumed / "model")  # bit for bit
+
+
 # -- what sharding does not support: one line each -----------------------------------------------------
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
 
 
 @pytest.mark.parametrize(
@@ -266,30 +333,56 @@ def test_unsupported_launcher_settings_fail_with_one_line(
         monkeypatch.setenv(key, value)
     args = [*sft_args(arena_dir), "train.max_steps=1", "train.save_every=0", f"output_dir={tmp_path / 'run'}"]
     assert main(["sft", *args]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and message in err[0], err
+    assert message in one_error_line(capsys)
     assert not (tmp_path / "run" / "model").exists()
 
 
-def test_zero3_with_deepspeed_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_deepspeed_with_deepspeed_installed_is_refused(stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", stage)
     monkeypatch.setattr(sharding.importlib.util, "find_spec", lambda name: object())
-    with pytest.raises(PrefgameError, match="ZeRO-3 is not supported"):
+    with pytest.raises(PrefgameError, match="^DeepSpeed is not supported: its engine applies the update inside"):
         sharding.check_launcher()
 
 
-@pytest.mark.parametrize(("job", "command"), [("pm", "train-pm"), ("ppo", "ppo")])
-def test_jobs_not_sharded_yet_say_so(job: str, command: str) -> None:
-    with pytest.raises(PrefgameError, match=f"prefgame {command} does not run under FSDP yet"):
-        sharding.check_job(SimpleNamespace(distributed_type=DistributedType.FSDP), job)
-    sharding.check_job(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU), job)  # DDP: fine
-    for supported in ("sft", "dpo", "selfplay"):
-        sharding.check_job(SimpleNamespace(distributed_type=DistributedType.FSDP), supported)
+FSDP = SimpleNamespace(distributed_type=DistributedType.FSDP)
+DDP = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
 
 
-def test_settings_that_read_whole_parameters_are_refused_under_fsdp() -> None:
+def test_lora_is_refused_under_fsdp() -> None:
+    from prefgame.lm import ResponseLogps
+    from prefgame.lora import LoraConfig, apply_lora
+
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    module = ResponseLogps(apply_lora(model, LoraConfig(enabled=True, r=2), seed=0))
+    with pytest.raises(PrefgameError, match=r"^lora.enabled=true is not supported under FSDP .*configs/accelerate"):
+        sharding.prepare(FSDP, module, None)
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        (["model.backbone.freeze=true"], "model.backbone.freeze=true"),
+        (["model.kind=gated", "model.gated.stage1=sgd", "data.ratings_path=RATINGS"], "model.kind=gated"),
+    ],
+)
+def test_train_pm_settings_fsdp_does_not_shard_fail_with_one_line(
+    settings: list[str], name: str, arena_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(sharding, "is_fsdp", lambda acc: True)  # as under an FSDP launch, without one
+    args = [*tiny_pm_args(arena_dir), *(a.replace("RATINGS", str(arena_dir / "ratings.jsonl")) for a in settings)]
+    assert main(["train-pm", *args, "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]) == 2
+    line = one_error_line(capsys)
+    assert f"{name} is not supported under FSDP (train-pm shards a fine-tuned backbone" in line, line
+    assert "configs/accelerate/ddp.yaml" in line
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_settings_that_keep_a_whole_copy_are_refused_under_fsdp() -> None:
     settings = {"train.average_from ≥ 0": True, "sampling.backend=vllm": False}
-    with pytest.raises(PrefgameError, match=r"^train.average_from ≥ 0 is not supported under FSDP yet"):
-        sharding.refuse_settings(SimpleNamespace(distributed_type=DistributedType.FSDP), settings)
-    sharding.refuse_settings(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU), settings)
+    with pytest.raises(PrefgameError, match=r"^train.average_from ≥ 0 is not supported under FSDP \(why\); change"):
+        sharding.refuse_settings(FSDP, settings, "why")
+    sharding.refuse_settings(DDP, settings, "why")  # DDP: fine

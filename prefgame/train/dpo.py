@@ -436,7 +436,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     weights = sharding.model_weights(model)  # gathered on every process under FSDP
     if acc.is_main_process:
         save_model(model, tok, out.path / "model", state_dict=weights)
-    if cfg.eval.prompts and (acc.is_main_process or sharding.is_fsdp(acc)):  # FSDP: every process samples
+    if cfg.eval.prompts and sharding.computes_here(acc):
         with sharding.gathered(acc):
             metrics["final"] = _measure_policy(cfg, out, acc, tok, model)
     if acc.is_main_process:

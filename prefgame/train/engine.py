@@ -155,7 +155,6 @@ def begin_run(
     from a checkpoint and with the recorded configuration; a fresh start clears the earlier run's outputs
     and writes ``config.yaml``), then the experiment trackers with the flattened config. A resumed run
     loads its checkpoint with :func:`resume_state`, which then records the accepted ``config.yaml``."""
-    sharding.check_job(acc, job)  # one line for a job that does not run under FSDP yet
     checkpoint = latest_checkpoint(out.path)
     resuming = out.start(cfg, resume=resume, checkpoint=checkpoint, main=acc.is_main_process, defer=True)
     trackers = tracker_names(report_to)
@@ -326,17 +325,25 @@ def optimizer_step(
     gradients of all micro-batches and processes add up to the full batch's; and the micro-batch's
     metrics to log. Gradients are synchronized across processes only on the last micro-batch; they are
     clipped to ``max_grad_norm`` (0: no clipping); a step with a non-finite loss or gradient is skipped
-    (``guard``); the learning-rate schedule advances either way.
+    (``guard``); the learning-rate schedule advances either way. Under FSDP a process with fewer
+    micro-batches than another repeats its last one with a zero loss, so that every process runs as many
+    forward and backward passes (:func:`prefgame.train.sharding.micro_batch_rounds`).
     """
     step_loss = torch.zeros((), device=acc.device)
     meter = MetricMeter()
-    for k, mb in enumerate(micro_batches):
-        ctx = acc.no_sync(module) if k < len(micro_batches) - 1 else contextlib.nullcontext()
+    n = len(micro_batches)
+    rounds = sharding.micro_batch_rounds(acc, n)
+    for k in range(rounds):
+        mb = micro_batches[min(k, n - 1)]
+        ctx = acc.no_sync(module) if k < rounds - 1 else contextlib.nullcontext()
         with ctx, acc.autocast():
             loss, metrics = micro_loss(mb)
+            if k >= n:  # a pass that only keeps this process in step with the others
+                loss = loss * 0.0
             acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
-        step_loss += loss.detach()
-        meter.add(metrics, len(mb))
+        if k < n:
+            step_loss += loss.detach()
+            meter.add(metrics, len(mb))
     grad_norm = acc.clip_grad_norm_(module.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
     step_loss = acc.reduce(step_loss, reduction="sum")
     applied = guard.check(step, step_loss, grad_norm)

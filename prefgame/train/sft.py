@@ -212,7 +212,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         return micro, functools.partial(micro_loss, n_tokens=n_tokens)
 
     def evaluate() -> dict:
-        return {"eval_loss": eval_loss()} if acc.is_main_process or sharding.is_fsdp(acc) else {}
+        return {"eval_loss": eval_loss()} if sharding.computes_here(acc) else {}
 
     def checkpoint(done: int) -> None:
         save_checkpoint(  # the initial loss too, so that a resumed run reports it
@@ -255,8 +255,5 @@ def save_model(model, tokenizer, path: Path, *, state_dict: dict[str, torch.Tens
     (:func:`prefgame.train.sharding.model_weights`, gathered on every process before the main one calls
     this; FSDP does not combine with LoRA)."""
     with atomic_dir(path) as tmp:
-        if state_dict is None:
-            save_pretrained(model, tmp)
-        else:
-            model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        save_pretrained(model, tmp, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))

@@ -1,6 +1,6 @@
-"""Sharded training (FSDP2) for the trainers that go through the engine: the launcher checks, the
-preparation of the trained module, full state dicts for the saved model and checkpoints, and forward
-passes outside the training step.
+"""Sharded training (FSDP2) for every trainer that goes through the engine: the launcher checks, the
+preparation of the trained module, full state dicts for the saved model and checkpoints, and the forward
+passes every process must make together.
 
 **Launcher.** An ``accelerate launch`` config with ``distributed_type: FSDP`` and ``fsdp_version: 2``
 shards the trained module with accelerate's FSDP plugin (``fully_shard`` per transformer layer, the rest
@@ -9,8 +9,9 @@ it would train plain data parallel. :func:`enable_fsdp` switches accelerate's st
 there too, so the CPU tests run the same preparation as GPUs. :func:`check_launcher` refuses with one
 line FSDP1 (``fsdp_version: 1``), loading the weights on the main process only
 (``fsdp_cpu_ram_efficient_loading``: the trainers use the models they load on every process before
-sharding them) and DeepSpeed ZeRO-3 (or DeepSpeed when it is not installed); :func:`check_job` the jobs
-that do not run under FSDP yet.
+sharding them) and DeepSpeed (its engine steps inside ``backward``, which prefgame's optimizer step and
+checkpoints do not follow); :func:`prepare` refuses LoRA adapters and :func:`refuse_settings` a trainer's
+settings that FSDP does not shard.
 
 **Full state dicts.** Parameters under FSDP are ``DTensor`` shards. :func:`full_state_dict` gathers each
 tensor (a collective: every process calls it) and keeps the whole CPU copy on the main process only, so
@@ -20,11 +21,12 @@ handled the same way (:func:`full_optimizer_state`, :func:`load_optimizer_state`
 in ``torch.optim``'s own layout, read without unpickling. A checkpoint therefore does not depend on the
 launcher; resume is exact for the same number of processes.
 
-**Forward passes outside the step.** Evaluation, sampling and reference log-probs call the trained model
-directly rather than the prepared module's forward. Under FSDP the parameters of the root group
-(embeddings, final norm, output layer) are shards between steps; :func:`gathered` all-gathers them for
-the duration of such calls, and each transformer layer gathers its own in its forward. Every process must
-therefore make the same calls in the same order.
+**Passes in step.** Every forward pass of a sharded layer gathers its shards from all processes, so every
+process must make the same passes in the same order. Evaluation, sampling and reference log-probs call
+the trained model directly rather than the prepared module's forward: they run on every process
+(:func:`computes_here`), inside :func:`gathered`, which all-gathers the root group's parameters
+(embeddings, final norm, output layer, heads) for their duration while each layer gathers its own. An
+optimizer step runs as many micro-batches on every process (:func:`micro_batch_rounds`).
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ def check_launcher() -> None:
     if _flag("ACCELERATE_USE_DEEPSPEED"):
         if importlib.util.find_spec("deepspeed") is None:
             raise PrefgameError(
-                "the launcher config asks for DeepSpeed but deepspeed is not installed: pip install "
-                "'prefgame[deepspeed]', or shard with configs/accelerate/fsdp.yaml (FSDP2)"
+                "the launcher config asks for DeepSpeed but deepspeed is not installed; prefgame does not run under "
+                "DeepSpeed either (docs/scaling.md): shard with configs/accelerate/fsdp.yaml (FSDP2)"
             )
-        if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3":
-            raise PrefgameError(
-                "DeepSpeed ZeRO-3 is not supported: prefgame does not gather its sharded parameters to save "
-                "the model and checkpoints; shard with configs/accelerate/fsdp.yaml (FSDP2)"
-            )
+        raise PrefgameError(
+            "DeepSpeed is not supported: its engine applies the update inside backward, where prefgame's optimizer "
+            "step (accumulation, clipping, skipped non-finite steps) and checkpoints cannot follow it; shard with "
+            "configs/accelerate/fsdp.yaml (FSDP2)"
+        )
     if not _flag("ACCELERATE_USE_FSDP"):
         return
     version = os.environ.get("FSDP_VERSION", "1").strip()
@@ -86,32 +88,14 @@ def enable_fsdp(acc: Accelerator) -> None:
         raise PrefgameError(f"the launcher config asks for FSDP but accelerate runs {acc.distributed_type.value}")
 
 
-# The jobs (as begin_run names them) that do not run under FSDP yet: their command, and why.
-NOT_UNDER_FSDP = {
-    "pm": ("train-pm", "each training phase prepares a module of its own"),
-    "ppo": ("ppo", "each process samples rollouts of its own; sampling under FSDP must run in step on every process"),
-}
-
-
-def check_job(acc: Accelerator, job: str) -> None:
-    """One line when ``job`` (as :func:`prefgame.train.engine.begin_run` names it) runs under FSDP and
-    does not support it."""
-    if is_fsdp(acc) and job in NOT_UNDER_FSDP:
-        command, why = NOT_UNDER_FSDP[job]
-        raise PrefgameError(
-            f"prefgame {command} does not run under FSDP yet ({why}); FSDP runs sft, dpo and selfplay; "
-            f"train it with configs/accelerate/ddp.yaml"
-        )
-
-
-def refuse_settings(acc: Accelerator, settings: dict[str, bool]) -> None:
-    """One line when a job runs under FSDP with settings (name → in use) that read or copy whole parameters
-    outside the training step, which sharding does not support yet."""
+def refuse_settings(acc: Accelerator, settings: dict[str, bool], why: str) -> None:
+    """One line when a job runs under FSDP with settings (name → in use) it does not support there; ``why``
+    says what they need that sharding does not give."""
     used = [name for name, on in settings.items() if on]
     if is_fsdp(acc) and used:
         raise PrefgameError(
-            f"{', '.join(used)} is not supported under FSDP yet (it reads whole parameters outside the training "
-            "step); change it or train with configs/accelerate/ddp.yaml"
+            f"{', '.join(used)} is not supported under FSDP ({why}); change it, or train with "
+            "configs/accelerate/ddp.yaml"
         )
 
 
@@ -121,9 +105,7 @@ def _fsdp_on_cpu(acc: Accelerator) -> None:
     accelerator state, which copies the former) to FSDP with the plugin the launcher's settings describe."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    plugin = FullyShardedDataParallelPlugin()
-    if acc.mixed_precision != "no":
-        plugin.set_mixed_precision(acc.mixed_precision)
+    plugin = FullyShardedDataParallelPlugin()  # its mixed precision: set by prepare()
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     acc.state.distributed_type = DistributedType.FSDP
     acc.state.fsdp_plugin = plugin
@@ -137,19 +119,61 @@ def prepare(acc: Accelerator, module: torch.nn.Module, optimizer: torch.optim.Op
     """``acc.prepare(module, optimizer)``; under FSDP each transformer layer of the models inside ``module``
     is its own FSDP unit (the layer classes their ``_no_split_modules`` name, unless the launcher config
     lists ``fsdp_transformer_layer_cls_to_wrap``), and ``module`` is made the root of every forward pass
-    at once, so that the models inside it may also be called directly (:func:`gathered`)."""
+    at once, so that the models inside it may also be called directly (:func:`gathered`).
+
+    Under bf16 or fp16 autocast the layers gather their weights in the compute dtype and reduce gradients
+    in float32 (accelerate's default would reduce and accumulate them in the compute dtype), so the float32
+    master weights of :mod:`prefgame.train.precision` get the gradients a DDP run gets. A module with LoRA
+    adapters fails with one line: FSDP does not combine with LoRA (docs/scaling.md)."""
     if not is_fsdp(acc):
         return acc.prepare(module, optimizer)
+    from prefgame.lora import adapters_of
+
+    if any(adapters_of(m) is not None for m in module.modules()):
+        raise PrefgameError(
+            "lora.enabled=true is not supported under FSDP (the LoRA export and the adapter-disabled reference "
+            "read whole layers): set lora.enabled=false, or train the adapters with configs/accelerate/ddp.yaml"
+        )
     plugin = acc.state.fsdp_plugin
     if plugin.transformer_cls_names_to_wrap is None:
         present = {type(m).__name__ for m in module.modules()}
         names = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or ()) if n in present}
         plugin.transformer_cls_names_to_wrap = sorted(names)
+    if acc.mixed_precision in ("bf16", "fp16"):
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        compute = torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float16
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     module, optimizer = acc.prepare(module, optimizer)
     # FSDP2 makes the first module that runs forward the root; a layer called directly (an evaluation before
     # the first step) would become one and the next training forward would fail. Settle the root now.
     module._get_fsdp_state()._lazy_init()
     return module, optimizer
+
+
+def micro_batch_rounds(acc: Accelerator, n: int) -> int:
+    """How many forward and backward passes this process runs for an optimizer step over its ``n``
+    micro-batches: ``n``, or under FSDP the most any process has (a step whose examples do not divide
+    evenly over the processes), since every pass gathers the layers' shards on every process. Fails with
+    one line, on every process, when a process has none."""
+    if not is_fsdp(acc):
+        return n
+    extremes = torch.tensor([n, -n], device=acc.device)
+    torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)  # (most, −fewest)
+    most, fewest = int(extremes[0]), -int(extremes[1])
+    if fewest == 0:
+        raise PrefgameError(
+            f"an optimizer step has fewer examples than the {acc.num_processes} processes, which FSDP cannot "
+            "share out; raise the batch size (or the samples per iteration) or use fewer processes"
+        )
+    return most
+
+
+def computes_here(acc: Accelerator) -> bool:
+    """Whether this process runs a forward pass of the trained model outside the training step that only
+    the main process needs (a held-out loss, a final measurement): under FSDP every process must take part
+    in it (inside :func:`gathered`), otherwise only the main one does."""
+    return acc.is_main_process or is_fsdp(acc)
 
 
 @contextlib.contextmanager

@@ -72,11 +72,12 @@ class SelfPlay(PolicyRuntime):
         super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
         self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
-        sharding.refuse_settings(self.acc, {
-            "train.average_from ≥ 0": self.plan.average_from >= 0,
-            "sampling.backend=vllm": cfg.sampling.backend == "vllm",
-            "algorithm=optimistic_md": getattr(cfg, "algorithm", "") == "optimistic_md",
-        })  # fmt: skip
+        whole_copies = {  # each keeps a whole copy of the policy beside the sharded one
+            "train.average_from ≥ 0": self.plan.average_from >= 0,  # the weight average
+            "sampling.backend=vllm": cfg.sampling.backend == "vllm",  # the engine's weights
+            "algorithm=optimistic_md": getattr(cfg, "algorithm", "") == "optimistic_md",  # the previous iterate
+        }
+        sharding.refuse_settings(self.acc, whole_copies, "it keeps a whole copy of the policy beside the sharded one")
         self.wrapper = ResponseLogps(self.policy)
         steps = self.plan.count * self.plan.steps
         self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), tc, steps)
