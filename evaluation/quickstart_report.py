@@ -312,7 +312,8 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         for judge, oracle, prefix in judges:
             battles = policy_battles(r.policy_samples, oracle, pairs="all", seed=r.cfg.seed)
             title = f"{7 + len(win_sections)}. Win rates and ratings ({judge})"
-            section = winrate_section(battles, baseline="π0", seed=r.cfg.seed, title=title)
+            # the arena's judges are biased per word: the LC win rate controls for words (its caption says so)
+            section = winrate_section(battles, baseline="π0", length_unit="words", seed=r.cfg.seed, title=title)
             win_sections.append(_renamed(section, prefix) if prefix else section)
             win_metrics[judge] = section.metrics
     if r.llm_judge is not None:

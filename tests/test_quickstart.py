@@ -84,3 +84,5 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     titles = _sections(report)
     assert "## 5. Nash self-play: convergence" in titles and "## 7. Win rates and ratings (gold)" in titles
     assert (out / "figures" / "selfplay_convergence.png").is_file()
+    # the LC win rates say which definition and which length unit they use
+    assert "`length_controlled_minimal`" in report and "Δ in words" in report
