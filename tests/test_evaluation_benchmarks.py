@@ -41,7 +41,7 @@ def sim_inputs():
 
 
 def test_alpacaeval_files_read_and_write_back(tmp_path):
-    outputs = ae.read_model_outputs(FIXTURES / "alpacaeval" / "outputs" / "model_outputs.json")
+    outputs = ae.read_model_outputs(FIXTURES / "alpacaeval" / "model_outputs" / "model_outputs.json")
     assert list(outputs.columns) == ["instruction", "output", "generator"] and len(outputs) == 6
     ae.write_model_outputs(tmp_path / "mo.json", outputs)
     assert json.loads((tmp_path / "mo.json").read_text())[0] == outputs.iloc[0].to_dict()
@@ -306,7 +306,7 @@ def test_evaluate_alpacaeval_from_annotations_and_from_model_outputs(tmp_path, c
     assert not (tmp_path / "bad").exists()
 
     # model outputs judged now (a toy judge: the longer output wins), written back as AlpacaEval's files
-    outputs = FIXTURES / "alpacaeval" / "outputs"
+    outputs = FIXTURES / "alpacaeval" / "model_outputs"
     out = tmp_path / "judged"
     assert main(["evaluate", "alpacaeval", f"output_dir={out}",
                  f"alpacaeval.model_outputs=[{outputs / 'model_outputs.json'}]",
