@@ -75,7 +75,7 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     _run(out, "selfplay=[inpo]")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "ppo", "π* (exact)"}
+    assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "online_dpo", "ppo", "π* (exact)"}
     assert set(metrics["worlds"]["transitive"]) == set(metrics["policies"])
     report = (out / "report.md").read_text()
     assert "In the cyclic world (c = 2.5), self-play (inpo) takes exploitability from" in report
@@ -84,3 +84,5 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     titles = _sections(report)
     assert "## 5. Nash self-play: convergence" in titles and "## 7. Win rates and ratings (gold)" in titles
     assert (out / "figures" / "selfplay_convergence.png").is_file()
+    # the LC win rates say which definition and which length unit they use
+    assert "`length_controlled_minimal`" in report and "Δ in words" in report
