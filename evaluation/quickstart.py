@@ -373,18 +373,32 @@ def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, 
     runs = {
         "dpo": lambda d: train_dpo_arena(pi0_path, data_dir, d, mode="offline", overrides=world, eval_prompts=0),
         "online_dpo": lambda d: train_dpo_arena(
-            pi0_path, data_dir, d, mode="online", eval_prompts=0,
+            pi0_path,
+            data_dir,
+            d,
+            mode="online",
+            eval_prompts=0,
             overrides=[
-                "oracle.kind=model", f"oracle.path={pm_dirs['gpm']}", f"online.rounds={b.iterations}",
-                f"sampling.prompts_per_iteration={b.prompts}", f"sampling.samples_per_prompt={per_prompt}",
-                f"online.steps_per_round={b.steps}", "train.warmup_steps=0", *world,
+                "oracle.kind=model",
+                f"oracle.path={pm_dirs['gpm']}",
+                f"online.rounds={b.iterations}",
+                f"sampling.prompts_per_iteration={b.prompts}",
+                f"sampling.samples_per_prompt={per_prompt}",
+                f"online.steps_per_round={b.steps}",
+                "train.warmup_steps=0",
+                *world,
             ],
         ),  # fmt: skip
         "ppo": lambda d: train_ppo_arena(
-            pi0_path, pm_dirs["bt"], d,
+            pi0_path,
+            pm_dirs["bt"],
+            d,
             overrides=[
-                f"train.iterations={b.iterations}", f"train.rollout_batch_size={b.prompts * per_prompt}",
-                f"train.mini_batch_size={mini}", f"train.micro_batch_size={math.gcd(mini, 32)}", *world,
+                f"train.iterations={b.iterations}",
+                f"train.rollout_batch_size={b.prompts * per_prompt}",
+                f"train.mini_batch_size={mini}",
+                f"train.micro_batch_size={math.gcd(mini, 32)}",
+                *world,
             ],
         ),  # fmt: skip
     }
