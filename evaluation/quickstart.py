@@ -69,7 +69,7 @@ class QuickstartBudget:
         "draw as many more policy samples instead, so every run samples prompts × (K + M) responses per iteration",
         ge=0,
     )
-    steps: int = param(4, "optimizer steps per iteration", ge=1)
+    steps: int = param(8, "optimizer steps per iteration (PPO: mini-batches × epochs; as many for the others)", ge=1)
 
 
 @dataclass
