@@ -69,7 +69,11 @@ class QuickstartBudget:
         "draw as many more policy samples instead, so every run samples prompts × (K + M) responses per iteration",
         ge=0,
     )
-    steps: int = param(8, "optimizer steps per iteration (PPO: mini-batches × epochs; as many for the others)", ge=1)
+    steps: int = param(
+        8,
+        "optimizer steps per iteration of self-play and online DPO (PPO takes its rollout / mini-batch × 2 epochs: 8 at the default budget)",
+        ge=1,
+    )
 
 
 @dataclass

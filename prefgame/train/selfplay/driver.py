@@ -151,25 +151,6 @@ def run_selfplay(
 ARENA_PRESETS: dict[str, list[str]] = {name: list(spec.preset) for name, spec in ALGORITHMS.items()}
 
 
-# A short run for the quickstart's budget (applied on top of an ARENA_PRESETS entry): 10 iterations ×
-# 16 prompts × K = 4, 2 optimizer steps each at a constant lr, measured before, at iteration 5 and after
-# the last on 120 held-out prompts. Its cost and why longer runs at this lr are not kept: docs/selfplay.md
-# ("Quickstart preset (measured)").
-QUICKSTART_OVERRIDES: tuple[str, ...] = (
-    "train.iterations=10",
-    "sampling.prompts_per_iteration=16",
-    "train.steps_per_iteration=2",
-    "train.batch_size=64",
-    "train.micro_batch_size=64",
-    "train.warmup_steps=0",
-    "train.schedule=constant",
-    "train.lr=5e-4",
-    "eval.every=5",
-    "eval.prompts=120",
-    "eval.reference_samples_per_prompt=2",
-)
-
-
 def selfplay_config(
     algorithm: Algorithm | None, config_file: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> SelfPlayConfig:
