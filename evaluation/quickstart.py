@@ -71,7 +71,8 @@ class QuickstartBudget:
     )
     steps: int = param(
         8,
-        "optimizer steps per iteration of self-play and online DPO (PPO takes its rollout / mini-batch × 2 epochs: 8 at the default budget)",
+        "optimizer steps per iteration of self-play and online DPO (PPO takes its rollout / mini-batch × 2 "
+        "epochs: 8 at the default budget)",
         ge=1,
     )
 
