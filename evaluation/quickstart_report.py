@@ -242,14 +242,15 @@ def findings_section(r: QuickstartResults) -> ReportSection | None:
             f"to {e[best]:.3f} ({e[best] / e['π0']:.2f}× π0; π* {e['π* (exact)']:.3f})"
             + (f", {verdict} {versus}." if versus else ".")
         )
-    s.text(
-        " ".join(sentences) + " Exploitability is what the best response to a policy wins against it under the gold "
-        "preference, minus ½ (0: nothing beats it); its part without the cycle is what a reward function can see."
-    )
+    s.text(" ".join(sentences))
     s.add_figure(
         "finding",
         marginals_png(bars, policies, "exploitability per policy and world (lower is better)", "exploitability"),
         "Exploitability of every policy in each world (π* is the regularized equilibrium)",
+    )
+    s.text(
+        "Exploitability is what the best response to a policy wins against it under the gold preference, minus ½ "
+        "(0: nothing beats it); its part without the cycle is what a reward function can see."
     )
     s.add_table("finding", pd.DataFrame(rows).set_index(["world", "policy"]), "Exact class-level figures per world:")
     return s
