@@ -47,7 +47,16 @@ from prefgame.errors import DataError, PrefgameError
 from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, trained_state
-from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
+from prefgame.losses import (
+    dpo_loss,
+    gpo_loss,
+    infonca_loss,
+    nca_loss,
+    pro_loss,
+    sequence_logprobs,
+    sequence_mean_logprobs,
+    slic_loss,
+)
 from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
 from prefgame.train import sharding
@@ -99,15 +108,47 @@ class DPODataConfig:
             raise ValueError("data.eval_fraction must be in [0, 1)")
 
 
+# loss.loss_type: the pair losses (GPO's f, IPO, SLiC-HF) and the listwise ones (K-way rankings)
+GPO_TYPES = ("hinge", "squared", "exponential", "truncated_quadratic", "savage")  # sigmoid is GPO's logistic
+PAIR_TYPES = ("sigmoid", "ipo", *GPO_TYPES, "slic")
+LISTWISE_TYPES = ("pro", "infonca", "nca")
+LossType = Literal[
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "squared",
+    "exponential",
+    "truncated_quadratic",
+    "savage",
+    "slic",
+    "pro",
+    "infonca",
+    "nca",
+]
+
+
 @dataclass
 class DPOLossConfig:
-    loss_type: Literal["sigmoid", "ipo"] = param("sigmoid", "sigmoid: DPO / cDPO / R-DPO; ipo: IPO")
+    loss_type: LossType = param(
+        "sigmoid",
+        "sigmoid: DPO / cDPO / R-DPO; ipo: IPO; hinge, squared, exponential, truncated_quadratic, savage: GPO "
+        "with that f; slic: SLiC-HF; listwise on K responses per prompt (offline: rankings data; online: all K "
+        "samples ranked): pro (Plackett–Luce), infonca, nca",
+    )
     beta: float = param(0.1, "β, inverse temperature of the implicit reward β log π/π0")
-    label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid only): share of flipped labels")
-    length_alpha: float = param(0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward")
+    label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid and the GPO types): ℓ = (1 − ε) f(z) + ε f(−z)")
+    length_alpha: float = param(
+        0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward (sigmoid, ipo, GPO types)"
+    )
     length_normalize: bool = param(
         False, "use the mean log-prob per response token instead of the sum (policy and reference alike)"
     )
+    slic_delta: float = param(1.0, "slic: the calibration margin δ of max(0, δ − m)")
+    slic_reference: bool = param(
+        False, "slic: the margin m is the log-ratio margin against π0 (false: log π(y_w) − log π(y_l), the paper's)"
+    )
+    sft_coef: float = param(0.0, "slic, pro: λ of the SFT term −λ log π(y_best | x)")
+    infonca_alpha: float = param(1.0, "infonca, nca: temperature α of the target softmax(scores/α)")
     chunk_size: int = param(1024, "response tokens projected to the vocabulary at once (chunked log-softmax)")
 
     def __post_init__(self) -> None:
@@ -115,10 +156,18 @@ class DPOLossConfig:
             raise ValueError("loss.beta must be > 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("loss.label_smoothing must be in [0, 0.5)")
-        if self.loss_type == "ipo" and self.label_smoothing:
-            raise ValueError("loss.label_smoothing applies to loss_type=sigmoid only")
+        if self.label_smoothing and self.loss_type not in ("sigmoid", *GPO_TYPES):
+            raise ValueError("loss.label_smoothing applies to loss_type=sigmoid and the GPO types only")
+        if self.length_alpha and self.loss_type not in ("sigmoid", "ipo", *GPO_TYPES):
+            raise ValueError("loss.length_alpha applies to loss_type=sigmoid, ipo and the GPO types only")
+        if self.slic_delta <= 0 or self.sft_coef < 0 or self.infonca_alpha <= 0:
+            raise ValueError("loss.slic_delta and loss.infonca_alpha must be > 0, loss.sft_coef ≥ 0")
         if self.chunk_size < 1:
             raise ValueError("loss.chunk_size must be ≥ 1")
+
+    @property
+    def listwise(self) -> bool:
+        return self.loss_type in LISTWISE_TYPES
 
 
 @dataclass
@@ -290,8 +339,43 @@ def response_token_counts(pairs: PairSet, idx: Sequence[int]) -> tuple[torch.Ten
     )
 
 
-def loss_kwargs(cfg: DPOLossConfig) -> dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": cfg.loss_type, "label_smoothing": cfg.label_smoothing}
+def pair_loss(
+    cfg: DPOLossConfig, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *,
+    chosen_lengths, rejected_lengths, normalizer=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The pair loss of ``loss.loss_type`` (:data:`PAIR_TYPES`) on (B,) log-probs; a listwise type
+    on a pair is its K = 2 case (pro: DPO; infonca, nca: a hard target on the pair)."""
+    args = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    t = cfg.loss_type
+    if t in ("sigmoid", "ipo"):
+        return dpo_loss(
+            *args, beta=cfg.beta, loss_type=t, label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, length_alpha=cfg.length_alpha, normalizer=normalizer,
+        )  # fmt: skip
+    if t in GPO_TYPES:
+        return gpo_loss(
+            *args, beta=cfg.beta, f=t, label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, length_alpha=cfg.length_alpha, normalizer=normalizer,
+        )  # fmt: skip
+    if t == "slic":
+        return slic_loss(
+            *args, delta=cfg.slic_delta, sft_coef=cfg.sft_coef, use_reference=cfg.slic_reference, beta=cfg.beta,
+            normalizer=normalizer,
+        )  # fmt: skip
+    policy, ref = torch.stack(args[:2], -1), torch.stack(args[2:], -1)  # (B, 2), best first
+    scores = torch.tensor([1.0, 0.0], dtype=policy.dtype, device=policy.device).expand_as(policy)
+    return list_loss(cfg, policy, ref, scores, None, normalizer=normalizer)
+
+
+def list_loss(
+    cfg: DPOLossConfig, policy, ref, scores, mask, *, normalizer=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The listwise loss of ``loss.loss_type`` on (B, K) log-probs in ranked order (best first), with
+    the (B, K) ``scores`` that ranked them (infonca, nca: the target softmax(scores/α)) and ``mask``."""
+    if cfg.loss_type == "pro":
+        return pro_loss(policy, ref, beta=cfg.beta, sft_coef=cfg.sft_coef, mask=mask, normalizer=normalizer)
+    fn = {"infonca": infonca_loss, "nca": nca_loss}[cfg.loss_type]
+    return fn(policy, ref, scores, beta=cfg.beta, alpha=cfg.infonca_alpha, mask=mask, normalizer=normalizer)
 
 
 def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
@@ -299,10 +383,9 @@ def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: in
     bs = cfg.train.micro_batch_size
     chosen, rejected = pair_logps(module, pairs, pad_id, batch_size=bs, device=device, autocast=autocast)
     lc, lr = response_token_counts(pairs, range(len(pairs)))
-    loss, metrics = dpo_loss(
-        chosen, rejected, pairs.ref_chosen, pairs.ref_rejected,
-        chosen_lengths=lc, rejected_lengths=lr, length_alpha=cfg.loss.length_alpha, **loss_kwargs(cfg.loss),
-    )  # fmt: skip
+    loss, metrics = pair_loss(
+        cfg.loss, chosen, rejected, pairs.ref_chosen, pairs.ref_rejected, chosen_lengths=lc, rejected_lengths=lr
+    )
     return {"eval_loss": float(loss), **{f"eval_{k}": float(v) for k, v in metrics.items()}}
 
 
@@ -389,16 +472,15 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
         lc, lr = response_token_counts(train_set, mb)
         logps = wrapper(**batch).float()  # (2b,) chosen then rejected
-        return dpo_loss(
+        return pair_loss(
+            cfg.loss,
             logps[: len(mb)],
             logps[len(mb) :],
             train_set.ref_chosen[mb].to(acc.device),
             train_set.ref_rejected[mb].to(acc.device),
             chosen_lengths=lc.to(acc.device),
             rejected_lengths=lr.to(acc.device),
-            length_alpha=cfg.loss.length_alpha,
             normalizer=tc.batch_size,
-            **loss_kwargs(cfg.loss),
         )  # a sum over the micro-batch / the global pair count
 
     def step_batches(step: int):
@@ -486,6 +568,17 @@ def best_worst_pairs(win_rates: torch.Tensor, k: int) -> tuple[np.ndarray, np.nd
     return (base + best.numpy())[keep], (base + worst.numpy())[keep]
 
 
+def ranked_groups(win_rates: torch.Tensor, k: int) -> np.ndarray:
+    """For each prompt's K samples (prompt-major (M·K,) leave-one-out win rates): the global indices of
+    its samples from the highest win rate to the lowest (equal rates in sample order), (K, M') with
+    one column per prompt; prompts whose samples all tie are skipped."""
+    groups = win_rates.view(-1, k).numpy()  # (M, K)
+    order = np.argsort(-groups, axis=1, kind="stable")  # (M, K) best first
+    keep = groups.max(1) > groups.min(1)
+    base = np.arange(groups.shape[0])[:, None] * k
+    return (base + order)[keep].T  # (K, M')
+
+
 def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     """One round: K samples per prompt from π_t, oracle K×K matrices, best vs worst, DPO steps vs π0.
 
@@ -501,9 +594,24 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
     eos = sp.tok.eos_token_id
     cut = torch.tensor([not ids or ids[-1] != eos for ids in ys.response_ids], dtype=win.dtype)  # (M·K,)
-    chosen, rejected = best_worst_pairs(win - cfg.online.missing_eos_penalty * cut, k)
+    ranked_win = win - cfg.online.missing_eos_penalty * cut  # (M·K,)
     ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
     n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)
+    if loss.listwise:  # every sample of a prompt, ranked by its win rate: one K-way list per prompt
+        columns = ranked_groups(ranked_win, k)  # (K, M')
+
+        def list_fn(mb, cols, normalizer):
+            idx = columns[:, mb].T  # (b, K) best first
+            x = cols[0]
+            policy, r = torch.stack(cols, -1), ref[idx].to(x)  # (b, K)
+            if loss.length_normalize:
+                policy, r = policy / n_tokens[idx].to(x), r / n_tokens[idx].to(x)
+            return list_loss(loss, policy, r, ranked_win[idx].to(x), None, normalizer=normalizer)
+
+        info = sp.optimize(Examples(ys, columns, list_fn), (seed, t, STEP_ORDER))
+        gap = float((win[columns[0]] - win[columns[-1]]).mean()) if columns.shape[1] else math.nan
+        return {"lists": columns.shape[1], "win_rate_gap": gap, "missing_eos": float(cut.mean()), **info}
+    chosen, rejected = best_worst_pairs(ranked_win, k)
 
     def loss_fn(mb, cols, normalizer):
         w, l = chosen[mb], rejected[mb]
@@ -512,10 +620,7 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
         pc, pr, rc, rr = cols[0], cols[1], ref[w].to(x), ref[l].to(x)
         if loss.length_normalize:  # mean log-prob per response token, as in the offline mode
             pc, pr, rc, rr = pc / lw, pr / ll, rc / lw, rr / ll
-        return dpo_loss(
-            pc, pr, rc, rr, chosen_lengths=lw, rejected_lengths=ll, length_alpha=loss.length_alpha,
-            normalizer=normalizer, **loss_kwargs(loss),
-        )  # fmt: skip
+        return pair_loss(loss, pc, pr, rc, rr, chosen_lengths=lw, rejected_lengths=ll, normalizer=normalizer)
 
     info = sp.optimize(Examples(ys, np.stack([chosen, rejected]), loss_fn), (seed, t, STEP_ORDER))
     gap = float((win[chosen] - win[rejected]).mean())
