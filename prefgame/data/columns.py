@@ -61,7 +61,7 @@ def load_pairs_or_rankings(path: str, split: str, *, skip_invalid: bool) -> Pair
 
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind == "rankings":
-        return _rankings_of(data)
+        return rankings_of(data)
     if data.kind != "pairs":
         raise DataError(f"{path}: expected preference pairs or K-way rankings, got {data.kind} data")
     return _pairs_of(data)
@@ -136,10 +136,10 @@ def load_rankings(path: str, split: str, *, skip_invalid: bool) -> Rankings:
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind != "rankings":
         raise DataError(f"{path}: expected K-way rankings (prompt/completions with scores), got {data.kind} data")
-    return _rankings_of(data)
+    return rankings_of(data)
 
 
-def _rankings_of(data) -> Rankings:
+def rankings_of(data) -> Rankings:
     cols = data.dataset.select_columns(["prompt_messages", "responses", "scores", "subset"]).to_dict()
     responses, scores = [], []
     for ys, ss in zip(cols["responses"], cols["scores"]):

@@ -31,6 +31,7 @@ Resume is exact: offline at step granularity, online at round granularity (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -99,7 +100,12 @@ class DPODataConfig:
     split: str = param("train", "split to read from a hub data set")
     format: str = param("", "input format (pairs, hh, chat, ...); empty: detected from the columns")
     skip_invalid: bool = param(False, "drop invalid rows (reported in the log) instead of stopping")
-    max_pairs: int = param(0, "use only the first N pairs (0: all)")
+    max_pairs: int = param(0, "use only the first N pairs (or ranked lists) (0: all)")
+    ranking_pairs: Literal["best_worst", "all"] = param(
+        "best_worst",
+        "K-way rankings data with a pair loss: the pair of each list's best and worst response, or every "
+        "strictly ordered pair (a listwise loss_type trains on the whole lists)",
+    )
     eval_fraction: float = param(0.05, "share of pairs held out for eval loss, reward accuracy and margins")
     max_length: int = param(512, "truncate prompt+response to this many tokens (keeps the prompt's end)")
 
@@ -260,6 +266,8 @@ def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int
     from prefgame.data import load_preferences
 
     data = load_preferences(cfg.path, split=cfg.split, format=cfg.format or None, skip_invalid=cfg.skip_invalid)
+    if data.kind == "rankings":
+        data = _ranking_pairs(data, cfg.ranking_pairs)
     if data.kind != "pairs":
         raise DataError(f"{cfg.path}: read as {data.kind} ({data.format} format); DPO needs preference pairs")
     ds = data.dataset
@@ -283,6 +291,111 @@ def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int
     if not len(pairs):
         raise DataError(f"{cfg.path}: no pair with a strict preference (all {ties} rows are ties)")
     return pairs, {"rows": len(ds), "ties_dropped": ties}
+
+
+def _ranking_pairs(data, which: str):
+    """Normalized rankings as normalized pairs (:meth:`prefgame.data.columns.Rankings.pairs`)."""
+    from datasets import Dataset
+
+    from prefgame.data.chat import messages_of
+    from prefgame.data.columns import rankings_of
+    from prefgame.data.schema import PAIRS_FEATURES
+
+    pairs = rankings_of(data).pairs(which)
+    rows = {name: [] for name in PAIRS_FEATURES}
+    for x, c, r, sub in zip(pairs.prompts, pairs.chosen, pairs.rejected, pairs.subsets):
+        messages = messages_of(x)
+        rows["prompt_messages"].append(messages)
+        rows["prompt"].append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+        rows["chosen"].append(c)
+        rows["rejected"].append(r)
+        rows["label"].append(1.0)
+        rows["subset"].append(sub)
+        rows["source"].append("")
+        rows["score_chosen"].append(None)
+        rows["score_rejected"].append(None)
+    return dataclasses.replace(data, kind="pairs", dataset=Dataset.from_dict(rows, features=PAIRS_FEATURES))
+
+
+@dataclass
+class ListSet:
+    """Tokenized K-way rankings (each list best first, K may vary) and π0's log-probs of every response."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[list[int]]]  # each best first
+    scores: list[np.ndarray]  # each (K,) non-increasing
+    ref: torch.Tensor | None = None  # (N, K_max) log π0(y_k | x), 0 at padding
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def take(self, idx: Sequence[int]) -> ListSet:
+        return ListSet(
+            [self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx], [self.scores[i] for i in idx]
+        )
+
+    @property
+    def k_max(self) -> int:
+        return max((len(r) for r in self.response_ids), default=0)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) tokens of each list's longest sequence."""
+        return np.array([len(p) + max(len(y) for y in ys) for p, ys in zip(self.prompt_ids, self.response_ids)])
+
+    def mask(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        sizes = torch.tensor([len(self.response_ids[i]) for i in idx])
+        return torch.arange(k_max)[None, :] < sizes[:, None]  # (b, K_max)
+
+    def score_matrix(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        out = torch.zeros(len(idx), k_max)
+        for row, i in enumerate(idx):
+            out[row, : len(self.scores[i])] = torch.as_tensor(self.scores[i], dtype=torch.float32)
+        return out
+
+    def token_counts(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        out = torch.ones(len(idx), k_max)
+        for row, i in enumerate(idx):
+            out[row, : len(self.response_ids[i])] = torch.tensor([float(len(y)) for y in self.response_ids[i]])
+        return out
+
+    def batch(self, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """Every response of the lists ``idx``, list by list (best first), as one right-padded batch."""
+        prompts = [self.prompt_ids[i] for i in idx for _ in self.response_ids[i]]
+        responses = [y for i in idx for y in self.response_ids[i]]
+        return build_pairs_batch(prompts, responses, pad_id)
+
+
+def unflatten_lists(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(Σ K_i,) values of the lists' responses, list by list → (b, K_max), 0 at padding."""
+    out = flat.new_zeros(mask.shape)
+    out[mask.to(flat.device)] = flat
+    return out
+
+
+def load_list_set(cfg: DPODataConfig, tokenizer) -> tuple[ListSet, dict[str, int]]:
+    """The K-way rankings of ``cfg.path`` (each list best first); lists whose scores all tie are dropped."""
+    from prefgame.data.chat import messages_of
+    from prefgame.data.columns import load_rankings
+
+    ranked = load_rankings(cfg.path, cfg.split, skip_invalid=cfg.skip_invalid)
+    if cfg.max_pairs:
+        ranked = ranked.take(range(min(cfg.max_pairs, len(ranked))))
+    lists = ListSet([], [], [])
+    tied = 0
+    for x, ys, scores in zip(ranked.prompts, ranked.responses, ranked.scores):
+        if scores[0] == scores[-1]:
+            tied += 1
+            continue
+        p_ids = encode_prompt(tokenizer, messages_of(x))
+        cut = [truncate(p_ids, encode_response(tokenizer, y), cfg.max_length) for y in ys]
+        p_ids = min((c[0] for c in cut), key=len)  # one prompt for all: the shortest cut
+        lists.prompt_ids.append(p_ids)
+        lists.response_ids.append([c[1][: cfg.max_length - len(p_ids)] for c in cut])
+        lists.scores.append(scores)
+    if not len(lists):
+        raise DataError(f"{cfg.path}: no ranked list with distinct scores (all {tied} lists tie)")
+    return lists, {"rows": len(ranked), "ties_dropped": tied, "tied_pairs": ranked.tied_pairs}
 
 
 # ---------------------------------------------------------------------------------------------- log-probs
@@ -330,6 +443,41 @@ def pair_logps(
         chosen[idx], rejected[idx] = logps[: len(idx)], logps[len(idx) :]
     module.train(was_training)
     return chosen, rejected
+
+
+@torch.no_grad()
+def list_logps(
+    module: PairLogps, lists: ListSet, pad_id: int, *, batch_size: int, device, autocast=contextlib.nullcontext
+) -> torch.Tensor:
+    """log π(y_k | x) of every response of every list, (N, K_max) float32 on CPU (0 at padding), in eval
+    mode; ``batch_size`` lists per forward pass, in order of length."""
+    was_training = module.training
+    module.eval()
+    k_max = lists.k_max
+    out = torch.zeros(len(lists), k_max)
+    order = np.argsort(lists.lengths, kind="stable")
+    for start in range(0, len(lists), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in lists.batch(idx, pad_id).items()}
+        with autocast():
+            flat = module(**batch).float().cpu()  # (Σ K,)
+        out[idx] = unflatten_lists(flat, lists.mask(idx, k_max))
+    module.train(was_training)
+    return out
+
+
+def evaluate_lists(module: PairLogps, lists: ListSet, cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
+    """Eval loss and ranking metrics (ordered-pair accuracy, top-1, margins) on held-out lists."""
+    bs = cfg.train.micro_batch_size
+    policy = list_logps(module, lists, pad_id, batch_size=bs, device=device, autocast=autocast)
+    idx, k_max = range(len(lists)), lists.k_max
+    mask, scores = lists.mask(idx, k_max), lists.score_matrix(idx, k_max)
+    ref = lists.ref
+    if cfg.loss.length_normalize:
+        n = lists.token_counts(idx, k_max)
+        policy, ref = policy / n, ref / n
+    loss, metrics = list_loss(cfg.loss, policy, ref, scores, mask)
+    return {"eval_loss": float(loss), **{f"eval_{k}": float(v) for k, v in metrics.items()}}
 
 
 def response_token_counts(pairs: PairSet, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,8 +555,12 @@ def train(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None =
 
 
 def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]:
-    """(train pairs, held-out pairs, data info): ``data.eval_fraction`` held out by a seeded permutation."""
-    pairs, data_info = load_pair_set(cfg.data, tok)
+    """(train pairs, held-out pairs, data info): ``data.eval_fraction`` held out by a seeded permutation.
+    A listwise loss on K-way rankings data gets ranked lists (:class:`ListSet`) instead of pairs."""
+    if cfg.loss.listwise and _holds_rankings(cfg.data):
+        pairs, data_info = load_list_set(cfg.data, tok)
+    else:
+        pairs, data_info = load_pair_set(cfg.data, tok)
     order = np.random.default_rng(cfg.train.seed).permutation(len(pairs))
     n_eval = int(round(cfg.data.eval_fraction * len(pairs)))
     eval_set, train_set = pairs.take(order[:n_eval]), pairs.take(order[n_eval:])
@@ -417,13 +569,28 @@ def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]
     return train_set, eval_set, data_info
 
 
+def _holds_rankings(cfg: DPODataConfig) -> bool:
+    from prefgame.data.formats import detect_format
+    from prefgame.data.load import load_raw
+
+    if cfg.format:
+        return cfg.format == "rankings"
+    raw = load_raw(cfg.path, split=cfg.split)
+    return len(raw) > 0 and detect_format(raw.column_names, raw[0]) == "rankings"
+
+
 def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[PairSet], pad_id: int, acc) -> None:
     """π0 = the initial policy (with LoRA: its base, adapters disabled): its log-probs of every pair,
     computed once (no reference model stays in memory), stored on each part as ``ref_chosen`` /
-    ``ref_rejected``."""
+    ``ref_rejected`` (ranked lists: ``ref``, (N, K_max))."""
     with base_weights(module.model):
         for part in parts:
-            if len(part):
+            if len(part) and isinstance(part, ListSet):
+                part.ref = list_logps(
+                    module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
+                    device=acc.device, autocast=acc.autocast,
+                )  # fmt: skip
+            elif len(part):
                 part.ref_chosen, part.ref_rejected = pair_logps(
                     module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
                     device=acc.device, autocast=acc.autocast,
@@ -444,7 +611,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         f"dpo offline ({cfg.loss.loss_type}, β={cfg.loss.beta}): {len(train_set)} train / {len(eval_set)} eval "
-        f"pairs ({data_info['ties_dropped']} ties dropped), model {n_params / 1e6:.2f}M parameters"
+        f"{'ranked lists' if isinstance(train_set, ListSet) else 'pairs'} ({data_info['ties_dropped']} ties dropped), "
+        f"model {n_params / 1e6:.2f}M parameters"
     )
     module = PairLogps(model, chunk_size=cfg.loss.chunk_size, length_normalize=cfg.loss.length_normalize)
     model.to(acc.device)
@@ -456,9 +624,12 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
     wrapper, optimizer = sharding.prepare(acc, module, optimizer)
 
+    listwise = isinstance(train_set, ListSet)
+    evaluate_fn = evaluate_lists if listwise else evaluate_pairs
+
     def evaluate() -> dict:  # every process (under FSDP the layers gather their shards in their forward)
         with sharding.gathered(acc):
-            return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+            return evaluate_fn(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
     start_step = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)["step"]
@@ -468,7 +639,21 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     progress = Progress(tc.max_steps - start_step, "dpo", log)
     t_train = time.perf_counter()
 
+    def list_micro_loss(mb):
+        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
+        k_max = max(len(train_set.response_ids[i]) for i in mb)
+        mask = train_set.mask(mb, k_max).to(acc.device)
+        policy = unflatten_lists(wrapper(**batch).float(), mask)  # (b, K)
+        ref = train_set.ref[mb, :k_max].to(acc.device)
+        if cfg.loss.length_normalize:
+            n = train_set.token_counts(mb, k_max).to(acc.device)
+            policy, ref = policy / n, ref / n
+        scores = train_set.score_matrix(mb, k_max).to(acc.device)
+        return list_loss(cfg.loss, policy, ref, scores, mask, normalizer=tc.batch_size)  # Σ / global list count
+
     def micro_loss(mb):
+        if listwise:
+            return list_micro_loss(mb)
         batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
         lc, lr = response_token_counts(train_set, mb)
         logps = wrapper(**batch).float()  # (2b,) chosen then rejected
@@ -511,6 +696,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         "steps": tc.max_steps,
         "train_pairs": len(train_set),
         "eval_pairs": len(eval_set),
+        "data": "ranked lists" if isinstance(train_set, ListSet) else "pairs",
         **data_info,
         "parameters": n_params,
         "nonfinite_steps": guard.total,
