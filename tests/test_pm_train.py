@@ -298,26 +298,13 @@ RANKINGS_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "data" / "ultr
 
 
 def _ranking_config(out: Path, path: Path, *extra: str) -> PMConfig:
-    base = [
-        f"output_dir={out}",
-        "model.kind=bt",
-        "model.backbone.hidden_size=16",
-        "model.backbone.num_layers=1",
-        "model.backbone.num_heads=2",
-        "model.backbone.intermediate_size=32",
-        "model.backbone.max_length=64",
-        "model.head.hidden_size=8",
-        f"data.path={path}",
-        "data.eval_fraction=0.25",
-        "train.batch_size=8",
-        "train.micro_batch_size=4",
-        "train.lr=3e-2",
-        "train.warmup_steps=1",
-        "train.save_every=0",
-        "train.eval_every=0",
-        "train.log_every=1",
-    ]
-    return load_config(PMConfig, None, [*base, *extra])
+    """The tiny bt model of :func:`_config` on a rankings file (no arena metrics)."""
+    settings = {
+        "data.path": str(path), "arena_metrics": "false", "train.batch_size": "8", "train.micro_batch_size": "4",
+        "train.lr": "3e-2", "train.save_every": "0", "train.eval_every": "0",
+    }  # fmt: skip
+    settings.update(item.split("=", 1) for item in extra)
+    return _config(path.parent, out, settings.pop("model.kind", "bt"), **settings)
 
 
 def test_ultrafeedback_rankings_train_a_plackett_luce_reward_model(tmp_path):

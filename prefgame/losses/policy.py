@@ -300,9 +300,7 @@ def infonca_loss(
     For K = 2 with a hard target (α → 0, R_1 > R_2) this is DPO. Metrics: rewards/accuracy (share of
     pairs that r orders as R does, R ties excluded), rewards/target_entropy (mean entropy of p).
     """
-    _require(alpha > 0, f"alpha must be > 0, got {alpha}")
-    r, mask = _listwise_rewards(policy_logps, ref_logps, beta, mask)
-    target = _masked_softmax(rewards / alpha, mask)  # (B, K)
+    r, mask, target = _listwise_targets(policy_logps, ref_logps, rewards, beta, alpha, mask)
     log_q = _masked_log_softmax(r, mask)  # (B, K)
     per_list = -(target * log_q).where(mask, 0.0).sum(-1)  # (B,)
     return reduce_mean(per_list, normalizer=normalizer), _target_metrics(r.detach(), rewards, target.detach(), mask)
@@ -324,13 +322,20 @@ def nca_loss(
 
     (K = the list's real entries). Inputs and metrics as :func:`infonca_loss`.
     """
-    _require(alpha > 0, f"alpha must be > 0, got {alpha}")
-    r, mask = _listwise_rewards(policy_logps, ref_logps, beta, mask)
-    target = _masked_softmax(rewards / alpha, mask)  # (B, K)
+    r, mask, target = _listwise_targets(policy_logps, ref_logps, rewards, beta, alpha, mask)
     count = mask.to(r.dtype).sum(-1, keepdim=True)  # (B, 1)
     per_entry = target * F.softplus(-r) + F.softplus(r) / count  # −log σ(r) = softplus(−r)
     per_list = per_entry.where(mask, 0.0).sum(-1)  # (B,)
     return reduce_mean(per_list, normalizer=normalizer), _target_metrics(r.detach(), rewards, target.detach(), mask)
+
+
+def _listwise_targets(
+    policy_logps: Tensor, ref_logps: Tensor, rewards: Tensor, beta: float, alpha: float, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(implicit rewards r (B, K), mask (B, K), target p = softmax(rewards/α) over the real entries)."""
+    _require(alpha > 0, f"alpha must be > 0, got {alpha}")
+    r, mask = _listwise_rewards(policy_logps, ref_logps, beta, mask)
+    return r, mask, _masked_softmax(rewards / alpha, mask)
 
 
 def _masked_log_softmax(x: Tensor, mask: Tensor) -> Tensor:
