@@ -1,4 +1,5 @@
-"""The DPO family (``prefgame dpo``, docs/design.md §3.4): DPO, IPO, conservative DPO, length-regularized DPO.
+"""The DPO family (``prefgame dpo``, docs/design.md §3.4): DPO, IPO, conservative DPO, length-regularized DPO,
+the other GPO losses, SLiC-HF, and the listwise PRO / InfoNCA / NCA on K-way rankings (docs/dpo.md).
 
 Loss (:func:`prefgame.losses.dpo_loss`), with Δ = log π(y_w)/π0(y_w) − log π(y_l)/π0(y_l) and
 z = βΔ − α(|y_w| − |y_l|):
@@ -7,7 +8,9 @@ z = βΔ − α(|y_w| − |y_l|):
     ipo:                                          ℓ = (z/β − 1/(2β))²
 
 β (``loss.beta``) is the inverse temperature of the implicit reward r = β log π/π0; α is
-``loss.length_alpha``. Two modes:
+``loss.length_alpha``. ``loss.loss_type`` picks a GPO function f (ℓ = f(z), :func:`prefgame.losses.gpo_loss`),
+SLiC-HF (:func:`prefgame.losses.slic_loss`) or a listwise loss on ranked lists (:func:`pair_loss`,
+:func:`list_loss`). Two modes:
 
 - **offline** (``mode: offline``): a fixed preference data set loaded with :mod:`prefgame.data` (arena
   pairs export, UltraFeedback-binarized, HH, any ``pairs`` format). The reference π0 is the initial
