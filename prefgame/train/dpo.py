@@ -308,6 +308,31 @@ def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: in
 # ---------------------------------------------------------------------------------------------- offline
 
 
+def offline_micro_loss(wrapper, pairs: PairSet, cfg: DPOConfig, pad_id: int, device):
+    """The loss of one micro-batch of an offline DPO step, as :func:`~prefgame.train.engine.optimizer_step`
+    calls it: ``micro_loss(mb)`` runs the pairs ``mb`` of ``pairs`` (whose π0 log-probs are computed) through
+    ``wrapper`` (the prepared :class:`PairLogps`) and returns (loss, metrics), the loss a sum over the
+    micro-batch divided by the step's global pair count (``train.batch_size``)."""
+
+    def micro_loss(mb):
+        batch = {key: v.to(device) for key, v in pairs.batch(mb, pad_id).items()}
+        lc, lr = response_token_counts(pairs, mb)
+        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
+        return dpo_loss(
+            logps[: len(mb)],
+            logps[len(mb) :],
+            pairs.ref_chosen[mb].to(device),
+            pairs.ref_rejected[mb].to(device),
+            chosen_lengths=lc.to(device),
+            rejected_lengths=lr.to(device),
+            length_alpha=cfg.loss.length_alpha,
+            normalizer=cfg.train.batch_size,
+            **loss_kwargs(cfg.loss),
+        )  # a sum over the micro-batch / the global pair count
+
+    return micro_loss
+
+
 def run(cfg: DPOConfig) -> dict:
     return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.dpo")
 
@@ -383,21 +408,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     progress = Progress(tc.max_steps - start_step, "dpo", log)
     t_train = time.perf_counter()
 
-    def micro_loss(mb):
-        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
-        lc, lr = response_token_counts(train_set, mb)
-        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
-        return dpo_loss(
-            logps[: len(mb)],
-            logps[len(mb) :],
-            train_set.ref_chosen[mb].to(acc.device),
-            train_set.ref_rejected[mb].to(acc.device),
-            chosen_lengths=lc.to(acc.device),
-            rejected_lengths=lr.to(acc.device),
-            length_alpha=cfg.loss.length_alpha,
-            normalizer=tc.batch_size,
-            **loss_kwargs(cfg.loss),
-        )  # a sum over the micro-batch / the global pair count
+    micro_loss = offline_micro_loss(wrapper, train_set, cfg, tok.pad_token_id, acc.device)
 
     def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
