@@ -535,7 +535,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
     sp = SelfPlay(
-        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size),
+        chunk_size=cfg.loss.chunk_size,
     )
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(
