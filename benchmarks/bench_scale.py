@@ -29,7 +29,11 @@ linear layer, prefgame's ``lora.enabled``; ``lora+ckpt``: the same with ``train.
   an oracle model (``oracle.kind=model``) adds its weights.
 
 ``--steps N`` times N steps (iterations); the time is the mean of those after the first when N > 1, and
-the first's otherwise (it includes one-time costs: AdamW's state, the allocator's growth).
+the first's otherwise (it includes one-time costs: AdamW's state, the allocator's growth). On a CPU a
+configuration runs only if its memory estimate leaves 2 GiB of the available memory free ("not run:
+memory" otherwise, with the estimate), and ``--budget`` (default 840 s) bounds the whole run: what does not
+start or end in time is "not run: time budget" (``--budget 0``: no limit). The configurations of a model
+run in the order of ``PRIORITY``.
 
 **Peak memory.** On a CPU, the kernel's high-water mark of the process's resident memory (``VmHWM`` of
 /proc/self/status). After the setup (model loaded, π0's log-probs of offline DPO computed) free heap
@@ -37,7 +41,12 @@ memory is returned to the system (``malloc_trim``) and the mark is reset to the 
 (writing 5 to /proc/self/clear_refs), so the peak is that of the steps alone: everything they hold
 resident — weights, π0, gradients, AdamW state, activations, logits, temporaries — but not the
 transient of loading. The figure reported is that peak minus the process's baseline: its resident size
-after importing torch, transformers, peft and prefgame, before any model is loaded (reported too). On
+after importing torch, transformers, peft and prefgame, before any model is loaded (reported too). The
+processes run with ``MALLOC_MMAP_THRESHOLD_=1048576``: glibc then maps every block from 1 MiB up on its
+own and returns it when it is freed; with its default (dynamic, up to 32 MiB) freed activations stay in
+its heap, resident, and the peak of a checkpointed step grew to about that of an unchecked one
+(``--malloc-default`` keeps glibc's default). transformers maps the safetensors file into memory, so
+frozen weights count as resident once they are read. On
 CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at the same point (the
 baseline is 0; the CUDA context and the allocator's cache are not counted).
 
@@ -105,10 +114,19 @@ REPO = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_SCALE_RESULT "
 MODES = ("full", "lora", "lora+ckpt")
 JOBS = ("dpo", "selfplay")
+# the order the configurations of a model run in, which matters under --budget: self-play with full
+# fine-tuning and with LoRA + checkpointing (the pair the memory comparison needs), the DPO steps (short),
+# then self-play with LoRA alone
+PRIORITY = (
+    ("selfplay", "full"), ("selfplay", "lora+ckpt"), ("dpo", "full"), ("dpo", "lora+ckpt"), ("dpo", "lora"),
+    ("selfplay", "lora"),
+)  # fmt: skip
 LORA_R = 16
 # what an 80 GB GPU leaves for tensors: 79 GiB that torch sees on an H100 80GB, less ~2 GiB for the CUDA
 # context and the allocator's cache
 FITS_80GB = 77 * GIB
+# a CPU configuration runs only if its estimate leaves this much memory available to the machine's other work
+MEMORY_HEADROOM = 2 * GIB
 MMAP_THRESHOLD = 1 << 20  # glibc: blocks from 1 MiB up are mapped on their own and unmapped when freed
 
 
@@ -658,7 +676,7 @@ def run_configuration(spec: dict, logs: Path, timeout: float, log) -> dict:
     spec = {**spec, "estimate_bytes": est["total"]}
     if spec["device"] == "cpu":
         available = mem_available()
-        if est["total"] > available - GIB:
+        if est["total"] > available - MEMORY_HEADROOM:
             log(f"  not run: memory (estimate {est['total'] / GIB:.1f} GiB, {available / GIB:.1f} GiB available)")
             return {**spec, "status": "not run: memory", "available_bytes": available}
     if timeout < 60:
@@ -820,13 +838,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         write_data(work, args.seq_len - args.response_tokens, args.response_tokens)
-        # the order of priority under a time budget: per model self-play first, full and LoRA +
-        # checkpointing (the pair the issue compares) before LoRA alone
-        order = [m for m in ("full", "lora+ckpt", "lora") if m in modes]
         for model in models:
             folder = model_folder(model, cache, log)
-            for job in sorted(jobs, key=lambda j: j != "selfplay"):
-                for mode in order:
+            for job, mode in PRIORITY:
+                if job in jobs and mode in modes:
                     spec = {
                         "model": model, "mode": mode, "job": job, "steps": args.steps, "seq_len": args.seq_len,
                         "response_tokens": args.response_tokens, "algorithm": args.algorithm,

@@ -48,14 +48,15 @@ if [ -n "${GPU_CHECK_PYTHON:-}" ]; then
     echo "using $PY, no installation" > "$OUT/install.log"
 else
     PY=.venv-gpu/bin/python
-    {
-        set -e
-        [ -x "$PY" ] || python3 -m venv --system-site-packages .venv-gpu
+    PIP=("$PY" -m pip --disable-pip-version-check --no-input install --retries 1 --timeout 20)
+    install() {
+        [ -x "$PY" ] || python3 -m venv --system-site-packages .venv-gpu || return 1
         if ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
-            timeout $(($(left) - 250)) "$PY" -m pip --disable-pip-version-check install "torch==2.13.0"
+            timeout $(($(left) - 250)) "${PIP[@]}" "torch==2.13.0" || return 1
         fi
-        timeout $(($(left) - 240)) "$PY" -m pip --disable-pip-version-check install -e ".[dev]"
-    } > "$OUT/install.log" 2>&1 || stop "installation failed after $((SECONDS - t0)) s (see $OUT/install.log)"
+        timeout $(($(left) - 240)) "${PIP[@]}" -e ".[dev]"
+    }
+    install > "$OUT/install.log" 2>&1 || stop "installation failed after $((SECONDS - t0)) s (see $OUT/install.log)"
 fi
 "$PY" - >> "$OUT/install.log" 2>&1 << 'EOF' || stop "PyTorch sees no CUDA device (see $OUT/install.log)"
 import torch, transformers, prefgame

@@ -534,10 +534,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
-    sp = SelfPlay(
-        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size),
-        chunk_size=cfg.loss.chunk_size,
-    )
+    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    sp = SelfPlay(cfg, out, log, oracle=oracle, plan=plan, chunk_size=cfg.loss.chunk_size)
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(
         out, "dpo", modules={"policy": trained}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
