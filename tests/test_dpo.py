@@ -367,6 +367,18 @@ def test_online_length_normalize_divides_policy_and_reference_logps_by_length(pi
     torch.testing.assert_close(mrr * lr, rr, rtol=1e-5, atol=1e-5)
 
 
+def test_online_projects_loss_chunk_size_rows_at_a_time(pi0: Path, tmp_path: Path, monkeypatch) -> None:
+    """loss.chunk_size reaches the online mode: its training passes and π0's log-probs project at most that
+    many response rows to the vocabulary at once."""
+    from prefgame.losses import logprobs
+
+    projected: list[int] = []
+    project = logprobs._project
+    monkeypatch.setattr(logprobs, "_project", lambda h, w, b: projected.append(h.shape[0]) or project(h, w, b))
+    dpo.run(online_config(pi0, tmp_path / "run", "online.rounds=1", "online.steps_per_round=1", "loss.chunk_size=2"))
+    assert projected and max(projected) == 2
+
+
 @pytest.mark.parametrize(
     ("mode", "path"), [("offline", "configs/dpo/arena.yaml"), ("online", "configs/dpo/arena-online.yaml")]
 )

@@ -543,6 +543,47 @@ def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: in
 # ---------------------------------------------------------------------------------------------- offline
 
 
+def offline_micro_loss(wrapper, train_set, cfg: DPOConfig, pad_id: int, device):
+    """The loss of one micro-batch of an offline DPO step, as :func:`~prefgame.train.engine.optimizer_step`
+    calls it: ``micro_loss(mb)`` runs the pairs (or, for a listwise ``loss.loss_type`` on rankings, the
+    ranked lists) ``mb`` of ``train_set`` (whose π0 log-probs are computed) through ``wrapper`` (the prepared
+    :class:`PairLogps`) and returns (loss, metrics), the loss a sum over the micro-batch divided by the step's
+    global pair or list count (``train.batch_size``)."""
+    normalizer = cfg.train.batch_size
+
+    def list_micro_loss(mb):
+        batch = {key: v.to(device) for key, v in train_set.batch(mb, pad_id).items()}
+        k_max = max(len(train_set.response_ids[i]) for i in mb)
+        mask = train_set.mask(mb, k_max).to(device)
+        policy = unflatten_lists(wrapper(**batch).float(), mask)  # (b, K)
+        ref = train_set.ref[mb, :k_max].to(device)
+        if cfg.loss.length_normalize:
+            n = train_set.token_counts(mb, k_max).to(device)
+            policy, ref = policy / n, ref / n
+        scores = train_set.score_matrix(mb, k_max).to(device)
+        return list_loss(cfg.loss, policy, ref, scores, mask, normalizer=normalizer)  # Σ / global list count
+
+    def micro_loss(mb):
+        if listwise:
+            return list_micro_loss(mb)
+        batch = {key: v.to(device) for key, v in train_set.batch(mb, pad_id).items()}
+        lc, lr = response_token_counts(train_set, mb)
+        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
+        return pair_loss(
+            cfg.loss,
+            logps[: len(mb)],
+            logps[len(mb) :],
+            train_set.ref_chosen[mb].to(device),
+            train_set.ref_rejected[mb].to(device),
+            chosen_lengths=lc.to(device),
+            rejected_lengths=lr.to(device),
+            normalizer=normalizer,
+        )  # a sum over the micro-batch / the global pair count
+
+    listwise = isinstance(train_set, ListSet)
+    return micro_loss
+
+
 def run(cfg: DPOConfig) -> dict:
     return run_job(cfg.output_dir, lambda out, log: train(cfg, out, log), name="prefgame.dpo")
 
@@ -642,34 +683,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     progress = Progress(tc.max_steps - start_step, "dpo", log)
     t_train = time.perf_counter()
 
-    def list_micro_loss(mb):
-        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
-        k_max = max(len(train_set.response_ids[i]) for i in mb)
-        mask = train_set.mask(mb, k_max).to(acc.device)
-        policy = unflatten_lists(wrapper(**batch).float(), mask)  # (b, K)
-        ref = train_set.ref[mb, :k_max].to(acc.device)
-        if cfg.loss.length_normalize:
-            n = train_set.token_counts(mb, k_max).to(acc.device)
-            policy, ref = policy / n, ref / n
-        scores = train_set.score_matrix(mb, k_max).to(acc.device)
-        return list_loss(cfg.loss, policy, ref, scores, mask, normalizer=tc.batch_size)  # Σ / global list count
-
-    def micro_loss(mb):
-        if listwise:
-            return list_micro_loss(mb)
-        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
-        lc, lr = response_token_counts(train_set, mb)
-        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
-        return pair_loss(
-            cfg.loss,
-            logps[: len(mb)],
-            logps[len(mb) :],
-            train_set.ref_chosen[mb].to(acc.device),
-            train_set.ref_rejected[mb].to(acc.device),
-            chosen_lengths=lc.to(acc.device),
-            rejected_lengths=lr.to(acc.device),
-            normalizer=tc.batch_size,
-        )  # a sum over the micro-batch / the global pair count
+    micro_loss = offline_micro_loss(wrapper, train_set, cfg, tok.pad_token_id, acc.device)
 
     def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
@@ -822,9 +836,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
-    sp = SelfPlay(
-        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
-    )
+    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    sp = SelfPlay(cfg, out, log, oracle=oracle, plan=plan, chunk_size=cfg.loss.chunk_size)
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(
         out, "dpo", modules={"policy": trained}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"
