@@ -39,9 +39,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from prefgame.errors import PrefgameError
+
+# FSDP2 (the only FSDP prefgame runs) came with accelerate 1.6, whose plugin gained ``fsdp_version``; older
+# releases launch FSDP1 whatever the config says
+HAS_FSDP2 = "fsdp_version" in getattr(FullyShardedDataParallelPlugin, "__dataclass_fields__", {})
 
 
 def _flag(name: str) -> bool:
@@ -64,6 +68,13 @@ def check_launcher() -> None:
         )
     if not _flag("ACCELERATE_USE_FSDP"):
         return
+    if not HAS_FSDP2:
+        import accelerate
+
+        raise PrefgameError(
+            f"FSDP needs accelerate ≥ 1.6 (FSDP2); accelerate {accelerate.__version__} is installed: "
+            "pip install -U accelerate"
+        )
     version = os.environ.get("FSDP_VERSION", "1").strip()
     if version != "2":
         raise PrefgameError(
