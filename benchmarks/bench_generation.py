@@ -1,6 +1,7 @@
-"""Tokens per second of the self-play sampler, with and without the KV cache.
+"""Tokens per second of the self-play sampler, with and without the KV cache; the time of a Nash-MD step.
 
     python benchmarks/bench_generation.py --model runs/quickstart/pi0/model --threads 1
+    python benchmarks/bench_generation.py --nash-md-step [--compare-with /tmp/before]
 
 Samples responses to arena prompts from π (β = 0, one model) and from the Nash-MD mixture
 π^μ ∝ π^{1−β} π0^{β} (β = 0.5, two models: the policy and a copy as the reference), with the KV cache
@@ -9,13 +10,29 @@ every token). Both loops draw the same tokens for one seed, so they generate the
 tokens and the rates compare like for like. ``transformers``' own ``generate`` (β = 0, KV cache) is
 timed as a reference point. Without ``--model`` a new arena-size model with random weights is used
 (its responses run to the length limit). Prints a markdown table.
+
+``--nash-md-step`` times one whole self-play iteration of ``nash_md`` instead (the ``selfplay`` job's
+iteration: K policy samples and K mixture samples per prompt, the gold oracle's K×K matrices, π0's
+log-probs, one optimizer step): 8 prompts, K = 2, 32 new tokens, β = 0.2 (the arena preset), one
+PyTorch thread, an arena-size model (random weights unless ``--model``). It prints the median of
+``--repeats`` iterations after ``--warmup`` untimed ones. ``--compare-with DIR`` runs the same
+measurement on another copy of prefgame (e.g. ``git archive <commit> | tar -x -C DIR``) and on this
+one in alternating processes, ``--rounds`` each, and prints both medians: on a shared machine the
+two see the same load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +57,17 @@ def load_models(path: str | None):
     return policy, ref, tok
 
 
+def cpu_name() -> str:
+    """The CPU's model name (as lscpu prints it), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def timed(fn, repeats: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -47,6 +75,80 @@ def timed(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - start)
     return best, out
+
+
+def nash_md_step_seconds(args) -> list[float]:
+    """Wall times of ``args.repeats`` Nash-MD self-play iterations after ``args.warmup`` untimed ones."""
+    import logging
+
+    from prefgame.run import RunDir
+    from prefgame.train.selfplay import ALGORITHMS, SelfPlay, selfplay_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            pi0 = args.model
+        else:
+            policy, _, tok = load_models(None)
+            pi0 = str(Path(tmp) / "pi0")
+            policy.save_pretrained(pi0)
+            tok.save_pretrained(pi0)
+        cfg = selfplay_config("nash_md", None, [
+            f"policy.name_or_path={pi0}", f"output_dir={Path(tmp) / 'run'}", "oracle.kind=gold",
+            f"sampling.prompts_per_iteration={args.prompts}", f"sampling.samples_per_prompt={args.samples}",
+            f"sampling.max_new_tokens={args.max_new_tokens}", "train.steps_per_iteration=1",
+            f"train.batch_size={args.prompts * args.samples}", f"train.micro_batch_size={args.prompts * args.samples}",
+            "train.mixed_precision=no", "eval.prompts=0",
+        ])  # fmt: skip
+        out = RunDir(cfg.output_dir)
+        sp = SelfPlay(cfg, out, logging.getLogger("bench"))
+        iterate = ALGORITHMS["nash_md"].iterate
+        seconds = []
+        for t in range(args.warmup + args.repeats):
+            start = time.perf_counter()
+            iterate(sp, t, sp.preferences())
+            seconds.append(time.perf_counter() - start)
+        out.close()
+    return seconds[args.warmup :]
+
+
+def nash_md_step(args) -> None:
+    """Print the median Nash-MD step time of this copy of prefgame (and of ``--compare-with``'s)."""
+    if args.json:  # one measurement for a comparing parent process
+        print(json.dumps(nash_md_step_seconds(args)))
+        return
+    header = (
+        f"Nash-MD self-play step: {args.prompts} prompts × K={args.samples}, ≤ {args.max_new_tokens} new tokens, "
+        f"β 0.2, {args.threads} thread(s), model {args.model or 'random arena-size Llama'}, "
+        f"{cpu_name()}, torch {torch.__version__}"
+    )
+    if not args.compare_with:
+        times = nash_md_step_seconds(args)
+        print(f"{header}\nmedian {statistics.median(times):.3f} s over {len(times)} steps "
+              f"(min {min(times):.3f}, max {max(times):.3f})")  # fmt: skip
+        return
+    here = str(Path(__file__).resolve().parents[1])
+    trees = {"other": str(Path(args.compare_with).resolve()), "this": here}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--nash-md-step", "--json"]
+    for key in ("prompts", "samples", "max_new_tokens", "threads", "repeats", "warmup"):
+        argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.model:
+        argv += ["--model", args.model]
+    medians: dict[str, list[float]] = {name: [] for name in trees}
+    for r in range(args.rounds):
+        for name, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(max(args.threads, 1))}
+            done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"bench_generation: the run in {tree} failed:\n{done.stderr[-2000:]}")
+            times = json.loads(done.stdout.strip().splitlines()[-1])
+            medians[name].append(statistics.median(times))
+            print(f"round {r + 1}: {name} ({tree}) median {medians[name][-1]:.3f} s", flush=True)
+    print(header)
+    for name, tree in trees.items():
+        print(f"{name} ({tree}): median of round medians {statistics.median(medians[name]):.3f} s "
+              f"(rounds: {', '.join(f'{m:.3f}' for m in medians[name])})")  # fmt: skip
+    ratio = statistics.median(medians["other"]) / statistics.median(medians["this"])
+    print(f"speed-up of this copy: {ratio:.2f}×")
 
 
 def main() -> None:
@@ -59,16 +161,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: PyTorch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="timed repeats; the fastest is reported")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--nash-md-step", action="store_true", help="time a whole Nash-MD self-play step instead")
+    ap.add_argument("--warmup", type=int, default=3, help="--nash-md-step: untimed steps first")
+    ap.add_argument("--compare-with", default="", help="--nash-md-step: another prefgame tree, timed alternately")
+    ap.add_argument("--rounds", type=int, default=5, help="--compare-with: alternating processes per tree")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.nash_md_step:
+        if "--prompts" not in sys.argv:
+            args.prompts = 8
+        if "--samples" not in sys.argv:
+            args.samples = 2
+        if "--max-new-tokens" not in sys.argv:
+            args.max_new_tokens = 32
+        if "--repeats" not in sys.argv:
+            args.repeats = 15
+        nash_md_step(args)
+        return
     policy, ref, tok = load_models(args.model)
     policy, ref = policy.to(args.device).eval(), ref.to(args.device).eval()
     prompts = [p.text for p in Arena().sample_prompts(args.prompts, np.random.default_rng(0))]
     n_params = sum(p.numel() for p in policy.parameters())
     print(
         f"model {args.model or 'random arena-size Llama'} ({n_params / 1e6:.2f}M parameters), device {args.device}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads, {cpu_name()}, torch {torch.__version__}; "
         f"{args.prompts} prompts × {args.samples} samples, ≤ {args.max_new_tokens} new tokens\n"
     )
     print("| sampler | β | models | batch | KV cache | tokens | seconds | tokens/s | cache speed-up |")
