@@ -77,8 +77,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def nash_md_step_seconds(args) -> list[float]:
-    """Wall times of ``args.repeats`` Nash-MD self-play iterations after ``args.warmup`` untimed ones."""
+def nash_md_step_seconds(args) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of ``args.repeats`` Nash-MD self-play iterations after ``args.warmup`` untimed
+    ones (CPU: this process's, which other jobs on a shared machine inflate less than the wall time)."""
     import logging
 
     from prefgame.run import RunDir
@@ -104,9 +105,9 @@ def nash_md_step_seconds(args) -> list[float]:
         iterate = ALGORITHMS["nash_md"].iterate
         seconds = []
         for t in range(args.warmup + args.repeats):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             iterate(sp, t, sp.preferences())
-            seconds.append(time.perf_counter() - start)
+            seconds.append((time.perf_counter() - start, time.process_time() - cpu))
         out.close()
     return seconds[args.warmup :]
 
@@ -122,9 +123,9 @@ def nash_md_step(args) -> None:
         f"{cpu_name()}, torch {torch.__version__}"
     )
     if not args.compare_with:
-        times = nash_md_step_seconds(args)
-        print(f"{header}\nmedian {statistics.median(times):.3f} s over {len(times)} steps "
-              f"(min {min(times):.3f}, max {max(times):.3f})")  # fmt: skip
+        wall, cpu = zip(*nash_md_step_seconds(args))
+        print(f"{header}\nmedian {statistics.median(wall):.3f} s over {len(wall)} steps "
+              f"(min {min(wall):.3f}, max {max(wall):.3f}); CPU time median {statistics.median(cpu):.3f} s")  # noqa: E501
         return
     here = str(Path(__file__).resolve().parents[1])
     trees = {"other": str(Path(args.compare_with).resolve()), "this": here}
@@ -134,21 +135,26 @@ def nash_md_step(args) -> None:
     if args.model:
         argv += ["--model", args.model]
     medians: dict[str, list[float]] = {name: [] for name in trees}
+    cpu: dict[str, list[float]] = {name: [] for name in trees}
     for r in range(args.rounds):
         for name, tree in trees.items():
             env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(max(args.threads, 1))}
             done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"bench_generation: the run in {tree} failed:\n{done.stderr[-2000:]}")
-            times = json.loads(done.stdout.strip().splitlines()[-1])
-            medians[name].append(statistics.median(times))
-            print(f"round {r + 1}: {name} ({tree}) median {medians[name][-1]:.3f} s", flush=True)
+            wall, used = zip(*json.loads(done.stdout.strip().splitlines()[-1]))
+            medians[name].append(statistics.median(wall))
+            cpu[name].append(statistics.median(used))
+            print(f"round {r + 1}: {name} ({tree}) median {medians[name][-1]:.3f} s, CPU {cpu[name][-1]:.3f} s",
+                  flush=True)  # fmt: skip
     print(header)
     for name, tree in trees.items():
         print(f"{name} ({tree}): median of round medians {statistics.median(medians[name]):.3f} s "
-              f"(rounds: {', '.join(f'{m:.3f}' for m in medians[name])})")  # fmt: skip
-    ratio = statistics.median(medians["other"]) / statistics.median(medians["this"])
-    print(f"speed-up of this copy: {ratio:.2f}×")
+              f"(rounds: {', '.join(f'{m:.3f}' for m in medians[name])}); "
+              f"CPU time {statistics.median(cpu[name]):.3f} s")  # fmt: skip
+    for label, figures in (("wall", medians), ("CPU", cpu)):
+        ratio = statistics.median(figures["other"]) / statistics.median(figures["this"])
+        print(f"speed-up of this copy ({label} time): {ratio:.2f}×")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ response tokens is exact for any tokenizer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +47,62 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     _require_local_or_hub_name(name_or_path, "model")
     return load_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "causal LM", dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Stops:
+    """What ends a sampled response: a token of ``token_ids`` (kept as the response's last token, as
+    EOS is), or a text that contains one of ``strings``: the response then ends with the token that
+    completes the first occurrence, and its text is cut before it (:meth:`cut`)."""
+
+    token_ids: tuple[int, ...] = ()
+    strings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stops: Stops | int | Sequence[int] | None) -> Stops:
+        """``stops`` itself, or the stop tokens given as one id or a sequence of ids."""
+        if isinstance(stops, Stops):
+            return stops
+        if stops is None:
+            return cls()
+        return cls((int(stops),) if isinstance(stops, int) else tuple(int(i) for i in stops))
+
+    def cut(self, text: str) -> str:
+        """``text`` up to the first occurrence of any stop string (all of it without one)."""
+        ends = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        return text[: min(ends)] if ends else text
+
+    @property
+    def window(self) -> int:
+        """Tokens at the end of a response whose text is searched for the stop strings after each new
+        token: the longest string's length in characters (every token decodes to at least one) plus two,
+        so that the string never reaches the window's first token, whose text may lose a leading space."""
+        return max((len(s) for s in self.strings), default=0) + 2
+
+
+def stops_for(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *, eos_token_ids: Sequence[int] = (),
+    stop: Sequence[str] = (), key: str = "sampling",
+) -> Stops:  # fmt: skip
+    """The stops of a job's sampler: ``eos_token_ids`` when given, otherwise the tokenizer's EOS and every
+    id of the model's ``generation_config.eos_token_id`` (chat models list several, e.g. end of turn and
+    end of text); and the stop strings ``stop``. An id outside the vocabulary fails in one line naming
+    ``key`` (the config section, e.g. ``sampling``)."""
+    if eos_token_ids:
+        ids = [int(i) for i in eos_token_ids]
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise PrefgameError(
+                f"{key}.eos_token_ids: {bad[0]} is not a token id of this model (ids run from 0 to {vocab - 1}); "
+                "leave it empty for the tokenizer's and the model's end-of-sequence tokens"
+            )
+    else:
+        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        config = getattr(model, "generation_config", None) or getattr(model, "config", None)
+        listed = getattr(config, "eos_token_id", None)
+        ids += [listed] if isinstance(listed, int) else list(listed or ())
+    return Stops(tuple(dict.fromkeys(ids)), tuple(stop))
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:

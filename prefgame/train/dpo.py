@@ -494,8 +494,7 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     seed, k = sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
-    eos = sp.tok.eos_token_id
-    cut = torch.tensor([not ids or ids[-1] != eos for ids in ys.response_ids], dtype=win.dtype)  # (M·K,)
+    cut = sp.eos_missing(ys).to(win.dtype)  # (M·K,) cut at the length limit, without a stop
     chosen, rejected = best_worst_pairs(win - cfg.online.missing_eos_penalty * cut, k)
     ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
     n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)
