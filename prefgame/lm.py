@@ -1,5 +1,5 @@
-"""Causal-LM helpers shared by every trainer: prompt formatting, tokenization, batched sampling with
-the KV cache, and response log-probabilities.
+"""Causal-LM helpers shared by every trainer: prompt formatting, tokenization, what ends a sampled
+response (:class:`Stops`), and response log-probabilities (sampling itself: :mod:`prefgame.game.lm_sampling`).
 
 Prompts are rendered with the tokenizer's chat template when it has one (plain text otherwise);
 responses are tokenized on their own and followed by EOS, so the boundary between prompt and
@@ -81,28 +81,37 @@ class Stops:
 
 
 def stops_for(
-    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None, *, eos_token_ids: Sequence[int] = (),
-    stop: Sequence[str] = (), key: str = "sampling",
+    tokenizer: PreTrainedTokenizerBase, model=None, *, eos_token_ids: Sequence[int] = (), stop: Sequence[str] = (),
+    key: str = "sampling.eos_token_ids",
 ) -> Stops:  # fmt: skip
     """The stops of a job's sampler: ``eos_token_ids`` when given, otherwise the tokenizer's EOS and every
     id of the model's ``generation_config.eos_token_id`` (chat models list several, e.g. end of turn and
-    end of text); and the stop strings ``stop``. An id outside the vocabulary fails in one line naming
-    ``key`` (the config section, e.g. ``sampling``)."""
+    end of text; ``model`` may also be a ``GenerationConfig`` itself, or None); and the stop strings
+    ``stop``. An id outside the vocabulary fails in one line naming the config ``key``."""
     if eos_token_ids:
         ids = [int(i) for i in eos_token_ids]
         vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise PrefgameError(
-                f"{key}.eos_token_ids: {bad[0]} is not a token id of this model (ids run from 0 to {vocab - 1}); "
+                f"{key}: {bad[0]} is not a token id of this model (ids run from 0 to {vocab - 1}); "
                 "leave it empty for the tokenizer's and the model's end-of-sequence tokens"
             )
     else:
         ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        config = getattr(model, "generation_config", None) or getattr(model, "config", None)
-        listed = getattr(config, "eos_token_id", None)
+        listed = getattr(getattr(model, "generation_config", model), "eos_token_id", None)
         ids += [listed] if isinstance(listed, int) else list(listed or ())
     return Stops(tuple(dict.fromkeys(ids)), tuple(stop))
+
+
+def load_generation_config(name_or_path: str):
+    """The ``GenerationConfig`` saved with a model (its end-of-sequence ids), or None without one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return None
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
@@ -221,42 +230,3 @@ class ResponseLogps(torch.nn.Module):
     ) -> torch.Tensor:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
         return token_logps(self.model, batch, chunk_size=self.chunk_size)
-
-
-@torch.no_grad()
-def sample(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    batch_size: int = 256,
-    seed: int | None = None,
-) -> list[str]:
-    """One sampled response per prompt (repeat prompts for several), batched, with the KV cache."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        ids, mask = pad_batch([encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id, left=True)
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
-        )
-        new = gen[:, ids.shape[1] :]
-        outputs += [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    model.train(was_training)
-    return outputs

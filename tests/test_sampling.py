@@ -264,6 +264,9 @@ def test_stops_of_a_tokenizer_and_a_chat_model(tok):
     model.generation_config.eos_token_id = [tok.eos_token_id, 40, 41]
     assert stops_for(tok, model, stop=["\n\nUser:"]) == Stops((tok.eos_token_id, 40, 41), ("\n\nUser:",))
     assert stops_for(tok, model, eos_token_ids=[7, 7, 8]).token_ids == (7, 8)
-    with pytest.raises(PrefgameError, match=r"^generate\.eos_token_ids: 500 is not a token id"):
-        stops_for(tok, model, eos_token_ids=[500], key="generate")
+    with pytest.raises(PrefgameError, match=r"^sampling\.eos_token_ids: 500 is not a token id"):
+        stops_for(tok, model, eos_token_ids=[500])
+    # a model's saved generation config alone (what vLLM is given), or none
+    assert stops_for(tok, model.generation_config).token_ids == (tok.eos_token_id, 40, 41)
+    assert stops_for(tok, None).token_ids == (tok.eos_token_id,)
     assert Stops((), ("ab", "c")).cut("xxcab") == "xx" and Stops().cut("text") == "text"

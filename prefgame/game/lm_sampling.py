@@ -27,6 +27,7 @@ the same tokens for one seed (up to float rounding of the logits).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,15 +90,16 @@ def sample_groups(
     """One response per prompt of each group, from π^μ ∝ π^{1−β} π0^{β} with the group's β, at
     ``temperature``, in one decoding loop (module docstring).
 
-    Each step's distribution is log_softmax(((1 − β)·logits_π + β·logits_π0) / temperature). The
+    Each step's distribution is log_softmax(((1 − β)·logits_π + β·logits_π0) / temperature); temperature 0
+    is greedy decoding (the most likely token, its log-prob at temperature 1, no draws). The
     policy may be None when every β is 1 and the reference may be None when every β is 0; the
     reference may be a :class:`~prefgame.lora.Reference` (the policy with its adapters disabled for
     each of its forward passes). Both models are put in eval mode for the call and restored
     afterwards. Stop strings need the ``tokenizer``.
     """
     stops = Stops.of(stops)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     for g in groups:
         if not 0.0 <= g.mixture_coef <= 1.0:
             raise ValueError(f"mixture_coef must be in [0, 1], got {g.mixture_coef}")
@@ -152,6 +154,7 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
     stopped = torch.zeros(b, dtype=torch.bool, device=device)
     stop_ids = torch.tensor(stops.token_ids, dtype=torch.long, device=device)
     pad = torch.full((b,), pad_token_id, dtype=torch.long, device=device)
+    greedy, temperature = temperature == 0, temperature or 1.0
     if len(plan) == 2:
         # the mixture's logits (1 − β)·ℓπ + β·ℓπ0 of every row (geometric_mixture_logprobs, with one β per
         # row), at the temperature; a model's logits are zero on the rows it does not compute, whose weight
@@ -169,13 +172,16 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
         else:
             mixed = full[0] if temperature == 1.0 else full[0] / temperature
         step_logp = torch.log_softmax(mixed, dim=-1)  # (B, V)
-        draws = [
-            torch.rand(k, generator=g.generator, dtype=torch.float64) if on else torch.zeros(k, dtype=torch.float64)
-            for g, k, on in zip(groups, sizes, active)
-        ]  # one draw per row of every group still sampling
-        u = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)  # (B,)
-        cdf = step_logp.double().exp().cumsum(-1)  # (B, V)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+        if greedy:
+            pick = step_logp.argmax(-1)
+        else:
+            draws = [
+                torch.rand(k, generator=g.generator, dtype=torch.float64) if on else torch.zeros(k, dtype=torch.float64)
+                for g, k, on in zip(groups, sizes, active)
+            ]  # one draw per row of every group still sampling
+            u = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(device)  # (B,)
+            cdf = step_logp.double().exp().cumsum(-1)  # (B, V)
+            pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
         pick = torch.where(done, pad, pick)
         tokens[:, n] = pick
         out_mask[:, n] = ~done
@@ -343,10 +349,10 @@ def generate_groups(
     results = []
     for r, ids, parts in zip(requests, rows, outs):
         response_ids = [seq for part in parts for seq in part.as_lists()]
-        decoded = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        texts = response_texts(tokenizer, stops, response_ids)
         results.append(
             Responses(
-                [p for p in prompts for _ in range(r.n)], ids, response_ids, [stops.cut(t).strip() for t in decoded],
+                [p for p in prompts for _ in range(r.n)], ids, response_ids, texts,
                 torch.cat([p.logps.sum(-1) for p in parts]) if parts else torch.zeros(0),  # zeros after the end add 0
                 torch.cat([p.stopped for p in parts]) if parts else torch.zeros(0, dtype=torch.bool),
             )
@@ -388,17 +394,18 @@ def transformers_tokens(
     prompt_ids: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
-    stops: Stops,
+    stops: Stops | int | Sequence[int],
     pad_token_id: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> SampledTokens:
     """One response per prompt of ``model`` alone through transformers' ``generate`` (pure sampling at
-    ``temperature``: no top-k, top-p or other processor, whatever the model's generation config says),
-    with the log-probs of the sampled tokens from the logits it returns and the same stops as
-    :func:`sample_groups` (stop strings applied to its output). Its random stream is PyTorch's global
-    generator, seeded from one draw of ``generator`` and restored afterwards."""
+    ``temperature``: no top-k, top-p or other processor, whatever the model's generation config says;
+    temperature 0: greedy), with the log-probs of the chosen tokens from the logits it returns (at the
+    temperature; at 1 for greedy) and the same stops as :func:`sample_groups` (stop strings applied to its
+    output). Its random stream is PyTorch's global generator: seeded from one draw of ``generator`` and
+    restored afterwards, or used as it is when ``generator`` is None."""
     from transformers import GenerationConfig
 
     stops = Stops.of(stops)
@@ -409,22 +416,27 @@ def transformers_tokens(
     net = base_of(model)
     device = next(net.parameters()).device
     ids, mask = pad_batch(prompt_ids, pad_token_id, left=True)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    sampled = temperature > 0
     config = GenerationConfig(
-        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-        eos_token_id=list(stops.token_ids) or None, pad_token_id=pad_token_id, return_dict_in_generate=True,
-        output_logits=True,
+        do_sample=sampled, temperature=temperature if sampled else None, top_k=0 if sampled else None,
+        top_p=1.0 if sampled else None, max_new_tokens=max_new_tokens, eos_token_id=list(stops.token_ids) or None,
+        pad_token_id=pad_token_id, return_dict_in_generate=True, output_logits=True,
     )  # fmt: skip
+    stream = contextlib.nullcontext()
+    if generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        stream = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     was_training = net.training
     net.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), active_model(model) as m:
-            torch.manual_seed(seed)
+        with stream, active_model(model) as m:
+            if generator is not None:
+                torch.manual_seed(seed)
             out = m.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
     finally:
         net.train(was_training)
     tokens = out.sequences[:, ids.shape[1] :]  # (B, N)
-    logits = torch.stack(out.logits, dim=1).float() / temperature  # (B, N, V)
+    logits = torch.stack(out.logits, dim=1).float() / (temperature or 1.0)  # (B, N, V)
     logps = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
     b, n = tokens.shape
     is_stop = torch.isin(tokens, torch.tensor(stops.token_ids, dtype=torch.long, device=tokens.device))  # (B, N)
@@ -447,3 +459,46 @@ def _seed_int(seed: int | Sequence[int]) -> int:
     """An int seed from an int or a tuple of ints (numpy's SeedSequence hashing, stable across runs)."""
     entropy = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+def sample_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    seed: int | None = None,
+    stops: Stops | None = None,
+    engine: str = "transformers",
+) -> list[str]:
+    """One response text per prompt of ``model`` (repeat prompts for several; temperature 0: greedy), for
+    evaluation. ``engine`` transformers: ``generate`` in batches on PyTorch's global random stream,
+    seeded with ``seed`` (the quickstart's samples); prefgame: :func:`generate` seeded by ``seed``; auto:
+    as :func:`uses_transformers` decides. ``stops`` None: :func:`~prefgame.lm.stops_for` the model."""
+    stops = stops_for(tokenizer, base_of(model)) if stops is None else stops
+    longest = max((len(encode_prompt(tokenizer, p)) for p in prompts), default=0) + max_new_tokens
+    if not uses_transformers(engine, model, 0.0, use_cache=True, length=longest):
+        ys = generate(
+            model, None, tokenizer, prompts, n=1, mixture_coef=0.0, max_new_tokens=max_new_tokens,
+            seed=0 if seed is None else seed, temperature=temperature, batch_size=batch_size, stops=stops,
+            engine="prefgame",
+        )  # fmt: skip
+        return ys.texts
+    if seed is not None:
+        torch.manual_seed(seed)
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        ids = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+        out = transformers_tokens(
+            model, ids, max_new_tokens=max_new_tokens, stops=stops, pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature, tokenizer=tokenizer,
+        )  # fmt: skip
+        texts += response_texts(tokenizer, stops, out.as_lists())
+    return texts
+
+
+def response_texts(tokenizer: PreTrainedTokenizerBase, stops: Stops, response_ids: list[list[int]]) -> list[str]:
+    """The texts of sampled responses: special tokens removed, cut before a stop string, stripped."""
+    return [stops.cut(t).strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]

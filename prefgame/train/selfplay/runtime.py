@@ -78,7 +78,9 @@ class SelfPlay(PolicyRuntime):
         self.version = 0  # optimizer steps applied (tells the vLLM copy when it is stale)
         self.vllm = None
         if cfg.sampling.backend == "vllm":
-            self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
+            self.vllm = VLLMSampler(
+                cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed, stops=self.stops
+            )
         # tail average of the policy weights (train.average_from): a frozen float32 copy (a running mean in
         # bf16 would round away the small updates), updated after each iteration
         if self.plan.average_from >= 0:
