@@ -1,15 +1,17 @@
-"""Tokens per second of the self-play sampler, with and without the KV cache; the time of a Nash-MD step.
+"""Tokens per second of prefgame's sampler next to transformers' ``generate``; the time of a Nash-MD step.
 
-    python benchmarks/bench_generation.py --model runs/quickstart/pi0/model --threads 1
-    python benchmarks/bench_generation.py --nash-md-step [--compare-with /tmp/before]
+    OMP_NUM_THREADS=1 python benchmarks/bench_generation.py [--model runs/quickstart/pi0/model]
+    OMP_NUM_THREADS=1 python benchmarks/bench_generation.py --nash-md-step [--compare-with /tmp/before]
 
-Samples responses to arena prompts from π (β = 0, one model) and from the Nash-MD mixture
-π^μ ∝ π^{1−β} π0^{β} (β = 0.5, two models: the policy and a copy as the reference), with the KV cache
-(``prefgame.game.lm_sampling.sample_tokens``) and without it (the whole prefix is recomputed at
-every token). Both loops draw the same tokens for one seed, so they generate the same number of
-tokens and the rates compare like for like. ``transformers``' own ``generate`` (β = 0, KV cache) is
-timed as a reference point. Without ``--model`` a new arena-size model with random weights is used
-(its responses run to the length limit). Prints a markdown table.
+The default mode samples ``--samples`` responses to each of ``--prompts`` arena prompts, on the same
+model and prompts, with: prefgame's loop and its static-cache decoder; prefgame's loop on the model's
+own forward and cache (what it runs for models the static decoder does not compute); transformers'
+``generate`` (β = 0 only); and, with ``--uncached``, prefgame's loop recomputing the prefix at every
+token. Each at β = 0 (the policy) and β = 0.5 (the Nash-MD mixture π^μ ∝ π^{1−β} π0^{β} of the policy
+and a copy as the reference, two models per token), for each batch size. The samplers are timed in
+alternation, ``--repeats`` rounds, and the table gives the median; tokens are the responses' own (a
+random model's responses run to the length limit). Without ``--model`` a new arena-size model with
+random weights is used. Prints a markdown table.
 
 ``--nash-md-step`` times one whole self-play iteration of ``nash_md`` instead (the ``selfplay`` job's
 iteration: K policy samples and K mixture samples per prompt, the gold oracle's K×K matrices, π0's
@@ -39,7 +41,7 @@ import torch
 
 from prefgame.arena.world import Arena
 from prefgame.game.lm_sampling import generate
-from prefgame.lm import load_causal_lm, load_tokenizer, sample
+from prefgame.lm import load_causal_lm, load_tokenizer
 
 
 def load_models(path: str | None):
@@ -68,13 +70,67 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
+# (label, β, engine, use_cache, static-cache decoder allowed)
+SAMPLERS = [
+    ("prefgame, static cache", 0.0, "prefgame", True, True),
+    ("prefgame, the model's cache", 0.0, "prefgame", True, False),
+    ("transformers generate", 0.0, "transformers", True, False),
+    ("prefgame, static cache", 0.5, "prefgame", True, True),
+    ("prefgame, the model's cache", 0.5, "prefgame", True, False),
+]
+UNCACHED = [
+    ("prefgame, no cache", 0.0, "prefgame", False, False),
+    ("prefgame, no cache", 0.5, "prefgame", False, False),
+]
+
+
+def sample_once(policy, ref, tok, prompts, args, batch: int, sampler) -> tuple[float, int]:
+    """(seconds, tokens generated) of one run of ``sampler`` (a row of SAMPLERS)."""
+    from prefgame.game import decoding  # imported here: --compare-with runs this file on older copies too
+
+    _, beta, engine, use_cache, static = sampler
+    kept = decoding.STATIC_CACHE_TYPES
+    decoding.STATIC_CACHE_TYPES = kept if static else ()  # the model's own cache: as for other families
+    try:
         start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        out = generate(
+            policy, ref, tok, prompts, n=args.samples, mixture_coef=beta, max_new_tokens=args.max_new_tokens,
+            seed=(0,), batch_size=batch, use_cache=use_cache, engine=engine,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+    finally:
+        decoding.STATIC_CACHE_TYPES = kept
+    return seconds, sum(len(r) for r in out.response_ids)
+
+
+def tokens_per_second(args) -> None:
+    """The default mode: the markdown table of the module docstring."""
+    policy, ref, tok = load_models(args.model)
+    policy, ref = policy.to(args.device).eval(), ref.to(args.device).eval()
+    prompts = [p.text for p in Arena().sample_prompts(args.prompts, np.random.default_rng(0))]
+    n_params = sum(p.numel() for p in policy.parameters())
+    print(
+        f"model {args.model or 'random arena-size Llama'} ({n_params / 1e6:.2f}M parameters), device {args.device}, "
+        f"{torch.get_num_threads()} threads, {cpu_name()}, torch {torch.__version__}; "
+        f"{args.prompts} prompts × {args.samples} samples, ≤ {args.max_new_tokens} new tokens; "
+        f"median of {args.repeats} alternating rounds\n"
+    )
+    print("| sampler | β | batch | tokens | seconds | tokens/s | vs transformers generate |")
+    print("|---|---|---|---|---|---|---|")
+    samplers = SAMPLERS + (UNCACHED if args.uncached else [])
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        sample_once(policy, ref, tok, prompts[:4], args, batch, samplers[0])  # warm-up
+        runs: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(samplers))}
+        for _ in range(args.repeats):
+            for i, sampler in enumerate(samplers):
+                runs[i].append(sample_once(policy, ref, tok, prompts, args, batch, sampler))
+        seconds = {i: statistics.median(t for t, _ in r) for i, r in runs.items()}
+        tokens = {i: int(statistics.median(n for _, n in r)) for i, r in runs.items()}
+        rates = {i: tokens[i] / seconds[i] for i in runs}
+        reference = rates[samplers.index(SAMPLERS[2])]
+        for i, (label, beta, *_) in enumerate(samplers):
+            versus = f"{rates[i] / reference:.2f}×" if beta == 0.0 else ""
+            print(f"| {label} | {beta} | {batch} | {tokens[i]} | {seconds[i]:.2f} | {rates[i]:.0f} | {versus} |")
 
 
 def nash_md_step_seconds(args) -> list[tuple[float, float]]:
@@ -124,8 +180,10 @@ def nash_md_step(args) -> None:
     )
     if not args.compare_with:
         wall, cpu = zip(*nash_md_step_seconds(args))
-        print(f"{header}\nmedian {statistics.median(wall):.3f} s over {len(wall)} steps "
-              f"(min {min(wall):.3f}, max {max(wall):.3f}); CPU time median {statistics.median(cpu):.3f} s")  # noqa: E501
+        print(
+            f"{header}\nmedian {statistics.median(wall):.3f} s over {len(wall)} steps "
+            f"(min {min(wall):.3f}, max {max(wall):.3f}); CPU time median {statistics.median(cpu):.3f} s"
+        )  # noqa: E501
         return
     here = str(Path(__file__).resolve().parents[1])
     trees = {"other": str(Path(args.compare_with).resolve()), "this": here}
@@ -162,10 +220,11 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="π0 folder (default: a new random arena-size model)")
     ap.add_argument("--prompts", type=int, default=64, help="prompts; each gets --samples responses")
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--batch-sizes", default="16,256", help="generation batch sizes (comma-separated)")
+    ap.add_argument("--batch-sizes", default="16,64,256", help="generation batch sizes (comma-separated)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: PyTorch's default)")
-    ap.add_argument("--repeats", type=int, default=1, help="timed repeats; the fastest is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (steps with --nash-md-step); medians")
+    ap.add_argument("--uncached", action="store_true", help="also time the loop without a KV cache (slow)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--nash-md-step", action="store_true", help="time a whole Nash-MD self-play step instead")
     ap.add_argument("--warmup", type=int, default=3, help="--nash-md-step: untimed steps first")
@@ -186,46 +245,7 @@ def main() -> None:
             args.repeats = 15
         nash_md_step(args)
         return
-    policy, ref, tok = load_models(args.model)
-    policy, ref = policy.to(args.device).eval(), ref.to(args.device).eval()
-    prompts = [p.text for p in Arena().sample_prompts(args.prompts, np.random.default_rng(0))]
-    n_params = sum(p.numel() for p in policy.parameters())
-    print(
-        f"model {args.model or 'random arena-size Llama'} ({n_params / 1e6:.2f}M parameters), device {args.device}, "
-        f"{torch.get_num_threads()} threads, {cpu_name()}, torch {torch.__version__}; "
-        f"{args.prompts} prompts × {args.samples} samples, ≤ {args.max_new_tokens} new tokens\n"
-    )
-    print("| sampler | β | models | batch | KV cache | tokens | seconds | tokens/s | cache speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        for beta in (0.0, 0.5):
-            rates = {}
-            for cache in (True, False):
-
-                def run(cache=cache, beta=beta, batch=batch):
-                    return generate(
-                        policy, ref, tok, prompts, n=args.samples, mixture_coef=beta,
-                        max_new_tokens=args.max_new_tokens, seed=(0,), batch_size=batch, use_cache=cache,
-                    )  # fmt: skip
-
-                seconds, out = timed(run, args.repeats)
-                tokens = sum(len(r) for r in out.response_ids)
-                rates[cache] = tokens / seconds
-                speedup = f"{rates[True] / rates[False]:.1f}×" if not cache else ""
-                print(
-                    f"| prefgame | {beta} | {2 if beta > 0 else 1} | {batch} | {'yes' if cache else 'no'} | "
-                    f"{tokens} | {seconds:.2f} | {rates[cache]:.0f} | {speedup} |"
-                )
-        repeated = [p for p in prompts for _ in range(args.samples)]
-        seconds, texts = timed(
-            lambda batch=batch, repeated=repeated: sample(
-                policy, tok, repeated, max_new_tokens=args.max_new_tokens, batch_size=batch, seed=0
-            ),
-            args.repeats,
-        )
-        tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)  # + EOS (approx.)
-        rate = tokens / seconds
-        print(f"| transformers generate | 0.0 | 1 | {batch} | yes | ≈{tokens} | {seconds:.2f} | {rate:.0f} | |")
+    tokens_per_second(args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ HH transcripts or message lists), otherwise the prompts of the normalized prefer
 ratings or battles in any supported format); a multi-turn prompt is the whole conversation, chat
 template applied to every turn (:func:`prefgame.data.columns.load_prompts`). Repeated prompts are
 generated once. The HF backend samples in batches (:func:`prefgame.game.lm_sampling.sample_texts`:
-prefgame's loop with its static KV cache where it has one for the model, transformers' ``generate``
-otherwise, or as ``engine`` says); ``backend=vllm`` uses vLLM on a GPU (imported only then). A response
+prefgame's loop, with its static KV cache for the models it has one for, or transformers' ``generate``
+with ``engine=transformers``); ``backend=vllm`` uses vLLM on a GPU (imported only then). A response
 ends with a stop token (the tokenizer's EOS and the ids of the model's generation config, or
 ``eos_token_ids``), with a stop string of ``stop`` (cut from the output), or at ``max_new_tokens``.
 """
@@ -55,10 +55,10 @@ class GenerateConfig:
     seed: int = param(0, "seed of sampling (and of the arena prompt draw)")
     backend: Literal["hf", "vllm"] = param("hf", "hf: transformers with the KV cache; vllm: vLLM on a GPU")
     # the engines of prefgame.game.lm_sampling (ENGINES), named here so that loading the config imports no model code
-    engine: Literal["auto", "prefgame", "transformers"] = param(
-        "auto",
-        "hf backend: prefgame (its batched loop, a static KV cache for llama/mistral/qwen2 models), transformers "
-        "(`generate`), or auto (prefgame where it has the static cache, faster on CPU, else transformers)",
+    engine: Literal["prefgame", "transformers"] = param(
+        "prefgame",
+        "hf backend: prefgame (its batched loop, a static KV cache for llama/mistral/qwen2 models; faster on "
+        "CPU, docs/selfplay.md) or transformers (`generate`)",
     )
     eos_token_ids: list[int] = param(
         [],

@@ -53,8 +53,8 @@ def test_arena_prompts_rows_lengths_and_determinism(model_dir, tmp_path):
         assert r["prompt_messages"] == [{"role": "user", "content": r["prompt"]}]
         assert r["output_tokens"] == len(tok(r["output"], add_special_tokens=False)["input_ids"]) <= 8
         assert r["output_words"] == len(r["output"].split())
-    # the same seed gives the same outputs, and they are exactly the sampler's (prefgame's loop: the
-    # engine auto picks it for a Llama)
+    # the same seed gives the same outputs, and they are exactly the sampler's (prefgame's loop, the
+    # default engine)
     run(config(model_dir, tmp_path / "b.jsonl", samples_per_prompt=2))
     assert read_jsonl(tmp_path / "b.jsonl") == rows
     prompts = [r["prompt"] for r in rows]

@@ -234,19 +234,16 @@ def test_transformers_engine_log_probs_stops_and_pure_sampling(tok):
     assert 0.5 * (freq - exact).abs().sum() < 0.06
 
 
-def test_engine_choice(tok, monkeypatch):
-    """auto: prefgame's loop where it has the static cache, transformers' generate for the policy alone
-    otherwise; mixtures and use_cache=False always on prefgame's loop."""
+def test_engine_choice(tok):
+    """transformers' generate for one model alone when asked; mixtures and use_cache=False always on
+    prefgame's loop."""
     model = llama(tok)
-    assert not uses_transformers("auto", model, 0.0, use_cache=True, length=40)
-    assert uses_transformers("transformers", model, 0.0, use_cache=True, length=40)
-    assert not uses_transformers("transformers", model, 0.2, use_cache=True, length=40)
-    assert not uses_transformers("transformers", model, 0.0, use_cache=False, length=40)
-    monkeypatch.setattr("prefgame.game.decoding.STATIC_CACHE_TYPES", ())
-    assert uses_transformers("auto", model, 0.0, use_cache=True, length=40)
-    assert not uses_transformers("prefgame", model, 0.0, use_cache=True, length=40)
+    assert uses_transformers("transformers", 0.0, use_cache=True)
+    assert not uses_transformers("prefgame", 0.0, use_cache=True)
+    assert not uses_transformers("transformers", 0.2, use_cache=True)
+    assert not uses_transformers("transformers", 0.0, use_cache=False)
     with pytest.raises(ValueError, match="engine"):
-        uses_transformers("vllm", model, 0.0, use_cache=True, length=40)
+        uses_transformers("vllm", 0.0, use_cache=True)
     # through generate: the transformers engine's samples are teacher-forced exactly as well
     ys = generate(model, None, tok, ["what is 2 plus 3 ?"], n=4, mixture_coef=0.0, max_new_tokens=6, seed=(1,),
                   engine="transformers")  # fmt: skip
@@ -270,3 +267,41 @@ def test_stops_of_a_tokenizer_and_a_chat_model(tok):
     assert stops_for(tok, model.generation_config).token_ids == (tok.eos_token_id, 40, 41)
     assert stops_for(tok, None).token_ids == (tok.eos_token_id,)
     assert Stops((), ("ab", "c")).cut("xxcab") == "xx" and Stops().cut("text") == "text"
+
+
+def test_trainer_runtime_resolves_and_applies_its_stops(tok, tmp_path):
+    """A trainer's sampling.eos_token_ids and sampling.stop reach its sampler (Nash-MD's policy and mixture
+    samples alike), and eos_missing (PPO's penalty, online DPO's ranking, eval/eos_rate) counts exactly
+    the responses that stopped at none of them; bad settings are refused as the config loads."""
+    import logging
+
+    from prefgame.errors import ConfigError
+    from prefgame.run import RunDir
+    from prefgame.train.selfplay import SelfPlay, selfplay_config
+
+    pi0 = tmp_path / "pi0"
+    llama(tok).save_pretrained(str(pi0))
+    tok.save_pretrained(str(pi0))
+    stop_ids = [tok.eos_token_id, *range(20, 26)]
+    overrides = [
+        f"policy.name_or_path={pi0}", f"output_dir={tmp_path / 'run'}", "eval.prompts=0",
+        "sampling.prompts_per_iteration=6", "sampling.samples_per_prompt=4", "sampling.max_new_tokens=20",
+        f"sampling.eos_token_ids=[{','.join(map(str, stop_ids))}]", "sampling.stop=[' the']",
+    ]  # fmt: skip
+    cfg = selfplay_config("nash_md", None, overrides)
+    out = RunDir(cfg.output_dir)
+    sp = SelfPlay(cfg, out, logging.getLogger("test"))
+    assert sp.stops == Stops(tuple(stop_ids), (" the",))
+    prompts = sp.iteration_prompts(0)
+    ys, opponents = sp.sample_requests(prompts, [Request(4, 0.0, (0, 0, 1)), Request(4, 0.2, (0, 0, 2))])
+    for responses in (ys, opponents):
+        missing = sp.eos_missing(responses)
+        for ids, text, cut in zip(responses.response_ids, responses.texts, missing.tolist()):
+            full = tok.decode(ids, skip_special_tokens=True)
+            ended = ids[-1] in stop_ids or full.endswith(" the")
+            assert cut == (not ended) and (ended or len(ids) == 20) and " the" not in text
+        assert 0 < int(missing.sum()) < len(responses)
+    out.close()
+    for bad in ("sampling.stop=['']", "sampling.eos_token_ids=[-1]"):
+        with pytest.raises((ConfigError, ValueError)):
+            selfplay_config("nash_md", None, [*overrides[:2], bad])

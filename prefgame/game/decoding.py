@@ -143,6 +143,13 @@ class _Projection:
         out = torch.matmul(x, self.weight)
         return out if self.bias is None else out + self.bias
 
+    def residual(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """h + (x·Wᵀ + b): one fused product for a plain layer on (R, ·) rows."""
+        if self.weight is not None and x.dim() == 2:
+            h = torch.addmm(h, x, self.weight)
+            return h if self.bias is None else h + self.bias
+        return h + self(x)
+
 
 class _Layer:
     """What one decoder layer's step needs: its projections (q/k/v and gate/up fused, the norms' weights
@@ -168,9 +175,10 @@ class _Layer:
         out = self.qkv(_rms_norm(self.norm1, x))
         return out[..., : self.qk_size], out[..., self.qk_size :]
 
-    def gated(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up(_rms_norm(self.norm2, x))
-        return self.down(self.act(gate_up[..., : self.inter]) * gate_up[..., self.inter :])
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` plus the gated MLP of its norm (the layer's second residual branch)."""
+        gate_up = self.gate_up(_rms_norm(self.norm2, h))
+        return self.down.residual(h, self.act(gate_up[..., : self.inter]) * gate_up[..., self.inter :])
 
 
 def _rms_norm(norm: tuple[torch.Tensor | None, float], x: torch.Tensor) -> torch.Tensor:
@@ -296,8 +304,8 @@ class StaticCacheDecoder:
                 out = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, scale=layer.scaling, enable_gqa=self.group > 1
                 )  # (U, Hq, T0, D)
-                h = h + layer.out(out.transpose(1, 2).reshape(u, t0, -1))
-                h = h + layer.gated(h)
+                h = layer.out.residual(h, out.transpose(1, 2).reshape(u, t0, -1))
+                h = layer.mlp(h)
             logits = self._logits(h[:, -1])
         self.length = t0
         return logits[self.rows]
@@ -327,8 +335,8 @@ class StaticCacheDecoder:
                 probs = torch.softmax(scores, dim=-1) if scores.dtype == torch.float32 else (
                     torch.softmax(scores.float(), dim=-1).to(scores.dtype)
                 )  # fmt: skip
-                h = h + layer.out(torch.bmm(probs, values).view(r, -1))
-                h = h + layer.gated(h)
+                h = layer.out.residual(h, torch.bmm(probs, values).view(r, -1))
+                h = layer.mlp(h)
             logits = self._logits(h)
         self.length = t + 1
         self.next_pos = self.next_pos + 1

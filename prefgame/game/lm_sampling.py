@@ -35,12 +35,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prefgame.game.decoding import StaticCacheDecoder, check_cache_argument, make_decoder
+from prefgame.game.decoding import make_decoder
 from prefgame.lm import Stops, encode_prompt, pad_batch, stops_for
 from prefgame.lora import active_model, base_of
-
-# kept for the callers of the previous name
-_check_cache_argument = check_cache_argument
 
 
 @dataclass
@@ -291,19 +288,18 @@ class Request:
     seed: int | Sequence[int]
 
 
-ENGINES = ("auto", "prefgame", "transformers")
+# prefgame: this module's loop (the default: faster on CPU at every batch size measured, with the static
+# cache 1.8–2.4× transformers' generate, on the model's own cache 1.0–1.2×; docs/selfplay.md, *Sampling*);
+# transformers: generate, for the policy alone
+ENGINES = ("prefgame", "transformers")
 
 
-def uses_transformers(engine: str, model, mixture_coef: float, *, use_cache: bool, length: int) -> bool:
-    """Whether samples of ``model`` alone (β = 0) go through transformers' ``generate``: with
-    ``engine=transformers``, and with ``auto`` where prefgame's own loop has no static-cache decoder for
-    the model (docs/selfplay.md, *Sampling speed*: prefgame's loop is faster where it has one).
-    Mixtures (β > 0) and ``use_cache=False`` always use prefgame's loop."""
+def uses_transformers(engine: str, mixture_coef: float, *, use_cache: bool) -> bool:
+    """Whether samples of one model alone (β = 0) go through transformers' ``generate``: with
+    ``engine=transformers``; mixtures (β > 0) and ``use_cache=False`` always use prefgame's loop."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if mixture_coef > 0 or not use_cache or engine == "prefgame":
-        return False
-    return engine == "transformers" or not StaticCacheDecoder.supports(model, length)
+    return engine == "transformers" and mixture_coef == 0.0 and use_cache
 
 
 def generate_groups(
@@ -318,7 +314,7 @@ def generate_groups(
     batch_size: int = 256,
     use_cache: bool = True,
     stops: Stops | None = None,
-    engine: str = "auto",
+    engine: str = "prefgame",
 ) -> list[Responses]:
     """The responses of each request for every prompt (see :func:`sample_groups`), deterministic in the
     requests' seeds: batch j samples the j-th ``batch_size`` rows of every request in one loop (the
@@ -329,15 +325,12 @@ def generate_groups(
     if stops is None:
         stops = stops_for(tokenizer, base_of(policy if policy is not None else ref))
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    longest = max((len(e) for e in encoded), default=0) + max_new_tokens
     gens = [torch.Generator().manual_seed(_seed_int(r.seed)) for r in requests]
     rows = [[list(e) for e in encoded for _ in range(r.n)] for r in requests]
     outs: list[list[SampledTokens]] = [[] for _ in requests]
     common = dict(max_new_tokens=max_new_tokens, stops=stops, pad_token_id=tokenizer.pad_token_id,
                   temperature=temperature, tokenizer=tokenizer)  # fmt: skip
-    separate = [
-        uses_transformers(engine, policy, r.mixture_coef, use_cache=use_cache, length=longest) for r in requests
-    ]
+    separate = [uses_transformers(engine, r.mixture_coef, use_cache=use_cache) for r in requests]
     for start in range(0, max((len(r) for r in rows), default=0), batch_size):
         together = [i for i, r in enumerate(rows) if start < len(r) and not separate[i]]
         batch = [Group(rows[i][start : start + batch_size], requests[i].mixture_coef, gens[i]) for i in together]
@@ -374,7 +367,7 @@ def generate(
     batch_size: int = 256,
     use_cache: bool = True,
     stops: Stops | None = None,
-    engine: str = "auto",
+    engine: str = "prefgame",
 ) -> Responses:
     """``n`` responses for each prompt from π^μ (see :func:`sample_tokens`), deterministic in ``seed``:
     :func:`generate_groups` with one request.
@@ -475,11 +468,10 @@ def sample_texts(
 ) -> list[str]:
     """One response text per prompt of ``model`` (repeat prompts for several; temperature 0: greedy), for
     evaluation. ``engine`` transformers: ``generate`` in batches on PyTorch's global random stream,
-    seeded with ``seed`` (the quickstart's samples); prefgame: :func:`generate` seeded by ``seed``; auto:
-    as :func:`uses_transformers` decides. ``stops`` None: :func:`~prefgame.lm.stops_for` the model."""
+    seeded with ``seed`` (the quickstart's samples); prefgame: :func:`generate` seeded by ``seed``.
+    ``stops`` None: :func:`~prefgame.lm.stops_for` the model."""
     stops = stops_for(tokenizer, base_of(model)) if stops is None else stops
-    longest = max((len(encode_prompt(tokenizer, p)) for p in prompts), default=0) + max_new_tokens
-    if not uses_transformers(engine, model, 0.0, use_cache=True, length=longest):
+    if not uses_transformers(engine, 0.0, use_cache=True):
         ys = generate(
             model, None, tokenizer, prompts, n=1, mixture_coef=0.0, max_new_tokens=max_new_tokens,
             seed=0 if seed is None else seed, temperature=temperature, batch_size=batch_size, stops=stops,

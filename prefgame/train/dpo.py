@@ -127,8 +127,8 @@ class OnlineConfig:
     missing_eos_penalty: float = param(
         1.0,
         "online: subtracted from the leave-one-out win rate of a response cut at sampling.max_new_tokens "
-        "without EOS before the best and worst are picked (1: it never wins a pair against a finished "
-        "response; 0: off)",
+        "without a stop token or string before the best and worst are picked (1: it never wins a pair against "
+        "a finished response; 0: off)",
     )
 
     def __post_init__(self) -> None:

@@ -100,10 +100,10 @@ class GenerationConfig:
         [], "stop strings: a response ends with the token that completes one, and its text is cut before it"
     )
     engine: Literal[ENGINES] = param(
-        "auto",
-        "sampler of the policy alone (mixtures always use prefgame's loop): prefgame (its own batched loop, "
-        "a static KV cache for llama/mistral/qwen2 models), transformers (`generate`), or auto (prefgame "
-        "where it has the static cache, faster on CPU as measured in docs/selfplay.md, else transformers)",
+        "prefgame",
+        "sampler of one model alone (mixtures always use prefgame's loop): prefgame (its batched loop, a "
+        "static KV cache for llama/mistral/qwen2 models; faster on CPU, docs/selfplay.md) or transformers "
+        "(`generate`)",
     )
 
     def __post_init__(self) -> None:
