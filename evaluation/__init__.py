@@ -1,7 +1,10 @@
 """Evaluation: win rates, length-controlled win rates, ratings, agreement and reports.
 
-Also the two commands built on them: :mod:`evaluation.evaluate` (``prefgame evaluate``) and
-:mod:`evaluation.quickstart` (``prefgame quickstart``, its report in :mod:`evaluation.quickstart_report`).
+The standard benchmarks' files and exact statistics are in :mod:`evaluation.alpacaeval` (AlpacaEval 2),
+:mod:`evaluation.arenahard` (Arena-Hard-Auto), :mod:`evaluation.mtbench` (MT-Bench agreement) and
+:mod:`evaluation.rewardbench` (RewardBench). Also the two commands built on them:
+:mod:`evaluation.evaluate` (``prefgame evaluate``) and :mod:`evaluation.quickstart` (``prefgame quickstart``,
+its report in :mod:`evaluation.quickstart_report`).
 This package imports prefgame; prefgame never imports it (its command table names those two modules by
 path and loads them on demand, docs/design.md §2.2)."""
 

@@ -161,7 +161,7 @@ class SubsetAccuracy:
     n: int
     subsets: pd.DataFrame  # index subset; columns accuracy, n
     sections: pd.DataFrame | None  # index section; columns accuracy, n (pooled over its subsets)
-    section_mean: float | None  # unweighted mean of the section accuracies (RewardBench headline score)
+    section_mean: float | None  # unweighted mean of the section accuracies
 
 
 def accuracy_by_subset(
@@ -170,7 +170,8 @@ def accuracy_by_subset(
     subsets: Sequence[str] | np.ndarray | pd.Series,
     sections: Mapping[str, Sequence[str]] | None = None,
 ) -> SubsetAccuracy:
-    """Accuracy of a preference model, overall, per subset and per section (RewardBench style).
+    """Accuracy of a preference model, overall, per subset and per section (pooled; RewardBench's own
+    weighting and tie rule are in :mod:`evaluation.rewardbench`).
 
     An example is correct when the predicted P(first ≻ second) falls on the same side of 0.5 as the
     label; a prediction of exactly 0.5 counts 1/2 (a coin flip). Examples whose label is a tie (0.5)

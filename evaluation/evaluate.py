@@ -1,13 +1,17 @@
-"""``prefgame evaluate winrate|agreement|report``: the command-line face of :mod:`evaluation.report`.
+"""``prefgame evaluate winrate|agreement|alpacaeval|arenahard|mtbench|rewardbench|report``: the command-line
+face of :mod:`evaluation.report` and of the benchmark modules (:mod:`evaluation.alpacaeval`,
+:mod:`evaluation.arenahard`, :mod:`evaluation.mtbench`, :mod:`evaluation.rewardbench`).
 
-All three read one :class:`EvaluateConfig` (``--config FILE`` and ``key=value`` overrides):
+Every part reads one :class:`EvaluateConfig` (``--config FILE`` and ``key=value`` overrides):
 
 - ``winrate`` uses ``winrate.*``: battles from a file (``winrate.battles``), or outputs of
   ``prefgame generate`` (``winrate.samples``) judged now by ``winrate.judge`` (arena gold or annotator,
   a trained preference model, an LLM judge over an OpenAI-compatible API, or any oracle factory);
   the judged battles are kept in ``battles.jsonl``;
 - ``agreement`` uses ``agreement.*``: a labels file with one column per label source;
-- ``report`` runs both parts whose inputs are given, into one report.
+- ``alpacaeval``, ``arenahard``, ``mtbench``, ``rewardbench`` use their sections: the standard benchmarks'
+  files and their exact statistics (docs/evaluation.md says, statistic by statistic, what matches);
+- ``report`` runs every part whose inputs are given, into one report.
 
 Each writes to ``output_dir``: report.md, a self-contained report.html, figures/*.png, tables/*.csv and
 tables/*.json, metrics.json (headline figures, judge usage) and config.yaml. The prefgame CLI imports
@@ -41,8 +45,13 @@ from prefgame.run import RunDir, overwrite_param, run_job, write_jsonl
 PARTS = {
     "winrate": "win rates vs a baseline (± SE, bootstrap CI, LC), BT ratings, pairwise win-rate matrix",
     "agreement": "agreement, kappa, position and length bias of every label source; preference-model accuracy",
-    "report": "both parts whose inputs are given, in one report",
+    "alpacaeval": "AlpacaEval 2: its files, win rate and length-controlled win rate (v1 / noreg / minimal)",
+    "arenahard": "Arena-Hard-Auto: battles from its judgment files, scores with CIs, style control",
+    "mtbench": "MT-Bench agreement: judge vs human and human vs human, per turn, with and without ties",
+    "rewardbench": "RewardBench: per-subset accuracy, section scores and the final score of a preference model",
+    "report": "every part whose inputs are given, in one report",
 }
+BENCHMARKS = ("alpacaeval", "arenahard", "mtbench", "rewardbench")
 
 
 @dataclass
@@ -74,6 +83,9 @@ class WinrateConfig:
     judge: JudgeChoice = param(JudgeChoice, "samples: who judges the battles")
     judges: list[str] = param([], "battles: keep only rows whose 'judge' column is one of these (empty: all)")
     length_controlled: bool = param(True, "also report the length-controlled win rate (needs responses or lengths)")
+    length_unit: Literal["words", "characters"] = param(
+        "words", "unit of the lengths the LC win rate controls for (AlpacaEval counts characters)"
+    )
 
 
 @dataclass
@@ -86,9 +98,61 @@ class AgreementConfig:
     reference: str = param("", "source the biases are measured against (e.g. gold); empty: none")
     models: list[str] = param([], "sources that are preference models: accuracy against every other source")
     subset_field: str = param("subset", "column naming each pair's subset (accuracy per subset)")
-    sections: dict[str, list[str]] = param({}, "section name -> its subsets (RewardBench-style section accuracy)")
+    sections: dict[str, list[str]] = param({}, "section name -> its subsets (section accuracy pools them)")
     z: float = param(3.0, "a bias is flagged at |z| ≥ this many standard errors ...")
     min_logodds: float = param(0.25, "... and |log-odds| ≥ this")
+
+
+@dataclass
+class AlpacaEvalConfig:
+    annotations: list[str] = param([], "AlpacaEval annotations.json files (each: models vs one baseline)")
+    model_outputs: list[str] = param(
+        [], "instead: model_outputs.json files (or `prefgame generate` jsonl) judged now against reference_outputs"
+    )
+    reference_outputs: str = param("", "model_outputs: the baseline's outputs (their order is the instruction index)")
+    judge: JudgeChoice = param(JudgeChoice, "model_outputs: who judges")
+    instruction_difficulty: str = param(
+        "", "AlpacaEval's instruction_difficulty.csv: LC v1 (with gamed) or noreg; empty: the minimal GLM"
+    )
+    gamed: list[str] = param(
+        [], "annotations of the baseline's verbose and concise variants (or AlpacaEval's df_gamed.csv): LC v1"
+    )
+
+
+@dataclass
+class ArenaHardConfig:
+    judgments: list[str] = param([], "Arena-Hard judgment files or folders (model_judgment/<judge>/*.jsonl)")
+    answers: list[str] = param([], "model answer files or folders (model_answer/*.jsonl), for style control")
+    baseline: str = param("gpt-4-0314", "the model every judgment compares against (A in game 1)")
+    weight: int = param(3, "times a decisive verdict (A>>B, B>>A) counts", ge=1)
+    first_game_only: bool = param(False, "use game 1 only")
+    style_control: list[str] = param([], "covariates: length, markdown, or both (Arena-Hard's style control)")
+    reg: float = param(0.5, "L2 penalty of the style-controlled fit (Chatbot Arena's)", ge=0)
+
+
+@dataclass
+class MTBenchConfig:
+    judgments: list[str] = param(
+        [], "MT-Bench pairwise judgment files (question_id, turn, model_a, model_b, winner, judge)"
+    )
+    pairs: list[str] = param(["gpt4-pair:human", "human:human"], "judge groups to compare, as first:second")
+
+
+@dataclass
+class RewardBenchConfig:
+    data: str = param("", "RewardBench pairs (prompt, chosen, rejected, subset): a file or a hub data set")
+    split: str = param("train", "split of data (allenai/reward-bench: filtered)")
+    prior_sets: str = param("", "prior-set pairs (subsets anthropic_helpful, anthropic_hhh, shp, summarize)")
+    prior_sets_split: str = param("train", "split of prior_sets")
+    model: str = param(
+        "",
+        "the preference model: a train-pm output_dir (bt, gpm, pairwise, gated) or a sequence-classification "
+        "reward model",
+    )
+    results: str = param(
+        "", "instead of data and model: scored rows (subset with results, scores_chosen/scores_rejected or probability)"
+    )
+    batch_size: int = param(64, "pairs (a sequence classifier: sequences) per forward pass", ge=1)
 
 
 @dataclass
@@ -101,6 +165,10 @@ class EvaluateConfig:
     seed: int = param(0, "seed of bootstraps and of the shown-first order of judged battles")
     winrate: WinrateConfig = param(WinrateConfig, "inputs of the win-rate part")
     agreement: AgreementConfig = param(AgreementConfig, "inputs of the agreement part")
+    alpacaeval: AlpacaEvalConfig = param(AlpacaEvalConfig, "inputs of the AlpacaEval part")
+    arenahard: ArenaHardConfig = param(ArenaHardConfig, "inputs of the Arena-Hard part")
+    mtbench: MTBenchConfig = param(MTBenchConfig, "inputs of the MT-Bench agreement part")
+    rewardbench: RewardBenchConfig = param(RewardBenchConfig, "inputs of the RewardBench part")
 
     def __post_init__(self) -> None:
         if self.n_bootstrap < 0 or not 0 < self.ci < 1:
@@ -166,6 +234,7 @@ def winrate_part(cfg: EvaluateConfig, out: RunDir) -> tuple[ReportSection, dict[
         battles,
         baseline=cfg.winrate.baseline or None,
         length_controlled=cfg.winrate.length_controlled,
+        length_unit=cfg.winrate.length_unit,
         n_bootstrap=cfg.n_bootstrap,
         ci=cfg.ci,
         seed=cfg.seed,
@@ -201,25 +270,199 @@ def agreement_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
     )
 
 
+def alpacaeval_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
+    from evaluation import alpacaeval as ae
+
+    a = cfg.alpacaeval
+    if a.annotations:
+        per_model: dict[str, pd.DataFrame] = {}
+        for path in a.annotations:
+            for model, frame in ae.split_by_model(ae.read_annotations(path), path).items():
+                if model in per_model:
+                    raise DataError(f"{path}: model '{model}' has annotations in two files; give each once")
+                per_model[model] = frame
+    else:
+        per_model = judge_alpacaeval(cfg, out)
+    baselines = sorted({str(f["generator_1"].iloc[0]) for f in per_model.values()})
+    if len(baselines) != 1:
+        raise DataError(f"the annotations compare against several baselines {baselines}; give one")
+    difficulty = ae.read_instruction_difficulty(a.instruction_difficulty) if a.instruction_difficulty else None
+    gamed = None
+    if a.gamed:
+        tables = [pd.read_csv(p) if str(p).endswith(".csv") else ae.read_annotations(p) for p in a.gamed]
+        gamed = ae.gamed_rows(tables, difficulty)
+    return ae.alpacaeval_section(per_model, difficulty=difficulty, gamed=gamed)
+
+
+def judge_alpacaeval(cfg: EvaluateConfig, out: RunDir) -> dict[str, pd.DataFrame]:
+    """Judge every model's outputs against the reference outputs; write AlpacaEval's files for each."""
+    from evaluation import alpacaeval as ae
+
+    a = cfg.alpacaeval
+    reference = ae.read_model_outputs(a.reference_outputs)
+    baseline = str(reference["generator"].iloc[0])
+    outputs = pd.concat([ae.read_model_outputs(p) for p in a.model_outputs], ignore_index=True)
+    models = sorted(set(outputs["generator"]) - {baseline})
+    if not models:
+        raise DataError(f"alpacaeval.model_outputs hold only the baseline '{baseline}'")
+    by_model = {m: outputs[outputs["generator"] == m] for m in models}
+    for model, mine in by_model.items():  # before any judging: every model answered every instruction
+        ae.check_answered(reference, mine, model)
+    samples = pd.concat([reference, outputs[outputs["generator"] != baseline]], ignore_index=True)
+    judge = build_judge(a.judge)
+    try:
+        battles = policy_battles(
+            samples.rename(columns={"instruction": "prompt"}), judge, pairs="baseline", baseline=baseline, seed=cfg.seed
+        )
+    finally:
+        if hasattr(judge, "close"):
+            judge.close()
+    annotator = str(battles.attrs.get("judge", "prefgame"))
+    per_model = {}
+    for model in models:
+        per_model[model] = ae.annotations_from_battles(
+            battles, reference, by_model[model], model=model, baseline=baseline, annotator=annotator
+        )
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+        ae.write_annotations(out.file(f"alpacaeval/{safe}/annotations.json"), per_model[model])
+        ae.write_model_outputs(out.file(f"alpacaeval/{safe}/model_outputs.json"), by_model[model])
+    return per_model
+
+
+def arenahard_part(cfg: EvaluateConfig) -> ReportSection:
+    from evaluation import arenahard as ah
+
+    h = cfg.arenahard
+    answers = ah.read_answers(h.answers) if h.answers else None
+    return ah.arenahard_section(
+        ah.read_judgments(h.judgments),
+        h.baseline,
+        answers=answers,
+        control=h.style_control,
+        weight=h.weight,
+        first_game_only=h.first_game_only,
+        reg=h.reg,
+        n_bootstrap=cfg.n_bootstrap,
+        ci=cfg.ci,
+        seed=cfg.seed,
+    )
+
+
+def mtbench_part(cfg: EvaluateConfig) -> ReportSection:
+    from evaluation import mtbench as mt
+
+    return mt.mtbench_section(mt.read_votes(cfg.mtbench.judgments), mt.parse_pairs(cfg.mtbench.pairs))
+
+
+def rewardbench_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
+    from evaluation import rewardbench as rb
+
+    r = cfg.rewardbench
+    if r.results:
+        frame = read_table(r.results)
+        if "subset" not in frame.columns:
+            raise DataError(f"{r.results}: needs a 'subset' column")
+        return rb.rewardbench_section(rb.rewardbench_scores(rb.correctness(frame), frame["subset"]))
+    from prefgame.data.columns import load_pairs
+    from prefgame.models.load import load_model
+
+    sets = [load_pairs(r.data, r.split, skip_invalid=False)]
+    if r.prior_sets:
+        sets.append(load_pairs(r.prior_sets, r.prior_sets_split, skip_invalid=False))
+    model = load_model(r.model, batch_size=r.batch_size)
+    rows, correct, subsets = [], [], []
+    for pairs in sets:
+        c = rb.model_correctness(model, pairs.prompts, pairs.chosen, pairs.rejected)
+        correct.append(c)
+        subsets += list(pairs.subsets)
+        rows += [{"subset": s, "results": int(v)} for s, v in zip(pairs.subsets, c)]
+    write_jsonl(out.file("rewardbench_results.jsonl"), rows)
+    return rb.rewardbench_section(rb.rewardbench_scores(np.concatenate(correct), subsets), model=r.model)
+
+
+def _has_inputs(cfg: EvaluateConfig, part: str) -> bool:
+    return {
+        "winrate": bool(cfg.winrate.battles or cfg.winrate.samples),
+        "agreement": bool(cfg.agreement.labels or cfg.agreement.arena_pairs),
+        "alpacaeval": bool(cfg.alpacaeval.annotations or cfg.alpacaeval.model_outputs),
+        "arenahard": bool(cfg.arenahard.judgments),
+        "mtbench": bool(cfg.mtbench.judgments),
+        "rewardbench": bool(cfg.rewardbench.data or cfg.rewardbench.model or cfg.rewardbench.results),
+    }[part]
+
+
+def check_inputs(cfg: EvaluateConfig, part: str) -> None:
+    """Config mistakes of the benchmark part ``part``, before the job starts (one line each)."""
+    if part == "alpacaeval":
+        a = cfg.alpacaeval
+        if bool(a.annotations) == bool(a.model_outputs):
+            raise ConfigError(
+                "alpacaeval needs alpacaeval.annotations=[FILE, ...] or alpacaeval.model_outputs=[FILE, ...]"
+            )
+        if a.model_outputs and not a.reference_outputs:
+            raise ConfigError(
+                "alpacaeval.model_outputs needs alpacaeval.reference_outputs=FILE (the baseline's outputs)"
+            )
+        if a.gamed and not a.instruction_difficulty:
+            raise ConfigError("alpacaeval.gamed (LC v1) needs alpacaeval.instruction_difficulty=FILE as well")
+    elif part == "arenahard":
+        h = cfg.arenahard
+        if not h.judgments:
+            raise ConfigError(
+                "arenahard needs arenahard.judgments=[FILE or FOLDER, ...] (model_judgment/<judge>/*.jsonl)"
+            )
+        from evaluation.arenahard import style_elements
+
+        if style_elements(h.style_control) and not h.answers:
+            raise ConfigError("arenahard.style_control needs arenahard.answers=[FILE or FOLDER, ...] (model_answer/)")
+    elif part == "mtbench":
+        if not cfg.mtbench.judgments:
+            raise ConfigError("mtbench needs mtbench.judgments=[FILE, ...] (MT-Bench pairwise judgments)")
+        from evaluation.mtbench import parse_pairs
+
+        parse_pairs(cfg.mtbench.pairs)
+    elif part == "rewardbench":
+        r = cfg.rewardbench
+        if r.results and (r.data or r.model):
+            raise ConfigError(
+                "give rewardbench.results=FILE, or rewardbench.data=... with rewardbench.model=..., not both"
+            )
+        if not r.results and not (r.data and r.model):
+            raise ConfigError(
+                "rewardbench needs rewardbench.data=PAIRS and rewardbench.model=PM (or rewardbench.results=FILE)"
+            )
+
+
 def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
     """Run ``part`` ("winrate", "agreement" or "report") and write the report; returns metrics.json."""
     if part not in PARTS:
         raise ConfigError(f"unknown evaluate part '{part}': use one of {', '.join(PARTS)}")
-    want_winrate = part == "winrate" or (part == "report" and (cfg.winrate.battles or cfg.winrate.samples))
-    want_agreement = part == "agreement" or (part == "report" and (cfg.agreement.labels or cfg.agreement.arena_pairs))
-    if not (want_winrate or want_agreement):
+    wanted = [p for p in PARTS if p != "report" and (p == part or (part == "report" and _has_inputs(cfg, p)))]
+    if not wanted:
         raise ConfigError(
-            "evaluate report needs winrate.battles, winrate.samples, agreement.labels or agreement.arena_pairs"
+            "evaluate report needs winrate.battles, winrate.samples, agreement.labels, agreement.arena_pairs, "
+            "alpacaeval.annotations, arenahard.judgments, mtbench.judgments or rewardbench inputs"
         )
+    for name in wanted:
+        check_inputs(cfg, name)
 
     def body(out: RunDir, log) -> dict[str, Any]:
         out.start(cfg)
         sections, metrics = [], {"part": part}
-        if want_winrate:
-            section, metrics["winrate_inputs"] = winrate_part(cfg, out)
+        for name in wanted:
+            if name == "winrate":
+                section, metrics["winrate_inputs"] = winrate_part(cfg, out)
+            elif name == "agreement":
+                section = agreement_part(cfg, out)
+            elif name == "alpacaeval":
+                section = alpacaeval_part(cfg, out)
+            elif name == "arenahard":
+                section = arenahard_part(cfg)
+            elif name == "mtbench":
+                section = mtbench_part(cfg)
+            else:
+                section = rewardbench_part(cfg, out)
             sections.append(section)
-        if want_agreement:
-            sections.append(agreement_part(cfg, out))
         for section in sections:
             metrics.update(section.metrics)
         paths = write_report(out.path, sections, title=cfg.title)
@@ -236,10 +479,18 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="part", metavar="{winrate,agreement,report}", required=True)
+    sub = parser.add_subparsers(dest="part", metavar="{" + ",".join(PARTS) + "}", required=True)
     examples = {
         "winrate": "prefgame evaluate winrate winrate.battles=runs/arena/battles.jsonl winrate.baseline=demonstrator",
         "agreement": "prefgame evaluate agreement agreement.arena_pairs=1000 agreement.reference=gold",
+        "alpacaeval": "prefgame evaluate alpacaeval 'alpacaeval.annotations=[results/my_model/annotations.json]' "
+        "alpacaeval.instruction_difficulty=instruction_difficulty.csv "
+        "'alpacaeval.gamed=[gpt4_1106_preview_verbose.json,gpt4_1106_preview_concise.json]'",
+        "arenahard": "prefgame evaluate arenahard "
+        "'arenahard.judgments=[data/arena-hard-v0.1/model_judgment/gpt-4-1106-preview]' "
+        "'arenahard.answers=[data/arena-hard-v0.1/model_answer]' 'arenahard.style_control=[length,markdown]'",
+        "mtbench": "prefgame evaluate mtbench 'mtbench.judgments=[human_judgments.json,gpt4_pair_judgments.json]'",
+        "rewardbench": "prefgame evaluate rewardbench --model runs/pm-gpm rewardbench.data=reward-bench.jsonl",
         "report": "prefgame evaluate report winrate.battles=runs/arena/battles.jsonl "
         "agreement.labels=runs/quickstart/labels.jsonl agreement.reference=gold",
     }
@@ -252,11 +503,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--config", metavar="FILE", help="YAML config file (keys listed below)")
+        if part == "rewardbench":
+            p.add_argument("--model", metavar="PM", help="the preference model (same as rewardbench.model=PM)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. n_bootstrap=500")
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "model", None):
+        overrides.append(f"rewardbench.model={args.model}")
+    cfg = load_config(EvaluateConfig, args.config, overrides)
     check_output_paths(cfg)
     metrics = run(cfg, args.part)
     print(f"prefgame evaluate {args.part}: report in {Path(cfg.output_dir) / 'report.md'}")
@@ -266,4 +522,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"  length bias:   {', '.join(flagged['length_bias']) or 'none'}")
     for model, wr in (metrics.get("win_rate_vs_baseline") or {}).items():
         print(f"  {model:<24} win rate vs baseline {wr:.3f}")
+    if "alpacaeval" in metrics:
+        ae = metrics["alpacaeval"]
+        for model, lc in ae["length_controlled_winrate"].items():
+            print(f"  {model:<24} AlpacaEval LC {lc:.1f} ({ae['glm']}), win rate {ae['win_rate'][model]:.1f}")
+    if "arenahard" in metrics:
+        ah = metrics["arenahard"]
+        controlled = ah.get("style_controlled", {})
+        for model, score in ah["score"].items():
+            extra = f", style-controlled {controlled[model]:.1f}" if model in controlled else ""
+            print(f"  {model:<24} Arena-Hard score {score:.1f}{extra}")
+    for key, value in (metrics.get("mtbench_agreement") or {}).items():
+        print(f"  {key:<44} agreement {value:.3f}")
+    if "rewardbench" in metrics and metrics["rewardbench"]["score"] is not None:
+        print(f"  RewardBench score {metrics['rewardbench']['score']:.1f}")
     return 0

@@ -7,7 +7,8 @@ Stages (each writes a sub-folder of ``output_dir``; with ``resume=true`` finishe
 4. ``labels.jsonl`` pairs of π0 responses labeled by the gold preference, the annotators, a biased
    judge and the trained preference models (the agreement matrix);
 5. ``selfplay/<algorithm>/`` Nash self-play from π0 with the trained general preference model as oracle;
-6. ``dpo/``, ``ppo/``  the baselines: offline DPO on the arena pairs, PPO against the BT reward model;
+6. ``dpo/``, ``online_dpo/``, ``ppo/``  the baselines at self-play's budget: offline DPO on the arena pairs,
+   online DPO against the trained GPM, PPO against the BT reward model;
 7. ``policies.jsonl`` every policy's responses to the same held-out prompts, judged by the gold
    preference and by the biased judge; exact class-level figures against the equilibrium π*;
 8. ``report.md`` / ``report.html`` (figures embedded; ``figures/``, ``tables/`` as PNG, CSV, JSON).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,28 @@ class QuickstartSFT:
 
 
 @dataclass
+class QuickstartBudget:
+    """One budget for every policy-training run from π0, so that self-play and the baselines compare at equal
+    cost: the same iterations (rounds), prompts per iteration and policy samples per prompt."""
+
+    iterations: int = param(12, "iterations of self-play, rounds of online DPO, iterations of PPO", ge=1)
+    prompts: int = param(32, "prompts per iteration", ge=1)
+    samples: int = param(4, "policy samples per prompt per iteration (K of self-play and online DPO)", ge=2)
+    reference_samples: int = param(
+        4,
+        "π0 samples per prompt among self-play's pairs (M, for the algorithms that take them); online DPO and PPO "
+        "draw as many more policy samples instead, so every run samples prompts × (K + M) responses per iteration",
+        ge=0,
+    )
+    steps: int = param(
+        8,
+        "optimizer steps per iteration of self-play and online DPO (PPO takes its rollout / mini-batch × 2 "
+        "epochs: 8 at the default budget)",
+        ge=1,
+    )
+
+
+@dataclass
 class QuickstartConfig:
     output_dir: str = param("runs/quickstart", "where every stage and the report are written")
     resume: bool = param(False, "keep stages that already finished in output_dir and run the rest")
@@ -76,9 +100,19 @@ class QuickstartConfig:
         "the worlds to run the pipeline in: cyclic (the arena's cycle c) and transitive (c = 0, where Bradley–Terry "
         "is the true model: the control); the first one's preference models, labels and win rates fill the report",
     )
-    selfplay: list[str] = param(["nash_md", "sppo", "inpo"], f"self-play algorithms to run, of {SELFPLAY_ALGORITHMS}")
+    selfplay: list[str] = param(
+        ["inpo"],
+        f"self-play algorithms to run, of {SELFPLAY_ALGORITHMS} (inpo: with π0 samples among its pairs and the tail "
+        "average of its iterates as the policy, configs/selfplay/inpo-anchored.yaml at the quickstart's budget)",
+    )
+    budget: QuickstartBudget = param(QuickstartBudget, "the budget of every policy-training run from π0")
+    selfplay_overrides: list[str] = param(
+        ["game.eta=2", "train.lr=5e-4"],
+        "key=value settings of every self-play run, after its algorithm's preset and the budget (default: the "
+        "anchored INPO step of configs/selfplay/inpo-anchored.yaml)",
+    )
     tau: float = param(0.05, "KL regularization τ of the arena game that π* and the duality gap refer to")
-    baselines: bool = param(True, "train the DPO and PPO baselines")
+    baselines: bool = param(True, "train the baselines: offline DPO, online DPO against the GPM, PPO against BT")
     eval_prompts: int = param(300, "held-out prompts every policy answers for the final comparison")
     max_new_tokens: int = param(40, "sampling length limit (arena responses have ≤ 34 words)")
     llm_judge: bool = param(
@@ -102,6 +136,7 @@ OUTPUTS = (
     "pm",
     "selfplay",
     "dpo",
+    "online_dpo",
     "ppo",
     "transitive",
     "samples.jsonl",
@@ -267,7 +302,7 @@ def _world(
     baselines (offline DPO on its pairs, PPO against its BT reward), and every policy measured exactly."""
     from prefgame.models import load_preference_model
     from prefgame.train.pm_arena import KINDS, ArenaPMConfig, rows_as_dicts, train_arena_preference_models
-    from prefgame.train.selfplay import QUICKSTART_OVERRIDES, run_selfplay
+    from prefgame.train.selfplay import run_selfplay
 
     pi0_path, model, tok = pi0
     pi0_raw, rho0 = pi0_classes
@@ -298,19 +333,15 @@ def _world(
             runs[algo] = _read_json(sp_dir / "metrics.json")
         else:
             log.info(f"stage 5/{N_STAGES} ({name} world): self-play {algo} ({i + 1}/{len(cfg.selfplay)}) vs the GPM")
-            world = [
-                f"arena.cycle={arena.spec.cycle}",
-                f"arena.demonstrator_style={list(cfg.arena.demonstrator_style)}",
-            ]
             runs[algo] = run_selfplay(
                 pi0_path, pms[by_kind["gpm"]["model"]], algorithm=algo, output_dir=sp_dir,
-                overrides=[*QUICKSTART_OVERRIDES, f"train.seed={cfg.seed}", f"game.tau={cfg.tau}", *world],
-                reference_classes=rho0,
+                overrides=[*_selfplay_overrides(cfg, algo), *_world_overrides(cfg, arena)], reference_classes=rho0,
             )  # fmt: skip
         policies[algo] = str(sp_dir / "model")
         clock.stage(f"selfplay {algo} ({name})", t)
     if cfg.baselines:
-        policies.update(_baselines(cfg, name, arena, out, data_dir, pi0_path, by_kind["bt"]["model_dir"], clock, log))
+        pm_dirs = {kind: r["model_dir"] for kind, r in by_kind.items()}
+        policies.update(_baselines(cfg, name, arena, out, data_dir, pi0_path, pm_dirs, clock, log))
 
     # 7. every policy on the same held-out prompts, measured exactly in this world
     t = time.perf_counter()
@@ -336,27 +367,94 @@ def _world(
     return World(name, arena, pm_rows, pms, runs, policies, exact, pd.DataFrame(rows))
 
 
-def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, bt_dir: str, clock, log) -> dict:
-    """Stage 6: offline DPO on the world's pairs and PPO against its BT reward model, from π0."""
+def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, pm_dirs: dict, clock, log) -> dict:
+    """Stage 6: offline DPO on the world's pairs, online DPO against its GPM and PPO against its BT reward
+    model, from π0; the online runs at the self-play budget (:class:`QuickstartBudget`)."""
     from prefgame.train.dpo import train_dpo_arena
     from prefgame.train.ppo import train_ppo_arena
 
-    world = [f"arena.cycle={arena.spec.cycle}", f"arena.demonstrator_style={list(cfg.arena.demonstrator_style)}"]
-    t = time.perf_counter()
-    dpo_dir = out / "dpo"
-    if not (cfg.resume and _done(dpo_dir)):
-        log.info(f"stage 6/{N_STAGES} ({name} world): offline DPO from π0 on the exported arena pairs")
-        train_dpo_arena(
-            pi0_path, data_dir, dpo_dir, mode="offline", overrides=[f"train.seed={cfg.seed}", *world], eval_prompts=0
-        )
-    clock.stage(f"dpo ({name})", t)
-    t = time.perf_counter()
-    ppo_dir = out / "ppo"
-    if not (cfg.resume and _done(ppo_dir)):
-        log.info(f"stage 6/{N_STAGES} ({name} world): PPO from π0 against the BT reward model")
-        train_ppo_arena(pi0_path, bt_dir, ppo_dir, overrides=[f"train.seed={cfg.seed}", *world])
-    clock.stage(f"ppo ({name})", t)
-    return {"dpo": str(dpo_dir / "model"), "ppo": str(ppo_dir / "model")}
+    b, world = cfg.budget, _world_overrides(cfg, arena)
+    per_prompt = b.samples + b.reference_samples  # responses sampled per prompt and iteration, as self-play's
+    mini = math.gcd(b.prompts * per_prompt, 64)  # PPO's sequences per optimizer step: 64 where they divide the batch
+    runs = {
+        "dpo": lambda d: train_dpo_arena(pi0_path, data_dir, d, mode="offline", overrides=world, eval_prompts=0),
+        "online_dpo": lambda d: train_dpo_arena(
+            pi0_path,
+            data_dir,
+            d,
+            mode="online",
+            eval_prompts=0,
+            overrides=[
+                "oracle.kind=model",
+                f"oracle.path={pm_dirs['gpm']}",
+                f"online.rounds={b.iterations}",
+                f"sampling.prompts_per_iteration={b.prompts}",
+                f"sampling.samples_per_prompt={per_prompt}",
+                f"online.steps_per_round={b.steps}",
+                "train.warmup_steps=0",
+                *world,
+            ],
+        ),  # fmt: skip
+        "ppo": lambda d: train_ppo_arena(
+            pi0_path,
+            pm_dirs["bt"],
+            d,
+            overrides=[
+                f"train.iterations={b.iterations}",
+                f"train.rollout_batch_size={b.prompts * per_prompt}",
+                f"train.mini_batch_size={mini}",
+                f"train.micro_batch_size={math.gcd(mini, 32)}",
+                *world,
+            ],
+        ),  # fmt: skip
+    }
+    what = {"dpo": "offline DPO on the exported arena pairs", "online_dpo": "online DPO against the GPM",
+            "ppo": "PPO against the BT reward model"}  # fmt: skip
+    paths = {}
+    for policy, train_it in runs.items():
+        t, run_dir = time.perf_counter(), out / policy
+        if not (cfg.resume and _done(run_dir)):
+            log.info(f"stage 6/{N_STAGES} ({name} world): {what[policy]}, from π0")
+            train_it(run_dir)
+        clock.stage(f"{policy} ({name})", t)
+        paths[policy] = str(run_dir / "model")
+    return paths
+
+
+def _world_overrides(cfg: QuickstartConfig, arena) -> list[str]:
+    """The settings every policy-training run of a world shares: its seed and its arena."""
+    return [
+        f"train.seed={cfg.seed}",
+        f"arena.cycle={arena.spec.cycle}",
+        f"arena.demonstrator_style={list(cfg.arena.demonstrator_style)}",
+    ]
+
+
+def _selfplay_overrides(cfg: QuickstartConfig, algorithm: str) -> list[str]:
+    """Self-play at the quickstart's budget: π0 samples among the pairs for the algorithms that take them (the
+    others draw as many more policy samples), the average of the second half's iterates as the policy,
+    measured at the middle and the end on 120 held-out prompts; then ``selfplay_overrides``."""
+    from prefgame.train.selfplay import ALGORITHMS
+
+    b = cfg.budget
+    m = b.reference_samples if ALGORITHMS[algorithm].anchors else 0
+    return [
+        f"train.iterations={b.iterations}",
+        f"sampling.prompts_per_iteration={b.prompts}",
+        f"sampling.samples_per_prompt={b.samples + b.reference_samples - m}",
+        f"sampling.reference_samples_per_prompt={m}",
+        f"train.steps_per_iteration={b.steps}",
+        "train.batch_size=128",
+        "train.micro_batch_size=128",
+        "train.warmup_steps=0",
+        "train.schedule=constant",
+        f"train.average_from={b.iterations // 2}",
+        f"eval.every={max(1, b.iterations // 2)}",
+        "eval.prompts=120",
+        "eval.reference_samples_per_prompt=2",
+        f"game.tau={cfg.tau}",
+        *cfg.selfplay_overrides,
+    ]
 
 
 def _style_marginal(pi: torch.Tensor, arena) -> list[float]:

@@ -213,6 +213,7 @@ def _best_selfplay(exact: dict[str, dict], selfplay: dict) -> str | None:
     return min(names, key=lambda a: exact[a]["exploitability"]) if names else None
 
 
+BASELINES = ("ppo", "online_dpo", "dpo")  # the quickstart's baseline policies
 FINDING_COLUMNS = ("exploitability", "exploitability_transitive", "tv_to_equilibrium", "gold_win_rate_vs_ref")
 
 
@@ -233,7 +234,7 @@ def findings_section(r: QuickstartResults) -> ReportSection | None:
         if best is None:
             continue
         e = {p: m["exploitability"] for p, m in exact.items()}
-        others = {p: v for p, v in e.items() if p in ("ppo", "dpo")}
+        others = {p: v for p, v in e.items() if p in BASELINES}
         versus = ", ".join(f"{p} {v:.3f}" for p, v in others.items())
         verdict = "lower than" if all(e[best] < v for v in others.values()) else "not lower than every baseline:"
         sentences.append(
@@ -241,14 +242,15 @@ def findings_section(r: QuickstartResults) -> ReportSection | None:
             f"to {e[best]:.3f} ({e[best] / e['π0']:.2f}× π0; π* {e['π* (exact)']:.3f})"
             + (f", {verdict} {versus}." if versus else ".")
         )
-    s.text(
-        " ".join(sentences) + " Exploitability is what the best response to a policy wins against it under the gold "
-        "preference, minus ½ (0: nothing beats it); its part without the cycle is what a reward function can see."
-    )
+    s.text(" ".join(sentences))
     s.add_figure(
         "finding",
         marginals_png(bars, policies, "exploitability per policy and world (lower is better)", "exploitability"),
         "Exploitability of every policy in each world (π* is the regularized equilibrium)",
+    )
+    s.text(
+        "Exploitability is what the best response to a policy wins against it under the gold preference, minus ½ "
+        "(0: nothing beats it); its part without the cycle is what a reward function can see."
     )
     s.add_table("finding", pd.DataFrame(rows).set_index(["world", "policy"]), "Exact class-level figures per world:")
     return s
@@ -261,7 +263,10 @@ def policies_section(r: QuickstartResults) -> ReportSection:
         "exactly under the gold preference. π* is the exact regularized equilibrium (Newton solve on the class-level "
         "game, with π0's smoothed class distribution as reference). KL here is over classes, a lower bound of the "
         "sequence-level KL. The policies: π0 (SFT); each self-play algorithm against the trained GPM; `dpo`, "
-        "offline DPO on the exported arena pairs; `ppo`, PPO against the trained BT reward model."
+        "offline DPO on the exported arena pairs; `online_dpo`, online DPO against the trained GPM; `ppo`, PPO "
+        "against the trained BT reward model (the online runs at the same budget: "
+        f"{r.cfg.budget.iterations} iterations × {r.cfg.budget.prompts} prompts × "
+        f"{r.cfg.budget.samples + r.cfg.budget.reference_samples} samples)."
     )
     frame = pd.DataFrame({name: {lab: m[key] for key, lab in EXACT_COLUMNS.items()} for name, m in r.exact.items()}).T
     frame.index.name = "policy"
@@ -308,7 +313,8 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         for judge, oracle, prefix in judges:
             battles = policy_battles(r.policy_samples, oracle, pairs="all", seed=r.cfg.seed)
             title = f"{7 + len(win_sections)}. Win rates and ratings ({judge})"
-            section = winrate_section(battles, baseline="π0", seed=r.cfg.seed, title=title)
+            # the arena's judges are biased per word: the LC win rate controls for words (its caption says so)
+            section = winrate_section(battles, baseline="π0", length_unit="words", seed=r.cfg.seed, title=title)
             win_sections.append(_renamed(section, prefix) if prefix else section)
             win_metrics[judge] = section.metrics
     if r.llm_judge is not None:

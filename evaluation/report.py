@@ -48,6 +48,13 @@ from prefgame.errors import DataError
 from prefgame.markdown import table as markdown_table
 from prefgame.run import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+# What winrate_section's LC column is (prefgame's fit; evaluation.alpacaeval has AlpacaEval's exact ones).
+LC_DEFINITION = (
+    "σ(θ) of P(win) = σ(θ + φ·tanh(Δ/s)), s = s.d. of Δ (ddof 0): the model of AlpacaEval 2's "
+    "`length_controlled_minimal` GLM fitted without its cross-validated L1 penalty (prefgame's fit; "
+    "`prefgame evaluate alpacaeval` computes AlpacaEval's own, in characters), the win rate predicted at "
+    "equal length, with a bootstrap interval"
+)
 PAIR_COLUMNS = ("prompt", "response_a", "response_b", "subset", "len_a", "len_b", "model_a", "model_b")
 SWAPPED, FIRST = ":swapped", ":first"
 MT_BENCH_REFERENCE = (
@@ -214,17 +221,38 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{p}: could not read ({type(exc).__name__}: {reason})") from None
 
 
+LengthUnit = Literal["words", "characters"]
+
+
 def word_count(texts: Sequence[str]) -> np.ndarray:
     return np.array([len(str(t).split()) for t in texts], dtype=float)
 
 
-def pair_lengths(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
-    """(len_a, len_b): the ``len_a``/``len_b`` columns, else word counts of ``response_a``/``response_b``."""
+def char_count(texts: Sequence[str]) -> np.ndarray:
+    """Characters (Unicode code points), as AlpacaEval counts an output's length (``str.len()``)."""
+    return np.array([len(str(t)) for t in texts], dtype=float)
+
+
+def pair_lengths(frame: pd.DataFrame, unit: LengthUnit | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(len_a, len_b). Without ``unit``: the ``len_a``/``len_b`` columns, else word counts of
+    ``response_a``/``response_b``. With ``unit``: the responses counted in that unit when the table has them,
+    else the ``len_a``/``len_b`` columns as they are (see :func:`length_unit_label`)."""
+    texts = {"response_a", "response_b"} <= set(frame.columns)
+    if unit is not None and texts:
+        count = char_count if unit == "characters" else word_count
+        return count(frame["response_a"]), count(frame["response_b"])
     if {"len_a", "len_b"} <= set(frame.columns):
         return frame["len_a"].to_numpy(dtype=float), frame["len_b"].to_numpy(dtype=float)
-    if {"response_a", "response_b"} <= set(frame.columns):
+    if texts:
         return word_count(frame["response_a"]), word_count(frame["response_b"])
     return None
+
+
+def length_unit_label(frame: pd.DataFrame, unit: LengthUnit) -> str:
+    """The unit :func:`pair_lengths` measured ``frame``'s lengths in, for captions."""
+    if {"response_a", "response_b"} <= set(frame.columns):
+        return unit
+    return "the units of the len_a/len_b columns"
 
 
 def label_sources(labels: pd.DataFrame) -> list[str]:
@@ -264,7 +292,7 @@ def agreement_section(
       against ``reference``. A bias is flagged when its log-odds is at least ``min_logodds`` in size
       and ``z`` standard errors from zero;
     - per model in ``models`` and every other source: accuracy overall, per subset (``subset_column``)
-      and per section (``sections``: section -> subsets; RewardBench-style count weighting).
+      and per section (``sections``: section -> subsets, pooled).
     """
     sources = list(sources) if sources is not None else label_sources(labels)
     missing = [s for s in [*sources, *models, *([reference] if reference else [])] if s not in labels.columns]
@@ -439,14 +467,16 @@ def winrate_section(
     *,
     baseline: str | None = None,
     length_controlled: bool = True,
+    length_unit: LengthUnit = "words",
     n_bootstrap: int = 200,
     ci: float = 0.95,
     seed: int = 0,
     title: str = "Win rates and ratings",
 ) -> ReportSection:
     """Win rate of every model against ``baseline`` (direct battles: mean ± SE, bootstrap CI, ties ½, and
-    the length-controlled win rate when lengths are known), BT ratings with bootstrap CIs converted to win
-    rates against ``baseline``, and the pairwise win-rate matrix, with their figures."""
+    the length-controlled win rate when lengths are known: :data:`LC_DEFINITION`, on lengths in
+    ``length_unit``), BT ratings with bootstrap CIs converted to win rates against ``baseline``, and the
+    pairwise win-rate matrix, with their figures."""
     outcomes = battle_outcomes(battles)
     models = sorted(set(battles["model_a"]) | set(battles["model_b"]))
     if baseline is not None and baseline not in models:
@@ -459,14 +489,15 @@ def winrate_section(
         f"{ci:.0%} bootstrap percentile intervals ({n_bootstrap} resamples, seed {seed})."
     )
     if baseline is not None:
-        direct = direct_win_rates(battles, outcomes, baseline, length_controlled, n_bootstrap, ci, seed)
-        section.add_table(
-            "winrate_vs_baseline",
-            direct,
-            f"**Win rate against `{baseline}`** from direct battles (SE = sample s.d./√n). "
-            "The length-controlled (LC) win rate is σ(θ) of the fit P(win) = σ(θ + φ·tanh(Δlen/s)): the win rate "
-            "predicted at zero length difference (AlpacaEval 2 style; Δlen in words).",
-        )
+        direct = direct_win_rates(battles, outcomes, baseline, length_controlled, n_bootstrap, ci, seed, length_unit)
+        caption = f"**Win rate against `{baseline}`** from direct battles (SE = sample s.d./√n)."
+        if "lc_win_rate" in direct.columns:
+            unit = length_unit_label(battles, length_unit)
+            caption += (
+                f" **LC win rate**: {LC_DEFINITION}; Δ in {unit}. `mean_len_diff`: mean length difference in {unit}."
+            )
+            section.metrics["lc_definition"] = {"glm": "length_controlled_minimal, unpenalized", "length_unit": unit}
+        section.add_table("winrate_vs_baseline", direct, caption)
         section.metrics["win_rate_vs_baseline"] = {m: _plain(direct.loc[m, "win_rate"]) for m in direct.index}
     ratings = bt_ratings(battles, baseline=baseline, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
     ratings.index.name = "model"
@@ -509,10 +540,11 @@ def direct_win_rates(
     n_bootstrap: int,
     ci: float,
     seed: int,
+    length_unit: LengthUnit = "words",
 ) -> pd.DataFrame:
     """One row per model that met ``baseline``: raw win rate and, with lengths, the LC win rate."""
     a, b = battles["model_a"].to_numpy(), battles["model_b"].to_numpy()
-    lengths = pair_lengths(battles) if length_controlled else None
+    lengths = pair_lengths(battles, length_unit) if length_controlled else None
     rows = {}
     for m in sorted((set(a) | set(b)) - {baseline}):
         as_a, as_b = (a == m) & (b == baseline), (a == baseline) & (b == m)

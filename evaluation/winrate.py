@@ -137,7 +137,7 @@ def win_rate(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Length-controlled win rate (AlpacaEval 2 style)
+# Length-controlled win rate (the model of AlpacaEval 2's length_controlled_minimal, unpenalized)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -209,7 +209,10 @@ def length_controlled_win_rate(
     ci: float = 0.95,
     seed: int = 0,
 ) -> LengthControlledWinRate:
-    """Win rate with the judge's preference for longer answers regressed out (AlpacaEval 2 style).
+    """Win rate with the judge's preference for longer answers regressed out: the model of AlpacaEval 2's
+    ``length_controlled_minimal`` GLM (plus optional difficulty terms), fitted without its cross-validated L1
+    penalty and with s in ddof 0. Not alpaca_eval's number: :mod:`evaluation.alpacaeval` computes that
+    (``length_controlled_v1``, ``_noreg``, ``_minimal``); docs/evaluation.md lists the differences.
 
     Model, for row i with (soft) outcome y_i = P(model ≻ baseline) and instruction x(i)::
 

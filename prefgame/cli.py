@@ -115,7 +115,11 @@ JOBS: list[JobCommand] = [
 
 TOOLS: list[ToolCommand] = [
     ToolCommand("data", "inspect and validate preference data sets", "prefgame.data.validate"),
-    ToolCommand("evaluate", "win-rate and agreement reports: evaluate winrate|agreement|report", "evaluation.evaluate"),
+    ToolCommand(
+        "evaluate",
+        "win-rate and agreement reports; AlpacaEval, Arena-Hard, MT-Bench and RewardBench from their own files",
+        "evaluation.evaluate",
+    ),
 ]
 
 

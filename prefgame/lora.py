@@ -238,15 +238,18 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def save_pretrained(model: nn.Module, path: str | Path) -> None:
+def save_pretrained(model: nn.Module, path: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model`` to the folder ``path`` as ``from_pretrained`` reads it (safetensors). A model with
     adapters is written merged (:func:`merged_state_dict`), and its adapters alone go to
     ``path/adapter`` (``adapter_config.json``, ``adapter_model.safetensors``) for peft's
-    ``PeftModel.from_pretrained(base, path/adapter)``."""
+    ``PeftModel.from_pretrained(base, path/adapter)``. ``state_dict``: the complete tensors to write for a
+    model without adapters whose own are shards (FSDP gathers them first; sharding refuses adapters)."""
     adapters = adapters_of(model)
     if adapters is None:
-        model.save_pretrained(str(path), safe_serialization=True)
+        model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
         return
+    if state_dict is not None:
+        raise PrefgameError("a model with LoRA adapters is exported from its own weights, not a given state dict")
     model.save_pretrained(str(path), state_dict=merged_state_dict(model), safe_serialization=True)
     adapter_dir = Path(path) / ADAPTER_DIR
     adapters.peft_model.save_pretrained(str(adapter_dir))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers.launch import assert_same_weights, launch, load_weights
-from helpers.tiny import TRAIN, pm_args, sft_args, train_pi0_and_reward
+from helpers.tiny import TRAIN, pm_args, ppo_args, selfplay_args, sft_args, train_pi0_and_reward
 
 from prefgame.cli import main
 
@@ -53,45 +53,6 @@ def dpo_args(arena: Path, pi0: Path) -> list[str]:
     ]
 
 
-def selfplay_args(arena: Path, pi0: Path) -> list[str]:
-    return [
-        f"policy.name_or_path={pi0}",
-        "algorithm=inpo",
-        "sampling.prompts_per_iteration=4",
-        "sampling.samples_per_prompt=2",
-        "sampling.max_new_tokens=6",
-        "train.iterations=2",
-        "train.steps_per_iteration=2",
-        "train.batch_size=8",
-        "train.lr=1e-2",
-        "train.mixed_precision=no",
-        "eval.every=0",
-        "eval.prompts=4",
-        "eval.samples_per_prompt=1",
-        "eval.reference_samples_per_prompt=1",
-    ]
-
-
-def ppo_args(arena: Path, pi0: Path) -> list[str]:
-    return [
-        f"policy.name_or_path={pi0}",
-        f"reward.path={pi0.parent.parent / 'reward'}",  # the BT reward model the pi0_dir fixture trains
-        "reward.normalize_samples=8",
-        "sampling.max_new_tokens=6",
-        "ppo.epochs=1",
-        "train.iterations=2",
-        "train.rollout_batch_size=8",
-        "train.mini_batch_size=8",
-        "train.lr=1e-2",
-        "train.mixed_precision=no",
-        "train.save_every=0",
-        "eval.every=0",
-        "eval.prompts=4",
-        "eval.samples_per_prompt=1",
-        "eval.reference_samples_per_prompt=1",
-    ]
-
-
 def sft_case(arena: Path, pi0: Path) -> list[str]:
     return [*sft_args(arena), "train.max_steps=4", "train.save_every=0"]
 
@@ -104,14 +65,15 @@ CASES = [
     Case("sft", sft_case),
     Case("train-pm", pm_case),
     Case("dpo", dpo_args),
-    Case("selfplay", selfplay_args),
+    Case("selfplay", lambda arena, pi0: selfplay_args(pi0)),
     Case(
         "ppo",
-        ppo_args,
-        known_bug="prefgame/train/ppo.py shards rollouts by process: each rank samples its strided prompts with "
-        "the seed (seed, t, ROLLOUT, process_index) (line 379) and shuffles its own mini-batches, so results "
-        "depend on the process count (whitening is global since dc83631); fix: per-prompt sampling seeds and a "
-        "global mini-batch order",
+        lambda arena, pi0: ppo_args(pi0),
+        known_bug="prefgame/train/ppo.py shards rollouts by process under DDP: each rank samples its strided "
+        "prompts with the seed (seed, t, ROLLOUT, process_index) (PPO.rollout) and shuffles its own mini-batches, "
+        "so results depend on the process count (whitening is global since dc83631); fix: per-prompt sampling "
+        "seeds and a global mini-batch order (under FSDP every process samples the whole rollout instead: "
+        "tests/test_fsdp.py)",
     ),
 ]
 

@@ -217,6 +217,36 @@ def test_winrate_section_hand_example():
     assert all(png.startswith(b"\x89PNG") for png in section.figures.values())
 
 
+def test_winrate_section_labels_the_lc_definition_and_its_length_unit():
+    # m's responses are "aa bb" (2 words, 5 characters) against base's "c" (1 word, 1 character): the mean
+    # length difference is 1 word or 4 characters; the caption and metrics.json name the GLM and the unit.
+    rng = np.random.default_rng(0)
+    n = 40
+    battles = pd.DataFrame(
+        {
+            "model_a": ["m"] * n,
+            "model_b": ["base"] * n,
+            "response_a": ["aa bb"] * n,
+            "response_b": ["c"] * n,
+            "outcome": (rng.random(n) < 0.7).astype(float),
+        }
+    )
+    for unit, diff in (("words", 1.0), ("characters", 4.0)):
+        section = winrate_section(battles, baseline="base", length_unit=unit, n_bootstrap=20)
+        caption = next(c for kind, name, c in section.blocks if name == "winrate_vs_baseline")
+        assert "`length_controlled_minimal`" in caption and "without its cross-validated L1 penalty" in caption
+        assert f"Δ in {unit}" in caption and f"mean length difference in {unit}" in caption
+        assert section.metrics["lc_definition"] == {
+            "glm": "length_controlled_minimal, unpenalized",
+            "length_unit": unit,
+        }
+        assert section.tables["winrate_vs_baseline"].loc["m", "mean_len_diff"] == diff
+    # only len_a/len_b columns: their unit is whatever they hold, and the label says that
+    lens = battles.drop(columns=["response_a", "response_b"]).assign(len_a=3.0, len_b=1.0)
+    section = winrate_section(lens, baseline="base", length_unit="characters", n_bootstrap=0)
+    assert section.metrics["lc_definition"]["length_unit"] == "the units of the len_a/len_b columns"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The writer and the quickstart entry point
 # ---------------------------------------------------------------------------------------------------
@@ -244,6 +274,9 @@ def test_arena_evaluation_and_report_files(arena_labels, tmp_path):
     assert ev.html.count("data:image/png;base64,") == 4
     # the accurate system (relevant, correct, safe more often) beats the demonstrator under gold
     assert ev.metrics["win_rate_vs_baseline"]["accurate"] > 0.55
+    # the quickstart's win-rate sections come from winrate_section: the LC column names its definition and unit
+    assert "`length_controlled_minimal`" in ev.markdown and "Δ in words" in ev.markdown
+    assert ev.metrics["lc_definition"]["length_unit"] == "words"
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "stale.csv").write_text("old")
     paths = write_report(tmp_path, ev.sections, title="T", intro="intro `x`")

@@ -75,7 +75,7 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     out = tmp_path / "qs"
     _run(out, "selfplay=[inpo]")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "ppo", "π* (exact)"}
+    assert set(metrics["policies"]) == {"π0", "inpo", "dpo", "online_dpo", "ppo", "π* (exact)"}
     assert set(metrics["worlds"]["transitive"]) == set(metrics["policies"])
     report = (out / "report.md").read_text()
     assert "In the cyclic world (c = 2.5), self-play (inpo) takes exploitability from" in report
@@ -84,3 +84,22 @@ def test_full_quickstart_report_has_every_policy(tmp_path: Path) -> None:
     titles = _sections(report)
     assert "## 5. Nash self-play: convergence" in titles and "## 7. Win rates and ratings (gold)" in titles
     assert (out / "figures" / "selfplay_convergence.png").is_file()
+    # the LC win rates say which definition and which length unit they use
+    assert "`length_controlled_minimal`" in report and "Δ in words" in report
+
+
+def test_quickstart_budget_applies_to_every_self_play_preset() -> None:
+    """The quickstart's self-play settings are valid on top of each arena preset: every run samples
+    prompts × (K + M) responses per iteration, π0's M samples only for the algorithms that take them."""
+    from evaluation.quickstart import QuickstartConfig, _selfplay_overrides
+    from prefgame.train.selfplay import ALGORITHMS, selfplay_config
+
+    cfg = QuickstartConfig()
+    b = cfg.budget
+    for algorithm, spec in ALGORITHMS.items():
+        sp = selfplay_config(algorithm, None, _selfplay_overrides(cfg, algorithm))
+        assert sp.algorithm == algorithm and sp.train.iterations == b.iterations
+        assert sp.sampling.prompts_per_iteration == b.prompts and sp.train.steps_per_iteration == b.steps
+        k, m = sp.sampling.samples_per_prompt, sp.sampling.reference_samples_per_prompt
+        assert k + m == b.samples + b.reference_samples and m == (b.reference_samples if spec.anchors else 0)
+        assert sp.train.average_from == b.iterations // 2 and sp.game.tau == cfg.tau

@@ -223,8 +223,8 @@ def test_ppo_with_a_sequence_classifier_reward(pi0_dir, rm_dir, tmp_path, monkey
     loaded = []
     real = ppo_module._load_reward_model
 
-    def load(cfg, device):
-        loaded.append(real(cfg, device))
+    def load(cfg, device, precision):
+        loaded.append(real(cfg, device, precision))
         return loaded[-1]
 
     monkeypatch.setattr(ppo_module, "_load_reward_model", load)
@@ -245,11 +245,12 @@ def test_ppo_with_a_sequence_classifier_reward(pi0_dir, rm_dir, tmp_path, monkey
 
 def test_ppo_refuses_a_model_without_a_scalar_reward(tmp_path):
     from prefgame.train.ppo import PPORewardConfig, _load_reward_model
+    from prefgame.train.precision import Precision
 
     save_preference_model(pm("gpm"), tmp_path / "gpm", save_backbone=True)
     message = "'gpm' model has no scalar reward; PPO needs kind bt or gated or a sequence-classification"
     with pytest.raises(PrefgameError, match=message):
-        _load_reward_model(PPORewardConfig(path=str(tmp_path / "gpm")), "cpu")
+        _load_reward_model(PPORewardConfig(path=str(tmp_path / "gpm")), "cpu", Precision())
 
 
 SELFPLAY_TINY = [

@@ -40,7 +40,6 @@ from prefgame.lm import build_pairs_batch, encode_prompt
 from prefgame.losses import geometric_mixture_logprobs, sequence_logprobs
 from prefgame.train.selfplay import (
     ARENA_PRESETS,
-    QUICKSTART_OVERRIDES,
     SelfPlayConfig,
     run_selfplay,
     selfplay_config,
@@ -574,14 +573,6 @@ def test_gpu_config_loads_and_configs_validate():
         load_config(SelfPlayConfig, f)
     with pytest.raises(Exception, match="eta"):
         load_config(SelfPlayConfig, None, ["algorithm=inpo", "game.tau=0.5", "game.eta=4"])
-
-
-def test_quickstart_overrides_apply_to_every_preset():
-    """The quickstart's short run is valid on top of each arena preset and keeps the preset's game."""
-    for algorithm in ARENA_PRESETS:
-        cfg = selfplay_config(algorithm, None, QUICKSTART_OVERRIDES)
-        assert cfg.algorithm == algorithm and cfg.train.iterations == 10 and cfg.eval.every == 5
-        assert cfg.game == selfplay_config(algorithm).game
 
 
 def test_factory_oracle_hook(monkeypatch):

@@ -6,13 +6,16 @@ against it in the tests):
 
 - :class:`StaticCacheDecoder`: for decoders of the Llama family (``llama``, ``mistral``, ``qwen2``
   configs: pre-norm blocks of rotary self-attention and a gated MLP, RMSNorm, one causal mask). It
-  runs the model's own modules (embedding, rotary embedding, projections, activation, head) and
-  orchestrates them itself: a key/value cache allocated once for the whole response length and
-  written in place, one boolean mask per step, q/k/v and gate/up projections fused into one matrix
-  product each when they are plain linear layers (not under LoRA adapters), and the prompts' prefill
-  run once per distinct prompt (the K samples of a prompt, and a policy's and a mixture's samples of
-  it, share it). Per token this is about half the Python and allocation work of a transformers
-  forward with its dynamic cache, which dominates at the arena's sizes on a CPU.
+  runs the model's own modules or weights (embedding, rotary embedding, projections, activation, head)
+  and orchestrates them itself: a key/value cache allocated once for the whole response length and
+  written in place, an additive mask of the prompts' padding, q/k/v and gate/up fused into one matrix
+  product each with the RMSNorm weights folded in when they are plain float32 linear layers (LoRA
+  layers are called as modules), a table of the rotary angles, and the prompts' prefill run once per
+  distinct prompt (the K samples of a prompt, and a policy's and a mixture's samples of it, share it).
+  A token costs about half the time of a transformers forward with its dynamic cache at the arena's
+  sizes on a CPU, where the Python and allocation work of each operation dominates. Under FSDP it
+  gathers the layers once for a sampling call (:func:`gather_layers`) instead of once per layer and
+  token as their forward does; with FSDP mixed precision the model's own forward decodes instead.
 - :class:`CachedForward`: any causal LM whose forward takes the transformers ``cache`` argument, one
   forward per token with its dynamic cache.
 - :class:`Recompute`: any causal LM, the whole prefix recomputed at every token (the reference the
@@ -82,6 +85,9 @@ class CachedForward:
         """Logits (R, V) of the first response token."""
         return self._forward(self.ids, self.pos)
 
+    def close(self) -> None:
+        pass
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (R, V) of the next token after ``tokens`` (R,)."""
         self.pos = self.pos[:, -1:] + 1
@@ -102,6 +108,9 @@ class Recompute:
         with active_model(self.model) as net:
             out = net(input_ids=self.ids, attention_mask=self.mask, position_ids=pos, use_cache=False, logits_to_keep=1)
         return out.logits[:, -1]
+
+    def close(self) -> None:
+        pass
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.ids = torch.cat([self.ids, tokens.unsqueeze(-1)], dim=-1)
@@ -215,8 +224,12 @@ class StaticCacheDecoder:
     outlive an update of the model.
     """
 
-    def __init__(self, model, prompt_ids: Sequence[Sequence[int]], pad_token_id: int, device, max_new_tokens: int):
+    def __init__(
+        self, model, prompt_ids: Sequence[Sequence[int]], pad_token_id: int, device, max_new_tokens: int, *,
+        gathered: Sequence[nn.Module] = (),
+    ) -> None:  # fmt: skip
         self.model = model
+        self.gathered = list(gathered)  # FSDP layers gathered for this decoder (gather_layers), sharded on close
         net = base_of(model)
         inner = getattr(net, net.base_model_prefix)
         self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
@@ -281,6 +294,12 @@ class StaticCacheDecoder:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(_rms_norm(self.final_norm, h))
 
+    def close(self) -> None:
+        """Shard again the FSDP layers gathered for this decoder."""
+        for layer in self.gathered:
+            layer.reshard()
+        self.gathered = []
+
     def start(self) -> torch.Tensor:
         """Prefill every distinct prompt once; logits (R, V) of the first response token."""
         u, t0 = self.ids.shape
@@ -343,6 +362,39 @@ class StaticCacheDecoder:
         return logits
 
 
+def _is_shard(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is an FSDP shard (a ``DTensor``) rather than a whole tensor."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a PyTorch built without distributed support
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def gather_layers(model) -> list[nn.Module] | None:
+    """Under FSDP, the layers of ``model`` whose parameters are sharded, gathered now (``unshard``, a
+    collective: every process samples the same, in step) for a :class:`StaticCacheDecoder`, which reads
+    them directly instead of through each layer's forward; ``[]`` when none is sharded; None (nothing
+    gathered) when the decoder cannot run on them: the root's parameters (embeddings, norm, output layer)
+    are not gathered (:func:`prefgame.train.sharding.gathered`), or the layers gather in another dtype than
+    the root's (FSDP mixed precision). :meth:`StaticCacheDecoder.close` shards them again."""
+    net = base_of(model)
+    inner = getattr(net, net.base_model_prefix)
+    layers = [layer for layer in inner.layers if _is_shard(layer.self_attn.q_proj.weight)]
+    if not layers:
+        return []
+    if _is_shard(inner.embed_tokens.weight) or not all(hasattr(layer, "unshard") for layer in layers):
+        return None
+    for layer in layers:
+        layer.unshard()
+    dtype = inner.embed_tokens.weight.dtype
+    if any(p.dtype != dtype or _is_shard(p) for layer in layers for p in layer.parameters()):
+        for layer in layers:
+            layer.reshard()
+        return None
+    return layers
+
+
 def _layer_supported(layer: nn.Module) -> bool:
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     if attn is None or mlp is None:
@@ -368,5 +420,12 @@ def make_decoder(model, prompt_ids, pad_token_id: int, device, *, max_new_tokens
         return Recompute(model, prompt_ids, pad_token_id, device)
     total = max(len(p) for p in prompt_ids) + max_new_tokens
     if StaticCacheDecoder.supports(model, total):
-        return StaticCacheDecoder(model, prompt_ids, pad_token_id, device, max_new_tokens)
+        gathered = gather_layers(model)
+        if gathered is not None:
+            try:
+                return StaticCacheDecoder(model, prompt_ids, pad_token_id, device, max_new_tokens, gathered=gathered)
+            except BaseException:
+                for layer in gathered:
+                    layer.reshard()
+                raise
     return CachedForward(model, prompt_ids, pad_token_id, device)

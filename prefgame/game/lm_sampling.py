@@ -127,15 +127,18 @@ def sample_groups(
     modes = {id(base_of(m)): (base_of(m), base_of(m).training) for m, _, _ in plan}
     for net, _ in modes.values():
         net.eval()
+    decoders = []
     try:
-        decoders = [
-            make_decoder(m, all_ids if rows is None else [all_ids[i] for i in rows.tolist()], pad_token_id, device,
-                         max_new_tokens=max_new_tokens, use_cache=use_cache)
-            for m, rows, _ in plan
-        ]  # fmt: skip
+        for m, rows, _ in plan:
+            ids = all_ids if rows is None else [all_ids[i] for i in rows.tolist()]
+            decoders.append(
+                make_decoder(m, ids, pad_token_id, device, max_new_tokens=max_new_tokens, use_cache=use_cache)
+            )
         return _decode(groups, plan, decoders, bounds, stops, max_new_tokens, pad_token_id, temperature, tokenizer,
                        device)  # fmt: skip
     finally:
+        for decoder in decoders:
+            decoder.close()
         for net, mode in modes.values():
             net.train(mode)
 

@@ -8,7 +8,7 @@ Labels are p = P(a ≻ b) (1 hard, ½ tie, soft in between); predictions q = P̂
   max(q, 1 − q): Σ_b (n_b / N) |mean confidence_b − mean correctness_b|, where correctness is p
   when q ≥ ½ and 1 − p otherwise (soft labels give soft correctness);
 - per subset: accuracy and count; per section: accuracy over all pairs of the section's subsets
-  (RewardBench-style weighting by example count).
+  (weighting subsets by the pairs present; RewardBench's own fixed weights: evaluation/rewardbench.py).
 
 Arena (gold P* known): Bayes-optimal accuracy E[max(P*, 1 − P*)], the model's expected accuracy
 under the gold preference E[P* if q > ½, 1 − P* if q < ½, ½ if q = ½] (noise-free, directly

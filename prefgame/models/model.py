@@ -386,21 +386,30 @@ class PreferenceModel(nn.Module):
 # -- save / load -----------------------------------------------------------------------------------
 
 
-def save_preference_model(model: PreferenceModel, path: str | Path, *, save_backbone: bool) -> Path:
-    """Write the model folder atomically (see the module docstring)."""
+def save_preference_model(
+    model: PreferenceModel,
+    path: str | Path,
+    *,
+    save_backbone: bool,
+    weights: tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None] = (None, None),
+) -> Path:
+    """Write the model folder atomically (see the module docstring). ``weights``: the complete tensors of
+    the backbone and of the heads to write instead of their own state dicts (each None: its own), for
+    modules whose parameters are shards (the trainer gathers them under FSDP)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     info = ModelInfo(**{**model.info.__dict__})
     with atomic_dir(path) as tmp:
         if save_backbone:  # with LoRA adapters: merged, and the adapters in backbone/adapter
-            save_pretrained(model.encoder.model, tmp / "backbone")
+            save_pretrained(model.encoder.model, tmp / "backbone", state_dict=weights[0])
             model.encoder.tokenizer.save_pretrained(str(tmp / "backbone"))
             info.backbone_path = "backbone"
         else:
             src = model.cfg.backbone.name_or_path
             info.backbone_path = str(Path(src).resolve()) if Path(src).exists() else src
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}
+        heads = model.heads.state_dict() if weights[1] is None else weights[1]
+        tensors = {k: v.detach().contiguous().cpu() for k, v in heads.items()}
         save_file(untie_shared(tensors), str(tmp / "heads.safetensors"))
         (tmp / "model_config.yaml").write_text(config_to_yaml(model.cfg))
         meta = {"format": FORMAT_VERSION, **info.__dict__}

@@ -50,6 +50,7 @@ from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, train
 from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
 from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -370,10 +371,11 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     ref_seconds = time.perf_counter() - t_ref
 
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
-    wrapper, optimizer = acc.prepare(module, optimizer)
+    wrapper, optimizer = sharding.prepare(acc, module, optimizer)
 
-    def evaluate() -> dict:
-        return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+    def evaluate() -> dict:  # every process (under FSDP the layers gather their shards in their forward)
+        with sharding.gathered(acc):
+            return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
     start_step = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)["step"]
@@ -431,10 +433,13 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         "parameters": n_params,
         "nonfinite_steps": guard.total,
     }
+    weights = sharding.model_weights(model)  # gathered on every process under FSDP
     if acc.is_main_process:
-        save_model(model, tok, out.path / "model")
-        if cfg.eval.prompts:
+        save_model(model, tok, out.path / "model", state_dict=weights)
+    if cfg.eval.prompts and sharding.computes_here(acc):
+        with sharding.gathered(acc):
             metrics["final"] = _measure_policy(cfg, out, acc, tok, model)
+    if acc.is_main_process:
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "reference_logps": ref_seconds, "train": train_seconds,
         }  # fmt: skip
@@ -563,8 +568,9 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
         "parameters": n_params,
         "nonfinite_steps": sp.guard.total,
     }
+    weights = sharding.model_weights(sp.policy)  # gathered on every process under FSDP
     if sp.acc.is_main_process:
-        save_model(sp.acc.unwrap_model(sp.wrapper).model, sp.tok, out.path / "model")
+        save_model(sp.policy, sp.tok, out.path / "model", state_dict=weights)
         metrics["seconds"] = {
             "total": time.perf_counter() - t_start, "rounds": round_seconds,
             "measurements": evaluator.seconds if evaluator else 0.0,

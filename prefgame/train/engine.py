@@ -34,6 +34,7 @@ from accelerate import Accelerator
 from prefgame.config import config_to_dict, flat_config, param
 from prefgame.errors import DataError, PrefgameError
 from prefgame.run import Resume, RunDir, atomic_dir, untie_shared
+from prefgame.train import sharding
 from prefgame.train.precision import resolve_mixed_precision
 from prefgame.weights import load_safetensors, load_torch_state, read_json
 
@@ -114,7 +115,9 @@ def make_accelerator(
     # group when told to use the CPU (gloo); without it every process would train alone on the full batch.
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = world_size > 1 and not torch.cuda.is_available()
+    sharding.check_launcher()  # one line for the launcher settings prefgame does not support
     acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None, project_dir=str(output_dir))
+    sharding.enable_fsdp(acc)  # FSDP2 also on CPU (gloo)
     if acc.num_processes != world_size:
         raise PrefgameError(
             f"launched as {world_size} processes but accelerate joined {acc.num_processes}: "
@@ -322,17 +325,25 @@ def optimizer_step(
     gradients of all micro-batches and processes add up to the full batch's; and the micro-batch's
     metrics to log. Gradients are synchronized across processes only on the last micro-batch; they are
     clipped to ``max_grad_norm`` (0: no clipping); a step with a non-finite loss or gradient is skipped
-    (``guard``); the learning-rate schedule advances either way.
+    (``guard``); the learning-rate schedule advances either way. Under FSDP a process with fewer
+    micro-batches than another repeats its last one with a zero loss, so that every process runs as many
+    forward and backward passes (:func:`prefgame.train.sharding.micro_batch_rounds`).
     """
     step_loss = torch.zeros((), device=acc.device)
     meter = MetricMeter()
-    for k, mb in enumerate(micro_batches):
-        ctx = acc.no_sync(module) if k < len(micro_batches) - 1 else contextlib.nullcontext()
+    n = len(micro_batches)
+    rounds = sharding.micro_batch_rounds(acc, n)
+    for k in range(rounds):
+        mb = micro_batches[min(k, n - 1)]
+        ctx = acc.no_sync(module) if k < rounds - 1 else contextlib.nullcontext()
         with ctx, acc.autocast():
             loss, metrics = micro_loss(mb)
+            if k >= n:  # a pass that only keeps this process in step with the others
+                loss = loss * 0.0
             acc.backward(loss * acc.num_processes)  # DDP averages gradients over processes
-        step_loss += loss.detach()
-        meter.add(metrics, len(mb))
+        if k < n:
+            step_loss += loss.detach()
+            meter.add(metrics, len(mb))
     grad_norm = acc.clip_grad_norm_(module.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
     step_loss = acc.reduce(step_loss, reduction="sum")
     applied = guard.check(step, step_loss, grad_norm)
@@ -366,7 +377,8 @@ def train_steps(
     step's micro-batches on this process and their loss (see :func:`optimizer_step`). Every
     ``log_every`` steps and at the last one a ``metrics.jsonl`` row (loss, the micro-batches' metrics,
     grad_norm, lr); every ``eval_every`` steps but the last, ``evaluate()`` joins the row (the caller
-    measures the end); every ``save_every`` steps but the last, ``checkpoint(step)`` on the main process.
+    measures the end); every ``save_every`` steps but the last, ``checkpoint(step)`` on every process
+    (:func:`save_checkpoint` gathers sharded state on all of them and writes on the main one).
     Returns the last step's loss and metrics.
     """
     module, optimizer, scheduler, guard = modules
@@ -385,7 +397,7 @@ def train_steps(
             row.update(evaluate())
         if row:
             log_row(out, acc, run, done, row)
-        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps and acc.is_main_process:
+        if tc.save_every and done % tc.save_every == 0 and done != tc.max_steps:
             checkpoint(done)
         progress.update(loss=last["loss"])
     return last
@@ -408,17 +420,26 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically: modules as safetensors, optimizer state, trainer state."""
+    """Write ``checkpoints/step-N`` atomically: modules as safetensors, optimizer state, trainer state.
+
+    Every tensor is complete, whatever the launcher: under FSDP the shards are gathered first
+    (:func:`prefgame.train.sharding.full_state_dict`), so every process must call this and the main one
+    writes; without sharding the other processes may call it too (they write nothing) or not at all.
+    """
     from safetensors.torch import save_file
 
+    weights = {name: sharding.full_state_dict(module) for name, module in modules.items()}
+    optim_state = sharding.full_optimizer_state(optimizer)
     target = checkpoint_dir(output_dir) / f"step-{step:08d}"
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return target
     for stale in checkpoint_dir(output_dir).glob(".step-*"):  # a write or a removal cut by a kill
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(target) as tmp:
-        for name, module in modules.items():
-            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        for name, tensors in weights.items():
+            tensors = {k: v.contiguous() for k, v in tensors.items()}
             save_file(untie_shared(tensors), str(tmp / f"{name}.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     old = sorted(checkpoint_dir(output_dir).glob("step-*"))[:-keep] if keep > 0 else []
     for path in old:  # out of sight in one rename first: a kill during the removal leaves no half checkpoint
@@ -434,12 +455,13 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_modules(path: Path, modules: dict[str, torch.nn.Module]) -> None:
-    """Restore ``modules`` from the checkpoint ``path`` (``<name>.safetensors`` each); a model whose
-    shape differs from the checkpoint's fails with one line."""
+    """Restore ``modules`` from the checkpoint ``path`` (``<name>.safetensors`` each, complete tensors; a
+    sharded module takes its shards of them); a model whose shape differs from the checkpoint's fails
+    with one line."""
     for name, module in modules.items():
         tensors = load_safetensors(path / f"{name}.safetensors", checkpoint_fix(path))
         try:
-            module.load_state_dict(tensors)
+            sharding.load_state_dict(module, tensors)
         except RuntimeError as exc:  # size mismatch, missing or unexpected keys: one line per problem
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [str(exc)]
             first = lines[min(1, len(lines) - 1)]  # the first problem (the line before it names the model class)
@@ -466,7 +488,7 @@ def load_checkpoint(
     opt_state = load_torch_state(path / "optimizer.pt", checkpoint_fix(path))
     if not isinstance(opt_state, dict) or not {"optimizer", "scheduler"} <= set(opt_state):
         raise DataError(f"{path / 'optimizer.pt'} is not an optimizer state saved by prefgame: {checkpoint_fix(path)}")
-    optimizer.load_state_dict(opt_state["optimizer"])
+    sharding.load_optimizer_state(optimizer, opt_state["optimizer"])
     scheduler.load_state_dict(opt_state["scheduler"])
     return read_trainer_state(path)
 

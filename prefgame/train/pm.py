@@ -57,6 +57,7 @@ from prefgame.models.model import (
     save_preference_model,
 )
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, resume_param, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -330,7 +331,7 @@ def _run_phases(
             micro_batch_size=min(tc.micro_batch_size, batch),
         )
         optimizer, scheduler = make_optimizer(phase.module.parameters(), phase_tc, phase.steps)
-        module, optimizer = acc.prepare(phase.module, optimizer)
+        module, optimizer = sharding.prepare(acc, phase.module, optimizer)
         local0 = max(start - offset, 0)
         if local0 > 0:
             load_checkpoint(resume_from, modules=checkpoint_modules, optimizer=optimizer, scheduler=scheduler)
@@ -342,9 +343,12 @@ def _run_phases(
                 row = {"phase": phase.name, **last, "lr": scheduler.get_last_lr()[0]}
                 log_row(out, acc, run, done, row)
             if phase.evaluate and tc.eval_every and (local + 1) % tc.eval_every == 0 and local + 1 != phase.steps:
-                if acc.is_main_process:
-                    out.log_metrics(done, {"phase": phase.name, **phase.evaluate()})
-            if tc.save_every and done % tc.save_every == 0 and done != total and acc.is_main_process:
+                if sharding.computes_here(acc):
+                    with sharding.gathered(acc):
+                        row = {"phase": phase.name, **phase.evaluate()}
+                    if acc.is_main_process:
+                        out.log_metrics(done, row)
+            if tc.save_every and done % tc.save_every == 0 and done != total:  # every process: FSDP gathers
                 save_checkpoint(
                     out.path,
                     done,
@@ -366,6 +370,11 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     t0 = time.perf_counter()
     seed_everything(tc.seed)
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
+    sharding.refuse_settings(
+        acc,
+        {"model.backbone.freeze=true": mc.backbone.freeze, f"model.kind={mc.kind}": kind_spec(mc.kind).ratings},
+        "train-pm shards a fine-tuned backbone trained with one head in one phase",
+    )
     run = begin_run(out, cfg, acc, job="pm", resume=cfg.resume, report_to=tc.report_to)
     resume_from = run.resume_from
 
@@ -394,7 +403,8 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     acc.wait_for_everyone()
     model.eval()
 
-    metrics = _eval_metrics(cfg, model, eval_set, cache, state)
+    with sharding.gathered(acc):  # every process: under FSDP the backbone's layers gather their shards
+        metrics = _eval_metrics(cfg, model, eval_set, cache, state)
     metrics.update(
         {
             "train_loss": last.get("loss"),
@@ -407,8 +417,10 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
             "seconds": time.perf_counter() - t0,
         }
     )
+    backbone, heads = sharding.model_weights(encoder.model), sharding.model_weights(model.heads)  # FSDP: gathered
     if acc.is_main_process:
-        save_preference_model(model, out.path / "model", save_backbone=not frozen or not mc.backbone.name_or_path)
+        save_backbone = not frozen or not mc.backbone.name_or_path
+        save_preference_model(model, out.path / "model", save_backbone=save_backbone, weights=(backbone, heads))
         out.write_metrics(metrics)
         ev = metrics.get("eval", {})
         log.info(

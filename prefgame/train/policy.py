@@ -37,6 +37,7 @@ from prefgame.lm import build_pairs_batch, load_tokenizer, stops_for, token_logp
 from prefgame.lora import LoraConfig, active_model, apply_lora, reference
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
+from prefgame.train import sharding
 from prefgame.train.engine import NonFiniteGuard, RunStart, begin_run, log_row, make_accelerator, resume_state
 from prefgame.train.precision import Precision, load_frozen_lm, load_trainable_lm
 
@@ -286,7 +287,8 @@ class PolicyRuntime:
         sc = self.cfg.sampling
         temperature = sc.temperature if temperature is None else temperature
         uses_ref = model is self.ref or any(r.mixture_coef > 0 for r in requests)
-        with self.reference() if uses_ref else contextlib.nullcontext():
+        # under FSDP every process samples the same, in step, with the policy's root parameters gathered
+        with sharding.gathered(self.acc), self.reference() if uses_ref else contextlib.nullcontext():
             out = generate_groups(
                 self.policy if model is None else model, self.ref, self.tok, prompts, requests,
                 max_new_tokens=sc.max_new_tokens, temperature=temperature, batch_size=sc.batch_size,
@@ -309,7 +311,8 @@ class PolicyRuntime:
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
         """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient; ``model``
         a causal LM or the reference (:attr:`ref`, a frozen copy or the adapter-disabled policy)."""
-        with self.reference() if model is self.ref else contextlib.nullcontext(), active_model(model) as net:
+        reference = self.reference() if model is self.ref else contextlib.nullcontext()
+        with sharding.gathered(self.acc), reference, active_model(model) as net:
             return sequence_logps(
                 net, responses, self.tok.pad_token_id, batch_size=self.cfg.train.micro_batch_size,
                 device=self.acc.device, autocast=self.acc.autocast, chunk_size=self.chunk_size,
@@ -449,7 +452,8 @@ def run_iterations(
 ) -> float:  # fmt: skip
     """The loop of every on-policy trainer: iterations ``start`` … ``total``−1, each ``iterate(t)`` (its
     row's figures), measured every ``eval.every`` iterations and after the last, one ``metrics.jsonl``
-    row each, then ``checkpoint(t + 1)`` on the main process. π0 is measured first on a fresh start (and
+    row each, then ``checkpoint(t + 1)`` on every process (:func:`prefgame.train.engine.save_checkpoint`
+    writes on the main one). π0 is measured first on a fresh start (and
     on a resumed one whose checkpoint lacks the evaluator's state, without logging it). Returns the
     seconds spent in ``iterate``."""
     if evaluator is not None and (start == 0 or not evaluator.load_state(state)):
@@ -468,7 +472,7 @@ def run_iterations(
         if evaluator is not None and ((every and done % every == 0) or done == total):
             row.update(evaluator.measure(done))
         log_row(out, rt.acc, run, done, row)
-        if checkpoint is not None and rt.acc.is_main_process:
+        if checkpoint is not None:
             checkpoint(done)
         progress.update(**{k: row[k] for k in show if row.get(k) is not None})
     rt.acc.wait_for_everyone()

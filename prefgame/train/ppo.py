@@ -68,6 +68,7 @@ from prefgame.losses import (
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
 from prefgame.run import Resume, RunDir, overwrite_param, resume_param, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import (
     OptimConfig,
     end_run,
@@ -269,7 +270,12 @@ class PPO(PolicyRuntime):
         self.module = PolicyWithValue(self.policy, chunk_size=tc.logprob_chunk_size)
         steps = tc.iterations * cfg.ppo.epochs * (tc.rollout_batch_size // tc.mini_batch_size)
         self.optimizer, self.scheduler = make_optimizer(self.module.parameters(), tc, steps)
-        self.wrapper, self.optimizer = self.acc.prepare(self.module, self.optimizer)
+        self.wrapper, self.optimizer = sharding.prepare(self.acc, self.module, self.optimizer)
+        # Under FSDP every process makes the same forward passes (each layer gathers its shards in step),
+        # so every process samples and evaluates the iteration's whole rollout, as one process does, and
+        # each optimizer step takes its share of a mini-batch drawn from the whole rollout. Under DDP each
+        # process samples its own share of the prompts (with a seed of its own) and steps on its own rows.
+        self.whole_rollout = sharding.is_fsdp(self.acc)
         self.steps_done = 0  # optimizer steps taken (for messages)
         self.score_shift, self.score_scale = self._score_normalization()
 
@@ -287,11 +293,12 @@ class PPO(PolicyRuntime):
 
     # -- operations ---------------------------------------------------------------------------------
     def iteration_prompts(self, t: int) -> list[str]:
-        """This process's share of iteration t's prompts."""
+        """The prompts this process samples in iteration t: its share, or all of them (:attr:`whole_rollout`)."""
         rng = np.random.default_rng([self.cfg.train.seed, t, PROMPTS])
         n = self.cfg.train.rollout_batch_size
         idx = rng.choice(len(self.train_prompts), size=n, replace=n > len(self.train_prompts))
-        return [self.train_prompts[i] for i in idx][self.acc.process_index :: self.acc.num_processes]
+        prompts = [self.train_prompts[i] for i in idx]
+        return prompts if self.whole_rollout else prompts[self.acc.process_index :: self.acc.num_processes]
 
     @torch.no_grad()
     def scores(self, responses: Responses) -> Tensor:
@@ -302,7 +309,8 @@ class PPO(PolicyRuntime):
     def rollout(self, t: int) -> Rollout:
         """Sample, score, and compute the per-token rewards, advantages and returns of iteration t."""
         cfg, acc, p = self.cfg, self.acc, self.cfg.ppo
-        ys = self.sample(self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, acc.process_index))
+        share = 0 if self.whole_rollout else acc.process_index  # the whole rollout: one process's seed
+        ys = self.sample(self.iteration_prompts(t), (cfg.train.seed, t, ROLLOUT, share))
         raw_scores = self.scores(ys)  # (B,)
         scores = (raw_scores - self.score_shift) / self.score_scale
         full = self.batch(ys, range(len(ys)))
@@ -311,21 +319,22 @@ class PPO(PolicyRuntime):
         entropies = []
         self.module.eval()
         chunk = cfg.train.logprob_chunk_size
-        for start in range(0, len(ys), cfg.train.micro_batch_size):
-            rows = slice(start, start + cfg.train.micro_batch_size)
-            mb = {k: v[rows] for k, v in full.items()}
-            with acc.autocast():
-                hidden = final_hidden(self.policy, mb["input_ids"], mb["attention_mask"])  # (b, T−1, H)
-                old_logps[rows] = hidden_token_logps(
-                    self.policy, hidden, mb["input_ids"], mask[rows], chunk_size=chunk
-                ).float()
-                values[rows] = self.module.values(hidden, mask[rows])
-                entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
-                with active_model(self.ref) as ref:
-                    ref_hidden = final_hidden(ref, mb["input_ids"], mb["attention_mask"])
-                    ref_logps[rows] = hidden_token_logps(
-                        ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+        with sharding.gathered(acc):  # under FSDP the policy's root parameters, for the direct calls below
+            for start in range(0, len(ys), cfg.train.micro_batch_size):
+                rows = slice(start, start + cfg.train.micro_batch_size)
+                mb = {k: v[rows] for k, v in full.items()}
+                with acc.autocast():
+                    hidden = final_hidden(self.policy, mb["input_ids"], mb["attention_mask"])  # (b, T−1, H)
+                    old_logps[rows] = hidden_token_logps(
+                        self.policy, hidden, mb["input_ids"], mask[rows], chunk_size=chunk
                     ).float()
+                    values[rows] = self.module.values(hidden, mask[rows])
+                    entropies.append(_token_entropy(self.policy, hidden, mask[rows], chunk))
+                    with active_model(self.ref) as ref:
+                        ref_hidden = final_hidden(ref, mb["input_ids"], mb["attention_mask"])
+                        ref_logps[rows] = hidden_token_logps(
+                            ref, ref_hidden, mb["input_ids"], mask[rows], chunk_size=chunk
+                        ).float()
         self.module.train()
         eos_missing = self.eos_missing(ys).to(acc.device)
         penalty = cfg.reward.missing_eos_penalty or None
@@ -353,10 +362,11 @@ class PPO(PolicyRuntime):
         return Rollout(ys, mask, old_logps, ref_logps, values, advantages, returns, metrics)
 
     def whiten(self, x: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
-        """Whiten over the iteration's whole rollout: with several processes the moments are summed over
-        them, so every process uses the global mean and variance (as one process with the full batch)."""
+        """Whiten over the iteration's whole rollout: with several processes each holding its share the
+        moments are summed over them, so every process uses the global mean and variance (as one process
+        with the full batch)."""
         moments = masked_moments(x, mask)
-        if self.acc.num_processes > 1:
+        if self.acc.num_processes > 1 and not self.whole_rollout:
             moments = self.acc.reduce(moments.to(self.acc.device), reduction="sum")
         return whiten_from_moments(x, mask, moments, shift_mean=shift_mean)
 
@@ -387,16 +397,19 @@ class PPO(PolicyRuntime):
         return loss, metrics
 
     def optimize(self, ro: Rollout, t: int) -> dict[str, float]:
-        """``ppo.epochs`` passes over the rollout, one optimizer step per mini-batch."""
+        """``ppo.epochs`` passes over the rollout, one optimizer step per mini-batch (of the whole rollout,
+        each process stepping on its share, or of this process's rows: :attr:`whole_rollout`)."""
         tc, acc = self.cfg.train, self.acc
-        n_local = len(ro.responses)
-        mini = tc.mini_batch_size // acc.num_processes
+        n_rows = len(ro.responses)
+        mini = tc.mini_batch_size if self.whole_rollout else tc.mini_batch_size // acc.num_processes
         sums: dict[str, float] = {}
         n_steps = 0
         for epoch in range(self.cfg.ppo.epochs):
-            order = np.random.default_rng([tc.seed, t, ORDER, epoch]).permutation(n_local)
-            for start in range(0, n_local, mini):
+            order = np.random.default_rng([tc.seed, t, ORDER, epoch]).permutation(n_rows)
+            for start in range(0, n_rows, mini):
                 rows = order[start : start + mini]
+                if self.whole_rollout:
+                    rows = rows[acc.process_index :: acc.num_processes]
                 step = self.step(ro, rows)
                 for k, v in step.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -491,12 +504,13 @@ def train(cfg: PPOConfig, out: RunDir, log) -> dict:
         },
         "model_path": str(out.path / "model"),
     }
+    weights = sharding.model_weights(ppo.policy)  # gathered on every process under FSDP
+    head = sharding.model_weights(ppo.module.value_head) or ppo.module.value_head.state_dict()
     if acc.is_main_process:
-        save_model(ppo.policy, ppo.tok, out.path / "model")
+        save_model(ppo.policy, ppo.tok, out.path / "model", state_dict=weights)
         from safetensors.torch import save_file
 
-        head = {k: v.detach().contiguous().cpu() for k, v in ppo.module.value_head.state_dict().items()}
-        save_file(head, str(out.path / "value_head.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(out.path / "value_head.safetensors"))
         out.write_metrics(metrics)
         log.info(summary_text(f"ppo done (β={cfg.ppo.kl_coef})", metrics) + f"; model in {metrics['model_path']}")
     end_run(acc, run)

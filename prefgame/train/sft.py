@@ -29,6 +29,7 @@ from prefgame.lm import (
 )
 from prefgame.lora import LoraConfig, apply_lora, save_pretrained, trained_state
 from prefgame.run import Progress, Resume, RunDir, atomic_dir, overwrite_param, resume_param, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import (
     NonFiniteGuard,
     TrainConfig,
@@ -184,12 +185,16 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
     wrapper = ResponseLogps(model)
     optimizer, scheduler = make_optimizer(wrapper.parameters(), tc, tc.max_steps)
-    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    wrapper, optimizer = sharding.prepare(acc, wrapper, optimizer)
     state = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)
     start_step, initial_eval = state["step"], state.get("eval_loss_initial")
 
+    def eval_loss() -> float:  # every process under FSDP (the layers gather their shards), else any
+        with sharding.gathered(acc):
+            return response_nll(model, eval_set, tok.pad_token_id)
+
     if eval_set and start_step == 0:
-        initial_eval = response_nll(model, eval_set, tok.pad_token_id)
+        initial_eval = eval_loss()
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
     progress = Progress(tc.max_steps - start_step, "sft", log)
     device = acc.device
@@ -207,7 +212,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         return micro, functools.partial(micro_loss, n_tokens=n_tokens)
 
     def evaluate() -> dict:
-        return {"eval_loss": response_nll(model, eval_set, tok.pad_token_id)} if acc.is_main_process else {}
+        return {"eval_loss": eval_loss()} if sharding.computes_here(acc) else {}
 
     def checkpoint(done: int) -> None:
         save_checkpoint(  # the initial loss too, so that a resumed run reports it
@@ -224,7 +229,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     metrics = {
         "train_loss": last_loss,
         "eval_loss_initial": initial_eval,
-        "eval_loss": response_nll(model, eval_set, tok.pad_token_id) if eval_set else None,
+        "eval_loss": eval_loss() if eval_set else None,
         "steps": tc.max_steps,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
@@ -232,17 +237,23 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
         "nonfinite_steps": guard.total,
         "seconds": time.perf_counter() - t0,
     }
+    weights = sharding.model_weights(model)  # gathered on every process under FSDP
     if acc.is_main_process:
-        save_model(model, tok, out.path / "model")
+        save_model(model, tok, out.path / "model", state_dict=weights)
         out.write_metrics(metrics)
         log.info(f"sft done: eval loss {metrics['eval_loss']} (from {initial_eval}); model in {out.path / 'model'}")
     end_run(acc, run)
     return metrics
 
 
-def save_model(model, tokenizer, path: Path) -> None:
-    """A normal transformers checkpoint (safetensors) written atomically; a model with LoRA adapters is
-    written merged, with its adapters in ``adapter/`` (:func:`prefgame.lora.save_pretrained`)."""
+def save_model(model, tokenizer, path: Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """A normal transformers checkpoint (safetensors) written atomically, loadable with ``from_pretrained``;
+    a model with LoRA adapters is written merged, with its adapters in ``adapter/``
+    (:func:`prefgame.lora.save_pretrained`).
+
+    ``state_dict``: the complete tensors to write instead of the model's own, for a model sharded by FSDP
+    (:func:`prefgame.train.sharding.model_weights`, gathered on every process before the main one calls
+    this; FSDP does not combine with LoRA)."""
     with atomic_dir(path) as tmp:
-        save_pretrained(model, tmp)
+        save_pretrained(model, tmp, state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))

@@ -2,7 +2,8 @@
 N processes — and compare the weights they save.
 
 The data-parallel harness: :func:`launch` starts a job as ``nproc`` processes on the CPU (gloo) with
-``configs/accelerate/cpu_2proc.yaml``, one PyTorch thread each and a free rendezvous port;
+``configs/accelerate/cpu_2proc.yaml`` (or another launcher config, e.g. ``FSDP_CONFIG``), one PyTorch
+thread each and a free rendezvous port;
 :func:`assert_same_weights` compares every tensor of two saved models.
 """
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
+FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp_cpu_2proc.yaml"
 
 
 def free_port() -> int:
@@ -80,14 +82,14 @@ def logged_steps(run_dir: Path) -> int:
     return max(steps)
 
 
-def launch(job: str, args: list[str], *, nproc: int = 2, cwd: Path = REPO, timeout: float = 300):
-    """``accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m prefgame JOB ARGS``."""
-    command = [
+def launch_command(job: str, args: list[str], *, nproc: int = 2, config: Path = CPU_CONFIG) -> list[str]:
+    """``accelerate launch --config_file CONFIG --num_processes NPROC -m prefgame JOB ARGS`` on a free port."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(CPU_CONFIG),
+        str(config),
         "--num_processes",
         str(nproc),
         "--main_process_port",
@@ -97,6 +99,14 @@ def launch(job: str, args: list[str], *, nproc: int = 2, cwd: Path = REPO, timeo
         job,
         *args,
     ]
+
+
+def launch(
+    job: str, args: list[str], *, nproc: int = 2, config: Path = CPU_CONFIG, cwd: Path = REPO, timeout: float = 300
+):
+    """``accelerate launch --config_file CONFIG -m prefgame JOB ARGS`` (CONFIG: configs/accelerate/cpu_2proc.yaml
+    unless given); fails the test with the job's error output when it does not exit with 0."""
+    command = launch_command(job, args, nproc=nproc, config=config)
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=job_env())
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
     return result

@@ -42,6 +42,46 @@ def pm_args(arena: Path) -> list[str]:
     ]
 
 
+# one measurement of 4 held-out prompts, after the last iteration
+EVAL = ["eval.every=0", "eval.prompts=4", "eval.samples_per_prompt=1", "eval.reference_samples_per_prompt=1"]
+
+
+def selfplay_args(pi0: Path, algorithm: str = "inpo") -> list[str]:
+    """``prefgame selfplay`` from π0: two iterations of 4 prompts × 2 samples, two steps of 8 each."""
+    return [
+        f"policy.name_or_path={pi0}",
+        f"algorithm={algorithm}",
+        "sampling.prompts_per_iteration=4",
+        "sampling.samples_per_prompt=2",
+        "sampling.max_new_tokens=6",
+        "train.iterations=2",
+        "train.steps_per_iteration=2",
+        "train.batch_size=8",
+        "train.lr=1e-2",
+        "train.mixed_precision=no",
+        *EVAL,
+    ]
+
+
+def ppo_args(pi0: Path) -> list[str]:
+    """``prefgame ppo`` from π0 against the BT reward model :func:`train_pi0_and_reward` puts beside it:
+    two iterations of 8 rollouts, one epoch of one mini-batch."""
+    return [
+        f"policy.name_or_path={pi0}",
+        f"reward.path={pi0.parent.parent / 'reward'}",
+        "reward.normalize_samples=8",
+        "sampling.max_new_tokens=6",
+        "ppo.epochs=1",
+        "train.iterations=2",
+        "train.rollout_batch_size=8",
+        "train.mini_batch_size=8",
+        "train.lr=1e-2",
+        "train.mixed_precision=no",
+        "train.save_every=0",
+        *EVAL,
+    ]
+
+
 def train_pi0_and_reward(arena: Path, root: Path) -> tuple[Path, Path]:
     """A tiny π0 after 5 SFT steps and a BT reward model (frozen tiny backbone, 5 steps) under ``root``,
     for the trainers that start from a policy (dpo, selfplay, ppo); returns (π0 folder, reward run)."""

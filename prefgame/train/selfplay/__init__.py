@@ -43,7 +43,6 @@ from prefgame.train.selfplay.config import (
 )
 from prefgame.train.selfplay.driver import (
     ARENA_PRESETS,
-    QUICKSTART_OVERRIDES,
     run,
     run_selfplay,
     selfplay_config,
@@ -64,7 +63,6 @@ __all__ = [
     "POLICY_SAMPLES",
     "PolicyConfig",
     "PromptsConfig",
-    "QUICKSTART_OVERRIDES",
     "STEP_ORDER",
     "SamplingConfig",
     "SelfPlay",

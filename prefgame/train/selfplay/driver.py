@@ -14,6 +14,7 @@ from prefgame.errors import ConfigError
 from prefgame.lora import trained_state
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, run_job, seed_everything
+from prefgame.train import sharding
 from prefgame.train.engine import end_run, save_checkpoint
 from prefgame.train.policy import PolicyEvaluator, measured_rows, run_iterations, summary_text
 from prefgame.train.selfplay.config import Algorithm, SelfPlayConfig
@@ -96,9 +97,10 @@ def train(
         "iterations": train_seconds,
         "measurements": evaluator.seconds if evaluator is not None else 0.0,
     }
+    final = sp.average if sp.averaged else sp.policy
+    weights = sharding.model_weights(final)  # gathered on every process under FSDP
     if sp.acc.is_main_process:
-        final = sp.average if sp.averaged else sp.acc.unwrap_model(sp.wrapper).model
-        save_model(final, sp.tok, out.path / "model")
+        save_model(final, sp.tok, out.path / "model", state_dict=weights)
         out.write_metrics(metrics)
         log.info(summary_text(f"selfplay {cfg.algorithm} done", metrics))
     end_run(sp.acc, run)
@@ -147,25 +149,6 @@ def run_selfplay(
 
 # The arena settings of each algorithm (configs/selfplay/<algorithm>.yaml holds the same values).
 ARENA_PRESETS: dict[str, list[str]] = {name: list(spec.preset) for name, spec in ALGORITHMS.items()}
-
-
-# A short run for the quickstart's budget (applied on top of an ARENA_PRESETS entry): 10 iterations ×
-# 16 prompts × K = 4, 2 optimizer steps each at a constant lr, measured before, at iteration 5 and after
-# the last on 120 held-out prompts. Its cost and why longer runs at this lr are not kept: docs/selfplay.md
-# ("Quickstart preset (measured)").
-QUICKSTART_OVERRIDES: tuple[str, ...] = (
-    "train.iterations=10",
-    "sampling.prompts_per_iteration=16",
-    "train.steps_per_iteration=2",
-    "train.batch_size=64",
-    "train.micro_batch_size=64",
-    "train.warmup_steps=0",
-    "train.schedule=constant",
-    "train.lr=5e-4",
-    "eval.every=5",
-    "eval.prompts=120",
-    "eval.reference_samples_per_prompt=2",
-)
 
 
 def selfplay_config(

@@ -20,6 +20,7 @@ from prefgame.lora import trained_state
 from prefgame.losses import sequence_logprobs
 from prefgame.oracle import PreferenceOracle, build_oracle
 from prefgame.run import RunDir
+from prefgame.train import sharding
 from prefgame.train.engine import MetricMeter, local_micro_batches, make_optimizer, optimizer_step, step_indices
 from prefgame.train.policy import PolicyRuntime
 from prefgame.train.selfplay.registry import ALGORITHMS
@@ -71,10 +72,16 @@ class SelfPlay(PolicyRuntime):
         super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
         self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
+        whole_copies = {  # each keeps a whole copy of the policy beside the sharded one
+            "train.average_from ≥ 0": self.plan.average_from >= 0,  # the weight average
+            "sampling.backend=vllm": cfg.sampling.backend == "vllm",  # the engine's weights
+            "algorithm=optimistic_md": getattr(cfg, "algorithm", "") == "optimistic_md",  # the previous iterate
+        }
+        sharding.refuse_settings(self.acc, whole_copies, "it keeps a whole copy of the policy beside the sharded one")
         self.wrapper = ResponseLogps(self.policy)
         steps = self.plan.count * self.plan.steps
         self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), tc, steps)
-        self.wrapper, self.optimizer = self.acc.prepare(self.wrapper, self.optimizer)
+        self.wrapper, self.optimizer = sharding.prepare(self.acc, self.wrapper, self.optimizer)
         self.version = 0  # optimizer steps applied (tells the vLLM copy when it is stale)
         self.vllm = None
         if cfg.sampling.backend == "vllm":
