@@ -105,8 +105,10 @@ def sample_groups(
     groups = list(groups)
     bounds = np.cumsum([0] + [len(g.prompt_ids) for g in groups])  # group g: rows bounds[g] … bounds[g+1]−1
     all_ids = [list(p) for g in groups for p in g.prompt_ids]
+    if not all_ids:
+        return [_empty() for _ in groups]
     # each model with non-zero weight in some group runs once per token over those groups' rows
-    plan = []  # (model, rows of the batch it computes (None: all), {group: its rows among the model's})
+    plan = []  # (model, rows of the batch it computes; None: all of them)
     for model, weight in ((policy, lambda b: 1.0 - b), (ref, lambda b: b)):
         served = [i for i, g in enumerate(groups) if weight(g.mixture_coef) > 0]
         if not served:
@@ -114,22 +116,15 @@ def sample_groups(
         if model is None:
             raise ValueError("a model with non-zero mixture weight is None")
         rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in served])
-        spans, at = {}, 0
-        for i in served:
-            spans[i] = slice(at, at + len(groups[i].prompt_ids))
-            at += len(groups[i].prompt_ids)
-        plan.append((model, None if len(rows) == len(all_ids) else torch.as_tensor(rows), spans))
-    if not all_ids:
-        return [_empty() for _ in groups]
-    first = base_of(plan[0][0])
-    device = next(first.parameters()).device
-    plan = [(m, None if rows is None else rows.to(device), spans) for m, rows, spans in plan]
-    modes = {id(base_of(m)): (base_of(m), base_of(m).training) for m, _, _ in plan}
+        plan.append((model, None if len(rows) == len(all_ids) else rows))
+    device = next(base_of(plan[0][0]).parameters()).device
+    plan = [(m, None if rows is None else torch.as_tensor(rows, device=device)) for m, rows in plan]
+    modes = {id(base_of(m)): (base_of(m), base_of(m).training) for m, _ in plan}
     for net, _ in modes.values():
         net.eval()
     decoders = []
     try:
-        for m, rows, _ in plan:
+        for m, rows in plan:
             ids = all_ids if rows is None else [all_ids[i] for i in rows.tolist()]
             decoders.append(
                 make_decoder(m, ids, pad_token_id, device, max_new_tokens=max_new_tokens, use_cache=use_cache)
@@ -166,7 +161,7 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
     logits = [d.start() for d in decoders]  # per model, (its rows, V)
     for n in range(max_new_tokens):
         full = [lg.float() if rows is None else lg.new_zeros((b, lg.shape[-1])).index_copy_(0, rows, lg).float()
-                for lg, (_, rows, _) in zip(logits, plan)]  # fmt: skip
+                for lg, (_, rows) in zip(logits, plan)]  # fmt: skip
         if len(full) == 2:
             mixed = torch.addcmul(weights[0] * full[0], weights[1], full[1])
         else:
@@ -199,7 +194,7 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
                 active[g] = False
         if not any(active) or n + 1 == max_new_tokens:
             break
-        logits = [d.step(pick if rows is None else pick[rows]) for d, (_, rows, _) in zip(decoders, plan)]
+        logits = [d.step(pick if rows is None else pick[rows]) for d, (_, rows) in zip(decoders, plan)]
     out = []
     for g in range(len(groups)):
         rows = slice(int(bounds[g]), int(bounds[g + 1]))
