@@ -287,7 +287,8 @@ class Request:
 
 
 # prefgame: this module's loop (the default: faster on CPU at every batch size measured, with the static
-# cache 1.8–2.4× transformers' generate, on the model's own cache 1.0–1.2×; docs/selfplay.md, *Sampling*);
+# cache about 2× the tokens/s of transformers' generate, on the model's own cache about 1×; docs/selfplay.md,
+# *Sampling*);
 # transformers: generate, for the policy alone
 ENGINES = ("prefgame", "transformers")
 
