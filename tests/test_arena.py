@@ -452,3 +452,16 @@ def test_tiny_llama_save_load_gives_identical_logits(arena_dir: Path, tmp_path: 
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert "model.safetensors" in files
     assert not {f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}
+
+
+def test_rankings_export_scores_each_response_by_its_gold_leave_one_out_win_rate():
+    arena = Arena()
+    rows = export.rankings(arena, 3, np.random.default_rng(1), k=4)
+    for row in rows:
+        ys = row["responses"]
+        assert len(ys) == 4 and len(row["scores"]) == 4
+        for i, y in enumerate(ys):
+            others = [z for j, z in enumerate(ys) if j != i]
+            expected = float(arena.gold_probability([row["prompt"]] * 3, [y] * 3, others).mean())
+            assert row["scores"][i] == pytest.approx(expected, abs=1e-9)
+        assert sum(row["scores"]) == pytest.approx(4 / 2)  # Σ_i Σ_{j≠i} P(i ≻ j) = K(K−1)/2

@@ -22,6 +22,7 @@ from prefgame.cli import main as cli_main
 from prefgame.data import (
     BATTLES_FEATURES,
     PAIRS_FEATURES,
+    RANKINGS_FEATURES,
     InvalidDataError,
     apply_chat_template_or_plain,
     detect_format,
@@ -522,3 +523,92 @@ def test_cli_validate_subprocess(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "format    ratings (kind: ratings)" in result.stdout
     assert "correctness" in result.stdout and "(1)" in result.stdout
+
+
+# -- K-way rankings ---------------------------------------------------------------------------------
+
+
+def test_ultrafeedback_fixture_loads_as_four_way_rankings() -> None:
+    """UltraFeedback's raw rows (instruction, completions with overall_score / fine-grained_score, extra
+    fields) read as rankings: four responses in input order, scores from overall_score (the first score key)."""
+    source = fixture("ultrafeedback.jsonl")
+    raw = [json.loads(line) for line in Path(source).read_text().splitlines()]
+    data = load_preferences(source)
+    assert (data.kind, data.format, len(data.dataset)) == ("rankings", "rankings", len(raw))
+    assert data.dataset.features == RANKINGS_FEATURES
+    row = data.dataset[0]
+    assert row["prompt"] == raw[0]["instruction"]
+    assert row["prompt_messages"] == [{"role": "user", "content": raw[0]["instruction"]}]
+    assert row["responses"] == [c["response"] for c in raw[0]["completions"]]
+    assert row["scores"] == [c["overall_score"] for c in raw[0]["completions"]]
+    assert row["source"] == "fixture"
+    summary = summarize(data)["rankings"]
+    # one partial tie in row 3 (two completions share an overall score): 1 of 36·6 pairs
+    assert (summary["k_min"], summary["k_max"], summary["all_tied"]) == (4, 4, 0.0)
+    assert summary["tied_pairs"] == pytest.approx(1 / (36 * 6))
+
+
+def test_rankings_from_responses_with_scores_or_a_ranking(tmp_path: Path) -> None:
+    """``responses`` + ``scores``, or + ``ranking`` (positions best first → scores K − position)."""
+    path = tmp_path / "r.jsonl"
+    rows = [
+        {"prompt": "p1", "responses": ["a", "b", "c"], "scores": [1, 3, 2]},
+        {"prompt": "p2", "responses": ["a", "b"], "scores": ["0.5", 2]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_preferences(str(path))
+    assert data.dataset["scores"] == [[1.0, 3.0, 2.0], [0.5, 2.0]]
+    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}))
+    data = load_preferences(str(path))
+    assert data.dataset["scores"] == [[2.0, 1.0, 3.0]]  # c first (3), a second (2), b last (1)
+    from prefgame.data.columns import load_rankings
+
+    ranked = load_rankings(str(path), "train", skip_invalid=False)
+    assert ranked.responses == [["c", "a", "b"]] and ranked.scores[0].tolist() == [3.0, 2.0, 1.0]
+    pairs = ranked.pairs("all")
+    assert list(zip(pairs.chosen, pairs.rejected)) == [("c", "a"), ("c", "b"), ("a", "b")]
+    assert pairs.margins.tolist() == [1.0, 2.0, 1.0] and pairs.labels.tolist() == [1.0, 1.0, 1.0]
+    assert (ranked.pairs("best_worst").chosen, ranked.pairs("best_worst").rejected) == (["c"], ["b"])
+
+
+def _completion(text, score):
+    return {"response": text, "overall_score": score}
+
+
+BAD_RANKINGS = [
+    # (row, completions or responses fields, expected (field, reason))
+    ({"instruction": "q", "completions": [_completion("a", 2.0), {"response": "b", "overall_score": None}]},
+     ("completions[1].score", "missing score")),
+    ({"instruction": "q", "completions": [_completion("a", 2.0), _completion("  ", 1.0)]},
+     ("completions[1].response", "empty response")),
+    ({"instruction": "q", "completions": [_completion("a", 2.0)]}, ("completions", "fewer than 2 responses")),
+    ({"instruction": "q", "completions": [_completion("a", 2.0), _completion("a ", 1.0)]},
+     ("completions[1]", "duplicate response")),
+    ({"instruction": "", "completions": [_completion("a", 2.0), _completion("b", 1.0)]}, ("instruction", "empty text")),
+]  # fmt: skip
+
+
+def test_bad_ranking_rows_are_reported_with_row_and_field(tmp_path: Path) -> None:
+    good = {"instruction": "q", "completions": [_completion("a", 2.0), _completion("b", 1.0)]}
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [good] + [row for row, _ in BAD_RANKINGS]))
+    with pytest.raises(InvalidDataError) as info:
+        load_preferences(str(path))
+    problems = info.value.problems
+    assert [(p.row, p.field, p.reason) for p in problems] == [
+        (i + 1, field, reason) for i, (_, (field, reason)) in enumerate(BAD_RANKINGS)
+    ]
+    message = str(info.value)
+    assert "\n" not in message
+    assert "first: row 1, field 'completions[1].score': missing score" in message
+    assert len(load_preferences(str(path), skip_invalid=True).dataset) == 1
+    for rows, (field, reason) in [
+        ([{"prompt": "q", "responses": ["a", "b"], "scores": [1.0]}], ("scores", "wrong length")),
+        ([{"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}], ("ranking", "not a ranking")),
+        ([{"prompt": "q", "responses": ["a", "b"], "scores": [1.0, None]}], ("scores[1]", "missing score")),
+    ]:
+        path.write_text(json.dumps(rows[0]))
+        with pytest.raises(InvalidDataError) as info:
+            load_preferences(str(path))
+        assert (info.value.problems[0].field, info.value.problems[0].reason) == (field, reason)
+        assert f"row 0, field '{field}': {reason}" in str(info.value)

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 
 from prefgame.config import load_config
 from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, truncate
+from prefgame.losses import dpo_loss, gpo_loss, infonca_loss, nca_loss, pro_loss, slic_loss
 from prefgame.train import dpo
-from prefgame.train.dpo import DPOConfig, PairLogps, best_worst_pairs, load_pair_set
+from prefgame.train.dpo import DPOConfig, DPOLossConfig, PairLogps, best_worst_pairs, load_pair_set, ranked_groups
 from prefgame.train.sft import SFTModelConfig, build_model, save_model
 
 
@@ -90,6 +91,47 @@ def test_best_worst_pairs_hand_example() -> None:
     # K = 3, two prompts: win rates (0.2, 0.9, 0.4) → best 1, worst 0; (0.5, 0.5, 0.5) → all tie, skipped
     chosen, rejected = best_worst_pairs(torch.tensor([0.2, 0.9, 0.4, 0.5, 0.5, 0.5], dtype=torch.float64), 3)
     assert chosen.tolist() == [1] and rejected.tolist() == [0]
+
+
+def test_ranked_groups_hand_example() -> None:
+    # K = 3: (0.2, 0.9, 0.4) → 1, 2, 0; all tie → skipped; (0.7, 0.1, 0.7) → 3·2+0, 3·2+2 (sample order), 3·2+1
+    cols = ranked_groups(torch.tensor([0.2, 0.9, 0.4, 0.5, 0.5, 0.5, 0.7, 0.1, 0.7], dtype=torch.float64), 3)
+    assert cols.tolist() == [[1, 6], [2, 8], [0, 7]]
+
+
+def test_every_loss_type_selects_its_loss() -> None:
+    """loss.loss_type → the pure loss with the config's options; listwise types on a pair are their K = 2 case."""
+    gen = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(5, generator=gen, dtype=torch.float64) for _ in range(4))
+    lc, lr = torch.full((5,), 7.0, dtype=torch.float64), torch.full((5,), 3.0, dtype=torch.float64)
+    lengths = {"chosen_lengths": lc, "rejected_lengths": lr}
+
+    def value(**kw):
+        return float(dpo.pair_loss(DPOLossConfig(**kw), pc, pr, rc, rr, **lengths)[0])
+
+    assert value(loss_type="ipo", beta=0.3, length_alpha=0.1) == float(
+        dpo_loss(pc, pr, rc, rr, beta=0.3, loss_type="ipo", length_alpha=0.1, **lengths)[0]
+    )
+    for f in dpo.GPO_TYPES:
+        expected = gpo_loss(pc, pr, rc, rr, beta=0.3, f=f, label_smoothing=0.1, length_alpha=0.1, **lengths)[0]
+        assert value(loss_type=f, beta=0.3, label_smoothing=0.1, length_alpha=0.1) == float(expected), f
+    expected = slic_loss(pc, pr, rc, rr, delta=2.0, sft_coef=0.3, use_reference=True, beta=0.3)[0]
+    assert value(loss_type="slic", beta=0.3, slic_delta=2.0, sft_coef=0.3, slic_reference=True) == float(expected)
+    sigmoid = value(loss_type="sigmoid", beta=0.3)
+    assert value(loss_type="pro", beta=0.3) == pytest.approx(sigmoid, rel=1e-12)
+    assert value(loss_type="infonca", beta=0.3, infonca_alpha=1e-3) == pytest.approx(sigmoid, rel=1e-12)
+    policy, ref = torch.stack([pc, pr], -1), torch.stack([rc, rr], -1)
+    scores = torch.tensor([[2.0, 1.0]] * 5, dtype=torch.float64)
+    got = dpo.list_loss(DPOLossConfig(loss_type="nca", beta=0.3, infonca_alpha=0.5), policy, ref, scores, None)[0]
+    assert float(got) == float(nca_loss(policy, ref, scores, beta=0.3, alpha=0.5)[0])
+    got = dpo.list_loss(DPOLossConfig(loss_type="infonca", beta=0.3), policy, ref, scores, None)[0]
+    assert float(got) == float(infonca_loss(policy, ref, scores, beta=0.3, alpha=1.0)[0])
+    got = dpo.list_loss(DPOLossConfig(loss_type="pro", beta=0.3, sft_coef=0.2), policy, ref, scores, None)[0]
+    assert float(got) == float(pro_loss(policy, ref, beta=0.3, sft_coef=0.2)[0])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        DPOLossConfig(loss_type="slic", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="length_alpha"):
+        DPOLossConfig(loss_type="pro", length_alpha=0.1)
 
 
 def test_pair_logps_equal_full_logits_log_softmax(pi0: Path) -> None:
@@ -325,6 +367,18 @@ def test_online_length_normalize_divides_policy_and_reference_logps_by_length(pi
     torch.testing.assert_close(mrr * lr, rr, rtol=1e-5, atol=1e-5)
 
 
+def test_online_projects_loss_chunk_size_rows_at_a_time(pi0: Path, tmp_path: Path, monkeypatch) -> None:
+    """loss.chunk_size reaches the online mode: its training passes and π0's log-probs project at most that
+    many response rows to the vocabulary at once."""
+    from prefgame.losses import logprobs
+
+    projected: list[int] = []
+    project = logprobs._project
+    monkeypatch.setattr(logprobs, "_project", lambda h, w, b: projected.append(h.shape[0]) or project(h, w, b))
+    dpo.run(online_config(pi0, tmp_path / "run", "online.rounds=1", "online.steps_per_round=1", "loss.chunk_size=2"))
+    assert projected and max(projected) == 2
+
+
 @pytest.mark.parametrize(
     ("mode", "path"), [("offline", "configs/dpo/arena.yaml"), ("online", "configs/dpo/arena-online.yaml")]
 )
@@ -377,3 +431,87 @@ def test_online_ranks_responses_without_eos_last(pi0: Path, tmp_path: Path, monk
                 mixed += 1
                 assert not group_cut[group.argmax()]
     assert mixed > 0  # the check above ran
+
+
+def test_online_listwise_ranks_all_k_samples_and_pro_with_two_is_dpo(pi0: Path, tmp_path: Path, monkeypatch) -> None:
+    """Listwise online DPO trains on one K-way list per prompt, best first by win rate; with K = 2 the list
+    is the best-vs-worst pair and PRO is DPO, so a PRO run and a sigmoid run end at the same weights."""
+    seen = []
+    real = dpo.list_loss
+
+    def recording(cfg, policy, ref, scores, mask, **kw):
+        seen.append(scores.detach().clone())
+        assert policy.shape == ref.shape == scores.shape and policy.shape[1] == 3
+        return real(cfg, policy, ref, scores, mask, **kw)
+
+    monkeypatch.setattr(dpo, "list_loss", recording)
+    m = dpo.run(online_config(pi0, tmp_path / "pro3", "online.rounds=1", "loss.loss_type=pro"))
+    monkeypatch.undo()
+    assert seen and all(bool((s[:, :-1] >= s[:, 1:]).all()) for s in seen)  # ranked best first
+    assert metric_rows(tmp_path / "pro3")[-1]["lists"] > 0 and m["loss_type"] == "pro"
+    k2 = ("online.rounds=2", "sampling.samples_per_prompt=2")
+    dpo.run(online_config(pi0, tmp_path / "pro2", *k2, "loss.loss_type=pro"))
+    dpo.run(online_config(pi0, tmp_path / "dpo2", *k2, "loss.loss_type=sigmoid"))
+    pro, sig = weights(tmp_path / "pro2"), weights(tmp_path / "dpo2")
+    for name in sig:
+        torch.testing.assert_close(pro[name], sig[name], rtol=0, atol=1e-5, msg=name)
+
+
+# -- offline, K-way rankings --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rankings_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 four-way arena rankings scored by the gold leave-one-out win rate (``prefgame arena rankings=…``)."""
+    from prefgame.arena import export
+    from prefgame.arena.world import Arena
+    from prefgame.run import write_jsonl
+
+    path = tmp_path_factory.mktemp("rankings") / "rankings.jsonl"
+    write_jsonl(path, export.rankings(Arena(), 40, np.random.default_rng(0), k=4))
+    return path
+
+
+def test_offline_pro_trains_on_whole_rankings(pi0: Path, arena_dir: Path, rankings_file: Path, tmp_path: Path) -> None:
+    """A listwise loss on rankings data reads the lists (not pairs): at step 1 the policy is π0, every
+    implicit reward is 0 and PRO's loss is log 4! = 3.178 (every ranking equally likely); it then falls."""
+    cfg = dpo_config(
+        pi0, arena_dir, tmp_path / "pro", f"data.path={rankings_file}", "loss.loss_type=pro", "train.max_steps=6",
+        "train.batch_size=8", "train.micro_batch_size=4", "data.eval_fraction=0.25",
+    )  # fmt: skip
+    m = dpo.run(cfg)
+    rows = metric_rows(tmp_path / "pro")
+    assert m["data"] == "ranked lists" and m["train_pairs"] == 30 and m["eval_pairs"] == 10
+    assert rows[0]["loss"] == pytest.approx(math.log(24), abs=1e-4)
+    assert m["eval_initial"]["eval_loss"] == pytest.approx(math.log(24), abs=1e-4)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3  # 30 lists and a random tiny π0: held-out loss may rise
+    assert {"eval_rewards/accuracy", "eval_rewards/top1", "eval_rewards/margin"} <= set(m["eval"])
+    # a pair loss on the same file trains on each list's best-vs-worst pair
+    cfg = dpo_config(
+        pi0, arena_dir, tmp_path / "bw", f"data.path={rankings_file}", "train.max_steps=1", "data.eval_fraction=0",
+    )  # fmt: skip
+    bw = dpo.run(cfg)
+    assert (bw["data"], bw["train_pairs"], bw["loss_type"]) == ("pairs", 40, "sigmoid")
+
+
+def test_offline_pro_on_two_way_rankings_is_dpo_on_the_pairs(pi0: Path, arena_dir: Path, tmp_path: Path) -> None:
+    """K = 2 lists (best first) and the same pairs: PRO and DPO take the same steps and end at the same weights."""
+    from prefgame.run import write_jsonl
+
+    pairs = [json.loads(x) for x in (arena_dir / "pairs.jsonl").read_text().splitlines()][:48]
+    pairs = [p for p in pairs if p["chosen"] != p["rejected"] and p["label"] != 0.5]
+    write_jsonl(tmp_path / "pairs.jsonl", [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    lists = [{"prompt": p["prompt"], "responses": [p["rejected"], p["chosen"]], "scores": [0, 1]} for p in pairs]
+    write_jsonl(tmp_path / "lists.jsonl", lists)
+    common = ("train.max_steps=4", "train.batch_size=8", "train.micro_batch_size=8", "data.eval_fraction=0.25")
+    a = dpo.run(dpo_config(pi0, arena_dir, tmp_path / "dpo", f"data.path={tmp_path / 'pairs.jsonl'}", *common))
+    b = dpo.run(
+        dpo_config(
+            pi0, arena_dir, tmp_path / "pro", f"data.path={tmp_path / 'lists.jsonl'}", "loss.loss_type=pro", *common
+        )
+    )
+    assert (a["data"], b["data"]) == ("pairs", "ranked lists")
+    assert b["eval"]["eval_loss"] == pytest.approx(a["eval"]["eval_loss"], abs=1e-5)
+    wa, wb = weights(tmp_path / "dpo"), weights(tmp_path / "pro")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5, msg=name)

@@ -15,10 +15,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from prefgame.losses import (
+    GPO_FUNCTIONS,
     bt_loss,
     compute_gae,
     dpo_loss,
     geometric_mixture_logprobs,
+    gpo_loss,
+    infonca_loss,
     inpo_loss,
     kl_penalized_rewards,
     masked_mean,
@@ -27,16 +30,21 @@ from prefgame.losses import (
     masked_whiten,
     mmd_loss,
     nash_md_pg_loss,
+    nca_loss,
     pairwise_logistic_loss,
     pessimistic_score,
+    plackett_luce_loss,
+    plackett_luce_nll,
     ppo_policy_loss,
     ppo_value_loss,
+    pro_loss,
     reduce_mean,
     regression_loss,
     response_logprobs,
     ridge_fit,
     sequence_logprobs,
     sequence_mean_logprobs,
+    slic_loss,
     sppo_loss,
     token_logprobs_from_logits,
 )
@@ -726,3 +734,254 @@ def test_kl_penalized_rewards_hand_values():
     close(metrics["score"], 1.0)
     with pytest.raises(ValueError):
         kl_penalized_rewards(t(1.0), t(0.0).view(1, 1), t(0.0).view(1, 1), torch.zeros(1, 1), kl_coef=0.1)
+
+
+# ------------------------------------------------------------------------------------- GPO, SLiC, listwise
+
+
+def test_gpo_functions_hand_values_at_three_margins():
+    """Δ = 2 (the pair of the DPO tests), so z = 2β. β = 0.25 → z = 0.5; Δ = −2 → z = −0.5; β = 0.75 → z = 1.5.
+    logistic log(1+e^{−z}): 0.474076984180, 0.974076984180, softplus(−1.5) = 0.201413277982
+    hinge max(0, 1−z): 0.5, 1.5, 0;  squared (1−z)²: 0.25, 2.25, 0.25;  truncated max(0,1−z)²: 0.25, 2.25, 0
+    exponential e^{−z}: 0.606530659713, 1.648721270700, e^{−1.5} = 0.223130160148
+    savage σ(−z)²: 0.142536956597, 0.387455619000, σ(−1.5)² = 0.182425523806² = 0.033279070730."""
+    fwd, bwd = (t(-10.0), t(-12.0), t(-11.0), t(-11.0)), (t(-12.0), t(-10.0), t(-11.0), t(-11.0))
+    expected = {
+        "logistic": (0.4740769841801067, 0.9740769841801067, math.log1p(math.exp(-1.5))),
+        "hinge": (0.5, 1.5, 0.0),
+        "squared": (0.25, 2.25, 0.25),
+        "truncated_quadratic": (0.25, 2.25, 0.0),
+        "exponential": (0.6065306597126334, 1.6487212707001282, math.exp(-1.5)),
+        "savage": (0.1425369565965509, 0.3874556190002601, (1 / (1 + math.exp(1.5))) ** 2),
+    }
+    assert set(expected) == set(GPO_FUNCTIONS)
+    for f, (at_half, at_minus_half, at_one_and_half) in expected.items():
+        close(gpo_loss(*fwd, beta=0.25, f=f)[0], at_half)
+        close(gpo_loss(*bwd, beta=0.25, f=f)[0], at_minus_half)
+        close(gpo_loss(*fwd, beta=0.75, f=f)[0], at_one_and_half)
+    # label smoothing ε = 0.1 on the hinge at z = 0.5: 0.9·0.5 + 0.1·1.5 = 0.6
+    close(gpo_loss(*fwd, beta=0.25, f="hinge", label_smoothing=0.1)[0], 0.6)
+    with pytest.raises(ValueError):
+        gpo_loss(*fwd, beta=0.25, f="cubic")
+
+
+def test_gpo_gradients_hand_values_and_autograd_of_the_written_formulas():
+    """∂ℓ/∂log π(y_w) = β f'(z), −β f'(z) for log π(y_l). At z = 0.5, β = 0.25: hinge f' = −1 → −0.25;
+    squared f' = −2(1 − z) = −1 → −0.25; exponential f' = −e^{−z} → −0.25·0.606530659713;
+    savage f' = −2σ(−z)²σ(z) = −2·0.142536956597·0.622459331202 → −0.25·0.177448170900."""
+    hand = {
+        "hinge": -0.25,
+        "squared": -0.25,
+        "truncated_quadratic": -0.25,
+        "exponential": -0.25 * math.exp(-0.5),
+        "savage": -0.25 * 2 * 0.1425369565965509 * 0.6224593312018546,
+    }
+    for f, g in hand.items():
+        pc, pr = t(-10.0).requires_grad_(), t(-12.0).requires_grad_()
+        grads = torch.autograd.grad(gpo_loss(pc, pr, t(-11.0), t(-11.0), beta=0.25, f=f)[0], (pc, pr))
+        close(grads[0], t(g))
+        close(grads[1], t(-g))
+    written = {
+        "logistic": lambda z: torch.log(1 + torch.exp(-z)),
+        "hinge": lambda z: torch.clamp(1 - z, min=0),
+        "squared": lambda z: (1 - z) ** 2,
+        "exponential": lambda z: torch.exp(-z),
+        "truncated_quadratic": lambda z: torch.clamp(1 - z, min=0) ** 2,
+        "savage": lambda z: 1 / (1 + torch.exp(z)) ** 2,
+    }
+    gen = torch.Generator().manual_seed(0)
+    inputs = [(torch.randn(6, generator=gen, dtype=D) * 3).requires_grad_() for _ in range(4)]
+    for f, formula in written.items():
+        loss = gpo_loss(*inputs, beta=0.3, f=f)[0]
+        z = 0.3 * ((inputs[0] - inputs[2]) - (inputs[1] - inputs[3]))
+        for a, b in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(formula(z).mean(), inputs)):
+            close(a, b, 1e-12)
+        assert torch.autograd.gradcheck(lambda *x, f=f: gpo_loss(*x, beta=0.3, f=f)[0], inputs)
+
+
+def test_gpo_logistic_is_dpo_and_gpo_squared_is_ipo():
+    """GPO-logistic = DPO (with cDPO smoothing and the length term too); IPO(β) = GPO-squared at
+    β' = 2β (length α' = 2α) divided by 4β²: (Δ − 1/(2β))² = (1 − 2βΔ)²/(4β²). Gradients too."""
+    gen = torch.Generator().manual_seed(1)
+    inputs = [(torch.randn(8, generator=gen, dtype=D) * 2).requires_grad_() for _ in range(4)]
+    lengths = {"chosen_lengths": torch.arange(8.0, dtype=D), "rejected_lengths": torch.full((8,), 3.0, dtype=D)}
+    for extra in ({}, {"label_smoothing": 0.2}, {"length_alpha": 0.05, **lengths}):
+        a, ma = dpo_loss(*inputs, beta=0.1, **extra)
+        b, mb = gpo_loss(*inputs, beta=0.1, f="logistic", **extra)
+        close(a, b, 1e-14)
+        for x, y in zip(torch.autograd.grad(a, inputs), torch.autograd.grad(b, inputs)):
+            close(x, y, 1e-14)
+        assert ma.keys() == mb.keys()
+    for alpha in (0.0, 0.05):
+        extra = {"length_alpha": alpha, **lengths} if alpha else {}
+        ipo = dpo_loss(*inputs, beta=0.5, loss_type="ipo", **extra)[0]
+        extra2 = {"length_alpha": 2 * alpha, **lengths} if alpha else {}
+        sq = gpo_loss(*inputs, beta=1.0, f="squared", **extra2)[0] / (4 * 0.5**2)
+        close(ipo, sq, 1e-12)
+        for x, y in zip(torch.autograd.grad(ipo, inputs), torch.autograd.grad(sq, inputs)):
+            close(x, y, 1e-12)
+
+
+def test_slic_hand_values_gradients_and_gpo_hinge_identity():
+    """m = log π(y_w) − log π(y_l) = −10 − (−12) = 2, δ = 3: max(0, 1) = 1; λ = 0.1 adds −0.1·(−10) = 1 → 2.
+    ∂/∂log π(y_w) = −1 − 0.1 = −1.1, ∂/∂log π(y_l) = +1. With the reference (π0: −11, −12): m = 2 − 1 = 1,
+    hinge 2. Past the margin (δ = 1.5, m = 2) only the SFT term is left: 1, gradient −0.1 and 0.
+    With the reference, δ = 1/β and λ = 0 it is the GPO hinge divided by β."""
+    pc, pr = t(-10.0).requires_grad_(), t(-12.0).requires_grad_()
+    loss, metrics = slic_loss(pc, pr, t(-11.0), t(-12.0), delta=3.0, sft_coef=0.1)
+    close(loss, 2.0)
+    grads = torch.autograd.grad(loss, (pc, pr))
+    close(grads[0], t(-1.1))
+    close(grads[1], t(1.0))
+    close(metrics["slic/margin"], 2.0)
+    close(metrics["slic/active"], 1.0)
+    close(slic_loss(pc, pr, t(-11.0), t(-12.0), delta=3.0, use_reference=True)[0], 2.0)
+    loss = slic_loss(pc, pr, t(-11.0), t(-12.0), delta=1.5, sft_coef=0.1)[0]
+    close(loss, 1.0)
+    grads = torch.autograd.grad(loss, (pc, pr))
+    close(grads[0], t(-0.1))
+    close(grads[1], t(0.0))
+    # the SFT target can be another response: −0.1 · (−20) = 2 on top of the hinge 1
+    close(slic_loss(pc, pr, t(-11.0), t(-12.0), delta=3.0, sft_coef=0.1, sft_logps=t(-20.0))[0], 3.0)
+    gen = torch.Generator().manual_seed(2)
+    inputs = [(torch.randn(8, generator=gen, dtype=D) * 3).requires_grad_() for _ in range(4)]
+    a = slic_loss(*inputs, delta=1 / 0.4, use_reference=True)[0]
+    b = gpo_loss(*inputs, beta=0.4, f="hinge")[0] / 0.4
+    close(a, b, 1e-12)
+    for x, y in zip(torch.autograd.grad(a, inputs), torch.autograd.grad(b, inputs)):
+        close(x, y, 1e-12)
+
+
+def test_plackett_luce_hand_values_mask_and_normalization():
+    """Scores (2, 1, 0) in ranked order: −log P = [log(e²+e+1) − 2] + [log(e+1) − 1] + 0 = 0.720867651963.
+    A third entry masked out (any value, even NaN) leaves the K = 2 list (2, 1): softplus(−1) = 0.313261687518.
+    The K! orderings' probabilities sum to 1 (the loss is a normalized distribution over rankings)."""
+    import itertools
+
+    close(plackett_luce_nll(t(2.0, 1.0, 0.0)[None])[0], 0.7208676519626029)
+    scores = t(2.0, 1.0, float("nan")).view(1, 3).requires_grad_()
+    mask = torch.tensor([[True, True, False]])
+    nll = plackett_luce_nll(scores, mask)
+    close(nll[0], softplus(-1.0))
+    (grad,) = torch.autograd.grad(nll.sum(), scores)
+    close(grad, t(-1 / (1 + math.e), 1 / (1 + math.e), 0.0).view(1, 3))  # ∓σ(−1), 0 for the padding
+    s = t(0.3, -1.2, 2.0, 0.5)
+    total = sum(math.exp(-float(plackett_luce_nll(s[list(p)][None])[0])) for p in itertools.permutations(range(4)))
+    close(total, 1.0, 1e-12)
+    loss, metrics = plackett_luce_loss(t(2.0, 1.0, 0.0, 0.0, 3.0, 1.0).view(2, 3))
+    # second list (0, 3, 1): pairs 0>3 no, 0>1 no, 3>1 yes; first list all 3 right → 4/6; top1 1/2
+    close(metrics["accuracy"], 4 / 6)
+    close(metrics["top1"], 0.5)
+    close(metrics["margin"], ((2 - 0) + (0 - 1)) / 2)
+    per = plackett_luce_nll(t(2.0, 1.0, 0.0, 0.0, 3.0, 1.0).view(2, 3))
+    close(loss, per.mean())
+    close(plackett_luce_loss(t(2.0, 1.0, 0.0, 0.0, 3.0, 1.0).view(2, 3), normalizer=4)[0], per.sum() / 4)
+
+
+def test_plackett_luce_with_two_is_bradley_terry_and_gradient_matches_written_formula():
+    gen = torch.Generator().manual_seed(3)
+    s = (torch.randn(5, 2, generator=gen, dtype=D) * 2).requires_grad_()
+    a = plackett_luce_loss(s)[0]
+    b = bt_loss(s[:, 0], s[:, 1])[0]
+    close(a, b, 1e-14)
+    for x, y in zip(torch.autograd.grad(a, s), torch.autograd.grad(b, s)):
+        close(x, y, 1e-14)
+    # written formula, K = 4 with a ragged list: −Σ_k [s_k − log Σ_{i≥k, real} e^{s_i}]
+    s = (torch.randn(3, 4, generator=gen, dtype=D) * 2).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+
+    def written(scores):
+        total = 0
+        for b_, row in enumerate(scores):
+            n = int(mask[b_].sum())
+            for k in range(n):
+                total = total - (row[k] - torch.log(sum(torch.exp(row[i]) for i in range(k, n))))
+        return total
+
+    a = plackett_luce_nll(s, mask).sum()
+    close(a, written(s), 1e-12)
+    for x, y in zip(torch.autograd.grad(a, s), torch.autograd.grad(written(s), s)):
+        close(x, y, 1e-12)
+    assert torch.autograd.gradcheck(lambda x: plackett_luce_nll(x, mask), (s,))
+
+
+def test_pro_hand_value_sft_term_and_dpo_identity():
+    """log-ratios (1, 0, −1) with β = 1 → rewards (1, 0, −1): [log(e+1+e⁻¹) − 1] + [log(1+e⁻¹) − 0]
+    = 0.407605964 + 0.313261688 = 0.720867651963 (the (2, 1, 0) list shifted: PL is shift-invariant).
+    λ = 0.5 adds −0.5·log π(y_1) = −0.5·(−4) = 2. K = 2 is DPO; without a reference r = β log π."""
+    policy, ref = t(-4.0, -6.0, -8.0).view(1, 3), t(-5.0, -6.0, -7.0).view(1, 3)
+    close(pro_loss(policy, ref, beta=1.0)[0], 0.7208676519626029)
+    close(pro_loss(policy, ref, beta=1.0, sft_coef=0.5)[0], 0.7208676519626029 + 2.0)
+    close(pro_loss(policy, None, beta=0.5)[0], plackett_luce_nll(0.5 * policy)[0])
+    gen = torch.Generator().manual_seed(4)
+    inputs = [(torch.randn(6, generator=gen, dtype=D) * 3).requires_grad_() for _ in range(4)]
+    pro, pm = pro_loss(torch.stack(inputs[:2], -1), torch.stack(inputs[2:], -1), beta=0.2)
+    dpo, dm = dpo_loss(*inputs, beta=0.2)
+    close(pro, dpo, 1e-14)
+    close(pm["rewards/accuracy"], dm["rewards/accuracy"])
+    close(pm["rewards/margin"], dm["rewards/margin"])
+    for x, y in zip(torch.autograd.grad(pro, inputs), torch.autograd.grad(dpo, inputs)):
+        close(x, y, 1e-14)
+    # the SFT term's gradient: −λ on log π(y_1) only
+    p = policy.clone().requires_grad_()
+    g0 = torch.autograd.grad(pro_loss(p, ref, beta=1.0)[0], p)[0]
+    g1 = torch.autograd.grad(pro_loss(p, ref, beta=1.0, sft_coef=0.5)[0], p)[0]
+    close(g1 - g0, t(-0.5, 0.0, 0.0).view(1, 3))
+
+
+def test_infonca_and_nca_hand_values_gradients_and_dpo_limit():
+    """Rewards R = (1, 0), α = 1: target p = (σ(1), σ(−1)) = (0.731058578630, 0.268941421370). Implicit
+    rewards r = (1, −1) (β = 1): InfoNCA = p₁ softplus(−2) + p₂ softplus(2) = 0.664810853783, and its
+    gradient in r is softmax(r) − p = σ(2) − σ(1) = 0.149738499... for r₁ (the negative for r₂).
+    NCA = p₁ softplus(−1) + p₂ softplus(1) + (softplus(1) + softplus(−1))/2 = 1.395464796406."""
+    policy, ref, rewards = t(-4.0, -6.0).view(1, 2), t(-5.0, -5.0).view(1, 2), t(1.0, 0.0).view(1, 2)
+    p = policy.clone().requires_grad_()
+    loss, metrics = infonca_loss(p, ref, rewards, beta=1.0)
+    close(loss, 0.6648108537829628)
+    (grad,) = torch.autograd.grad(loss, p)
+    g = 1 / (1 + math.exp(-2)) - 1 / (1 + math.exp(-1))
+    close(grad, t(g, -g).view(1, 2))
+    close(metrics["rewards/accuracy"], 1.0)
+    close(nca_loss(policy, ref, rewards, beta=1.0)[0], 1.3954647964064408)
+    # a padded third entry (NaN everywhere) changes nothing and gets zero gradient
+    pad = lambda x: torch.cat([x, t(float("nan")).view(1, 1)], -1)  # noqa: E731
+    mask = torch.tensor([[True, True, False]])
+    for fn, value in ((infonca_loss, 0.6648108537829628), (nca_loss, 1.3954647964064408)):
+        p3 = pad(policy).requires_grad_()
+        loss = fn(p3, pad(ref), pad(rewards), beta=1.0, mask=mask)[0]
+        close(loss, value)
+        (grad,) = torch.autograd.grad(loss, p3)
+        assert torch.isfinite(grad).all() and grad[0, 2] == 0
+    # hard target (α → 0) with K = 2: DPO
+    gen = torch.Generator().manual_seed(5)
+    inputs = [(torch.randn(6, generator=gen, dtype=D) * 3).requires_grad_() for _ in range(4)]
+    hard = t(1.0, 0.0).expand(6, 2)
+    nca_ = infonca_loss(torch.stack(inputs[:2], -1), torch.stack(inputs[2:], -1), hard, beta=0.3, alpha=1e-3)[0]
+    dpo = dpo_loss(*inputs, beta=0.3)[0]
+    close(nca_, dpo, 1e-12)
+    for x, y in zip(torch.autograd.grad(nca_, inputs), torch.autograd.grad(dpo, inputs)):
+        close(x, y, 1e-12)
+
+
+def test_infonca_and_nca_gradients_match_the_written_formulas():
+    gen = torch.Generator().manual_seed(6)
+    policy = (torch.randn(3, 4, generator=gen, dtype=D) * 2).requires_grad_()
+    ref = torch.randn(3, 4, generator=gen, dtype=D)
+    rewards = torch.randn(3, 4, generator=gen, dtype=D)
+    beta, alpha = 0.7, 0.5
+    r = lambda x: beta * (x - ref)  # noqa: E731
+    target = torch.exp(rewards / alpha) / torch.exp(rewards / alpha).sum(-1, keepdim=True)
+
+    def written_infonca(x):
+        q = torch.exp(r(x)) / torch.exp(r(x)).sum(-1, keepdim=True)
+        return -(target * torch.log(q)).sum(-1).mean()
+
+    def written_nca(x):
+        sig = lambda v: 1 / (1 + torch.exp(-v))  # noqa: E731
+        return (-(target * torch.log(sig(r(x)))).sum(-1) - torch.log(sig(-r(x))).mean(-1)).mean()
+
+    for fn, written in ((infonca_loss, written_infonca), (nca_loss, written_nca)):
+        a = fn(policy, ref, rewards, beta=beta, alpha=alpha)[0]
+        close(a, written(policy), 1e-12)
+        close(torch.autograd.grad(a, policy)[0], torch.autograd.grad(written(policy), policy)[0], 1e-12)
+        assert torch.autograd.gradcheck(lambda x, fn=fn: fn(x, ref, rewards, beta=beta, alpha=alpha)[0], (policy,))

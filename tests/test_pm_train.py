@@ -6,6 +6,7 @@ Every run uses arena data and a new tiny backbone, a few steps each, on one thre
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from prefgame.arena import export
 from prefgame.arena.world import Arena
 from prefgame.config import load_config
+from prefgame.errors import PrefgameError
 from prefgame.models import load_preference_model
 from prefgame.oracle import PreferenceOracle
 from prefgame.run import RunDir, write_jsonl
@@ -288,3 +290,84 @@ def test_a_kind_registered_in_a_test_trains_saves_and_loads(tmp_path, data, toy_
     assert torch.allclose(p_ab + p_ba, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-15)
     m = model.preference_matrix(prompts[0], a + b)  # no score_matrix of its own: the K(K−1)/2 pairs
     assert torch.allclose(m[0, 2:3], model.preference(prompts[:1], a[:1], b[:1]), atol=1e-6)
+
+
+# -- K-way rankings: the Plackett–Luce reward model ----------------------------------------------------
+
+RANKINGS_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "data" / "ultrafeedback.jsonl"
+
+
+def _ranking_config(out: Path, path: Path, *extra: str) -> PMConfig:
+    """The tiny bt model of :func:`_config` on a rankings file (no arena metrics)."""
+    settings = {
+        "data.path": str(path), "arena_metrics": "false", "train.batch_size": "8", "train.micro_batch_size": "4",
+        "train.lr": "3e-2", "train.save_every": "0", "train.eval_every": "0",
+    }  # fmt: skip
+    settings.update(item.split("=", 1) for item in extra)
+    return _config(path.parent, out, settings.pop("model.kind", "bt"), **settings)
+
+
+def test_ultrafeedback_rankings_train_a_plackett_luce_reward_model(tmp_path):
+    """UltraFeedback-style four-completion rows train a bt reward with the Plackett–Luce loss: the loss
+    starts near log 4! (equal rewards) and falls, and the held-out lists' ordered pairs are ranked above
+    chance by the saved model."""
+    cfg = _ranking_config(tmp_path / "run", RANKINGS_FIXTURE, "train.max_steps=40")
+    metrics = _train(cfg)
+    assert metrics["loss"] == "plackett_luce" and metrics["train_lists"] == 27
+    assert metrics["train_pairs"] == 27 * 6 - metrics["train_tied_pairs"]
+    assert metrics["eval_pairs"] == 9 * 6 - (1 if metrics["train_tied_pairs"] == 0 else 0)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert rows[0]["loss"] == pytest.approx(math.log(24), abs=0.5)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+    assert metrics["eval"]["accuracy"] > 0.8
+    model = load_preference_model(tmp_path / "run")
+    raw = [json.loads(line) for line in RANKINGS_FIXTURE.read_text().splitlines()]
+    completions = raw[0]["completions"]
+    rewards = model.reward([raw[0]["instruction"]] * 4, [c["response"] for c in completions])
+    best = max(range(4), key=lambda i: completions[i]["overall_score"])
+    assert int(rewards.argmax()) == best
+
+
+def test_plackett_luce_on_two_way_lists_is_the_bt_trainer_on_the_same_pairs(tmp_path):
+    """K = 2 rankings (the winner scored 1, the loser 0) train to the same heads as the BT loss on the same
+    pairs: the same steps draw the same examples, and PL with K = 2 is −log σ(r_w − r_l)."""
+    raw = [json.loads(line) for line in RANKINGS_FIXTURE.read_text().splitlines()]
+    pairs, lists = [], []
+    for r in raw:
+        c = sorted(r["completions"], key=lambda c: -c["overall_score"])
+        pairs.append({"prompt": r["instruction"], "chosen": c[0]["response"], "rejected": c[-1]["response"]})
+        lists.append({"prompt": r["instruction"], "responses": [c[-1]["response"], c[0]["response"]], "scores": [0, 1]})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "lists.jsonl", lists)
+    common = ("train.max_steps=5", "loss.order_augmentation=false")
+    bt = _train(_ranking_config(tmp_path / "bt", tmp_path / "pairs.jsonl", *common))
+    pl = _train(_ranking_config(tmp_path / "pl", tmp_path / "lists.jsonl", *common))
+    assert pl["train_lists"] == bt["train_pairs"]
+    assert pl["eval"]["log_loss"] == pytest.approx(bt["eval"]["log_loss"], abs=1e-5)
+    a, b = _heads(tmp_path / "bt"), _heads(tmp_path / "pl")
+    # the last layer's bias shifts every reward alike: both losses give it an exact gradient of 0, and
+    # Adam turns their different float32 rounding noise into steps of the learning rate's size
+    shift = sorted(n for n in a if n.endswith(".bias"))[-1]
+    assert shift == "0.net.2.bias"
+    for name in a:
+        if name != shift:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_rankings_refuse_a_kind_that_trains_on_pairs(tmp_path):
+    cfg = _ranking_config(tmp_path / "run", RANKINGS_FIXTURE, "model.kind=gpm", "train.max_steps=1")
+    with pytest.raises(PrefgameError, match="K-way rankings"):
+        _train(cfg)
+
+
+def test_plackett_luce_fine_tunes_the_backbone_too(tmp_path):
+    """With model.backbone.freeze=false the rankings' response sequences pass the trained backbone."""
+    cfg = _ranking_config(
+        tmp_path / "run", RANKINGS_FIXTURE, "model.backbone.freeze=false", "model.head.prompt_input=true",
+        "train.max_steps=3",
+    )  # fmt: skip
+    metrics = _train(cfg)
+    assert metrics["train_lists"] == 27 and metrics["nonfinite_steps"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert load_preference_model(tmp_path / "run").reward(["How do I brew green tea?"], ["Steep it."]).shape == (1,)

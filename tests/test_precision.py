@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.weights import TINY, changed_fraction, save_bf16_llama
 from safetensors.torch import load_file
 
 from prefgame.cli import main
@@ -22,7 +23,6 @@ from prefgame.errors import ConfigError
 from prefgame.train.precision import Precision, resolve_mixed_precision
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 # 10 steps at the shipped learning rate, from the first step on (the shipped warm-up is 100 steps)
 STEPS = ["train.max_steps=10", "train.warmup_steps=0", "train.batch_size=8", "train.micro_batch_size=4"]
 QUIET = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
@@ -31,32 +31,7 @@ QUIET = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
 @pytest.fixture(scope="module")
 def bf16_llama(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama causal LM with the arena tokenizer, saved in bfloat16."""
-    from transformers import LlamaForCausalLM
-
-    from prefgame.arena.lm import tiny_llama_config
-    from prefgame.lm import load_tokenizer
-
-    tok = load_tokenizer(str(arena_dir / "tokenizer"))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(tok, max_position_embeddings=128, **TINY)).to(torch.bfloat16)
-    out = tmp_path_factory.mktemp("bf16-llama")
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
-
-
-def layer_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The transformer layers' weights of a saved model (causal LM or base model), by their name
-    under ``layers.``, in float32."""
-    tensors = load_file(str(path))
-    return {k[k.index("layers.") :]: v.float() for k, v in tensors.items() if "layers." in k}
-
-
-def changed_fraction(before: Path, after: Path) -> float:
-    """The share of the transformer layers' weight entries that differ between two saved models."""
-    a, b = layer_weights(before), layer_weights(after)
-    assert a.keys() == b.keys() and a
-    return sum(int((a[k] != b[k]).sum()) for k in a) / sum(v.numel() for v in a.values())
+    return save_bf16_llama(arena_dir / "tokenizer", tmp_path_factory.mktemp("bf16-llama"))
 
 
 def losses(run: Path) -> list[float]:

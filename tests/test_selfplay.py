@@ -454,6 +454,38 @@ def test_sampler_logps_replace_the_policy_forward_pass(pi0_dir, tmp_path):
     out.close()
 
 
+def test_log_probs_project_at_most_logprob_chunk_size_rows(pi0_dir, tmp_path, monkeypatch):
+    """train.logprob_chunk_size bounds the response rows projected to the vocabulary at once — in the
+    training forward and backward and in π0's log-probs — and changes no result: chunks of 2 rows give
+    the log-probs and gradients of one chunk holding every row."""
+    from prefgame.losses import logprobs
+    from prefgame.run import RunDir
+    from prefgame.train.selfplay import SelfPlay, selfplay_config
+
+    projected: list[int] = []
+    project = logprobs._project
+    monkeypatch.setattr(logprobs, "_project", lambda h, w, b: projected.append(h.shape[0]) or project(h, w, b))
+    got = {}
+    for chunk in (2, 10_000):
+        overrides = [*TINY, f"policy.name_or_path={pi0_dir}", f"output_dir={tmp_path / str(chunk)}"]
+        cfg = selfplay_config("inpo", None, [*overrides, f"train.logprob_chunk_size={chunk}"])
+        out = RunDir(cfg.output_dir)
+        sp = SelfPlay(cfg, out, logging.getLogger("test"))
+        ys = sp.sample(sp.iteration_prompts(0), (0, 0, 1))
+        projected.clear()
+        ref = sp.sequence_logps(sp.ref, ys)
+        batch = sp.batch(ys, range(len(ys)))
+        logps = sequence_logprobs(sp.wrapper(**batch), batch["response_mask"][:, 1:])
+        logps.sum().backward()
+        got[chunk] = (ref, logps.detach(), [p.grad.clone() for p in sp.policy.parameters()], max(projected))
+        out.close()
+    assert got[2][3] == 2 and got[10_000][3] > 2
+    for chunked, whole in zip(got[2][:2], got[10_000][:2]):
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    for chunked, whole in zip(got[2][2], got[10_000][2]):
+        torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
 class KilledError(Exception):
     pass
 

@@ -80,6 +80,26 @@ def labeled_pairs(arena: Arena, n: int, rng: np.random.Generator, *, minimal_pai
     return rows
 
 
+def rankings(arena: Arena, n: int, rng: np.random.Generator, *, k: int = 4) -> list[dict]:
+    """K-way rankings labeled by the gold preference: K demonstrator responses per prompt, each scored by
+    its gold leave-one-out win rate s_i = (1/(K−1)) Σ_{j≠i} P*(y_i ≻ y_j) (a ranking needs a score: the
+    gold preference is not transitive). ``subset`` is the prompt type."""
+    rows = []
+    for p in arena.sample_prompts(n, rng):
+        ys = [compose_response(p, arena.sample_features(rng), rng) for _ in range(k)]
+        i, j = np.triu_indices(k, 1)
+        probs = arena.gold_probability([p.text] * len(i), [ys[a] for a in i], [ys[b] for b in j]).numpy()
+        matrix = np.full((k, k), 0.0)
+        matrix[i, j], matrix[j, i] = probs, 1.0 - probs
+        types, _ = arena.classify([p.text], [ys[0]])
+        scores = matrix.sum(1) / (k - 1)
+        rows.append(
+            {"prompt": p.text, "responses": ys, "scores": [float(v) for v in scores],
+             "subset": prompt_type_name(int(types[0]))}
+        )  # fmt: skip
+    return rows
+
+
 def ratings(arena: Arena, n: int, rng: np.random.Generator, *, noise: float = 0.5, missing: float = 0.1) -> list[dict]:
     """Per-response ratings on a 0–4 scale for each objective: round(4·s_k + noise), some missing."""
     rows = []

@@ -45,6 +45,8 @@ class ArenaJobConfig:
     minimal_pair_fraction: float = param(0.3, "share of pairs that differ in exactly one feature")
     ratings: int = param(2000, "responses with per-objective ratings", ge=0)
     battles: int = param(2000, "battles between arena systems judged by the annotators", ge=0)
+    rankings: int = param(0, "K-way rankings labeled by the gold preference (rankings.jsonl; 0: none)", ge=0)
+    rankings_k: int = param(4, "responses per ranked list", ge=2)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.minimal_pair_fraction <= 1.0:
@@ -60,6 +62,8 @@ def export_all(cfg: ArenaJobConfig, out: RunDir) -> dict[str, int]:
         "ratings.jsonl": export.ratings(arena, cfg.ratings, rng),
         "battles.jsonl": export.battles(arena, cfg.battles, rng),
     }
+    if cfg.rankings:  # drawn after the others: their files do not depend on it
+        sets["rankings.jsonl"] = export.rankings(arena, cfg.rankings, rng, k=cfg.rankings_k)
     for name, rows in sets.items():
         write_jsonl(out.file(name), rows)
     save_tokenizer(out.file("tokenizer"))

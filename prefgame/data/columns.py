@@ -1,5 +1,5 @@
 """Normalized preference data as aligned columns, what trainers and scorers read: pairs (prompt,
-chosen, rejected, soft label, score margin, subset) and per-objective ratings, from any format
+chosen, rejected, soft label, score margin, subset), K-way rankings and per-objective ratings, from any format
 :func:`prefgame.data.load_preferences` reads; and prompt lists (:func:`load_prompts`) for the jobs
 that generate.
 
@@ -52,6 +52,22 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
     data = load_preferences(path, split=split, skip_invalid=skip_invalid)
     if data.kind != "pairs":
         raise DataError(f"{path}: expected preference pairs (prompt/chosen/rejected), got {data.kind} data")
+    return _pairs_of(data)
+
+
+def load_pairs_or_rankings(path: str, split: str, *, skip_invalid: bool) -> Pairs | Rankings:
+    """Pairs, or K-way rankings (each list sorted best first), whichever the data at ``path`` hold."""
+    from prefgame.data import load_preferences
+
+    data = load_preferences(path, split=split, skip_invalid=skip_invalid)
+    if data.kind == "rankings":
+        return rankings_of(data)
+    if data.kind != "pairs":
+        raise DataError(f"{path}: expected preference pairs or K-way rankings, got {data.kind} data")
+    return _pairs_of(data)
+
+
+def _pairs_of(data) -> Pairs:
     columns = ["prompt_messages", "chosen", "rejected", "label", "score_chosen", "score_rejected", "subset"]
     ds = data.dataset.select_columns(columns)
     cols = ds.to_dict()  # one Arrow → Python conversion (row-wise column access is ~10× slower)
@@ -65,6 +81,73 @@ def load_pairs(path: str, split: str, *, skip_invalid: bool) -> Pairs:
         np.nan_to_num(sc - sr, nan=0.0),
         cols["subset"],
     )
+
+
+@dataclass
+class Rankings:
+    """K-way rankings: for each prompt its responses **sorted best first** and their scores (higher is
+    better). Equal scores keep their input order (the Plackett–Luce loss needs a strict order: such ties
+    are broken by position; :attr:`tied_pairs` counts them)."""
+
+    prompts: list[str]  # text, or a Conversation
+    responses: list[list[str]]  # each best first
+    scores: list[np.ndarray]  # each (K,) non-increasing
+    subsets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, idx) -> Rankings:
+        idx = list(idx)
+        return Rankings(
+            [self.prompts[i] for i in idx],
+            [self.responses[i] for i in idx],
+            [self.scores[i] for i in idx],
+            [self.subsets[i] for i in idx],
+        )
+
+    @property
+    def tied_pairs(self) -> int:
+        """Response pairs within a list whose scores are equal (ordered by input position)."""
+        return int(sum((s[:, None] == s[None, :]).sum() - len(s) for s in self.scores) // 2)
+
+    def pairs(self, which: str = "all") -> Pairs:
+        """The strictly ordered pairs of each list as preference pairs (label 1: chosen scored higher):
+        ``all`` every pair i < j with s_i > s_j; ``best_worst`` the first against the last (lists whose
+        scores all tie give none)."""
+        prompts, chosen, rejected, margins, subsets = [], [], [], [], []
+        for x, ys, s, sub in zip(self.prompts, self.responses, self.scores, self.subsets):
+            k = len(ys)
+            ij = [(0, k - 1)] if which == "best_worst" else [(i, j) for i in range(k) for j in range(i + 1, k)]
+            for i, j in ij:
+                if s[i] > s[j]:
+                    prompts.append(x)
+                    chosen.append(ys[i])
+                    rejected.append(ys[j])
+                    margins.append(s[i] - s[j])
+                    subsets.append(sub)
+        return Pairs(prompts, chosen, rejected, np.ones(len(prompts)), np.asarray(margins, dtype=float), subsets)
+
+
+def load_rankings(path: str, split: str, *, skip_invalid: bool) -> Rankings:
+    """The K-way rankings of ``path`` (format ``rankings``), each list sorted best first (stable)."""
+    from prefgame.data import load_preferences
+
+    data = load_preferences(path, split=split, skip_invalid=skip_invalid)
+    if data.kind != "rankings":
+        raise DataError(f"{path}: expected K-way rankings (prompt/completions with scores), got {data.kind} data")
+    return rankings_of(data)
+
+
+def rankings_of(data) -> Rankings:
+    cols = data.dataset.select_columns(["prompt_messages", "responses", "scores", "subset"]).to_dict()
+    responses, scores = [], []
+    for ys, ss in zip(cols["responses"], cols["scores"]):
+        s = np.asarray(ss, dtype=float)
+        order = np.argsort(-s, kind="stable")
+        responses.append([ys[i] for i in order])
+        scores.append(s[order])
+    return Rankings([as_prompt(m) for m in cols["prompt_messages"]], responses, scores, cols["subset"])
 
 
 @dataclass
@@ -92,7 +175,8 @@ def load_ratings(path: str, split: str, objectives: list[str], *, skip_invalid: 
     return Ratings([as_prompt(m) for m in cols["prompt_messages"]], cols["response"], values, names)
 
 
-def split_eval(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+def split_eval(pairs, fraction: float, seed: int):
+    """(train, held-out) parts of ``pairs`` (Pairs or Rankings): a seeded ``fraction`` of rows held out."""
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_eval = int(round(fraction * len(pairs)))
     return pairs.take(order[n_eval:]), pairs.take(order[:n_eval])

@@ -15,6 +15,11 @@ Formats (name → kind, required input columns):
 ``ratings`` → ratings: ``prompt`` (a prompt field), ``response`` and one numeric column per attribute
     (HelpSteer style). Attributes are the known names in :data:`KNOWN_ATTRIBUTES` plus every other numeric
     column except ids (``id``, ``idx``, ``index``, ``*_id``).
+``rankings`` → rankings (K-way): a prompt field ``prompt`` or ``instruction`` and either
+    ``completions``, a list of K ≥ 2 dicts each with a response text (``response``, ``text`` or
+    ``content``) and a score (the first of :data:`SCORE_KEYS` it has; UltraFeedback's four rated
+    completions), or ``responses`` (K strings) with ``scores`` (K numbers, higher is better) or
+    ``ranking`` (a permutation of 0…K−1, best first); optional ``subset``, ``source``.
 ``battles`` → battles: ``model_a``, ``model_b``, ``winner`` (one of the four canonical values) and
     either ``prompt`` (a prompt field) or ``conversation_a`` / ``conversation_b`` message lists
     (Chatbot-Arena style); optional ``judge`` / ``annotator`` / ``annotator_id``, ``response_a`` /
@@ -38,10 +43,20 @@ from typing import Any
 
 from datasets import Features, Value
 
-from prefgame.data.schema import BATTLES_FEATURES, PAIRS_FEATURES, WINNERS, ratings_features
+from prefgame.data.schema import BATTLES_FEATURES, PAIRS_FEATURES, RANKINGS_FEATURES, WINNERS, ratings_features
 from prefgame.errors import DataError
 
-FORMAT_KINDS = {"pairs": "pairs", "hh": "pairs", "chat": "pairs", "ratings": "ratings", "battles": "battles"}
+FORMAT_KINDS = {
+    "pairs": "pairs",
+    "hh": "pairs",
+    "chat": "pairs",
+    "ratings": "ratings",
+    "battles": "battles",
+    "rankings": "rankings",
+}
+# a completion's score, in order of preference (UltraFeedback: overall_score, fine-grained_score)
+SCORE_KEYS = ("score", "overall_score", "fine-grained_score", "rating")
+_RESPONSE_KEYS = ("response", "text", "content")
 KNOWN_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 
 _REQUIRED = {
@@ -50,6 +65,7 @@ _REQUIRED = {
     "chat": ("chosen", "rejected"),
     "ratings": ("prompt", "response"),
     "battles": ("model_a", "model_b", "winner"),
+    "rankings": (),
 }
 _LABEL_COLUMNS = ("label", "preference")
 _SOURCE_COLUMNS = ("source", "annotator", "judge")
@@ -85,6 +101,8 @@ def detect_format(column_names: Sequence[str], first_row: Mapping[str, Any]) -> 
     cols = set(column_names)
     if {"model_a", "model_b", "winner"} <= cols:
         return "battles"
+    if "completions" in cols or ("responses" in cols and cols & {"scores", "ranking"}):
+        return "rankings"
     if {"chosen", "rejected"} <= cols:
         chosen = first_row.get("chosen")
         if isinstance(chosen, list):
@@ -97,7 +115,8 @@ def detect_format(column_names: Sequence[str], first_row: Mapping[str, Any]) -> 
     raise DataError(
         f"cannot tell the data format from the columns {sorted(cols)}: expected prompt/chosen/rejected "
         "(pairs), chosen/rejected transcripts (hh) or message lists (chat), prompt/response + ratings "
-        "(ratings), or model_a/model_b/winner (battles); pass format= / --format to choose one"
+        "(ratings), model_a/model_b/winner (battles), or prompt/completions or prompt/responses/scores "
+        "(rankings); pass format= / --format to choose one"
     )
 
 
@@ -109,6 +128,11 @@ def check_columns(fmt: str, column_names: Sequence[str], source: str) -> None:
     missing = [c for c in _REQUIRED[fmt] if c not in cols]
     if fmt == "battles" and "prompt" not in cols and not {"conversation_a", "conversation_b"} <= cols:
         missing.append("prompt (or conversation_a/conversation_b)")
+    if fmt == "rankings":
+        if not cols & {"prompt", "instruction"}:
+            missing.append("prompt (or instruction)")
+        if "completions" not in cols and not ("responses" in cols and cols & {"scores", "ranking"}):
+            missing.append("completions (or responses with scores or ranking)")
     if missing:
         raise DataError(
             f"{source}: format '{fmt}' needs the column(s) {', '.join(missing)}; the data has {sorted(cols)}"
@@ -123,6 +147,8 @@ def make_normalizer(fmt: str, features: Features) -> tuple[Normalizer, Features]
         return (lambda row: _ratings_row(row, attributes)), ratings_features(attributes)
     if fmt == "battles":
         return (lambda row: _battles_row(row, cols)), BATTLES_FEATURES
+    if fmt == "rankings":
+        return (lambda row: _rankings_row(row, cols)), RANKINGS_FEATURES
     pair_fn = {"pairs": _plain_pair, "hh": _hh_pair, "chat": _chat_pair}[fmt]
     return (lambda row: _pair_record(row, cols, *pair_fn(row))), PAIRS_FEATURES
 
@@ -393,4 +419,89 @@ def _battles_row(row: Mapping[str, Any], cols: set[str]) -> Record:
         "response_a": response_a,
         "response_b": response_b,
         "subset": _optional_text(row, ["subset"]),
+    }
+
+
+# -- rankings ----------------------------------------------------------------------------------
+
+
+def _score_value(value: Any, field: str) -> float:
+    """A required finite score (numeric strings accepted)."""
+    if _missing(value):
+        raise RowError(field, "missing score")
+    number = _number({field: value}, field)
+    if number is None or math.isinf(number):
+        raise RowError(field, "missing score" if number is None else "wrong type", f"got {_show(value)}")
+    return number
+
+
+def _completions(row: Mapping[str, Any]) -> tuple[list[str], list[float]]:
+    value = row.get("completions")
+    if _missing(value):
+        raise RowError("completions", "missing field")
+    if not isinstance(value, list):
+        raise RowError("completions", "wrong type", f"expected a list of completions, got {_show(value)}")
+    responses, scores = [], []
+    for i, item in enumerate(value):
+        where = f"completions[{i}]"
+        if not isinstance(item, Mapping):
+            raise RowError(where, "wrong type", f"expected a dict with a response and a score, got {_show(item)}")
+        key = next((k for k in _RESPONSE_KEYS if not _missing(item.get(k))), None)
+        if key is None:
+            raise RowError(f"{where}.response", "missing field", f"no {' / '.join(_RESPONSE_KEYS)}")
+        responses.append(_text({f"{where}.{key}": item[key]}, f"{where}.{key}", response=True))
+        score_key = next((k for k in SCORE_KEYS if not _missing(item.get(k))), None)
+        if score_key is None:
+            raise RowError(f"{where}.score", "missing score", f"no {' / '.join(SCORE_KEYS)}")
+        scores.append(_score_value(item[score_key], f"{where}.{score_key}"))
+    return responses, scores
+
+
+def _listed_responses(row: Mapping[str, Any], cols: set[str]) -> tuple[list[str], list[float]]:
+    value = row.get("responses")
+    if _missing(value):
+        raise RowError("responses", "missing field")
+    if not isinstance(value, list):
+        raise RowError("responses", "wrong type", f"expected a list of responses, got {_show(value)}")
+    responses = [_text({f"responses[{i}]": v}, f"responses[{i}]", response=True) for i, v in enumerate(value)]
+    if "scores" in cols and not _missing(row.get("scores")):
+        raw = row["scores"]
+        if not isinstance(raw, list) or len(raw) != len(responses):
+            n = len(raw) if isinstance(raw, list) else _show(raw)
+            raise RowError("scores", "wrong length", f"{n} scores for {len(responses)} responses")
+        return responses, [_score_value(v, f"scores[{i}]") for i, v in enumerate(raw)]
+    raw = row.get("ranking")
+    if _missing(raw):
+        raise RowError("scores" if "scores" in cols else "ranking", "missing field")
+    if not isinstance(raw, list) or sorted(raw) != list(range(len(responses))):
+        raise RowError(
+            "ranking",
+            "not a ranking",
+            f"expected a permutation of 0…{len(responses) - 1} (best first), got {_show(raw)}",
+        )
+    scores = [0.0] * len(responses)
+    for position, index in enumerate(raw):
+        scores[index] = float(len(responses) - position)
+    return responses, scores
+
+
+def _rankings_row(row: Mapping[str, Any], cols: set[str]) -> Record:
+    prompt, messages = _prompt(row, "prompt" if "prompt" in cols else "instruction")
+    responses, scores = _completions(row) if "completions" in cols else _listed_responses(row, cols)
+    field = "completions" if "completions" in cols else "responses"
+    if len(responses) < 2:
+        raise RowError(field, "fewer than 2 responses", f"got {len(responses)}")
+    stripped = [r.strip() for r in responses]
+    if len(set(stripped)) < len(stripped):
+        first = next(i for i, r in enumerate(stripped) if stripped.index(r) != i)
+        raise RowError(
+            f"{field}[{first}]", "duplicate response", f"same text as {field}[{stripped.index(stripped[first])}]"
+        )
+    return {
+        "prompt": prompt,
+        "prompt_messages": messages,
+        "responses": responses,
+        "scores": scores,
+        "subset": _optional_text(row, ["subset"]),
+        "source": _optional_text(row, _SOURCE_COLUMNS),
     }

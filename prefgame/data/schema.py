@@ -1,4 +1,4 @@
-"""The normalized schema: column types of the three record kinds, and how problems are reported.
+"""The normalized schema: column types of the four record kinds, and how problems are reported.
 
 Every loader output is a ``datasets.Dataset`` of one *kind* with exactly these columns:
 
@@ -21,6 +21,11 @@ Every loader output is a ``datasets.Dataset`` of one *kind* with exactly these c
     one of :data:`WINNERS`; ``judge`` str, the annotator or judge id ("" when absent); ``response_a``
     / ``response_b`` str ("" when the input has no responses); ``subset`` str.
 
+``rankings`` (:data:`RANKINGS_FEATURES`)
+    ``prompt`` str and ``prompt_messages`` (as for pairs); ``responses`` list of K ≥ 2 str, the
+    responses to the one prompt (in input order); ``scores`` list of K floats, higher is better (from
+    ratings, or K − position for a ranking given as positions); ``subset`` str; ``source`` str.
+
 An invalid input row is described by a :class:`Problem`. Rows are numbered from 0 in the loaded
 split (``dataset[row]``; in a jsonl file without blank lines that is line ``row + 1``).
 """
@@ -35,7 +40,7 @@ from datasets import Features, List, Value
 
 from prefgame.errors import DataError
 
-KINDS = ("pairs", "ratings", "battles")
+KINDS = ("pairs", "ratings", "battles", "rankings")
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 
 _TEXT = Value("string")
@@ -53,6 +58,17 @@ PAIRS_FEATURES = Features(
         "source": _TEXT,
         "score_chosen": _FLOAT,
         "score_rejected": _FLOAT,
+    }
+)
+
+RANKINGS_FEATURES = Features(
+    {
+        "prompt": _TEXT,
+        "prompt_messages": MESSAGES,
+        "responses": List(_TEXT),
+        "scores": List(_FLOAT),
+        "subset": _TEXT,
+        "source": _TEXT,
     }
 )
 

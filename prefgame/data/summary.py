@@ -6,6 +6,7 @@
 - ``labels`` (pairs): share of rows with label 1 (``chosen_wins``), 0 (``rejected_wins``),
   0.5 (``tie``) and any other value (``soft``), plus the ``mean`` label;
 - ``winners`` (battles): share of each winner value;
+- ``rankings`` (rankings): list sizes K, the share of lists whose scores all tie, of tied pairs;
 - ``attributes`` (ratings): mean (NaN ignored) and number of missing ratings per attribute;
 - ``lengths``: for the prompt and each response column, ``chars`` and ``words`` each with
   ``mean`` / ``median`` / ``max`` (empty responses of battles without responses are left out);
@@ -27,6 +28,7 @@ _TEXT_COLUMNS = {
     "pairs": ("prompt", "chosen", "rejected"),
     "ratings": ("prompt", "response"),
     "battles": ("prompt", "response_a", "response_b"),
+    "rankings": ("prompt", "responses"),
 }
 _NOT_ATTRIBUTES = {"prompt", "prompt_messages", "response", "subset"}
 
@@ -43,15 +45,35 @@ def summarize(data: NormalizedData) -> dict[str, Any]:
     }
     if data.kind == "pairs":
         out["labels"] = label_balance(ds["label"])
+    elif data.kind == "rankings":
+        out["rankings"] = ranking_stats(ds["scores"])
     elif data.kind == "battles":
         out["winners"] = {w: _share(sum(v == w for v in ds["winner"]), len(ds)) for w in WINNERS}
     else:
         out["attributes"] = {
             name: _attribute_stats(ds[name]) for name in ds.column_names if name not in _NOT_ATTRIBUTES
         }
-    out["lengths"] = {name: length_stats([t for t in ds[name] if t]) for name in _TEXT_COLUMNS[data.kind]}
+    columns = {name: ds[name] for name in _TEXT_COLUMNS[data.kind]}
+    if data.kind == "rankings":  # every response of every list
+        columns["responses"] = [r for rs in columns["responses"] for r in rs]
+    out["lengths"] = {name: length_stats([t for t in texts if t]) for name, texts in columns.items()}
     out["problems"] = count_reasons(data.problems)
     return out
+
+
+def ranking_stats(scores: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """List sizes (K: min, mean, max), the share of lists whose scores all tie (no ranking) and the share
+    of response pairs within a list whose scores tie."""
+    sizes = [len(s) for s in scores]
+    pairs = sum(k * (k - 1) // 2 for k in sizes)
+    tied = sum(a == b for s in scores for i, a in enumerate(s) for b in s[i + 1 :])
+    return {
+        "k_min": min(sizes, default=0),
+        "k_mean": float(np.mean(sizes)) if sizes else math.nan,
+        "k_max": max(sizes, default=0),
+        "all_tied": _share(sum(len(set(s)) == 1 for s in scores), len(scores)),
+        "tied_pairs": _share(tied, pairs),
+    }
 
 
 def label_balance(labels: Sequence[float]) -> dict[str, float]:

@@ -92,6 +92,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"labels    {shares} (mean label {_num(labels['mean'], 3)})")
     if "winners" in summary:
         lines.append("winners   " + ", ".join(f"{k} {_pct(v)}" for k, v in summary["winners"].items()))
+    if "rankings" in summary:
+        r = summary["rankings"]
+        lines.append(
+            f"rankings  K {r['k_min']}–{r['k_max']} (mean {_num(r['k_mean'], 2)}), all tied {_pct(r['all_tied'])}, "
+            f"tied pairs {_pct(r['tied_pairs'])}"
+        )
     if "attributes" in summary:
         lines.append("ratings   attribute: mean (missing)")
         for name, stats in summary["attributes"].items():

@@ -149,3 +149,41 @@ def pessimistic_score(scores: Tensor, *, mode: Literal["min", "mean_std"] = "min
     if mode == "mean_std":
         return scores.mean(dim=0) - c * scores.std(dim=0, correction=1)
     raise ValueError(f"mode must be 'min' or 'mean_std', got {mode!r}")
+
+
+def plackett_luce_nll(scores: Tensor, mask: Tensor | None = None) -> Tensor:
+    """−log P(ranking) under Plackett–Luce, per list: (B, K) scores in ranked order (best first) → (B,).
+
+        −log P = −Σ_k [s_k − log Σ_{i≥k} exp(s_i)]      (k and i over the list's real entries)
+
+    ``mask`` (B, K) marks the real entries (default all); masked-out entries, which may hold any
+    value, take no part and get zero gradient. The last real entry's term is 0. K = 2 gives the BT
+    loss softplus(−(s_1 − s_2)).
+    """
+    k = scores.shape[-1]
+    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
+    s = scores.where(mask, 0.0)  # (B, K) finite everywhere
+    later = torch.triu(torch.ones(k, k, dtype=torch.bool, device=scores.device))  # [k, i]: i ≥ k
+    eye = torch.eye(k, dtype=torch.bool, device=scores.device)
+    # row k: the entries i ≥ k still in the list; a masked-out k keeps itself so that no row is empty
+    allowed = later & (mask[:, None, :] | eye)  # (B, K, K)
+    denom = torch.logsumexp(s[:, None, :].expand(-1, k, -1).masked_fill(~allowed, -torch.inf), dim=-1)  # (B, K)
+    return -(s - denom).where(mask, 0.0).sum(-1)
+
+
+def plackett_luce_loss(
+    scores: Tensor, *, mask: Tensor | None = None, normalizer: float | Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Plackett–Luce (K-way Bradley–Terry) ranking loss of a reward model (§3.1), InstructGPT-style.
+
+    scores (B, K): r(x, y_k) of each list's responses in ranked order, best first; ``mask`` (B, K)
+    marks real entries (lists shorter than K). Loss: the mean over lists of :func:`plackett_luce_nll`
+    (or the sum / ``normalizer``, the global list count of the step). With K = 2 it is
+    :func:`bt_loss` with hard labels. Metrics: accuracy (share of ordered pairs i < j with s_i > s_j),
+    top1 (share of lists whose first response scores highest), margin (mean first − last score).
+    """
+    from prefgame.losses.policy import _ranking_metrics
+
+    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
+    loss = reduce_mean(plackett_luce_nll(scores, mask), normalizer=normalizer)
+    return loss, _ranking_metrics(scores.detach(), mask, "")

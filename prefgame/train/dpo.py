@@ -1,4 +1,5 @@
-"""The DPO family (``prefgame dpo``, docs/design.md §3.4): DPO, IPO, conservative DPO, length-regularized DPO.
+"""The DPO family (``prefgame dpo``, docs/design.md §3.4): DPO, IPO, conservative DPO, length-regularized DPO,
+the other GPO losses, SLiC-HF, and the listwise PRO / InfoNCA / NCA on K-way rankings (docs/dpo.md).
 
 Loss (:func:`prefgame.losses.dpo_loss`), with Δ = log π(y_w)/π0(y_w) − log π(y_l)/π0(y_l) and
 z = βΔ − α(|y_w| − |y_l|):
@@ -7,7 +8,9 @@ z = βΔ − α(|y_w| − |y_l|):
     ipo:                                          ℓ = (z/β − 1/(2β))²
 
 β (``loss.beta``) is the inverse temperature of the implicit reward r = β log π/π0; α is
-``loss.length_alpha``. Two modes:
+``loss.length_alpha``. ``loss.loss_type`` picks a GPO function f (ℓ = f(z), :func:`prefgame.losses.gpo_loss`),
+SLiC-HF (:func:`prefgame.losses.slic_loss`) or a listwise loss on ranked lists (:func:`pair_loss`,
+:func:`list_loss`). Two modes:
 
 - **offline** (``mode: offline``): a fixed preference data set loaded with :mod:`prefgame.data` (arena
   pairs export, UltraFeedback-binarized, HH, any ``pairs`` format). The reference π0 is the initial
@@ -31,6 +34,7 @@ Resume is exact: offline at step granularity, online at round granularity (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -47,7 +51,16 @@ from prefgame.errors import DataError, PrefgameError
 from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, trained_state
-from prefgame.losses import dpo_loss, sequence_logprobs, sequence_mean_logprobs
+from prefgame.losses import (
+    dpo_loss,
+    gpo_loss,
+    infonca_loss,
+    nca_loss,
+    pro_loss,
+    sequence_logprobs,
+    sequence_mean_logprobs,
+    slic_loss,
+)
 from prefgame.oracle import OracleConfig, PreferenceOracle
 from prefgame.run import Progress, Resume, RunDir, overwrite_param, read_jsonl, resume_param, run_job, seed_everything
 from prefgame.train import sharding
@@ -90,7 +103,12 @@ class DPODataConfig:
     split: str = param("train", "split to read from a hub data set")
     format: str = param("", "input format (pairs, hh, chat, ...); empty: detected from the columns")
     skip_invalid: bool = param(False, "drop invalid rows (reported in the log) instead of stopping")
-    max_pairs: int = param(0, "use only the first N pairs (0: all)")
+    max_pairs: int = param(0, "use only the first N pairs (or ranked lists) (0: all)")
+    ranking_pairs: Literal["best_worst", "all"] = param(
+        "best_worst",
+        "K-way rankings data with a pair loss: the pair of each list's best and worst response, or every "
+        "strictly ordered pair (a listwise loss_type trains on the whole lists)",
+    )
     eval_fraction: float = param(0.05, "share of pairs held out for eval loss, reward accuracy and margins")
     max_length: int = param(512, "truncate prompt+response to this many tokens (keeps the prompt's end)")
 
@@ -99,15 +117,47 @@ class DPODataConfig:
             raise ValueError("data.eval_fraction must be in [0, 1)")
 
 
+# loss.loss_type: the pair losses (GPO's f, IPO, SLiC-HF) and the listwise ones (K-way rankings)
+GPO_TYPES = ("hinge", "squared", "exponential", "truncated_quadratic", "savage")  # sigmoid is GPO's logistic
+PAIR_TYPES = ("sigmoid", "ipo", *GPO_TYPES, "slic")
+LISTWISE_TYPES = ("pro", "infonca", "nca")
+LossType = Literal[
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "squared",
+    "exponential",
+    "truncated_quadratic",
+    "savage",
+    "slic",
+    "pro",
+    "infonca",
+    "nca",
+]
+
+
 @dataclass
 class DPOLossConfig:
-    loss_type: Literal["sigmoid", "ipo"] = param("sigmoid", "sigmoid: DPO / cDPO / R-DPO; ipo: IPO")
+    loss_type: LossType = param(
+        "sigmoid",
+        "sigmoid: DPO / cDPO / R-DPO; ipo: IPO; hinge, squared, exponential, truncated_quadratic, savage: GPO "
+        "with that f; slic: SLiC-HF; listwise on K responses per prompt (offline: rankings data; online: all K "
+        "samples ranked): pro (Plackett–Luce), infonca, nca",
+    )
     beta: float = param(0.1, "β, inverse temperature of the implicit reward β log π/π0")
-    label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid only): share of flipped labels")
-    length_alpha: float = param(0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward")
+    label_smoothing: float = param(0.0, "ε of conservative DPO (sigmoid and the GPO types): ℓ = (1 − ε) f(z) + ε f(−z)")
+    length_alpha: float = param(
+        0.0, "α of length-regularized DPO: α|y| (tokens) is subtracted from each reward (sigmoid, ipo, GPO types)"
+    )
     length_normalize: bool = param(
         False, "use the mean log-prob per response token instead of the sum (policy and reference alike)"
     )
+    slic_delta: float = param(1.0, "slic: the calibration margin δ of max(0, δ − m)")
+    slic_reference: bool = param(
+        False, "slic: the margin m is the log-ratio margin against π0 (false: log π(y_w) − log π(y_l), the paper's)"
+    )
+    sft_coef: float = param(0.0, "slic, pro: λ of the SFT term −λ log π(y_best | x)")
+    infonca_alpha: float = param(1.0, "infonca, nca: temperature α of the target softmax(scores/α)")
     chunk_size: int = param(1024, "response tokens projected to the vocabulary at once (chunked log-softmax)")
 
     def __post_init__(self) -> None:
@@ -115,10 +165,18 @@ class DPOLossConfig:
             raise ValueError("loss.beta must be > 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("loss.label_smoothing must be in [0, 0.5)")
-        if self.loss_type == "ipo" and self.label_smoothing:
-            raise ValueError("loss.label_smoothing applies to loss_type=sigmoid only")
+        if self.label_smoothing and self.loss_type not in ("sigmoid", *GPO_TYPES):
+            raise ValueError("loss.label_smoothing applies to loss_type=sigmoid and the GPO types only")
+        if self.length_alpha and self.loss_type not in ("sigmoid", "ipo", *GPO_TYPES):
+            raise ValueError("loss.length_alpha applies to loss_type=sigmoid, ipo and the GPO types only")
+        if self.slic_delta <= 0 or self.sft_coef < 0 or self.infonca_alpha <= 0:
+            raise ValueError("loss.slic_delta and loss.infonca_alpha must be > 0, loss.sft_coef ≥ 0")
         if self.chunk_size < 1:
             raise ValueError("loss.chunk_size must be ≥ 1")
+
+    @property
+    def listwise(self) -> bool:
+        return self.loss_type in LISTWISE_TYPES
 
 
 @dataclass
@@ -211,6 +269,8 @@ def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int
     from prefgame.data import load_preferences
 
     data = load_preferences(cfg.path, split=cfg.split, format=cfg.format or None, skip_invalid=cfg.skip_invalid)
+    if data.kind == "rankings":
+        data = _ranking_pairs(data, cfg.ranking_pairs)
     if data.kind != "pairs":
         raise DataError(f"{cfg.path}: read as {data.kind} ({data.format} format); DPO needs preference pairs")
     ds = data.dataset
@@ -234,6 +294,111 @@ def load_pair_set(cfg: DPODataConfig, tokenizer) -> tuple[PairSet, dict[str, int
     if not len(pairs):
         raise DataError(f"{cfg.path}: no pair with a strict preference (all {ties} rows are ties)")
     return pairs, {"rows": len(ds), "ties_dropped": ties}
+
+
+def _ranking_pairs(data, which: str):
+    """Normalized rankings as normalized pairs (:meth:`prefgame.data.columns.Rankings.pairs`)."""
+    from datasets import Dataset
+
+    from prefgame.data.chat import messages_of
+    from prefgame.data.columns import rankings_of
+    from prefgame.data.schema import PAIRS_FEATURES
+
+    pairs = rankings_of(data).pairs(which)
+    rows = {name: [] for name in PAIRS_FEATURES}
+    for x, c, r, sub in zip(pairs.prompts, pairs.chosen, pairs.rejected, pairs.subsets):
+        messages = messages_of(x)
+        rows["prompt_messages"].append(messages)
+        rows["prompt"].append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
+        rows["chosen"].append(c)
+        rows["rejected"].append(r)
+        rows["label"].append(1.0)
+        rows["subset"].append(sub)
+        rows["source"].append("")
+        rows["score_chosen"].append(None)
+        rows["score_rejected"].append(None)
+    return dataclasses.replace(data, kind="pairs", dataset=Dataset.from_dict(rows, features=PAIRS_FEATURES))
+
+
+@dataclass
+class ListSet:
+    """Tokenized K-way rankings (each list best first, K may vary) and π0's log-probs of every response."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[list[int]]]  # each best first
+    scores: list[np.ndarray]  # each (K,) non-increasing
+    ref: torch.Tensor | None = None  # (N, K_max) log π0(y_k | x), 0 at padding
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def take(self, idx: Sequence[int]) -> ListSet:
+        return ListSet(
+            [self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx], [self.scores[i] for i in idx]
+        )
+
+    @property
+    def k_max(self) -> int:
+        return max((len(r) for r in self.response_ids), default=0)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) tokens of each list's longest sequence."""
+        return np.array([len(p) + max(len(y) for y in ys) for p, ys in zip(self.prompt_ids, self.response_ids)])
+
+    def mask(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        sizes = torch.tensor([len(self.response_ids[i]) for i in idx])
+        return torch.arange(k_max)[None, :] < sizes[:, None]  # (b, K_max)
+
+    def score_matrix(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        out = torch.zeros(len(idx), k_max)
+        for row, i in enumerate(idx):
+            out[row, : len(self.scores[i])] = torch.as_tensor(self.scores[i], dtype=torch.float32)
+        return out
+
+    def token_counts(self, idx: Sequence[int], k_max: int) -> torch.Tensor:
+        out = torch.ones(len(idx), k_max)
+        for row, i in enumerate(idx):
+            out[row, : len(self.response_ids[i])] = torch.tensor([float(len(y)) for y in self.response_ids[i]])
+        return out
+
+    def batch(self, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """Every response of the lists ``idx``, list by list (best first), as one right-padded batch."""
+        prompts = [self.prompt_ids[i] for i in idx for _ in self.response_ids[i]]
+        responses = [y for i in idx for y in self.response_ids[i]]
+        return build_pairs_batch(prompts, responses, pad_id)
+
+
+def unflatten_lists(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(Σ K_i,) values of the lists' responses, list by list → (b, K_max), 0 at padding."""
+    out = flat.new_zeros(mask.shape)
+    out[mask.to(flat.device)] = flat
+    return out
+
+
+def load_list_set(cfg: DPODataConfig, tokenizer) -> tuple[ListSet, dict[str, int]]:
+    """The K-way rankings of ``cfg.path`` (each list best first); lists whose scores all tie are dropped."""
+    from prefgame.data.chat import messages_of
+    from prefgame.data.columns import load_rankings
+
+    ranked = load_rankings(cfg.path, cfg.split, skip_invalid=cfg.skip_invalid)
+    if cfg.max_pairs:
+        ranked = ranked.take(range(min(cfg.max_pairs, len(ranked))))
+    lists = ListSet([], [], [])
+    tied = 0
+    for x, ys, scores in zip(ranked.prompts, ranked.responses, ranked.scores):
+        if scores[0] == scores[-1]:
+            tied += 1
+            continue
+        p_ids = encode_prompt(tokenizer, messages_of(x))
+        cut = [truncate(p_ids, encode_response(tokenizer, y), cfg.max_length) for y in ys]
+        p_ids = min((c[0] for c in cut), key=len)  # one prompt for all: the shortest cut
+        lists.prompt_ids.append(p_ids)
+        lists.response_ids.append([c[1][: cfg.max_length - len(p_ids)] for c in cut])
+        lists.scores.append(scores)
+    if not len(lists):
+        raise DataError(f"{cfg.path}: no ranked list with distinct scores (all {tied} lists tie)")
+    return lists, {"rows": len(ranked), "ties_dropped": tied, "tied_pairs": ranked.tied_pairs}
 
 
 # ---------------------------------------------------------------------------------------------- log-probs
@@ -283,6 +448,41 @@ def pair_logps(
     return chosen, rejected
 
 
+@torch.no_grad()
+def list_logps(
+    module: PairLogps, lists: ListSet, pad_id: int, *, batch_size: int, device, autocast=contextlib.nullcontext
+) -> torch.Tensor:
+    """log π(y_k | x) of every response of every list, (N, K_max) float32 on CPU (0 at padding), in eval
+    mode; ``batch_size`` lists per forward pass, in order of length."""
+    was_training = module.training
+    module.eval()
+    k_max = lists.k_max
+    out = torch.zeros(len(lists), k_max)
+    order = np.argsort(lists.lengths, kind="stable")
+    for start in range(0, len(lists), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in lists.batch(idx, pad_id).items()}
+        with autocast():
+            flat = module(**batch).float().cpu()  # (Σ K,)
+        out[idx] = unflatten_lists(flat, lists.mask(idx, k_max))
+    module.train(was_training)
+    return out
+
+
+def evaluate_lists(module: PairLogps, lists: ListSet, cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
+    """Eval loss and ranking metrics (ordered-pair accuracy, top-1, margins) on held-out lists."""
+    bs = cfg.train.micro_batch_size
+    policy = list_logps(module, lists, pad_id, batch_size=bs, device=device, autocast=autocast)
+    idx, k_max = range(len(lists)), lists.k_max
+    mask, scores = lists.mask(idx, k_max), lists.score_matrix(idx, k_max)
+    ref = lists.ref
+    if cfg.loss.length_normalize:
+        n = lists.token_counts(idx, k_max)
+        policy, ref = policy / n, ref / n
+    loss, metrics = list_loss(cfg.loss, policy, ref, scores, mask)
+    return {"eval_loss": float(loss), **{f"eval_{k}": float(v) for k, v in metrics.items()}}
+
+
 def response_token_counts(pairs: PairSet, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         torch.tensor([len(pairs.chosen_ids[i]) for i in idx], dtype=torch.float32),
@@ -290,8 +490,43 @@ def response_token_counts(pairs: PairSet, idx: Sequence[int]) -> tuple[torch.Ten
     )
 
 
-def loss_kwargs(cfg: DPOLossConfig) -> dict[str, Any]:
-    return {"beta": cfg.beta, "loss_type": cfg.loss_type, "label_smoothing": cfg.label_smoothing}
+def pair_loss(
+    cfg: DPOLossConfig, policy_chosen, policy_rejected, ref_chosen, ref_rejected, *,
+    chosen_lengths, rejected_lengths, normalizer=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The pair loss of ``loss.loss_type`` (:data:`PAIR_TYPES`) on (B,) log-probs; a listwise type
+    on a pair is its K = 2 case (pro: DPO; infonca, nca: a hard target on the pair)."""
+    args = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    t = cfg.loss_type
+    if t in ("sigmoid", "ipo"):
+        return dpo_loss(
+            *args, beta=cfg.beta, loss_type=t, label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, length_alpha=cfg.length_alpha, normalizer=normalizer,
+        )  # fmt: skip
+    if t in GPO_TYPES:
+        return gpo_loss(
+            *args, beta=cfg.beta, f=t, label_smoothing=cfg.label_smoothing, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, length_alpha=cfg.length_alpha, normalizer=normalizer,
+        )  # fmt: skip
+    if t == "slic":
+        return slic_loss(
+            *args, delta=cfg.slic_delta, sft_coef=cfg.sft_coef, use_reference=cfg.slic_reference, beta=cfg.beta,
+            normalizer=normalizer,
+        )  # fmt: skip
+    policy, ref = torch.stack(args[:2], -1), torch.stack(args[2:], -1)  # (B, 2), best first
+    scores = torch.tensor([1.0, 0.0], dtype=policy.dtype, device=policy.device).expand_as(policy)
+    return list_loss(cfg, policy, ref, scores, None, normalizer=normalizer)
+
+
+def list_loss(
+    cfg: DPOLossConfig, policy, ref, scores, mask, *, normalizer=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The listwise loss of ``loss.loss_type`` on (B, K) log-probs in ranked order (best first), with
+    the (B, K) ``scores`` that ranked them (infonca, nca: the target softmax(scores/α)) and ``mask``."""
+    if cfg.loss_type == "pro":
+        return pro_loss(policy, ref, beta=cfg.beta, sft_coef=cfg.sft_coef, mask=mask, normalizer=normalizer)
+    fn = {"infonca": infonca_loss, "nca": nca_loss}[cfg.loss_type]
+    return fn(policy, ref, scores, beta=cfg.beta, alpha=cfg.infonca_alpha, mask=mask, normalizer=normalizer)
 
 
 def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
@@ -299,14 +534,54 @@ def evaluate_pairs(module: PairLogps, pairs: PairSet, cfg: DPOConfig, pad_id: in
     bs = cfg.train.micro_batch_size
     chosen, rejected = pair_logps(module, pairs, pad_id, batch_size=bs, device=device, autocast=autocast)
     lc, lr = response_token_counts(pairs, range(len(pairs)))
-    loss, metrics = dpo_loss(
-        chosen, rejected, pairs.ref_chosen, pairs.ref_rejected,
-        chosen_lengths=lc, rejected_lengths=lr, length_alpha=cfg.loss.length_alpha, **loss_kwargs(cfg.loss),
-    )  # fmt: skip
+    loss, metrics = pair_loss(
+        cfg.loss, chosen, rejected, pairs.ref_chosen, pairs.ref_rejected, chosen_lengths=lc, rejected_lengths=lr
+    )
     return {"eval_loss": float(loss), **{f"eval_{k}": float(v) for k, v in metrics.items()}}
 
 
 # ---------------------------------------------------------------------------------------------- offline
+
+
+def offline_micro_loss(wrapper, train_set, cfg: DPOConfig, pad_id: int, device):
+    """The loss of one micro-batch of an offline DPO step, as :func:`~prefgame.train.engine.optimizer_step`
+    calls it: ``micro_loss(mb)`` runs the pairs (or, for a listwise ``loss.loss_type`` on rankings, the
+    ranked lists) ``mb`` of ``train_set`` (whose π0 log-probs are computed) through ``wrapper`` (the prepared
+    :class:`PairLogps`) and returns (loss, metrics), the loss a sum over the micro-batch divided by the step's
+    global pair or list count (``train.batch_size``)."""
+    normalizer = cfg.train.batch_size
+
+    def list_micro_loss(mb):
+        batch = {key: v.to(device) for key, v in train_set.batch(mb, pad_id).items()}
+        k_max = max(len(train_set.response_ids[i]) for i in mb)
+        mask = train_set.mask(mb, k_max).to(device)
+        policy = unflatten_lists(wrapper(**batch).float(), mask)  # (b, K)
+        ref = train_set.ref[mb, :k_max].to(device)
+        if cfg.loss.length_normalize:
+            n = train_set.token_counts(mb, k_max).to(device)
+            policy, ref = policy / n, ref / n
+        scores = train_set.score_matrix(mb, k_max).to(device)
+        return list_loss(cfg.loss, policy, ref, scores, mask, normalizer=normalizer)  # Σ / global list count
+
+    def micro_loss(mb):
+        if listwise:
+            return list_micro_loss(mb)
+        batch = {key: v.to(device) for key, v in train_set.batch(mb, pad_id).items()}
+        lc, lr = response_token_counts(train_set, mb)
+        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
+        return pair_loss(
+            cfg.loss,
+            logps[: len(mb)],
+            logps[len(mb) :],
+            train_set.ref_chosen[mb].to(device),
+            train_set.ref_rejected[mb].to(device),
+            chosen_lengths=lc.to(device),
+            rejected_lengths=lr.to(device),
+            normalizer=normalizer,
+        )  # a sum over the micro-batch / the global pair count
+
+    listwise = isinstance(train_set, ListSet)
+    return micro_loss
 
 
 def run(cfg: DPOConfig) -> dict:
@@ -324,8 +599,12 @@ def train(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle | None =
 
 
 def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]:
-    """(train pairs, held-out pairs, data info): ``data.eval_fraction`` held out by a seeded permutation."""
-    pairs, data_info = load_pair_set(cfg.data, tok)
+    """(train pairs, held-out pairs, data info): ``data.eval_fraction`` held out by a seeded permutation.
+    A listwise loss on K-way rankings data gets ranked lists (:class:`ListSet`) instead of pairs."""
+    if cfg.loss.listwise and _holds_rankings(cfg.data):
+        pairs, data_info = load_list_set(cfg.data, tok)
+    else:
+        pairs, data_info = load_pair_set(cfg.data, tok)
     order = np.random.default_rng(cfg.train.seed).permutation(len(pairs))
     n_eval = int(round(cfg.data.eval_fraction * len(pairs)))
     eval_set, train_set = pairs.take(order[:n_eval]), pairs.take(order[n_eval:])
@@ -334,13 +613,28 @@ def _split_pairs(cfg: DPOConfig, tok) -> tuple[PairSet, PairSet, dict[str, Any]]
     return train_set, eval_set, data_info
 
 
+def _holds_rankings(cfg: DPODataConfig) -> bool:
+    from prefgame.data.formats import detect_format
+    from prefgame.data.load import load_raw
+
+    if cfg.format:
+        return cfg.format == "rankings"
+    raw = load_raw(cfg.path, split=cfg.split)
+    return len(raw) > 0 and detect_format(raw.column_names, raw[0]) == "rankings"
+
+
 def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[PairSet], pad_id: int, acc) -> None:
     """π0 = the initial policy (with LoRA: its base, adapters disabled): its log-probs of every pair,
     computed once (no reference model stays in memory), stored on each part as ``ref_chosen`` /
-    ``ref_rejected``."""
+    ``ref_rejected`` (ranked lists: ``ref``, (N, K_max))."""
     with base_weights(module.model):
         for part in parts:
-            if len(part):
+            if len(part) and isinstance(part, ListSet):
+                part.ref = list_logps(
+                    module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
+                    device=acc.device, autocast=acc.autocast,
+                )  # fmt: skip
+            elif len(part):
                 part.ref_chosen, part.ref_rejected = pair_logps(
                     module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
                     device=acc.device, autocast=acc.autocast,
@@ -361,7 +655,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         f"dpo offline ({cfg.loss.loss_type}, β={cfg.loss.beta}): {len(train_set)} train / {len(eval_set)} eval "
-        f"pairs ({data_info['ties_dropped']} ties dropped), model {n_params / 1e6:.2f}M parameters"
+        f"{'ranked lists' if isinstance(train_set, ListSet) else 'pairs'} ({data_info['ties_dropped']} ties dropped), "
+        f"model {n_params / 1e6:.2f}M parameters"
     )
     module = PairLogps(model, chunk_size=cfg.loss.chunk_size, length_normalize=cfg.loss.length_normalize)
     model.to(acc.device)
@@ -373,9 +668,12 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
     wrapper, optimizer = sharding.prepare(acc, module, optimizer)
 
+    listwise = isinstance(train_set, ListSet)
+    evaluate_fn = evaluate_lists if listwise else evaluate_pairs
+
     def evaluate() -> dict:  # every process (under FSDP the layers gather their shards in their forward)
         with sharding.gathered(acc):
-            return evaluate_pairs(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
+            return evaluate_fn(module, eval_set, cfg, tok.pad_token_id, acc.device, acc.autocast)
 
     initial_eval = evaluate() if len(eval_set) else {}  # π0's figures: before a checkpoint replaces the weights
     start_step = resume_state(run, out, modules={"model": trained}, optimizer=optimizer, scheduler=scheduler)["step"]
@@ -385,21 +683,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     progress = Progress(tc.max_steps - start_step, "dpo", log)
     t_train = time.perf_counter()
 
-    def micro_loss(mb):
-        batch = {key: v.to(acc.device) for key, v in train_set.batch(mb, tok.pad_token_id).items()}
-        lc, lr = response_token_counts(train_set, mb)
-        logps = wrapper(**batch).float()  # (2b,) chosen then rejected
-        return dpo_loss(
-            logps[: len(mb)],
-            logps[len(mb) :],
-            train_set.ref_chosen[mb].to(acc.device),
-            train_set.ref_rejected[mb].to(acc.device),
-            chosen_lengths=lc.to(acc.device),
-            rejected_lengths=lr.to(acc.device),
-            length_alpha=cfg.loss.length_alpha,
-            normalizer=tc.batch_size,
-            **loss_kwargs(cfg.loss),
-        )  # a sum over the micro-batch / the global pair count
+    micro_loss = offline_micro_loss(wrapper, train_set, cfg, tok.pad_token_id, acc.device)
 
     def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
@@ -429,6 +713,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         "steps": tc.max_steps,
         "train_pairs": len(train_set),
         "eval_pairs": len(eval_set),
+        "data": "ranked lists" if isinstance(train_set, ListSet) else "pairs",
         **data_info,
         "parameters": n_params,
         "nonfinite_steps": guard.total,
@@ -486,6 +771,17 @@ def best_worst_pairs(win_rates: torch.Tensor, k: int) -> tuple[np.ndarray, np.nd
     return (base + best.numpy())[keep], (base + worst.numpy())[keep]
 
 
+def ranked_groups(win_rates: torch.Tensor, k: int) -> np.ndarray:
+    """For each prompt's K samples (prompt-major (M·K,) leave-one-out win rates): the global indices of
+    its samples from the highest win rate to the lowest (equal rates in sample order), (K, M') with
+    one column per prompt; prompts whose samples all tie are skipped."""
+    groups = win_rates.view(-1, k).numpy()  # (M, K)
+    order = np.argsort(-groups, axis=1, kind="stable")  # (M, K) best first
+    keep = groups.max(1) > groups.min(1)
+    base = np.arange(groups.shape[0])[:, None] * k
+    return (base + order)[keep].T  # (K, M')
+
+
 def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     """One round: K samples per prompt from π_t, oracle K×K matrices, best vs worst, DPO steps vs π0.
 
@@ -500,9 +796,24 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
     cut = sp.eos_missing(ys).to(win.dtype)  # (M·K,) cut at the length limit, without a stop
-    chosen, rejected = best_worst_pairs(win - cfg.online.missing_eos_penalty * cut, k)
+    ranked_win = win - cfg.online.missing_eos_penalty * cut  # (M·K,)
     ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
     n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)
+    if loss.listwise:  # every sample of a prompt, ranked by its win rate: one K-way list per prompt
+        columns = ranked_groups(ranked_win, k)  # (K, M')
+
+        def list_fn(mb, cols, normalizer):
+            idx = columns[:, mb].T  # (b, K) best first
+            x = cols[0]
+            policy, r = torch.stack(cols, -1), ref[idx].to(x)  # (b, K)
+            if loss.length_normalize:
+                policy, r = policy / n_tokens[idx].to(x), r / n_tokens[idx].to(x)
+            return list_loss(loss, policy, r, ranked_win[idx].to(x), None, normalizer=normalizer)
+
+        info = sp.optimize(Examples(ys, columns, list_fn), (seed, t, STEP_ORDER))
+        gap = float((win[columns[0]] - win[columns[-1]]).mean()) if columns.shape[1] else math.nan
+        return {"lists": columns.shape[1], "win_rate_gap": gap, "missing_eos": float(cut.mean()), **info}
+    chosen, rejected = best_worst_pairs(ranked_win, k)
 
     def loss_fn(mb, cols, normalizer):
         w, l = chosen[mb], rejected[mb]
@@ -511,10 +822,7 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
         pc, pr, rc, rr = cols[0], cols[1], ref[w].to(x), ref[l].to(x)
         if loss.length_normalize:  # mean log-prob per response token, as in the offline mode
             pc, pr, rc, rr = pc / lw, pr / ll, rc / lw, rr / ll
-        return dpo_loss(
-            pc, pr, rc, rr, chosen_lengths=lw, rejected_lengths=ll, length_alpha=loss.length_alpha,
-            normalizer=normalizer, **loss_kwargs(loss),
-        )  # fmt: skip
+        return pair_loss(loss, pc, pr, rc, rr, chosen_lengths=lw, rejected_lengths=ll, normalizer=normalizer)
 
     info = sp.optimize(Examples(ys, np.stack([chosen, rejected]), loss_fn), (seed, t, STEP_ORDER))
     gap = float((win[chosen] - win[rejected]).mean())
@@ -527,9 +835,8 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
-    sp = SelfPlay(
-        cfg, out, log, oracle=oracle, plan=Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
-    )
+    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    sp = SelfPlay(cfg, out, log, oracle=oracle, plan=plan, chunk_size=cfg.loss.chunk_size)
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(
         out, "dpo", modules={"policy": trained}, optimizer=sp.optimizer, scheduler=sp.scheduler, unit="round"

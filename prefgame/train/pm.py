@@ -41,10 +41,10 @@ from torch import Tensor, nn
 
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import param
-from prefgame.data.columns import Pairs, Ratings, load_pairs, load_ratings, split_eval
+from prefgame.data.columns import Pairs, Rankings, Ratings, load_pairs_or_rankings, load_ratings, split_eval
 from prefgame.errors import ConfigError, PrefgameError
 from prefgame.lora import LoraConfig, apply_lora, trained_state
-from prefgame.losses import regression_loss, ridge_fit
+from prefgame.losses import plackett_luce_loss, regression_loss, ridge_fit
 from prefgame.models.backbone import build_encoder
 from prefgame.models.heads import debias_coefficients
 from prefgame.models.kinds import kind_spec
@@ -81,9 +81,14 @@ from prefgame.train.precision import Precision
 
 @dataclass
 class PMDataConfig:
-    path: str = param("", "pairs data: .jsonl/.json/.parquet/.csv file or hub name (any pairs format)")
+    path: str = param(
+        "",
+        "pairs data: .jsonl/.json/.parquet/.csv file or hub name (any pairs format); or K-way rankings "
+        "(format rankings, e.g. UltraFeedback's rated completions: a reward kind trains on them with the "
+        "Plackett–Luce loss)",
+    )
     split: str = param("train", "split of path")
-    eval_path: str = param("", "held-out pairs (empty: hold out eval_fraction of path)")
+    eval_path: str = param("", "held-out pairs or rankings (empty: hold out eval_fraction of path)")
     eval_split: str = param("train", "split of eval_path")
     eval_fraction: float = param(0.1, "share of path held out for evaluation when eval_path is empty")
     max_train_rows: int = param(0, "use at most this many training pairs (0: all)")
@@ -221,14 +226,24 @@ def _validate(cfg: PMConfig) -> None:
 
 
 def _load_training_data(cfg: PMConfig):
-    """(train pairs, held-out pairs, ratings or None, objectives, verbosity index) of a train-pm run."""
+    """(train pairs or rankings, held-out pairs, ratings or None, objectives, verbosity index) of a
+    train-pm run. Held-out rankings are scored as their strictly ordered pairs."""
     tc, mc = cfg.train, cfg.model
-    pairs = load_pairs(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
+    data = load_pairs_or_rankings(cfg.data.path, cfg.data.split, skip_invalid=cfg.data.skip_invalid)
+    if isinstance(data, Rankings):
+        spec = kind_spec(mc.kind)
+        if not spec.reward or spec.ratings:
+            raise PrefgameError(
+                f"{cfg.data.path} holds K-way rankings, which train a reward kind with the Plackett–Luce loss "
+                f"(model.kind=bt); kind {mc.kind} trains on pairs"
+            )
     if cfg.data.eval_path:
-        train_set = pairs
-        eval_set = load_pairs(cfg.data.eval_path, cfg.data.eval_split, skip_invalid=cfg.data.skip_invalid)
+        train_set = data
+        eval_set = load_pairs_or_rankings(cfg.data.eval_path, cfg.data.eval_split, skip_invalid=cfg.data.skip_invalid)
     else:
-        train_set, eval_set = split_eval(pairs, cfg.data.eval_fraction, tc.seed)
+        train_set, eval_set = split_eval(data, cfg.data.eval_fraction, tc.seed)
+    if isinstance(eval_set, Rankings):
+        eval_set = eval_set.pairs("all")
     if cfg.data.max_train_rows:
         train_set = train_set.take(range(min(cfg.data.max_train_rows, len(train_set))))
     ratings = None
@@ -251,7 +266,9 @@ def _load_training_data(cfg: PMConfig):
     return train_set, eval_set, ratings, objectives, verbosity_index
 
 
-def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_train: int, n_eval: int):
+def _build_model(
+    cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_train: int, n_eval: int, unit: str = "pairs"
+):
     """The preference model of ``cfg.model`` on the accelerator (backbone frozen or prepared for
     fine-tuning), with its parameter counts (backbone, one head)."""
     tc, mc = cfg.train, cfg.model
@@ -276,7 +293,7 @@ def _build_model(cfg: PMConfig, acc, objectives, verbosity_index: int, log, n_tr
     n_backbone = sum(p.numel() for p in encoder.parameters())
     n_head = sum(p.numel() for p in heads[0].parameters())
     log.info(
-        f"train-pm {mc.kind}: {n_train} train / {n_eval} eval pairs, backbone "
+        f"train-pm {mc.kind}: {n_train} train {unit} / {n_eval} eval pairs, backbone "
         f"{n_backbone / 1e6:.2f}M parameters ({'frozen' if frozen else 'fine-tuned'}), head {n_head} "
         f"parameters × {mc.ensemble.size}"
     )
@@ -379,7 +396,10 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
     resume_from = run.resume_from
 
     train_set, eval_set, ratings, objectives, verbosity_index = _load_training_data(cfg)
-    model, n_backbone, n_head = _build_model(cfg, acc, objectives, verbosity_index, log, len(train_set), len(eval_set))
+    unit = "pairs" if isinstance(train_set, Pairs) else "ranked lists (Plackett–Luce)"
+    model, n_backbone, n_head = _build_model(
+        cfg, acc, objectives, verbosity_index, log, len(train_set), len(eval_set), unit
+    )
     encoder, frozen = model.encoder, mc.backbone.freeze
 
     state: dict[str, Any] = {"stage1": None, "debias": None}
@@ -405,11 +425,15 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
 
     with sharding.gathered(acc):  # every process: under FSDP the backbone's layers gather their shards
         metrics = _eval_metrics(cfg, model, eval_set, cache, state)
+    if isinstance(train_set, Rankings):
+        metrics["loss"] = "plackett_luce"
+        metrics["train_lists"] = len(train_set)
+        metrics["train_tied_pairs"] = train_set.tied_pairs
     metrics.update(
         {
             "train_loss": last.get("loss"),
             "steps": total,
-            "train_pairs": len(train_set),
+            "train_pairs": len(train_set) if isinstance(train_set, Pairs) else len(train_set.pairs("all")),
             "eval_pairs": len(eval_set),
             "backbone_parameters": n_backbone,
             "head_parameters": n_head,
@@ -470,6 +494,8 @@ def _build_phases(
     cfg, acc, model: PreferenceModel, train_set: Pairs, eval_set: Pairs, ratings, state
 ) -> tuple[list[Phase], dict]:
     """The phases of a run and the vector cache their setups fill (frozen backbone)."""
+    if isinstance(train_set, Rankings):
+        return _listwise_phases(cfg, acc, model, train_set), {}
     tc, mc = cfg.train, cfg.model
     spec = model.spec
     frozen = mc.backbone.freeze
@@ -560,6 +586,93 @@ def _build_phases(
         for head in model.heads:
             phases.append(pair_phase("member-0", tc.seed, PairForward(model, head), lambda: None, full_pair_loss, 0))
     return phases, cache
+
+
+class _ListRewards(nn.Module):
+    """Frozen backbone, K-way rankings: cached vectors → the head's rewards r(x, y) (N,)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, h_y: Tensor, h_x: Tensor | None) -> Tensor:
+        return self.head.reward(h_y, h_x)
+
+
+class _ListForward(nn.Module):
+    """Fine-tuned backbone, K-way rankings: the N response sequences (then, when the head reads the
+    prompt, the N prompt sequences) → rewards (N,)."""
+
+    def __init__(self, model: PreferenceModel, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = model.encoder, head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, n: int) -> Tensor:
+        h = self.encoder(input_ids, attention_mask).float()  # (N or 2N, H)
+        return self.head.reward(h[:n], h[n:] if h.shape[0] > n else None)
+
+
+def _list_index(rankings: Rankings) -> tuple[Tensor, Tensor]:
+    """(index (L, K_max) into the flattened responses, −1 padded; mask (L, K_max) of real entries)."""
+    sizes = [len(ys) for ys in rankings.responses]
+    k_max, starts = max(sizes), np.cumsum([0, *sizes[:-1]])
+    cols = np.arange(k_max)[None, :]
+    mask = cols < np.asarray(sizes)[:, None]
+    index = np.where(mask, starts[:, None] + cols, -1)
+    return torch.as_tensor(index), torch.as_tensor(mask)
+
+
+def _listwise_phases(cfg: PMConfig, acc, model: PreferenceModel, rankings: Rankings) -> list[Phase]:
+    """Plackett–Luce phases of a reward kind on K-way rankings (each list best first): one per ensemble
+    member on a frozen backbone (cached vectors), one with the backbone fine-tuned otherwise. The loss
+    of a step is Σ over its lists of −log P(ranking) / the step's global list count."""
+    tc, mc, device = cfg.train, cfg.model, acc.device
+    prompt_view = "x" in model.views
+    index, mask = _list_index(rankings)
+    flat_prompts = [x for x, ys in zip(rankings.prompts, rankings.responses) for _ in ys]
+    flat_responses = [y for ys in rankings.responses for y in ys]
+    cache: dict[str, Tensor] = {}
+
+    def setup() -> None:
+        if "a" in cache:
+            return
+        views = ("a", "x") if prompt_view else ("a",)
+        cache.update(model.embed(views, flat_prompts, flat_responses, flat_responses))
+        if mc.head.standardize:
+            for head in model.heads:
+                fit_input_norms(head, cache["a"], cache.get("x"))
+
+    def rows(idx: np.ndarray) -> tuple[Tensor, Tensor]:
+        ix, m = index[idx], mask[idx]  # (b, K)
+        return ix.clamp(min=0).reshape(-1), m.to(device)
+
+    def frozen_loss(module, idx, swapped, normalizer):
+        flat, m = rows(idx)
+        h_x = cache["x"][flat].to(device) if prompt_view else None
+        rewards = module(cache["a"][flat].to(device), h_x).view(m.shape)  # (b, K)
+        return plackett_luce_loss(rewards, mask=m, normalizer=normalizer)
+
+    def full_loss(module, idx, swapped, normalizer):
+        flat, m = rows(idx)
+        enc = model.encoder
+        seqs = [enc.response_ids(flat_prompts[i], flat_responses[i]) for i in flat.tolist()]
+        if prompt_view:
+            seqs += [enc.prompt_ids(flat_prompts[i]) for i in flat.tolist()]
+        batch = enc.collate(seqs)
+        rewards = module(batch["input_ids"].to(device), batch["attention_mask"].to(device), len(flat))
+        return plackett_luce_loss(rewards.view(m.shape), mask=m, normalizer=normalizer)
+
+    def normalizer(idx: np.ndarray) -> float:
+        return float(len(idx))  # global lists of the step
+
+    n = len(rankings)
+    if mc.backbone.freeze:
+        return [
+            Phase(f"member-{i}", tc.max_steps, tc.seed + i, _ListRewards(head), n, setup, frozen_loss, normalizer)
+            for i, head in enumerate(model.heads)
+        ]
+    head = model.heads[0]
+    return [Phase("member-0", tc.max_steps, tc.seed, _ListForward(model, head), n, lambda: None, full_loss, normalizer)]
 
 
 def _stage1_phase(cfg: PMConfig, acc, model: PreferenceModel, ratings: Ratings, state) -> Phase:

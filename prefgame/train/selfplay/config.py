@@ -80,6 +80,11 @@ class SelfPlayTrainConfig(OptimConfig):
     iterations: int = param(60, "self-play iterations t = 0 … iterations−1")
     steps_per_iteration: int = param(4, "optimizer steps on each iteration's samples")
     batch_size: int = param(64, "examples (samples, or pairs for pair-based algorithms) per optimizer step")
+    logprob_chunk_size: int = param(
+        1024,
+        "response rows projected to the vocabulary at a time when log-probs are computed (chunked "
+        "log-softmax: no (rows × vocabulary) logits in memory); the result does not depend on it",
+    )
     reset_optimizer: bool = param(
         False,
         "clear AdamW's moment estimates at the start of every iteration: each iteration fits a new target, "
@@ -102,8 +107,8 @@ class SelfPlayTrainConfig(OptimConfig):
                 f"train.average_from must be -1 (off) or an iteration in 0 … {self.iterations - 1}, "
                 f"got {self.average_from}"
             )
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("train.batch_size and train.micro_batch_size must be ≥ 1")
+        if self.batch_size < 1 or self.micro_batch_size < 1 or self.logprob_chunk_size < 1:
+            raise ValueError("train.batch_size, train.micro_batch_size and train.logprob_chunk_size must be ≥ 1")
 
 
 @dataclass

@@ -60,16 +60,20 @@ class Iterations:
 class SelfPlay(PolicyRuntime):
     """State of one self-play run (or online DPO run) and the operations every algorithm is written with:
     the shared policy runtime, the oracle, the optimizer over the policy's sequence log-probs, the vLLM
-    sampler, the weight average and the modules an algorithm keeps (``extras``)."""
+    sampler, the weight average and the modules an algorithm keeps (``extras``). Log-probs project
+    ``chunk_size`` response rows to the vocabulary at a time (None: ``train.logprob_chunk_size``), in the
+    optimizer's forward passes and in :meth:`sequence_logps` alike."""
 
     def __init__(
-        self, cfg, out: RunDir, log, *, oracle: PreferenceOracle | None = None, plan: Iterations | None = None
-    ) -> None:
+        self, cfg, out: RunDir, log, *, oracle: PreferenceOracle | None = None, plan: Iterations | None = None,
+        chunk_size: int | None = None,
+    ) -> None:  # fmt: skip
         tc = cfg.train
         self.plan = plan if plan is not None else Iterations.of(tc)
         _check_lora(cfg, self.plan)
         arena = cfg.prompts.source == "arena" or cfg.oracle.kind in ("gold", "annotator")
-        super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena)
+        chunk_size = tc.logprob_chunk_size if chunk_size is None else chunk_size
+        super().__init__(cfg, out.path, batch_size=self.plan.batch_size, arena=arena, chunk_size=chunk_size)
         self.out, self.log = out, log
         self.oracle = oracle if oracle is not None else build_oracle(cfg.oracle, self.arena)
         whole_copies = {  # each keeps a whole copy of the policy beside the sharded one
@@ -78,7 +82,7 @@ class SelfPlay(PolicyRuntime):
             "algorithm=optimistic_md": getattr(cfg, "algorithm", "") == "optimistic_md",  # the previous iterate
         }
         sharding.refuse_settings(self.acc, whole_copies, "it keeps a whole copy of the policy beside the sharded one")
-        self.wrapper = ResponseLogps(self.policy)
+        self.wrapper = ResponseLogps(self.policy, chunk_size=chunk_size)
         steps = self.plan.count * self.plan.steps
         self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), tc, steps)
         self.wrapper, self.optimizer = sharding.prepare(self.acc, self.wrapper, self.optimizer)
