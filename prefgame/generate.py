@@ -57,7 +57,7 @@ class GenerateConfig:
     # the engines of prefgame.game.lm_sampling (ENGINES), named here so that loading the config imports no model code
     engine: Literal["prefgame", "transformers"] = param(
         "prefgame",
-        "hf backend: prefgame (its batched loop, a static KV cache for llama/mistral/qwen2 models; faster on "
+        "hf backend: prefgame (its batched loop, a static KV cache for float32 llama/mistral/qwen2 models; faster on "
         "CPU, docs/selfplay.md) or transformers (`generate`)",
     )
     eos_token_ids: list[int] = param(

@@ -101,7 +101,8 @@ def test_static_cache_decoder_equals_the_model_forward(tok, kind):
 
 def test_decoder_choice(tok, monkeypatch):
     """The static cache where it computes the model exactly, the model's own cache otherwise: another
-    family, a sliding window shorter than the sequences, and model types it is told not to compute."""
+    family, a sliding window shorter than the sequences, a model in bfloat16, and model types it is told
+    not to compute."""
     ids = prompt_ids(tok, 2)
     cpu = torch.device("cpu")
     model = llama(tok)
@@ -112,6 +113,7 @@ def test_decoder_choice(tok, monkeypatch):
                                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                                 sliding_window=8))  # fmt: skip
     assert not StaticCacheDecoder.supports(windowed, 64) and StaticCacheDecoder.supports(windowed, 8)
+    assert not StaticCacheDecoder.supports(llama(tok).to(torch.bfloat16), 64)
     monkeypatch.setattr("prefgame.game.decoding.STATIC_CACHE_TYPES", ())
     assert isinstance(make_decoder(model, ids, 0, cpu, max_new_tokens=4, use_cache=True), CachedForward)
 

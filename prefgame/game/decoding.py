@@ -4,13 +4,14 @@ of rows, fed the chosen tokens one step at a time.
 Three ways to compute them, all giving the logits a full forward pass of the model gives (checked
 against it in the tests):
 
-- :class:`StaticCacheDecoder`: for decoders of the Llama family (``llama``, ``mistral``, ``qwen2``
-  configs: pre-norm blocks of rotary self-attention and a gated MLP, RMSNorm, one causal mask). It
+- :class:`StaticCacheDecoder`: for float32 decoders of the Llama family (``llama``, ``mistral``,
+  ``qwen2`` configs: pre-norm blocks of rotary self-attention and a gated MLP, RMSNorm, one causal mask;
+  a model in low precision decodes with its own forward, whose order of rounding it does not keep). It
   runs the model's own modules or weights (embedding, rotary embedding, projections, activation, head)
   and orchestrates them itself: a key/value cache allocated once for the whole response length and
   written in place, an additive mask of the prompts' padding, q/k/v and gate/up fused into one matrix
-  product each with the RMSNorm weights folded in when they are plain float32 linear layers (LoRA
-  layers are called as modules), a table of the rotary angles, and the prompts' prefill run once per
+  product each with the RMSNorm weights folded in when they are plain linear layers (LoRA layers are
+  called as modules), a table of the rotary angles, and the prompts' prefill run once per
   distinct prompt (the K samples of a prompt, and a policy's and a mixture's samples of it, share it).
   A token costs about half the time of a transformers forward with its dynamic cache at the arena's
   sizes on a CPU, where the Python and allocation work of each operation dominates. Under FSDP it
@@ -162,15 +163,14 @@ class _Projection:
 
 class _Layer:
     """What one decoder layer's step needs: its projections (q/k/v and gate/up fused, the norms' weights
-    folded in where the model computes in float32), the norms' weights not folded, its activation."""
+    folded in, where they are plain linear layers), the norms' weights not folded, its activation."""
 
     def __init__(self, layer: nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
-        fold = norm1.weight.dtype == torch.float32  # folding rounds differently from the model in low precision
-        self.qkv = _Projection([attn.q_proj, attn.k_proj, attn.v_proj], norm1.weight if fold else None)
+        self.qkv = _Projection([attn.q_proj, attn.k_proj, attn.v_proj], norm1.weight)
         self.out = _Projection([attn.o_proj])
-        self.gate_up = _Projection([mlp.gate_proj, mlp.up_proj], norm2.weight if fold else None)
+        self.gate_up = _Projection([mlp.gate_proj, mlp.up_proj], norm2.weight)
         self.down = _Projection([mlp.down_proj])
         self.norm1 = (None if self.qkv.folded else norm1.weight, norm1.variance_epsilon)
         self.norm2 = (None if self.gate_up.folded else norm2.weight, norm2.variance_epsilon)
@@ -191,13 +191,10 @@ class _Layer:
 
 
 def _rms_norm(norm: tuple[torch.Tensor | None, float], x: torch.Tensor) -> torch.Tensor:
-    """The Llama-family RMSNorm of (weight, eps) ``norm`` applied to ``x``: normalized in float32, cast
-    back, scaled by the weight unless it is None (folded into the next projection)."""
+    """The Llama-family RMSNorm of (weight, eps) ``norm`` applied to float32 ``x``, scaled by the weight
+    unless it is None (folded into the next projection)."""
     weight, eps = norm
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-    return normed if weight is None else weight * normed
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
@@ -234,8 +231,7 @@ class StaticCacheDecoder:
         inner = getattr(net, net.base_model_prefix)
         self.embed, self.rotary = inner.embed_tokens, inner.rotary_emb
         self.plain_embed = type(self.embed) is nn.Embedding and self.embed.max_norm is None
-        fold = inner.norm.weight.dtype == torch.float32
-        self.head = _Projection([net.get_output_embeddings()], inner.norm.weight if fold else None)
+        self.head = _Projection([net.get_output_embeddings()], inner.norm.weight)
         self.final_norm = (None if self.head.folded else inner.norm.weight, inner.norm.variance_epsilon)
         self.layers = [_Layer(layer) for layer in inner.layers]
         cfg = net.config
@@ -287,6 +283,8 @@ class StaticCacheDecoder:
         inner = getattr(net, getattr(net, "base_model_prefix", ""), None)
         if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "rotary_emb", "layers", "norm")):
             return False
+        if inner.embed_tokens.weight.dtype != torch.float32:
+            return False  # low precision rounds in the order of the model's own forward, which this does not keep
         if net.get_output_embeddings() is None:
             return False
         return all(_layer_supported(layer) for layer in inner.layers) and _norm_supported(inner.norm)
@@ -351,10 +349,7 @@ class StaticCacheDecoder:
                 scores = torch.baddbmm(
                     blocked, qk[:, :hq].reshape(r * kv, self.group, d), keys.transpose(1, 2), alpha=layer.scaling
                 )  # (R·Hkv, G, t+1)
-                probs = torch.softmax(scores, dim=-1) if scores.dtype == torch.float32 else (
-                    torch.softmax(scores.float(), dim=-1).to(scores.dtype)
-                )  # fmt: skip
-                h = layer.out.residual(h, torch.bmm(probs, values).view(r, -1))
+                h = layer.out.residual(h, torch.bmm(torch.softmax(scores, dim=-1), values).view(r, -1))
                 h = layer.mlp(h)
             logits = self._logits(h)
         self.length = t + 1

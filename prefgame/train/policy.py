@@ -103,7 +103,7 @@ class GenerationConfig:
     engine: Literal[ENGINES] = param(
         "prefgame",
         "sampler of one model alone (mixtures always use prefgame's loop): prefgame (its batched loop, a "
-        "static KV cache for llama/mistral/qwen2 models; faster on CPU, docs/selfplay.md) or transformers "
+        "static KV cache for float32 llama/mistral/qwen2 models; faster on CPU, docs/selfplay.md) or transformers "
         "(`generate`)",
     )
 
