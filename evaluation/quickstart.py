@@ -35,9 +35,10 @@ import torch
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
 from prefgame.arena.world import AnnotatorOracle, GoldOracle, class_name
 from prefgame.config import param
+from prefgame.game.lm_sampling import sample_texts as sample
 from prefgame.game.lm_selfplay import ClassGame, class_figures, smoothed_class_distribution
 from prefgame.judges import JudgeConfig
-from prefgame.lm import load_causal_lm, load_tokenizer, sample
+from prefgame.lm import load_causal_lm, load_tokenizer
 from prefgame.run import RunDir, overwrite_param, run_job, seed_everything, write_jsonl
 from prefgame.train.engine import TrainConfig
 from prefgame.train.selfplay.registry import load_algorithms

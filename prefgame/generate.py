@@ -12,8 +12,11 @@ Prompts come from the arena's grammar (``prompts=arena``) or from any data set `
 HH transcripts or message lists), otherwise the prompts of the normalized preference data (pairs,
 ratings or battles in any supported format); a multi-turn prompt is the whole conversation, chat
 template applied to every turn (:func:`prefgame.data.columns.load_prompts`). Repeated prompts are
-generated once. The HF backend samples in batches with the KV cache (:func:`prefgame.lm.sample`);
-``backend=vllm`` uses vLLM on a GPU (imported only then).
+generated once. The HF backend samples in batches (:func:`prefgame.game.lm_sampling.sample_texts`:
+prefgame's loop, with its static KV cache for the models it has one for, or transformers' ``generate``
+with ``engine=transformers``); ``backend=vllm`` uses vLLM on a GPU (imported only then). A response
+ends with a stop token (the tokenizer's EOS and the ids of the model's generation config, or
+``eos_token_ids``), with a stop string of ``stop`` (cut from the output), or at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,18 @@ class GenerateConfig:
     batch_size: int = param(64, "prompts per generation batch (hf)")
     seed: int = param(0, "seed of sampling (and of the arena prompt draw)")
     backend: Literal["hf", "vllm"] = param("hf", "hf: transformers with the KV cache; vllm: vLLM on a GPU")
+    # the engines of prefgame.game.lm_sampling (ENGINES), named here so that loading the config imports no model code
+    engine: Literal["prefgame", "transformers"] = param(
+        "prefgame",
+        "hf backend: prefgame (its batched loop, a static KV cache for float32 llama/mistral/qwen2 models; faster on "
+        "CPU, docs/selfplay.md) or transformers (`generate`)",
+    )
+    eos_token_ids: list[int] = param(
+        [],
+        "token ids that end an output; empty: the tokenizer's EOS and every id of the model's "
+        "generation_config.eos_token_id (chat models list several)",
+    )
+    stop: list[str] = param([], "stop strings: an output ends where one appears, and is cut before it")
     dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype (bfloat16 only on a GPU)")
     out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json", output="file")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
@@ -60,6 +75,10 @@ class GenerateConfig:
             raise ValueError("samples_per_prompt, max_new_tokens and batch_size must be >= 1")
         if self.temperature < 0 or self.max_prompts < 0:
             raise ValueError("temperature and max_prompts must be >= 0")
+        if any(i < 0 for i in self.eos_token_ids):
+            raise ValueError(f"eos_token_ids must be token ids >= 0, got {list(self.eos_token_ids)}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop must not contain an empty string (it would end every output at once)")
 
 
 def load_prompts(cfg: GenerateConfig) -> list[str]:
@@ -77,30 +96,28 @@ def load_prompts(cfg: GenerateConfig) -> list[str]:
 
 def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str], list[str], object]:
     """(prompt per output, output texts, tokenizer): ``samples_per_prompt`` outputs per prompt, prompt-major."""
-    from prefgame.lm import load_causal_lm, load_tokenizer, sample
+    from prefgame.game.lm_sampling import sample_texts
+    from prefgame.lm import load_causal_lm, load_generation_config, load_tokenizer, stops_for
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    stop_keys = dict(eos_token_ids=cfg.eos_token_ids, stop=cfg.stop, key="eos_token_ids")
     if cfg.backend == "vllm":
         from prefgame.game.vllm_sampling import VLLMSampler
         from prefgame.train.selfplay.config import SamplingConfig
 
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-        engine = VLLMSampler(cfg.model, tok, sampling, cfg.dtype, cfg.seed)
+        stops = stops_for(tok, load_generation_config(cfg.model), **stop_keys)
+        engine = VLLMSampler(cfg.model, tok, sampling, cfg.dtype, cfg.seed, stops=stops)
         return repeated, engine.generate(prompts, n=cfg.samples_per_prompt, seed=(cfg.seed,)).texts, tok
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.dtype == "bfloat16" and device == "cpu":
         raise PrefgameError("dtype=bfloat16 is for GPUs (about 400x slower on this CPU): use dtype=float32")
     model = load_causal_lm(cfg.model, dtype=getattr(torch, cfg.dtype)).to(device)
-    outputs = sample(
-        model,
-        tok,
-        repeated,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-    )
+    outputs = sample_texts(
+        model, tok, repeated, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        batch_size=cfg.batch_size, seed=cfg.seed, stops=stops_for(tok, model, **stop_keys), engine=cfg.engine,
+    )  # fmt: skip
     return repeated, outputs, tok
 
 

@@ -1,5 +1,5 @@
-"""Causal-LM helpers shared by every trainer: prompt formatting, tokenization, batched sampling with
-the KV cache, and response log-probabilities.
+"""Causal-LM helpers shared by every trainer: prompt formatting, tokenization, what ends a sampled
+response (:class:`Stops`), and response log-probabilities (sampling itself: :mod:`prefgame.game.lm_sampling`).
 
 Prompts are rendered with the tokenizer's chat template when it has one (plain text otherwise);
 responses are tokenized on their own and followed by EOS, so the boundary between prompt and
@@ -9,6 +9,7 @@ response tokens is exact for any tokenizer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +47,71 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 def load_causal_lm(name_or_path: str, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     _require_local_or_hub_name(name_or_path, "model")
     return load_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "causal LM", dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Stops:
+    """What ends a sampled response: a token of ``token_ids`` (kept as the response's last token, as
+    EOS is), or a text that contains one of ``strings``: the response then ends with the token that
+    completes the first occurrence, and its text is cut before it (:meth:`cut`)."""
+
+    token_ids: tuple[int, ...] = ()
+    strings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stops: Stops | int | Sequence[int] | None) -> Stops:
+        """``stops`` itself, or the stop tokens given as one id or a sequence of ids."""
+        if isinstance(stops, Stops):
+            return stops
+        if stops is None:
+            return cls()
+        return cls((int(stops),) if isinstance(stops, int) else tuple(int(i) for i in stops))
+
+    def cut(self, text: str) -> str:
+        """``text`` up to the first occurrence of any stop string (all of it without one)."""
+        ends = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        return text[: min(ends)] if ends else text
+
+    @property
+    def window(self) -> int:
+        """Tokens at the end of a response whose text is searched for the stop strings after each new
+        token: the longest string's length in characters (every token decodes to at least one) plus two,
+        so that the string never reaches the window's first token, whose text may lose a leading space."""
+        return max((len(s) for s in self.strings), default=0) + 2
+
+
+def stops_for(
+    tokenizer: PreTrainedTokenizerBase, model=None, *, eos_token_ids: Sequence[int] = (), stop: Sequence[str] = (),
+    key: str = "sampling.eos_token_ids",
+) -> Stops:  # fmt: skip
+    """The stops of a job's sampler: ``eos_token_ids`` when given, otherwise the tokenizer's EOS and every
+    id of the model's ``generation_config.eos_token_id`` (chat models list several, e.g. end of turn and
+    end of text; ``model`` may also be a ``GenerationConfig`` itself, or None); and the stop strings
+    ``stop``. An id outside the vocabulary fails in one line naming the config ``key``."""
+    if eos_token_ids:
+        ids = [int(i) for i in eos_token_ids]
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise PrefgameError(
+                f"{key}: {bad[0]} is not a token id of this model (ids run from 0 to {vocab - 1}); "
+                "leave it empty for the tokenizer's and the model's end-of-sequence tokens"
+            )
+    else:
+        ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        listed = getattr(getattr(model, "generation_config", model), "eos_token_id", None)
+        ids += [listed] if isinstance(listed, int) else list(listed or ())
+    return Stops(tuple(dict.fromkeys(ids)), tuple(stop))
+
+
+def load_generation_config(name_or_path: str):
+    """The ``GenerationConfig`` saved with a model (its end-of-sequence ids), or None without one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        return None
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
@@ -164,42 +230,3 @@ class ResponseLogps(torch.nn.Module):
     ) -> torch.Tensor:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
         return token_logps(self.model, batch, chunk_size=self.chunk_size)
-
-
-@torch.no_grad()
-def sample(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    batch_size: int = 256,
-    seed: int | None = None,
-) -> list[str]:
-    """One sampled response per prompt (repeat prompts for several), batched, with the KV cache."""
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        ids, mask = pad_batch([encode_prompt(tokenizer, p) for p in chunk], tokenizer.pad_token_id, left=True)
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
-        )
-        new = gen[:, ids.shape[1] :]
-        outputs += [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    model.train(was_training)
-    return outputs

@@ -117,7 +117,8 @@ class Seen:
     """What the models and tokenizers were given while the spy was on."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[int, list[int]]] = []  # (layers of the model, token ids without padding)
+        # (layers of the model, token ids without padding); layers None: ids an embedding was given (with padding)
+        self.rows: list[tuple[int | None, list[int]]] = []
         self.texts: list[str] = []
 
     def saw(self, ids: list[int], *, layers: int | None = None) -> bool:
@@ -138,7 +139,7 @@ class Seen:
 @pytest.fixture
 def seen(monkeypatch) -> Seen:
     record = Seen()
-    forward, call = LlamaModel.forward, PreTrainedTokenizerBase.__call__
+    forward, call, embed = LlamaModel.forward, PreTrainedTokenizerBase.__call__, torch.nn.Embedding.forward
 
     def spy_forward(self, *args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -153,8 +154,16 @@ def seen(monkeypatch) -> Seen:
         record.texts += [text] if isinstance(text, str) else [t for t in (text or []) if isinstance(t, str)]
         return call(self, text, *args, **kwargs)
 
+    def spy_embed(self, ids):
+        # the sampler's static-cache decoder embeds the prompts itself, without the trunk's forward (the rows
+        # keep their left padding; the depth of the model is unknown here)
+        if ids.dim() == 2 and not torch.is_floating_point(ids):
+            record.rows += [(None, row) for row in ids.tolist()]
+        return embed(self, ids)
+
     monkeypatch.setattr(LlamaModel, "forward", spy_forward)
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", spy_call)
+    monkeypatch.setattr(torch.nn.Embedding, "forward", spy_embed)
     yield record
     record.assert_no_message_list_text()
 

@@ -13,8 +13,9 @@ from prefgame.arena.lm import build_tokenizer, tiny_llama_config
 from prefgame.cli import main
 from prefgame.config import load_config
 from prefgame.errors import PrefgameError
+from prefgame.game.lm_sampling import sample_texts
 from prefgame.generate import GenerateConfig, load_prompts, run
-from prefgame.lm import load_causal_lm, load_tokenizer, sample
+from prefgame.lm import load_causal_lm, load_tokenizer
 from prefgame.run import read_jsonl
 
 
@@ -52,10 +53,12 @@ def test_arena_prompts_rows_lengths_and_determinism(model_dir, tmp_path):
         assert r["prompt_messages"] == [{"role": "user", "content": r["prompt"]}]
         assert r["output_tokens"] == len(tok(r["output"], add_special_tokens=False)["input_ids"]) <= 8
         assert r["output_words"] == len(r["output"].split())
-    # the same seed gives the same outputs, and they are exactly prefgame.lm.sample's
+    # the same seed gives the same outputs, and they are exactly the sampler's (prefgame's loop, the
+    # default engine)
     run(config(model_dir, tmp_path / "b.jsonl", samples_per_prompt=2))
     assert read_jsonl(tmp_path / "b.jsonl") == rows
-    direct = sample(load_causal_lm(str(model_dir)), tok, [r["prompt"] for r in rows], max_new_tokens=8, seed=0)
+    prompts = [r["prompt"] for r in rows]
+    direct = sample_texts(load_causal_lm(str(model_dir)), tok, prompts, max_new_tokens=8, seed=0, engine="prefgame")
     assert direct == [r["output"] for r in rows]
     assert json.loads((tmp_path / "a.metrics.json").read_text())["mean_output_tokens"] > 0
 
@@ -80,3 +83,29 @@ def test_cli_and_errors(model_dir, tmp_path, capsys):
     with pytest.raises(PrefgameError, match="generate needs out="):
         run(load_config(GenerateConfig, None, [f"model={model_dir}", "prompts=arena"]))
     assert main(["generate", "model=/no/such/model", "prompts=arena", f"out={tmp_path / 'y.jsonl'}"]) == 2
+
+
+@pytest.mark.parametrize("engine", ["prefgame", "transformers"])
+def test_several_stop_tokens_and_a_stop_string(model_dir, tmp_path, capsys, engine):
+    """eos_token_ids and stop end the outputs of either engine: a stop token (an ordinary word here, so its
+    text stays, as vLLM keeps it) can only be an output's last word, and no output contains the stop
+    string; without them the same model says them. A bad id or an empty stop string is one line and exit
+    code 2."""
+    tok = load_tokenizer(str(model_dir))
+    words = {"music", "travel", "garden", "cooking"}
+    ids = [tok.convert_tokens_to_ids(w) for w in sorted(words)]
+    overrides = dict(samples_per_prompt=4, max_new_tokens=24, engine=engine, stop="[' the']",
+                     eos_token_ids="[" + ",".join(map(str, ids)) + "]", max_prompts=10)  # fmt: skip
+    run(config(model_dir, tmp_path / "s.jsonl", **overrides))
+    run(config(model_dir, tmp_path / "p.jsonl", **dict(overrides, stop="[]", eos_token_ids="[]")))
+    outputs = [r["output"].split() for r in read_jsonl(tmp_path / "s.jsonl")]
+    assert not any(" the" in " ".join(o) for o in outputs)
+    assert not any(set(o[:-1]) & words for o in outputs) and any(o and o[-1] in words for o in outputs)
+    unstopped = [r["output"].split() for r in read_jsonl(tmp_path / "p.jsonl")]
+    assert any(" the" in " ".join(o) or set(o[:-1]) & words for o in unstopped)
+    capsys.readouterr()
+    args = ["generate", f"model={model_dir}", "prompts=arena", f"out={tmp_path / 'x.jsonl'}"]
+    bad = main([*args, "eos_token_ids=[9999]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert bad == 2 and len(err) == 1 and "eos_token_ids: 9999 is not a token id" in err[0]
+    assert main([*args, "stop=['']"]) == 2

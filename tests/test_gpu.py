@@ -79,7 +79,7 @@ def test_sampling_on_the_gpu_matches_a_forward_pass(arena_dir: Path, bf16_pi0: P
     prompts = ["tell me about music in detail", "what is 2 plus 3 ?", "please explain garden briefly"]
     ids = [encode_prompt(tok, p) for p in prompts]
     out = sample_tokens(
-        policy, ref, ids, mixture_coef=beta, max_new_tokens=12, eos_token_id=tok.eos_token_id,
+        policy, ref, ids, mixture_coef=beta, max_new_tokens=12, stops=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert out.tokens.shape[0] == len(prompts) and bool(out.mask[:, 0].all())

@@ -168,7 +168,7 @@ def test_reference_is_the_base_with_adapters_disabled(pi0: Path) -> None:
         assert net is plain
     # Nash-MD's mixture sampler: the reference's forward passes, interleaved with the policy's, are π0's
     ids = [encode_prompt(tok, p) for p in ("what is 2 plus 3 ?", "tell me about music in detail")]
-    kwargs = dict(max_new_tokens=8, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    kwargs = dict(max_new_tokens=8, stops=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     for beta, cache in ((0.5, True), (0.5, False), (1.0, True)):
         got = sample_tokens(
             model, ref, ids, mixture_coef=beta, generator=torch.Generator().manual_seed(3), use_cache=cache, **kwargs

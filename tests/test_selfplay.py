@@ -96,17 +96,27 @@ def teacher_forced_logps(model, prompts, tokens, mask, pad_id) -> torch.Tensor:
     return out
 
 
+@pytest.fixture(params=["static", "transformers-cache", "recompute"])
+def decoder(request, monkeypatch):
+    """Each way the sampler computes logits (prefgame.game.decoding): its static-cache decoder (the
+    arena's Llama is one it computes), the model's own forward with its cache (forced by supporting no
+    model type), and the whole prefix recomputed; yields the sampler's ``use_cache``."""
+    if request.param == "transformers-cache":
+        monkeypatch.setattr("prefgame.game.decoding.STATIC_CACHE_TYPES", ())
+    return request.param != "recompute"
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
-def test_mixture_sampler_logprobs_match_teacher_forcing(tok, models, beta):
+def test_mixture_sampler_logprobs_match_teacher_forcing(tok, models, beta, decoder):
     """The log-prob the sampler reports for each token equals log_softmax((1−β)ℓπ + βℓπ0)[token],
     recomputed from a plain right-padded forward pass of both models: β = 0 is exactly π, β = 1 is π0,
-    and left padding (prompts of different lengths) changes nothing."""
+    and left padding (prompts of different lengths) changes nothing; with every decoder."""
     policy, ref = models
     ids = prompt_ids(tok)
     gen = torch.Generator().manual_seed(3)
     out = sample_tokens(
-        policy, ref, ids, mixture_coef=beta, max_new_tokens=6, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, generator=gen,
+        policy, ref, ids, mixture_coef=beta, max_new_tokens=6, stops=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, generator=gen, use_cache=decoder,
     )  # fmt: skip
     lp_pi = teacher_forced_logps(policy, ids, out.tokens, out.mask, tok.pad_token_id)
     lp_0 = teacher_forced_logps(ref, ids, out.tokens, out.mask, tok.pad_token_id)
@@ -124,7 +134,7 @@ def test_mixture_sampler_one_step_frequencies(tok, models):
     policy, ref = models
     ids = [prompt_ids(tok, 1)[0]] * 6000
     out = sample_tokens(
-        policy, ref, ids, mixture_coef=0.5, max_new_tokens=1, eos_token_id=tok.eos_token_id,
+        policy, ref, ids, mixture_coef=0.5, max_new_tokens=1, stops=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     with torch.no_grad():
@@ -134,11 +144,15 @@ def test_mixture_sampler_one_step_frequencies(tok, models):
     assert 0.5 * (freq - exact.double()).abs().sum() < 0.06
 
 
+@pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("beta", [0.0, 0.5])
-def test_cached_and_uncached_sampling_agree(tok, models, beta):
-    """Same seed → the KV-cache loop and the recompute-the-prefix loop give the same tokens."""
+def test_cached_and_uncached_sampling_agree(tok, models, beta, static, monkeypatch):
+    """Same seed → the KV-cache loop (the static-cache decoder, or the model's own cache) and the
+    recompute-the-prefix loop give the same tokens."""
+    if not static:
+        monkeypatch.setattr("prefgame.game.decoding.STATIC_CACHE_TYPES", ())
     policy, ref = models
-    kwargs = dict(n=2, mixture_coef=beta, max_new_tokens=8, seed=(5, 1), batch_size=4)
+    kwargs = dict(n=2, mixture_coef=beta, max_new_tokens=8, seed=(5, 1), batch_size=4, engine="prefgame")
     prompts = [p.text for p in all_prompts()[::700]]
     cached = generate(policy, ref, tok, prompts, use_cache=True, **kwargs)
     uncached = generate(policy, ref, tok, prompts, use_cache=False, **kwargs)
@@ -148,9 +162,12 @@ def test_cached_and_uncached_sampling_agree(tok, models, beta):
     assert again.response_ids == cached.response_ids  # deterministic in the seed
 
 
-def test_sampler_refuses_a_model_that_would_ignore_the_cache(tok, models):
+def test_sampler_refuses_a_model_that_would_ignore_the_cache(tok, models, monkeypatch):
     """A model class whose forward names the KV cache otherwise would take ``cache=`` into its
-    **kwargs and decode from the last token alone: one clear error, and use_cache=False still works."""
+    **kwargs and decode from the last token alone: one clear error where the sampler runs the model's
+    forward with its cache (a model type without the static-cache decoder), and use_cache=False still
+    works."""
+    monkeypatch.setattr("prefgame.game.decoding.STATIC_CACHE_TYPES", ())
     policy, _ = models
 
     class OldStyleLlama(LlamaForCausalLM):
@@ -160,7 +177,7 @@ def test_sampler_refuses_a_model_that_would_ignore_the_cache(tok, models):
     old = OldStyleLlama(policy.config)
     old.load_state_dict(policy.state_dict())
     ids = prompt_ids(tok, 2)
-    common = dict(mixture_coef=0.0, max_new_tokens=3, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(mixture_coef=0.0, max_new_tokens=3, stops=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with pytest.raises(PrefgameError, match="takes no `cache` argument.*use_cache=false"):
         sample_tokens(old, None, ids, **common)
     a = sample_tokens(old, None, ids, use_cache=False, generator=torch.Generator().manual_seed(1), **common)
@@ -171,7 +188,7 @@ def test_sampler_refuses_a_model_that_would_ignore_the_cache(tok, models):
 def test_sampler_needs_only_the_models_it_uses(tok, models):
     policy, _ = models
     ids = prompt_ids(tok, 2)
-    common = dict(max_new_tokens=3, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(max_new_tokens=3, stops=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     a = sample_tokens(policy, None, ids, mixture_coef=0.0, generator=torch.Generator().manual_seed(1), **common)
     b = sample_tokens(None, policy, ids, mixture_coef=1.0, generator=torch.Generator().manual_seed(1), **common)
     assert torch.equal(a.tokens, b.tokens)

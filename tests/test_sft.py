@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from prefgame.config import load_config
-from prefgame.lm import encode_prompt, encode_response, load_causal_lm, load_tokenizer, sample
+from prefgame.game.lm_sampling import sample_texts as sample
+from prefgame.lm import encode_prompt, encode_response, load_causal_lm, load_tokenizer
 from prefgame.train import sft
 from prefgame.train.sft import SFTConfig, build_model, response_nll
 

@@ -186,8 +186,8 @@ class OnlineConfig:
     missing_eos_penalty: float = param(
         1.0,
         "online: subtracted from the leave-one-out win rate of a response cut at sampling.max_new_tokens "
-        "without EOS before the best and worst are picked (1: it never wins a pair against a finished "
-        "response; 0: off)",
+        "without a stop token or string before the best and worst are picked (1: it never wins a pair against "
+        "a finished response; 0: off)",
     )
 
     def __post_init__(self) -> None:
@@ -795,8 +795,7 @@ def online_round(sp, t: int, prefs, cfg: DPOConfig) -> dict[str, float]:
     seed, k = sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
     ys = sp.sample(sp.iteration_prompts(t), (seed, t, POLICY_SAMPLES))
     win = leave_one_out_win_rates(group_matrices(prefs, ys.prompts, ys.texts, k))  # (M·K,)
-    eos = sp.tok.eos_token_id
-    cut = torch.tensor([not ids or ids[-1] != eos for ids in ys.response_ids], dtype=win.dtype)  # (M·K,)
+    cut = sp.eos_missing(ys).to(win.dtype)  # (M·K,) cut at the length limit, without a stop
     ranked_win = win - cfg.online.missing_eos_penalty * cut  # (M·K,)
     ref = sp.sequence_logps(sp.ref, ys)  # (M·K,) log π0(y | x)
     n_tokens = torch.tensor([len(r) for r in ys.response_ids], dtype=torch.float32)

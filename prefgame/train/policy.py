@@ -31,9 +31,9 @@ import torch
 
 from prefgame.config import param
 from prefgame.errors import ConfigError, PrefgameError
-from prefgame.game.lm_sampling import Responses, generate
+from prefgame.game.lm_sampling import ENGINES, Request, Responses, generate_groups
 from prefgame.game.lm_selfplay import ClassGame, PreferenceCache, class_figures, smoothed_class_distribution
-from prefgame.lm import build_pairs_batch, load_tokenizer, token_logps
+from prefgame.lm import build_pairs_batch, load_tokenizer, stops_for, token_logps
 from prefgame.lora import LoraConfig, active_model, apply_lora, reference
 from prefgame.losses import sequence_logprobs
 from prefgame.run import Progress, RunDir, read_jsonl
@@ -92,12 +92,35 @@ class GenerationConfig:
     batch_size: int = param(256, "sequences per generation batch")
     use_cache: bool = param(True, "reuse the KV cache between tokens (false recomputes the prefix; vllm ignores it)")
     temperature: float = param(1.0, "sampling temperature of training samples (1: the policy itself)")
+    eos_token_ids: list[int] = param(
+        [],
+        "token ids that end a response (kept as its last token); empty: the tokenizer's EOS and every id of "
+        "the model's generation_config.eos_token_id (chat models list several)",
+    )
+    stop: list[str] = param(
+        [], "stop strings: a response ends with the token that completes one, and its text is cut before it"
+    )
+    engine: Literal[ENGINES] = param(
+        "prefgame",
+        "sampler of one model alone (mixtures always use prefgame's loop): prefgame (its batched loop, a "
+        "static KV cache for float32 llama/mistral/qwen2 models; faster on CPU, docs/selfplay.md) or transformers "
+        "(`generate`)",
+    )
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("sampling.max_new_tokens and sampling.batch_size must be ≥ 1")
         if not self.temperature > 0:
             raise ValueError("sampling.temperature must be > 0")
+        check_stops(self.eos_token_ids, self.stop, "sampling")
+
+
+def check_stops(eos_token_ids, stop, key: str) -> None:
+    """Stop token ids are ≥ 0 and stop strings are not empty (``key``: the config section)."""
+    if any(i < 0 for i in eos_token_ids):
+        raise ValueError(f"{key}.eos_token_ids must be token ids ≥ 0, got {list(eos_token_ids)}")
+    if any(not s for s in stop):
+        raise ValueError(f"{key}.stop must not contain an empty string (it would stop every response at once)")
 
 
 @dataclass
@@ -223,6 +246,8 @@ class PolicyRuntime:
         )
         self.guard = NonFiniteGuard(tc.max_nonfinite_steps)
         self.chunk_size = chunk_size
+        sc = cfg.sampling
+        self.stops = stops_for(self.tok, self.policy, eos_token_ids=sc.eos_token_ids, stop=sc.stop)
         # the sampler's log-probs equal sequence_logps only for fp32 weights run without autocast
         self._fp32 = next(self.policy.parameters()).dtype == torch.float32 and self.acc.mixed_precision == "no"
         self.average = None  # a weight average measured instead of the policy (self-play's train.average_from)
@@ -250,18 +275,30 @@ class PolicyRuntime:
         equal what :meth:`sequence_logps` computes for it (no mixture, temperature 1, fp32 without
         autocast), else None.
         """
+        request = Request(n, mixture_coef, seed)
+        return self.sample_requests(prompts, [request], model=model, temperature=temperature)[0]
+
+    def sample_requests(
+        self, prompts: Sequence[str], requests: Sequence[Request], *, model=None, temperature: float | None = None
+    ) -> list[Responses]:
+        """The responses of each request (n per prompt, its β and seed) as :meth:`sample` gives them, the
+        requests sampled together: one decoding loop, each model's forward passes shared by the requests
+        that use it (Nash-MD's policy and mixture samples), each request with its own random stream."""
         sc = self.cfg.sampling
         temperature = sc.temperature if temperature is None else temperature
-        uses_ref = model is self.ref or mixture_coef > 0
+        uses_ref = model is self.ref or any(r.mixture_coef > 0 for r in requests)
         # under FSDP every process samples the same, in step, with the policy's root parameters gathered
         with sharding.gathered(self.acc), self.reference() if uses_ref else contextlib.nullcontext():
-            ys = generate(
-                self.policy if model is None else model, self.ref, self.tok, prompts, n=n, mixture_coef=mixture_coef,
-                max_new_tokens=sc.max_new_tokens, seed=seed, temperature=temperature, batch_size=sc.batch_size,
-                use_cache=sc.use_cache,
+            out = generate_groups(
+                self.policy if model is None else model, self.ref, self.tok, prompts, requests,
+                max_new_tokens=sc.max_new_tokens, temperature=temperature, batch_size=sc.batch_size,
+                use_cache=sc.use_cache, stops=self.stops, engine=sc.engine,
             )  # fmt: skip
-        exact = mixture_coef == 0.0 and temperature == 1.0 and self._fp32
-        return ys if exact else dataclasses.replace(ys, logps=None)
+        exact = temperature == 1.0 and self._fp32
+        return [
+            ys if exact and r.mixture_coef == 0.0 else dataclasses.replace(ys, logps=None)
+            for ys, r in zip(out, requests)
+        ]
 
     def policy_logps(self, responses: Responses, model=None) -> torch.Tensor:
         """log π(y | x) of responses sampled from ``model`` (None: the current policy), with no update
@@ -301,9 +338,11 @@ class PolicyRuntime:
         return response_batch(responses, idx, self.tok.pad_token_id, self.acc.device)
 
     def eos_missing(self, responses: Responses) -> torch.Tensor:
-        """(N,) bool: the response ends without the end-of-sequence token (cut at the length limit)."""
-        eos = self.tok.eos_token_id
-        return torch.tensor([len(r) == 0 or r[-1] != eos for r in responses.response_ids])
+        """(N,) bool: the response ends without a stop token or stop string (cut at the length limit)."""
+        if responses.stopped is not None:
+            return ~responses.stopped.bool()
+        ids = set(self.stops.token_ids)
+        return torch.tensor([len(r) == 0 or r[-1] not in ids for r in responses.response_ids])
 
 
 # ---------------------------------------------------------------------------------------------- evaluator

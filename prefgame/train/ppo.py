@@ -8,7 +8,7 @@ Each iteration t:
    :meth:`PreferenceModel.reward`, or the one output of a sequence-classification reward model,
    :class:`~prefgame.models.sequence_classifier.SequenceClassifierReward`), and
    subtracts ``reward.missing_eos_penalty`` from responses cut at ``sampling.max_new_tokens``
-   without an end-of-sequence token;
+   without a stop token or stop string (``sampling.eos_token_ids``, ``sampling.stop``);
 3. one no-gradient pass gives log π_old(y_t), V_old(t) and the token entropy; one pass of the frozen
    reference π0 gives log π0(y_t);
 4. token rewards: with ``ppo.kl_in_loss`` (default) the score alone on the last token and β·KL added to
@@ -113,7 +113,7 @@ class PPORewardConfig:
     )
     normalize_samples: int = param(256, "π0 responses (on training prompts) that give the normalization")
     missing_eos_penalty: float = param(
-        1.0, "subtracted from the score of a response cut without an end-of-sequence token (0: none)"
+        1.0, "subtracted from the score of a response cut without a stop token or string (0: none)"
     )
 
 

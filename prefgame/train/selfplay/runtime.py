@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from prefgame.errors import ConfigError
-from prefgame.game.lm_sampling import Responses, _seed_int
+from prefgame.game.lm_sampling import Request, Responses, _seed_int
 from prefgame.game.lm_selfplay import PreferenceCache, group_matrices, leave_one_out_win_rates
 from prefgame.game.vllm_sampling import VLLMSampler
 from prefgame.lm import ResponseLogps
@@ -89,7 +89,9 @@ class SelfPlay(PolicyRuntime):
         self.version = 0  # optimizer steps applied (tells the vLLM copy when it is stale)
         self.vllm = None
         if cfg.sampling.backend == "vllm":
-            self.vllm = VLLMSampler(cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed)
+            self.vllm = VLLMSampler(
+                cfg.policy.name_or_path, self.tok, cfg.sampling, cfg.policy.dtype, tc.seed, stops=self.stops
+            )
         # tail average of the policy weights (train.average_from): a frozen float32 copy (a running mean in
         # bf16 would round away the small updates), updated after each iteration
         if self.plan.average_from >= 0:
@@ -121,11 +123,26 @@ class SelfPlay(PolicyRuntime):
         """:meth:`PolicyRuntime.sample` with K = ``sampling.samples_per_prompt`` responses per prompt by
         default, the policy's own samples from vLLM when that is the backend."""
         n = self.cfg.sampling.samples_per_prompt if n is None else n
-        if self.vllm is not None and mixture_coef == 0.0 and model is None:
-            temperature = self.cfg.sampling.temperature if temperature is None else temperature
-            self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
-            return self.vllm.generate(prompts, n=n, seed=seed, temperature=temperature)
         return super().sample(prompts, seed, n=n, model=model, mixture_coef=mixture_coef, temperature=temperature)
+
+    def sample_requests(
+        self, prompts: Sequence[str], requests: Sequence[Request], *, model=None, temperature: float | None = None
+    ) -> list[Responses]:
+        """:meth:`PolicyRuntime.sample_requests`, the policy's own samples (β = 0) from vLLM when that is
+        the backend (mixtures need both models per token and stay on the HF loop)."""
+        if self.vllm is None or model is not None:
+            return super().sample_requests(prompts, requests, model=model, temperature=temperature)
+        temperature = self.cfg.sampling.temperature if temperature is None else temperature
+        out: dict[int, Responses] = {}
+        own = [i for i, r in enumerate(requests) if r.mixture_coef == 0.0]
+        if own:
+            self.vllm.sync(self.acc.unwrap_model(self.wrapper).model, self.version)
+            for i in own:
+                out[i] = self.vllm.generate(prompts, n=requests[i].n, seed=requests[i].seed, temperature=temperature)
+        rest = [i for i in range(len(requests)) if i not in out]
+        for i, ys in zip(rest, super().sample_requests(prompts, [requests[i] for i in rest], temperature=temperature)):
+            out[i] = ys
+        return [out[i] for i in range(len(requests))]
 
     def optimize(self, ex: Examples, seed: tuple[int, ...]) -> dict[str, float]:
         """``steps_per_iteration`` optimizer steps on ``ex``; each step's examples depend on ``seed`` only."""

@@ -7,6 +7,7 @@ over the prompt's K mixture samples (:func:`~prefgame.losses.nash_md_pg_loss`); 
 
 from __future__ import annotations
 
+from prefgame.game.lm_sampling import Request
 from prefgame.game.lm_selfplay import PreferenceCache, cross_matrices
 from prefgame.losses import nash_md_pg_loss
 from prefgame.train.selfplay.registry import AlgorithmSpec, register
@@ -30,8 +31,10 @@ def nash_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str,
     """
     g, seed, k = sp.cfg.game, sp.cfg.train.seed, sp.cfg.sampling.samples_per_prompt
     prompts = sp.iteration_prompts(t)
-    ys = sp.sample(prompts, (seed, t, POLICY_SAMPLES))
-    opponents = sp.sample(prompts, (seed, t, MIXTURE_SAMPLES), mixture_coef=g.mixture_coef)
+    # y ∼ π_t and y' ∼ π_t^μ in one decoding loop (each with its own random stream)
+    ys, opponents = sp.sample_requests(
+        prompts, [Request(k, 0.0, (seed, t, POLICY_SAMPLES)), Request(k, g.mixture_coef, (seed, t, MIXTURE_SAMPLES))]
+    )
     pref = cross_matrices(prefs, ys.prompts, ys.texts, opponents.texts, k).mean(-1).reshape(-1)  # (N,)
     ref = sp.sequence_logps(sp.ref, ys)
     coef = (pref - 0.5) - g.tau * (sp.policy_logps(ys) - ref).double()  # (N,) c(y) at π_t
