@@ -17,9 +17,10 @@ import json
 import statistics
 from pathlib import Path
 
+from evaluation.quickstart_report import BASELINES, best_selfplay
+
 FIGURES = (("gold_win_rate_vs_ref", "gold win rate vs π0"), ("exploitability", "exploitability"),
            ("exploitability_transitive", "w/o cycle"))  # fmt: skip
-BASELINES = ("ppo", "online_dpo", "dpo")
 
 
 def _cell(values: list[float]) -> str:
@@ -36,12 +37,6 @@ def figures_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _best_selfplay(run: dict, world: str) -> str:
-    exact = run["worlds"][world]
-    names = [p for p in exact if p not in (*BASELINES, "π0", "π* (exact)")]
-    return min(names, key=lambda p: exact[p]["exploitability"])
-
-
 def claims_table(runs: list[dict], names: list[str]) -> str:
     lines = ["| run | cyclic: best self-play / π0 | lower than every baseline | transitive: self-play − PPO | "
              "offline DPO gold win rate | wall (s) |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -49,7 +44,7 @@ def claims_table(runs: list[dict], names: list[str]) -> str:
         cells = []
         if "cyclic" in r["worlds"]:
             e = {p: m["exploitability"] for p, m in r["worlds"]["cyclic"].items()}
-            best = _best_selfplay(r, "cyclic")
+            best = best_selfplay(r["worlds"]["cyclic"], r["selfplay"])
             beaten = [p for p in BASELINES if p in e and e[best] >= e[p]]
             cells += [f"{best} {e[best]:.3f} / {e['π0']:.3f} = {e[best] / e['π0']:.2f}",
                       "yes" if not beaten else "no: " + ", ".join(f"{p} {e[p]:.3f}" for p in beaten)]  # fmt: skip
@@ -57,7 +52,7 @@ def claims_table(runs: list[dict], names: list[str]) -> str:
             cells += ["—", "—"]
         if "transitive" in r["worlds"]:
             t = r["worlds"]["transitive"]
-            best = _best_selfplay(r, "transitive")
+            best = best_selfplay(t, r["selfplay"])
             cells.append(f"{t[best]['exploitability'] - t['ppo']['exploitability']:+.3f}" if "ppo" in t else "—")
         else:
             cells.append("—")

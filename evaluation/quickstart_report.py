@@ -208,7 +208,7 @@ def selfplay_section(r: QuickstartResults) -> ReportSection:
     return s
 
 
-def _best_selfplay(exact: dict[str, dict], selfplay: dict) -> str | None:
+def best_selfplay(exact: dict[str, dict], selfplay) -> str | None:
     names = [a for a in selfplay if a in exact]
     return min(names, key=lambda a: exact[a]["exploitability"]) if names else None
 
@@ -226,7 +226,7 @@ def findings_section(r: QuickstartResults) -> ReportSection | None:
     sentences, rows, bars = [], [], {}
     policies = list(next(iter(worlds.values()))["exact"])
     for name, w in worlds.items():
-        exact, best, label = w["exact"], _best_selfplay(w["exact"], w["selfplay"]), f"{name} (c = {w['cycle']})"
+        exact, best, label = w["exact"], best_selfplay(w["exact"], w["selfplay"]), f"{name} (c = {w['cycle']})"
         rows += [
             {"world": label, "policy": p, **{EXACT_COLUMNS[k]: m[k] for k in FINDING_COLUMNS}} for p, m in exact.items()
         ]
