@@ -549,7 +549,7 @@ def offline_micro_loss(wrapper, train_set, cfg: DPOConfig, pad_id: int, device):
     ranked lists) ``mb`` of ``train_set`` (whose π0 log-probs are computed) through ``wrapper`` (the prepared
     :class:`PairLogps`) and returns (loss, metrics), the loss a sum over the micro-batch divided by the step's
     global pair or list count (``train.batch_size``)."""
-    normalizer = cfg.train.batch_size
+    normalizer, listwise = cfg.train.batch_size, isinstance(train_set, ListSet)
 
     def list_micro_loss(mb):
         batch = {key: v.to(device) for key, v in train_set.batch(mb, pad_id).items()}
@@ -580,7 +580,6 @@ def offline_micro_loss(wrapper, train_set, cfg: DPOConfig, pad_id: int, device):
             normalizer=normalizer,
         )  # a sum over the micro-batch / the global pair count
 
-    listwise = isinstance(train_set, ListSet)
     return micro_loss
 
 
