@@ -23,7 +23,7 @@ from transformers import (
 from prefgame.arena.lm import build_tokenizer, tiny_llama_config
 from prefgame.arena.world import all_prompts
 from prefgame.errors import PrefgameError
-from prefgame.game.decoding import CachedForward, StaticCacheDecoder, make_decoder
+from prefgame.game.decoding import CachedForward, StackedDecoder, StaticCacheDecoder, make_decoder
 from prefgame.game.lm_sampling import (
     Group,
     Request,
@@ -99,6 +99,37 @@ def test_static_cache_decoder_equals_the_model_forward(tok, kind):
         torch.testing.assert_close(got[b], want[b], rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
+def test_stacked_decoder_equals_each_models_own(tok, kind):
+    """A policy and a different reference stepped together (one batched product per operation over both
+    models) give, at the prefill and six steps, each model's own static-cache logits; models of
+    different shapes, or in low precision, are not stacked."""
+    build = (lambda seed: llama(tok, seed)) if kind == "llama" else (lambda seed: other_architecture(kind, tok))
+    policy, ref = build(0).eval(), build(1).eval()
+    if kind != "llama":  # other_architecture seeds itself: make the reference differ
+        with torch.no_grad():
+            for w in ref.parameters():
+                w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(w.numel())))
+    ids = prompt_ids(tok)
+    cpu = torch.device("cpu")
+    stacked = StackedDecoder.of([policy, ref], ids, tok.pad_token_id, cpu, max_new_tokens=6)
+    assert stacked is not None
+    alone = [StaticCacheDecoder(m, ids, tok.pad_token_id, cpu, max_new_tokens=6) for m in (policy, ref)]
+    fed = torch.randint(6, len(tok), (len(ids), 6), generator=torch.Generator().manual_seed(0))
+    got, want = [stacked.start()], [[d.start() for d in alone]]
+    for n in range(6):
+        got.append(stacked.step(fed[:, n]))
+        want.append([d.step(fed[:, n]) for d in alone])
+    for g, w in zip(got, want):
+        for j in range(2):
+            torch.testing.assert_close(g[j], w[j], rtol=0, atol=2e-5)
+    assert not torch.allclose(got[-1][0], got[-1][1])
+    other = LlamaForCausalLM(tiny_llama_config(tok, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64))
+    assert StackedDecoder.of([policy, other], ids, tok.pad_token_id, cpu, max_new_tokens=6) is None
+    low = llama(tok, 1).to(torch.bfloat16)
+    assert StackedDecoder.of([policy, low], ids, tok.pad_token_id, cpu, max_new_tokens=6) is None
+
+
 def test_decoder_choice(tok, monkeypatch):
     """The static cache where it computes the model exactly, the model's own cache otherwise: another
     family, a sliding window shorter than the sequences, a model in bfloat16, and model types it is told
@@ -161,6 +192,12 @@ def test_several_stop_tokens_end_generation_batched_and_left_padded(tok, decoder
         picked = expected.gather(-1, torch.tensor(row)[:, None]).squeeze(-1)
         torch.testing.assert_close(out.logps[b, : len(row)], picked, rtol=0, atol=2e-5)
         assert bool((out.logps[b, len(row) :] == 0).all())
+        if out.ref_logps is not None:  # π0 alone, from the logits the mixture needed anyway
+            alone = torch.log_softmax(lp_0[b][: len(row)], dim=-1).gather(-1, torch.tensor(row)[:, None])
+            torch.testing.assert_close(out.ref_logps[b, : len(row)], alone.squeeze(-1), rtol=0, atol=2e-5)
+            assert bool((out.ref_logps[b, len(row) :] == 0).all())
+    # the reference computes every row only where the mixture needs it everywhere (β > 0)
+    assert (out.ref_logps is not None) == (beta > 0)
 
 
 def test_a_stop_string_ends_generation_and_cuts_the_text(tok, decoder_kind):
@@ -198,6 +235,18 @@ def test_request_groups_share_the_loop_and_keep_their_streams(tok):
         assert ys.response_ids == alone.response_ids and ys.texts == alone.texts
         torch.testing.assert_close(ys.logps, alone.logps, rtol=0, atol=1e-5)
         assert torch.equal(ys.stopped, alone.stopped)
+    # stepped together, π0 computes the policy's rows too: its log-probs of the policy's samples come with
+    # them, equal to a teacher-forced pass of π0 (where every batch has both requests' rows; with batch size
+    # 8 the last batches hold the policy's samples alone, which π0 does not see)
+    assert together[0].ref_logps is None
+    ys = generate_groups(policy, ref, tok, prompts, requests, max_new_tokens=10, batch_size=64, engine="prefgame")[0]
+    assert ys.ref_logps is not None
+    batch = build_pairs_batch(ys.prompt_ids, ys.response_ids, tok.pad_token_id)
+    with torch.no_grad():
+        logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    forced = (token * batch["response_mask"][:, 1:]).sum(-1)
+    torch.testing.assert_close(ys.ref_logps, forced, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="mixture_coef"):
         sample_groups(policy, ref, [Group([[1, 2]], 1.5)], max_new_tokens=2, stops=0, pad_token_id=0)
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prefgame.game.decoding import make_decoder
+from prefgame.game.decoding import StackedDecoder, make_decoder
 from prefgame.lm import Stops, encode_prompt, pad_batch, stops_for
 from prefgame.lora import active_model, base_of
 
@@ -48,6 +48,9 @@ class SampledTokens:
     mask: torch.Tensor  # (B, N) bool: real response tokens (up to and including the stop token)
     logps: torch.Tensor  # (B, N) float32 log-prob of each token under the sampled distribution, 0 after the end
     stopped: torch.Tensor  # (B,) bool: ended by a stop token or string (False: cut at max_new_tokens)
+    # (B, N) float32 log-prob of each token under the reference alone at temperature 1, 0 after the end,
+    # where the reference computed every row's logits on the way (a stacked Nash-MD decoding); else None
+    ref_logps: torch.Tensor | None = None
 
     def as_lists(self) -> list[list[int]]:
         return [row[m].tolist() for row, m in zip(self.tokens, self.mask)]
@@ -122,20 +125,44 @@ def sample_groups(
     modes = {id(base_of(m)): (base_of(m), base_of(m).training) for m, _ in plan}
     for net, _ in modes.values():
         net.eval()
-    decoders = []
+    decoders = None
     try:
-        for m, rows in plan:
-            ids = all_ids if rows is None else [all_ids[i] for i in rows.tolist()]
-            decoders.append(
-                make_decoder(m, ids, pad_token_id, device, max_new_tokens=max_new_tokens, use_cache=use_cache)
-            )
+        if len(plan) == 2 and use_cache:
+            stacked = StackedDecoder.of([m for m, _ in plan], all_ids, pad_token_id, device, max_new_tokens)
+            if stacked is not None:  # both models step together over every row: π0's log-probs come with them
+                decoders, plan = stacked, [(m, None) for m, _ in plan]
+        if decoders is None:
+            decoders = _Separate(plan)
+            for m, rows in plan:
+                ids = all_ids if rows is None else [all_ids[i] for i in rows.tolist()]
+                decoders.parts.append(
+                    make_decoder(m, ids, pad_token_id, device, max_new_tokens=max_new_tokens, use_cache=use_cache)
+                )
         return _decode(groups, plan, decoders, bounds, stops, max_new_tokens, pad_token_id, temperature, tokenizer,
                        device)  # fmt: skip
     finally:
-        for decoder in decoders:
-            decoder.close()
+        if decoders is not None:
+            decoders.close()
         for net, mode in modes.values():
             net.train(mode)
+
+
+class _Separate:
+    """Each model's own decoder over its rows of the batch (``plan``), stepped one after the other."""
+
+    def __init__(self, plan) -> None:
+        self.plan = plan
+        self.parts: list = []
+
+    def start(self) -> list[torch.Tensor]:
+        return [d.start() for d in self.parts]
+
+    def step(self, pick: torch.Tensor) -> list[torch.Tensor]:
+        return [d.step(pick if rows is None else pick[rows]) for d, (_, rows) in zip(self.parts, self.plan)]
+
+    def close(self) -> None:
+        for d in self.parts:
+            d.close()
 
 
 def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_token_id, temperature, tokenizer, device):
@@ -145,6 +172,9 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
     tokens = torch.full((b, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     out_mask = torch.zeros((b, max_new_tokens), dtype=torch.bool, device=device)
     logps = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=device)
+    # the reference's own log-probs of the chosen tokens, where it computes every row (it is the plan's last
+    # model when it has any weight)
+    ref_logps = torch.zeros_like(logps) if len(plan) == 2 and plan[1][1] is None else None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     stopped = torch.zeros(b, dtype=torch.bool, device=device)
     stop_ids = torch.tensor(stops.token_ids, dtype=torch.long, device=device)
@@ -158,7 +188,7 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
         weights = ((1 - beta)[:, None] / temperature, beta[:, None] / temperature)
     active = [True] * len(groups)
     used = [0] * len(groups)
-    logits = [d.start() for d in decoders]  # per model, (its rows, V)
+    logits = decoders.start()  # per model, (its rows, V)
     for n in range(max_new_tokens):
         full = [lg.float() if rows is None else lg.new_zeros((b, lg.shape[-1])).index_copy_(0, rows, lg).float()
                 for lg, (_, rows) in zip(logits, plan)]  # fmt: skip
@@ -181,6 +211,9 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
         tokens[:, n] = pick
         out_mask[:, n] = ~done
         logps[:, n] = torch.where(done, 0.0, step_logp.gather(-1, pick.unsqueeze(-1)).squeeze(-1))
+        if ref_logps is not None:
+            ref_logp = torch.log_softmax(full[1], dim=-1).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+            ref_logps[:, n] = torch.where(done, 0.0, ref_logp)
         used = [n + 1 if on else k for on, k in zip(active, used)]
         hit = torch.isin(pick, stop_ids) & ~done
         if stops.strings:
@@ -194,14 +227,17 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
                 active[g] = False
         if not any(active) or n + 1 == max_new_tokens:
             break
-        logits = [d.step(pick if rows is None else pick[rows]) for d, (_, rows) in zip(decoders, plan)]
+        logits = decoders.step(pick)
     out = []
     for g in range(len(groups)):
         rows = slice(int(bounds[g]), int(bounds[g + 1]))
         k = used[g]
         out.append(
-            SampledTokens(tokens[rows, :k].cpu(), out_mask[rows, :k].cpu(), logps[rows, :k].cpu(), stopped[rows].cpu())
-        )
+            SampledTokens(
+                tokens[rows, :k].cpu(), out_mask[rows, :k].cpu(), logps[rows, :k].cpu(), stopped[rows].cpu(),
+                None if ref_logps is None else ref_logps[rows, :k].cpu(),
+            )
+        )  # fmt: skip
     return out
 
 
@@ -246,14 +282,17 @@ class Responses:
     # (N,) bool: the response ended with a stop token or string (False: cut at the length limit); None
     # when unknown
     stopped: torch.Tensor | None = None
+    # (N,) float32 log π0(y | x) of each response (the reference alone, temperature 1), summed over its
+    # tokens, where the sampler computed it on the way (SampledTokens.ref_logps); else None
+    ref_logps: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def interleave(self, other: Responses, n: int, n_other: int) -> Responses:
         """This set (n per prompt) and ``other`` (n_other per prompt, the same prompts in the same order)
-        as one set of n + n_other per prompt: each prompt's own samples first. ``logps`` and ``stopped``
-        are kept only when both sets have them."""
+        as one set of n + n_other per prompt: each prompt's own samples first. ``logps``, ``stopped`` and
+        ``ref_logps`` are kept only when both sets have them."""
         m = len(self) // n
         if len(other) != m * n_other:
             raise ValueError(f"interleave: {len(other)} responses are not {n_other} for each of {m} prompts")
@@ -273,6 +312,7 @@ class Responses:
             [s.texts[i] for s, i in order],
             column("logps"),
             column("stopped"),
+            column("ref_logps"),
         )
 
 
@@ -347,6 +387,8 @@ def generate_groups(
                 [p for p in prompts for _ in range(r.n)], ids, response_ids, texts,
                 torch.cat([p.logps.sum(-1) for p in parts]) if parts else torch.zeros(0),  # zeros after the end add 0
                 torch.cat([p.stopped for p in parts]) if parts else torch.zeros(0, dtype=torch.bool),
+                torch.cat([p.ref_logps.sum(-1) for p in parts])
+                if parts and all(p.ref_logps is not None for p in parts) else None,
             )
         )  # fmt: skip
     return results

@@ -295,10 +295,12 @@ class PolicyRuntime:
                 use_cache=sc.use_cache, stops=self.stops, engine=sc.engine,
             )  # fmt: skip
         exact = temperature == 1.0 and self._fp32
-        return [
+        out = [
             ys if exact and r.mixture_coef == 0.0 else dataclasses.replace(ys, logps=None)
             for ys, r in zip(out, requests)
         ]
+        # π0's log-probs from the sampler equal sequence_logps(ref) where both compute in float32
+        return out if self._fp32 else [dataclasses.replace(ys, ref_logps=None) for ys in out]
 
     def policy_logps(self, responses: Responses, model=None) -> torch.Tensor:
         """log π(y | x) of responses sampled from ``model`` (None: the current policy), with no update
@@ -307,6 +309,13 @@ class PolicyRuntime:
         if responses.logps is not None:
             return responses.logps.float()
         return self.sequence_logps(self.policy if model is None else model, responses)
+
+    def reference_logps(self, responses: Responses) -> torch.Tensor:
+        """log π0(y | x) of ``responses``: the sampler's figures when it computed them on the way (the same
+        sums of the same token log-probs, up to float rounding), otherwise a forward pass of the reference."""
+        if responses.ref_logps is not None:
+            return responses.ref_logps.float()
+        return self.sequence_logps(self.ref, responses)
 
     def sequence_logps(self, model, responses: Responses) -> torch.Tensor:
         """log π(y | x) summed over response tokens, (N,) float32 on CPU, in eval mode, no gradient; ``model``

@@ -36,7 +36,7 @@ def nash_md_iteration(sp: SelfPlay, t: int, prefs: PreferenceCache) -> dict[str,
         prompts, [Request(k, 0.0, (seed, t, POLICY_SAMPLES)), Request(k, g.mixture_coef, (seed, t, MIXTURE_SAMPLES))]
     )
     pref = cross_matrices(prefs, ys.prompts, ys.texts, opponents.texts, k).mean(-1).reshape(-1)  # (N,)
-    ref = sp.sequence_logps(sp.ref, ys)
+    ref = sp.reference_logps(ys)
     coef = (pref - 0.5) - g.tau * (sp.policy_logps(ys) - ref).double()  # (N,) c(y) at π_t
     groups = coef.view(-1, k)  # (M, K)
     baseline = ((groups.sum(-1, keepdim=True) - groups) / (k - 1)).reshape(-1)  # (N,) leave-one-out mean
