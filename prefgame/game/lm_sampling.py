@@ -210,10 +210,9 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
         pick = torch.where(done, pad, pick)
         tokens[:, n] = pick
         out_mask[:, n] = ~done
-        logps[:, n] = torch.where(done, 0.0, step_logp.gather(-1, pick.unsqueeze(-1)).squeeze(-1))
+        logps[:, n] = step_logp.gather(-1, pick.unsqueeze(-1)).squeeze(-1)  # rows already done: zeroed at the end
         if ref_logps is not None:
-            ref_logp = torch.log_softmax(full[1], dim=-1).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
-            ref_logps[:, n] = torch.where(done, 0.0, ref_logp)
+            ref_logps[:, n] = torch.log_softmax(full[1], dim=-1).gather(-1, pick.unsqueeze(-1)).squeeze(-1)
         used = [n + 1 if on else k for on, k in zip(active, used)]
         hit = torch.isin(pick, stop_ids) & ~done
         if stops.strings:
@@ -228,6 +227,8 @@ def _decode(groups, plan, decoders, bounds, stops: Stops, max_new_tokens, pad_to
         if not any(active) or n + 1 == max_new_tokens:
             break
         logits = decoders.step(pick)
+    logps = torch.where(out_mask, logps, 0.0)
+    ref_logps = None if ref_logps is None else torch.where(out_mask, ref_logps, 0.0)
     out = []
     for g in range(len(groups)):
         rows = slice(int(bounds[g]), int(bounds[g + 1]))
