@@ -130,6 +130,17 @@ def test_stacked_decoder_equals_each_models_own(tok, kind):
     assert StackedDecoder.of([policy, low], ids, tok.pad_token_id, cpu, max_new_tokens=6) is None
 
 
+def test_large_models_are_not_stacked(tok, monkeypatch):
+    """Stacking copies both models' weights once more; beyond STACK_MAX_PARAMETERS each decodes alone."""
+    policy, ref = llama(tok, 0).eval(), llama(tok, 1).eval()
+    ids, cpu = prompt_ids(tok), torch.device("cpu")
+    size = sum(p.numel() for p in policy.parameters())
+    monkeypatch.setattr("prefgame.game.decoding.STACK_MAX_PARAMETERS", size)
+    assert StackedDecoder.of([policy, ref], ids, tok.pad_token_id, cpu, max_new_tokens=6) is not None
+    monkeypatch.setattr("prefgame.game.decoding.STACK_MAX_PARAMETERS", size - 1)
+    assert StackedDecoder.of([policy, ref], ids, tok.pad_token_id, cpu, max_new_tokens=6) is None
+
+
 def test_decoder_choice(tok, monkeypatch):
     """The static cache where it computes the model exactly, the model's own cache otherwise: another
     family, a sliding window shorter than the sequences, a model in bfloat16, and model types it is told

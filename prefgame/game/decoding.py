@@ -357,6 +357,10 @@ class StaticCacheDecoder:
         return logits
 
 
+# the largest model (parameters) that StackedDecoder steps together with another
+STACK_MAX_PARAMETERS = 100_000_000
+
+
 class StackedDecoder:
     """Several :class:`StaticCacheDecoder` of models with the same shapes over the same rows (a policy and
     its frozen reference, for the Nash-MD mixture), stepped together: each operation of a step runs once
@@ -366,7 +370,10 @@ class StackedDecoder:
     decoder; the logits of every step are those the models' own decoders give, up to float rounding.
 
     Built by :meth:`of` only where every projection is a plain (fused) matrix, the norms are folded
-    into them and the rotary tables agree; otherwise :meth:`of` returns None and each model decodes alone.
+    into them, the rotary tables agree, and the models are small (at most :data:`STACK_MAX_PARAMETERS`
+    each): the stacked weights are one more copy of both models' weights for the call, worth it only
+    where a step's operations cost more than their arithmetic. Otherwise :meth:`of` returns None and each
+    model decodes alone.
     """
 
     def __init__(self, parts: list[StaticCacheDecoder]) -> None:
@@ -406,6 +413,8 @@ class StackedDecoder:
         if len(models) < 2 or not all(StaticCacheDecoder.supports(m, total) for m in models):
             return None
         if any(_is_shard(p) for m in models for p in base_of(m).parameters()):
+            return None
+        if any(sum(p.numel() for p in base_of(m).parameters()) > STACK_MAX_PARAMETERS for m in models):
             return None
         parts = [StaticCacheDecoder(m, prompt_ids, pad_token_id, device, max_new_tokens) for m in models]
         if not all(_stackable(parts[0], p) for p in parts):
