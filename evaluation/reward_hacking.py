@@ -57,7 +57,7 @@ PROXY_TITLES = {
 class HackingConfig:
     annotator: str = param("verbose-lover", "the biased annotator that labels the proxies' training pairs")
     length_bias: float = param(
-        -1.0, "the annotator's length bias in log-odds per extra word (< 0: the annotator's own)", finite=True
+        0.5, "the annotator's length bias in log-odds per extra word, instead of its own (< 0: its own, 0.25)"
     )
     train_pairs: int = param(2000, "pairs of π0-like responses the annotator labels for the proxies", ge=10)
     minimal_pair_fraction: float = param(0.3, "share of the training pairs that differ in one feature", ge=0, le=1)
@@ -65,7 +65,7 @@ class HackingConfig:
     pool: int = param(256, "π0 samples per prompt (N): best-of-n for every n ≤ N from this one pass", ge=2)
     ns: list[int] = param([1, 2, 4, 8, 16, 32, 64, 128, 256], "the n of best-of-n (each ≤ pool)")
     proxies: list[str] = param(list(PROXIES), f"proxies to train and compare, of {PROXIES}")
-    lcb_c: list[float] = param([4.0, 16.0], "bt_lcb: widths c of the linear LCB (one curve each)")
+    lcb_c: list[float] = param([16.0, 64.0, 256.0], "bt_lcb: widths c of the linear LCB (one curve each)")
     lcb_lam: float = param(1.0, "bt_lcb: ridge λ of Σ_off", gt=0)
     ensemble_size: int = param(4, "bt_ensemble: heads", ge=2)
     ensemble_mode: str = param("mean_std", "bt_ensemble: min or mean_std (mean − c·std of the members' rewards)")

@@ -188,3 +188,24 @@ def test_hacking_config_checks():
         HackingConfig(pool=8, ns=[1, 16])
     with pytest.raises(ValueError, match="proxies"):
         HackingConfig(proxies=["nope"])
+
+
+def test_evaluate_hacking_part_end_to_end(tmp_path):
+    import json
+
+    from prefgame.cli import main
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "hacking", f"output_dir={out}", "hacking.pi0=demonstrator", "hacking.prompts=3",
+            "hacking.pool=8", "hacking.ns=[1,2,8]", "hacking.train_pairs=60", "hacking.head_steps=3",
+            "hacking.lcb_c=[4]", "hacking.ensemble_size=2"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["proxy"] for r in metrics["reward_hacking"]] == [
+        "BT", "BT + linear LCB (c=4)", "BT ensemble (pessimistic)", "GPM"
+    ]  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "## Reward hacking" in report and (out / "figures" / "reward_hacking.png").is_file()
+    curves = (out / "hacking" / "curves.csv").read_text().splitlines()
+    assert len(curves) == 1 + 4 * 3
+    assert main(["evaluate", "hacking", f"output_dir={tmp_path / 'e2'}", "hacking.pi0=nowhere"]) == 2
