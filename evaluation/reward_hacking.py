@@ -284,13 +284,32 @@ def reward_hacking(
         f"temperature {spec.temperature:g}); π0: {policy}; {len(prompts)} prompts × a pool of "
         f"{len(pool_texts[0])} samples"
     )
+    scale = penalty_scale(stats, cfg)
+    if scale:
+        setup += (
+            f"; over the pools, ‖φ − φ(x, π0)‖ in the Σ_off⁻¹ norm averages {scale['distance']:.3f} and the BT "
+            f"reward's standard deviation within a pool {scale['reward_std']:.3f}"
+        )
     section = hacking_section(curves, peaks, setup, cfg)
     metrics = {
         "setup": setup,
+        "lcb_scale": scale,
         "peaks": peaks.reset_index().to_dict(orient="records"),
         "cpu_seconds": time.process_time() - t0,
     }
     return HackingResult(curves, peaks, section, metrics, metrics["cpu_seconds"])
+
+
+def penalty_scale(stats: dict[str, tuple[np.ndarray, np.ndarray]], cfg: HackingConfig) -> dict[str, float]:
+    """The LCB's penalty per unit of c (the mean Σ_off⁻¹ distance of a pool sample to the pool's mean feature,
+    (r̂ − r_lcb)/c) next to the BT reward's mean within-pool standard deviation; {} without both proxies."""
+    titles = [f"{PROXY_TITLES['bt_lcb']} (c={c:g})" for c in cfg.lcb_c if c > 0]
+    if PROXY_TITLES["bt"] not in stats or not titles:
+        return {}
+    reward = stats[PROXY_TITLES["bt"]][0]
+    c = next(c for c in cfg.lcb_c if c > 0)
+    distance = (reward - stats[titles[0]][0]) / c
+    return {"distance": float(distance.mean()), "reward_std": float(reward.std(axis=1, ddof=1).mean())}
 
 
 def hacking_png(curves: pd.DataFrame) -> bytes:

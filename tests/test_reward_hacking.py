@@ -209,3 +209,14 @@ def test_evaluate_hacking_part_end_to_end(tmp_path):
     curves = (out / "hacking" / "curves.csv").read_text().splitlines()
     assert len(curves) == 1 + 4 * 3
     assert main(["evaluate", "hacking", f"output_dir={tmp_path / 'e2'}", "hacking.pi0=nowhere"]) == 2
+
+
+def test_penalty_scale_recovers_the_distance_per_unit_of_c():
+    from evaluation.reward_hacking import penalty_scale
+
+    r = np.array([[1.0, 3.0, 5.0], [0.0, 2.0, 4.0]])  # within-pool std 2 each
+    d = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    stats = {"BT": (r, r), "BT + linear LCB (c=4)": (r - 4 * d, r)}
+    scale = penalty_scale(stats, HackingConfig(lcb_c=[0.0, 4.0]))
+    assert scale == pytest.approx({"distance": 0.2, "reward_std": 2.0})
+    assert penalty_scale({"GPM": (r, r)}, HackingConfig()) == {}
