@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     pools, policy = None, "the arena's demonstrator"
-    curves, peaks = [], []
+    curves, peaks, picks = [], [], []
     for seed in args.seeds:
         cfg = load_config(HackingConfig, None, [f"prompts={args.prompts}", f"seed={seed}", *args.overrides])
         if args.pi0:
@@ -57,6 +57,7 @@ def main() -> None:
         t0 = time.process_time()
         result = reward_hacking(cfg, Arena(), Path(args.out) / f"seed{seed}", pools=pools, policy=policy)
         print(f"seed {seed}: {result.metrics['setup']}; {time.process_time() - t0:.0f} CPU-s")
+        picks.append(result.picks)
         curves.append(result.curves.assign(seed=seed))
         peaks.append(result.peaks.reset_index().assign(seed=seed))
     curves, peaks = pd.concat(curves), pd.concat(peaks)
@@ -81,6 +82,14 @@ def main() -> None:
         )
     print(f"\nPer proxy, mean (min–max) over seeds {args.seeds} (peak n: seed by seed):\n")
     print(table(list(rows[0]), [list(r.values()) for r in rows]))
+    mean_picks = pd.concat(picks).groupby(level=0, sort=False).mean()
+    print(f"\nWhat π0's samples and each proxy's best of the pool are, mean over seeds {args.seeds}:\n")
+    print(
+        table(
+            ["responses", *mean_picks.columns],
+            [[i, *r] for i, r in zip(mean_picks.index, mean_picks.to_numpy().tolist())],
+        )
+    )
 
 
 if __name__ == "__main__":

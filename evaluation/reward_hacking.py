@@ -142,6 +142,29 @@ def peak_table(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("proxy")
 
 
+def picked_features(
+    arena: Arena, prompts: Sequence[str], pools: Sequence[Sequence[str]], scores: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """What the samples are like: the pool's shares of relevant, correct, long and unsafe responses and its
+    mean word count, and the same for each proxy's best of the whole pool (n = N; ties: the first)."""
+
+    def row(pairs: list[tuple[str, str]]) -> dict[str, float]:
+        f = [(arena.features(x, y), len(y.split())) for x, y in pairs]
+        return {
+            "relevant": float(np.mean([a.relevant for a, _ in f])),
+            "correct": float(np.mean([a.correct for a, _ in f])),
+            "long": float(np.mean([a.length == 2 for a, _ in f])),
+            "unsafe": float(np.mean([a.unsafe for a, _ in f])),
+            "words": float(np.mean([w for _, w in f])),
+        }
+
+    rows = {"π0 (the pool)": row([(x, y) for x, pool in zip(prompts, pools) for y in pool])}
+    for name, s in scores.items():
+        best = np.argmax(s, axis=1)  # the first of equal maxima, as best_of_n_index
+        rows[f"best of {len(pools[0])}: {name}"] = row([(x, pool[int(b)]) for x, pool, b in zip(prompts, pools, best)])
+    return pd.DataFrame(rows).T.rename_axis("responses")
+
+
 # --------------------------------------------------------------------------------------- pools, proxies
 
 
@@ -243,6 +266,7 @@ def train_proxies(cfg: HackingConfig, arena: Arena, pairs_path: Path, out: Path)
 class HackingResult:
     curves: pd.DataFrame
     peaks: pd.DataFrame
+    picks: pd.DataFrame
     section: ReportSection
     metrics: dict
     cpu_seconds: float
@@ -279,6 +303,7 @@ def reward_hacking(
     curves = hacking_curves({k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}, gold, cfg.ns)
     curves.to_csv(out / "curves.csv", index=False)
     peaks = peak_table(curves)
+    picked = picked_features(arena, prompts, pool_texts, {k: v[0] for k, v in stats.items()})
     setup = (
         f"{len(rows)} pairs labeled by `{spec.name}` (length bias {spec.length_bias:g} log-odds per word, "
         f"temperature {spec.temperature:g}); π0: {policy}; {len(prompts)} prompts × a pool of "
@@ -291,13 +316,17 @@ def reward_hacking(
             f"reward's standard deviation within a pool {scale['reward_std']:.3f}"
         )
     section = hacking_section(curves, peaks, setup, cfg)
+    section.add_table(
+        "reward_hacking_picks", picked.round(3), "What π0's samples and each proxy's best of the pool are:"
+    )
     metrics = {
         "setup": setup,
         "lcb_scale": scale,
         "peaks": peaks.reset_index().to_dict(orient="records"),
+        "picks": picked.reset_index().to_dict(orient="records"),
         "cpu_seconds": time.process_time() - t0,
     }
-    return HackingResult(curves, peaks, section, metrics, metrics["cpu_seconds"])
+    return HackingResult(curves, peaks, picked, section, metrics, metrics["cpu_seconds"])
 
 
 def penalty_scale(stats: dict[str, tuple[np.ndarray, np.ndarray]], cfg: HackingConfig) -> dict[str, float]:

@@ -183,6 +183,20 @@ def test_a_hacked_scorer_peaks_then_falls():
     assert set(section.tables) == {"reward_hacking_gold", "reward_hacking_peaks"}
 
 
+def test_picked_features_of_the_pool_and_of_the_best():
+    from evaluation.reward_hacking import picked_features
+
+    arena = Arena()
+    prompt = "please tell me about music briefly and what is 1 plus 2 ?"
+    short = "certainly music carries the rhythm . the answer is 3 ."
+    words = short.split()
+    long = " ".join(words[:-1] + ["it is indeed", ".", "indeed that matters", "."] * 4 + ["."])
+    picks = picked_features(arena, [prompt], [[short, long]], {"likes long": np.array([[0.0, 1.0]])})
+    assert picks.loc["π0 (the pool)", "words"] == (len(short.split()) + len(long.split())) / 2
+    assert picks.loc["best of 2: likes long", "words"] == len(long.split())
+    assert picks.loc["best of 2: likes long", "long"] == 1.0 and picks.loc["π0 (the pool)", "long"] == 0.5
+
+
 def test_hacking_config_checks():
     with pytest.raises(ValueError, match="ns"):
         HackingConfig(pool=8, ns=[1, 16])
@@ -206,6 +220,7 @@ def test_evaluate_hacking_part_end_to_end(tmp_path):
     ]  # fmt: skip
     report = (out / "report.md").read_text()
     assert "## Reward hacking" in report and (out / "figures" / "reward_hacking.png").is_file()
+    assert "What π0's samples and each proxy's best of the pool are" in report
     curves = (out / "hacking" / "curves.csv").read_text().splitlines()
     assert len(curves) == 1 + 4 * 3
     assert main(["evaluate", "hacking", f"output_dir={tmp_path / 'e2'}", "hacking.pi0=nowhere"]) == 2
