@@ -17,8 +17,8 @@ differences d_i = φ(x_i, chosen_i) − φ(x_i, rejected_i). Hence
 
 φ(x, π0) is the mean feature of π0 samples for x: the caller's (best-of-n passes its n candidates, or the
 whole pool it draws them from), else ``pessimism.reference`` samples of x, else the offline responses to x,
-else the mean over all of those (an estimate of E_x φ(x, π0), coarse where φ depends much on the prompt;
-:attr:`LinearLCB.fallback_prompts` counts the prompts that needed it).
+else the mean of those per-prompt means (an estimate of E_x φ(x, π0), coarse where φ depends much on the
+prompt; :attr:`LinearLCB.fallback_prompts` counts the rows that needed it).
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ class LinearLCB:
         return last_hidden(m.heads[0], emb["a"].to(device=device, dtype=dtype), h_x).double().cpu()
 
     def reference_features(self, prompts: Sequence[str]) -> Tensor:
-        """φ(x, π0) (N, d) for each prompt: its reference mean, or the mean of all (counted)."""
-        missing = {p for p in prompts if p not in self.reference}
-        self.fallback_prompts += len(missing)
+        """φ(x, π0) (N, d) for each prompt: its reference mean, or the mean of all (the rows counted)."""
+        self.fallback_prompts += sum(p not in self.reference for p in prompts)
         return torch.stack([self.reference.get(p, self.fallback) for p in prompts])
 
     def penalty(self, phi: Tensor, phi_ref: Tensor) -> Tensor:
