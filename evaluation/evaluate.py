@@ -11,6 +11,9 @@ Every part reads one :class:`EvaluateConfig` (``--config FILE`` and ``key=value`
 - ``agreement`` uses ``agreement.*``: a labels file with one column per label source;
 - ``alpacaeval``, ``arenahard``, ``mtbench``, ``rewardbench`` use their sections: the standard benchmarks'
   files and their exact statistics (docs/evaluation.md says, statistic by statistic, what matches);
+- ``hacking`` uses ``hacking.*``: the reward-hacking picture on the arena (:mod:`evaluation.reward_hacking`),
+  best-of-n of ``hacking.pi0`` (the arena's demonstrator or a causal LM) under proxies trained on a biased
+  annotator;
 - ``report`` runs every part whose inputs are given, into one report.
 
 Each writes to ``output_dir``: report.md, a self-contained report.html, figures/*.png, tables/*.csv and
@@ -36,6 +39,7 @@ from evaluation.report import (
     winrate_section,
     write_report,
 )
+from evaluation.reward_hacking import HackingConfig
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import check_output_paths, config_help, load_config, param
 from prefgame.errors import ConfigError, DataError
@@ -49,6 +53,8 @@ PARTS = {
     "arenahard": "Arena-Hard-Auto: battles from its judgment files, scores with CIs, style control",
     "mtbench": "MT-Bench agreement: judge vs human and human vs human, per turn, with and without ties",
     "rewardbench": "RewardBench: per-subset accuracy, section scores and the final score of a preference model",
+    "hacking": "reward hacking on the arena: best-of-n of π0 under proxies of a biased annotator, proxy and gold "
+    "win rate vs KL",
     "report": "every part whose inputs are given, in one report",
 }
 BENCHMARKS = ("alpacaeval", "arenahard", "mtbench", "rewardbench")
@@ -156,6 +162,15 @@ class RewardBenchConfig:
 
 
 @dataclass
+class EvalHackingConfig(HackingConfig):
+    pi0: str = param(
+        "", "π0 whose best-of-n is measured: 'demonstrator' (the arena's) or a causal LM folder; empty: no hacking part"
+    )
+    max_new_tokens: int = param(40, "π0 = a causal LM: sampling length limit", ge=1)
+    arena: ArenaConfig = param(ArenaConfig, "the arena world (its gold preference and annotators)")
+
+
+@dataclass
 class EvaluateConfig:
     output_dir: str = param("runs/eval", "where the report, tables, figures and metrics are written")
     overwrite: bool = overwrite_param()
@@ -169,6 +184,9 @@ class EvaluateConfig:
     arenahard: ArenaHardConfig = param(ArenaHardConfig, "inputs of the Arena-Hard part")
     mtbench: MTBenchConfig = param(MTBenchConfig, "inputs of the MT-Bench agreement part")
     rewardbench: RewardBenchConfig = param(RewardBenchConfig, "inputs of the RewardBench part")
+    hacking: EvalHackingConfig = param(
+        EvalHackingConfig, "inputs of the reward-hacking part (evaluation/reward_hacking.py)"
+    )
 
     def __post_init__(self) -> None:
         if self.n_bootstrap < 0 or not 0 < self.ci < 1:
@@ -380,6 +398,28 @@ def rewardbench_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
     return rb.rewardbench_section(rb.rewardbench_scores(np.concatenate(correct), subsets), model=r.model)
 
 
+def hacking_part(cfg: EvaluateConfig, out: RunDir) -> ReportSection:
+    """Best-of-n of ``hacking.pi0`` under proxies of a biased annotator
+    (:func:`evaluation.reward_hacking.reward_hacking`)."""
+    from evaluation.reward_hacking import reward_hacking
+
+    h = cfg.hacking
+    pools = None
+    if h.pi0 != "demonstrator":
+        from prefgame.game.lm_sampling import sample_texts
+        from prefgame.lm import load_causal_lm, load_tokenizer
+
+        model, tok = load_causal_lm(h.pi0), load_tokenizer(h.pi0)
+
+        def pools(prompts: list[str]) -> list[list[str]]:
+            repeated = [p for p in prompts for _ in range(h.pool)]
+            texts = sample_texts(model, tok, repeated, max_new_tokens=h.max_new_tokens, seed=h.seed)
+            return [texts[i : i + h.pool] for i in range(0, len(texts), h.pool)]
+
+    policy = "the arena's demonstrator" if pools is None else f"`{h.pi0}`"
+    return reward_hacking(h, h.arena.build(), out.path / "hacking", pools=pools, policy=policy).section
+
+
 def _has_inputs(cfg: EvaluateConfig, part: str) -> bool:
     return {
         "winrate": bool(cfg.winrate.battles or cfg.winrate.samples),
@@ -388,6 +428,7 @@ def _has_inputs(cfg: EvaluateConfig, part: str) -> bool:
         "arenahard": bool(cfg.arenahard.judgments),
         "mtbench": bool(cfg.mtbench.judgments),
         "rewardbench": bool(cfg.rewardbench.data or cfg.rewardbench.model or cfg.rewardbench.results),
+        "hacking": bool(cfg.hacking.pi0),
     }[part]
 
 
@@ -421,6 +462,13 @@ def check_inputs(cfg: EvaluateConfig, part: str) -> None:
         from evaluation.mtbench import parse_pairs
 
         parse_pairs(cfg.mtbench.pairs)
+    elif part == "hacking":
+        pi0 = cfg.hacking.pi0
+        if not pi0 or (pi0 != "demonstrator" and not Path(pi0).exists()):
+            raise ConfigError(
+                f"hacking needs hacking.pi0=demonstrator or a causal LM folder (e.g. runs/quickstart/pi0/model), "
+                f"got '{pi0}'"
+            )
     elif part == "rewardbench":
         r = cfg.rewardbench
         if r.results and (r.data or r.model):
@@ -441,7 +489,7 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
     if not wanted:
         raise ConfigError(
             "evaluate report needs winrate.battles, winrate.samples, agreement.labels, agreement.arena_pairs, "
-            "alpacaeval.annotations, arenahard.judgments, mtbench.judgments or rewardbench inputs"
+            "alpacaeval.annotations, arenahard.judgments, mtbench.judgments, rewardbench inputs or hacking.pi0"
         )
     for name in wanted:
         check_inputs(cfg, name)
@@ -460,6 +508,8 @@ def run(cfg: EvaluateConfig, part: str = "report") -> dict[str, Any]:
                 section = arenahard_part(cfg)
             elif name == "mtbench":
                 section = mtbench_part(cfg)
+            elif name == "hacking":
+                section = hacking_part(cfg, out)
             else:
                 section = rewardbench_part(cfg, out)
             sections.append(section)
@@ -491,6 +541,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'arenahard.answers=[data/arena-hard-v0.1/model_answer]' 'arenahard.style_control=[length,markdown]'",
         "mtbench": "prefgame evaluate mtbench 'mtbench.judgments=[human_judgments.json,gpt4_pair_judgments.json]'",
         "rewardbench": "prefgame evaluate rewardbench --model runs/pm-gpm rewardbench.data=reward-bench.jsonl",
+        "hacking": "prefgame evaluate hacking hacking.pi0=runs/quickstart/pi0/model hacking.prompts=32",
         "report": "prefgame evaluate report winrate.battles=runs/arena/battles.jsonl "
         "agreement.labels=runs/quickstart/labels.jsonl agreement.reference=gold",
     }

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evaluation.reward_hacking import HackingConfig
 from prefgame.arena.job import ArenaConfig, ArenaJobConfig
 from prefgame.arena.world import AnnotatorOracle, GoldOracle, class_name
 from prefgame.config import param
@@ -79,6 +80,14 @@ class QuickstartBudget:
 
 
 @dataclass
+class QuickstartHacking(HackingConfig):
+    """The reward-hacking stage at the quickstart's size: 8 prompts × 256 samples of π0 (about 20 CPU-s)."""
+
+    prompts: int = param(8, "prompts with a pool of π0 samples each", ge=1)
+    head_steps: int = param(200, "optimizer steps of every proxy's head", ge=1)
+
+
+@dataclass
 class QuickstartConfig:
     output_dir: str = param("runs/quickstart", "where every stage and the report are written")
     resume: bool = param(False, "keep stages that already finished in output_dir and run the rest")
@@ -119,6 +128,10 @@ class QuickstartConfig:
         False, "add an LLM judge over an OpenAI-compatible API (settings in judge.*) to the agreement and win rates"
     )
     judge: JudgeConfig = param(JudgeConfig, "the LLM judge (key from $OPENAI_API_KEY or judge.api_key, never written)")
+    reward_hacking: bool = param(
+        True, "best-of-n of π0 under proxies trained on a biased annotator's labels of the label pairs (hacking.*)"
+    )
+    hacking: QuickstartHacking = param(QuickstartHacking, "the reward-hacking stage (evaluation/reward_hacking.py)")
 
     def __post_init__(self) -> None:
         if not self.worlds or any(w not in ("cyclic", "transitive") for w in self.worlds):
@@ -141,6 +154,7 @@ OUTPUTS = (
     "transitive",
     "samples.jsonl",
     "labels.jsonl",
+    "hacking",
     "policies.jsonl",
     "report.md",
     "report.html",
@@ -250,6 +264,9 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
     )  # fmt: skip
     write_jsonl(out.file("labels.jsonl"), labels.to_dict(orient="records"))
     clock.stage("labels", t)
+    t = time.perf_counter()
+    hacking = _reward_hacking(cfg, main_world.arena, labels, (model, tok), out.file("hacking"), log)
+    clock.stage("reward hacking", t)
 
     # 8. report
     from evaluation.quickstart_report import QuickstartResults, write_quickstart_report
@@ -269,6 +286,7 @@ def _run(cfg: QuickstartConfig, out: RunDir, log) -> dict:
         biased_judge=AnnotatorOracle(main_world.arena, BIASED_JUDGE),
         gold=GoldOracle(main_world.arena),
         llm_judge=judge,
+        hacking=hacking,
         worlds={
             name: {"exact": w.exact, "selfplay": w.selfplay, "cycle": w.arena.spec.cycle} for name, w in worlds.items()
         },
@@ -365,6 +383,30 @@ def _world(
     }
     clock.stage(f"policies ({name})", t)
     return World(name, arena, pm_rows, pms, runs, policies, exact, pd.DataFrame(rows))
+
+
+def _reward_hacking(cfg: QuickstartConfig, arena, labels: pd.DataFrame, pi0, out: Path, log):
+    """Stage 4b: proxies trained on the biased annotator's labels of the label pairs (π0's responses), and
+    best-of-n of π0 under each on ``hacking.prompts`` prompts × ``hacking.pool`` samples; its report section."""
+    if not cfg.reward_hacking:
+        return None
+    from evaluation.reward_hacking import reward_hacking
+
+    model, tok = pi0
+    n = cfg.hacking.pool
+    log.info(
+        f"stage 4b/{N_STAGES}: reward hacking: best-of-n of π0 ({cfg.hacking.prompts} prompts × {n}) under proxies"
+    )
+
+    def pools(prompts: list[str]) -> list[list[str]]:
+        texts = sample(model, tok, [p for p in prompts for _ in range(n)], max_new_tokens=cfg.max_new_tokens,
+                       seed=cfg.seed + 9)  # fmt: skip
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    pairs = (list(labels["prompt"]), list(labels["response_a"]), list(labels["response_b"]))
+    result = reward_hacking(cfg.hacking, arena, out, pools=pools, policy="the quickstart's π0", pairs=pairs)
+    log.info(f"reward hacking: {result.cpu_seconds:.1f} CPU-s")
+    return result
 
 
 def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, pm_dirs: dict, clock, log) -> dict:

@@ -51,6 +51,7 @@ class QuickstartResults:
     gold: Any  # PreferenceOracle
     llm_judge: Any = None  # prefgame.judges.LLMJudge when the run was given an endpoint
     worlds: dict[str, dict] | None = None  # world -> {"exact", "selfplay", "cycle"}: the two-world comparison
+    hacking: Any = None  # evaluation.reward_hacking.HackingResult (None: the stage was off)
 
 
 def type_average(pi: torch.Tensor, arena: Arena) -> torch.Tensor:
@@ -330,6 +331,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         selfplay_section(r),
         policies_section(r),
         *win_sections,
+        *([r.hacking.section] if r.hacking is not None else []),
         timing,
     ]
     intro = (
@@ -345,6 +347,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         "worlds": {name: w["exact"] for name, w in (r.worlds or {}).items()},
         "agreement": agreement.metrics,
         "win_rates": win_metrics,
+        **({"reward_hacking": r.hacking.metrics} if r.hacking is not None else {}),
         "seconds": seconds,
         "report": str(paths["html"]),
     }

@@ -7,6 +7,11 @@ output for the prompt), and the lengths ``prompt_tokens``, ``output_tokens`` and
 This is the ``samples`` format ``prefgame evaluate winrate`` judges: give it one file per model,
 generated from the same prompts.
 
+**Best-of-n** (``best_of_n.n`` > 1 with ``best_of_n.scorer``, a preference model or reward model): each
+output is the best of n samples under the scorer (:func:`candidate_scores`), optionally pessimistic
+(``best_of_n.pessimism``); its rows add ``best_of_n`` and ``score``, and the metrics report the policy's
+KL to the sampled model, log n − (n − 1)/n (:func:`prefgame.pessimism.best_of_n_kl`).
+
 Prompts come from the arena's grammar (``prompts=arena``) or from any data set ``prefgame.data`` reads
 (a local .jsonl/.json/.parquet/.csv file or a hub name): the ``field`` column when it exists (text,
 HH transcripts or message lists), otherwise the prompts of the normalized preference data (pairs,
@@ -31,10 +36,22 @@ import numpy as np
 import torch
 
 from prefgame.config import param
-from prefgame.errors import PrefgameError
+from prefgame.errors import ConfigError, PrefgameError
+from prefgame.pessimism import PessimismConfig, best_of_n_index, best_of_n_kl
 from prefgame.run import atomic_write_json, write_jsonl
 
 log = logging.getLogger("prefgame.generate")
+
+
+@dataclass
+class BestOfNConfig:
+    n: int = param(1, "keep the best of n samples per output under the scorer (1: plain sampling)", ge=1)
+    scorer: str = param(
+        "", "n > 1: the scorer, a 'prefgame train-pm' output_dir (any kind) or a sequence-classification reward model"
+    )
+    pessimism: PessimismConfig = param(
+        PessimismConfig, "a pessimistic scorer (linear LCB, with the n samples' mean feature as φ(x, π0))"
+    )
 
 
 @dataclass
@@ -67,6 +84,7 @@ class GenerateConfig:
     )
     stop: list[str] = param([], "stop strings: an output ends where one appears, and is cut before it")
     dtype: Literal["float32", "bfloat16"] = param("float32", "weights dtype (bfloat16 only on a GPU)")
+    best_of_n: BestOfNConfig = param(BestOfNConfig, "best-of-n sampling (rejection sampling under a scorer)")
     out: str = param("", "output jsonl; metrics are written next to it as <name>.metrics.json", output="file")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
 
@@ -95,12 +113,14 @@ def load_prompts(cfg: GenerateConfig) -> list[str]:
 
 
 def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str], list[str], object]:
-    """(prompt per output, output texts, tokenizer): ``samples_per_prompt`` outputs per prompt, prompt-major."""
+    """(prompt per output, output texts, tokenizer): ``samples_per_prompt`` × ``best_of_n.n`` outputs per prompt,
+    prompt-major."""
     from prefgame.game.lm_sampling import sample_texts
     from prefgame.lm import load_causal_lm, load_generation_config, load_tokenizer, stops_for
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
-    repeated = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    per_prompt = cfg.samples_per_prompt * cfg.best_of_n.n
+    repeated = [p for p in prompts for _ in range(per_prompt)]
     stop_keys = dict(eos_token_ids=cfg.eos_token_ids, stop=cfg.stop, key="eos_token_ids")
     if cfg.backend == "vllm":
         from prefgame.game.vllm_sampling import VLLMSampler
@@ -109,7 +129,7 @@ def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str]
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
         stops = stops_for(tok, load_generation_config(cfg.model), **stop_keys)
         engine = VLLMSampler(cfg.model, tok, sampling, cfg.dtype, cfg.seed, stops=stops)
-        return repeated, engine.generate(prompts, n=cfg.samples_per_prompt, seed=(cfg.seed,)).texts, tok
+        return repeated, engine.generate(prompts, n=per_prompt, seed=(cfg.seed,)).texts, tok
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.dtype == "bfloat16" and device == "cpu":
         raise PrefgameError("dtype=bfloat16 is for GPUs (about 400x slower on this CPU): use dtype=float32")
@@ -121,6 +141,54 @@ def generate_outputs(cfg: GenerateConfig, prompts: list[str]) -> tuple[list[str]
     return repeated, outputs, tok
 
 
+def candidate_scores(scorer, prompt: str, candidates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What best-of-n ranks one prompt's n candidates by: (scores (n,), win matrix (n, n) float64 with
+    W[i, j] = the scorer's P(y_i ≻ y_j | x)).
+
+    A scorer with a reward (bt, gated, a sequence classifier) scores r(x, y), W = σ(r_i − r_j); under the
+    linear LCB with the candidates' mean feature as φ(x, π0). A general preference model scores each
+    candidate's mean win probability against the n, mean_j W[i, j], from its n×n matrix.
+    """
+    from prefgame.models.pessimistic import LinearLCB
+
+    k = len(candidates)
+    if scorer.has_reward:
+        reference = None
+        if isinstance(scorer, LinearLCB):  # φ(x, π0): the mean feature of the n samples of π0
+            reference = scorer.features([prompt] * k, candidates).mean(0, keepdim=True).expand(k, -1)
+        r = (scorer.reward([prompt] * k, candidates) if reference is None else scorer.reward(
+            [prompt] * k, candidates, reference)).double()  # fmt: skip
+        return r, torch.sigmoid(r[:, None] - r[None, :])
+    wins = scorer.preference_matrix(prompt, candidates).double()
+    return wins.mean(1), wins
+
+
+def select_best_of_n(prompts: list[str], outputs: list[str], n: int, score) -> tuple[list[str], list[str], list[float]]:
+    """Each consecutive group of n outputs (one prompt's, prompt-major) → its best under
+    ``score(prompt, candidates)`` → (n,) (ties: the first); returns the kept prompts, outputs and scores."""
+    kept_prompts, kept, scores = [], [], []
+    for start in range(0, len(outputs), n):
+        group = outputs[start : start + n]
+        s = score(prompts[start], group)
+        best = int(best_of_n_index(s.unsqueeze(0))[0])
+        kept_prompts.append(prompts[start])
+        kept.append(group[best])
+        scores.append(float(s[best]))
+    return kept_prompts, kept, scores
+
+
+def load_scorer(cfg: BestOfNConfig):
+    """The best-of-n scorer (:func:`prefgame.models.load.load_model` under ``cfg.pessimism``)."""
+    from prefgame.models.load import load_model
+    from prefgame.models.pessimistic import apply_pessimism
+
+    if not cfg.scorer:
+        raise ConfigError(
+            "best_of_n.n > 1 needs best_of_n.scorer=PATH: a 'prefgame train-pm' output_dir or a reward model"
+        )
+    return apply_pessimism(load_model(cfg.scorer), cfg.pessimism)
+
+
 def run(cfg: GenerateConfig) -> dict:
     for key in ("model", "prompts", "out"):
         if not getattr(cfg, key):
@@ -128,6 +196,8 @@ def run(cfg: GenerateConfig) -> dict:
                 f"generate needs {key}=...: e.g. prefgame generate model=runs/quickstart/pi0/model "
                 "prompts=arena out=runs/eval/pi0.jsonl"
             )
+    n = cfg.best_of_n.n
+    scorer = load_scorer(cfg.best_of_n) if n > 1 else None
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     start = time.perf_counter()
@@ -137,6 +207,12 @@ def run(cfg: GenerateConfig) -> dict:
         name = Path(cfg.model.rstrip("/")).parent.name
     log.info(f"generating {cfg.samples_per_prompt} output(s) for {len(prompts)} prompts with {name} ({cfg.backend})")
     repeated, outputs, tok = generate_outputs(cfg, prompts)
+    scores = None
+    if scorer is not None:
+        log.info(f"keeping the best of {n} samples per output under {scorer.name}")
+        repeated, outputs, scores = select_best_of_n(
+            repeated, outputs, n, lambda prompt, group: candidate_scores(scorer, prompt, group)[0]
+        )
     rows = []
     from prefgame.data.chat import messages_of
 
@@ -153,6 +229,8 @@ def run(cfg: GenerateConfig) -> dict:
                 "output_words": len(output.split()),
             }
         )
+        if scores is not None:
+            rows[-1].update(best_of_n=n, score=scores[i])
     write_jsonl(cfg.out, rows)
     seconds = time.perf_counter() - start
     metrics = {
@@ -164,7 +242,15 @@ def run(cfg: GenerateConfig) -> dict:
         "empty_outputs": sum(not r["output"] for r in rows),
         "seconds": seconds,
     }
+    if scorer is not None:
+        metrics.update(
+            best_of_n=n,
+            scorer=scorer.name,
+            # exact for a tie-free score, an upper bound otherwise (prefgame.pessimism.best_of_n_kl)
+            kl_to_sampled_model=best_of_n_kl(n),
+        )
     out = Path(cfg.out)
     atomic_write_json(out.with_name(out.stem + ".metrics.json"), metrics)
-    print(f"prefgame generate: wrote {len(rows)} outputs of {name} to {out} in {seconds:.1f}s")
+    kl = f" (best of {n}: KL to the sampled model {best_of_n_kl(n):.3f} nats)" if scorer is not None else ""
+    print(f"prefgame generate: wrote {len(rows)} outputs of {name} to {out} in {seconds:.1f}s{kl}")
     return metrics

@@ -21,6 +21,7 @@ import torch
 
 from prefgame.config import param
 from prefgame.errors import ConfigError
+from prefgame.pessimism import PessimismConfig
 
 
 @runtime_checkable
@@ -98,19 +99,25 @@ class OracleConfig:
         "kind=model: device (auto), batch_size (64) and, for a sequence classifier, dtype (auto: bfloat16 on "
         "CUDA, float32 on CPU) and max_length (0: the model's); kind=factory: keyword arguments of the factory",
     )
+    pessimism: PessimismConfig = param(
+        PessimismConfig, "kind=model: a pessimistic view of the model (linear LCB); none: the model as trained"
+    )
 
 
 def build_oracle(cfg: OracleConfig, arena) -> PreferenceOracle:
     """The oracle of ``cfg``: the arena's gold preference or an annotator, a model
-    (:func:`prefgame.models.load.load_model`), or a factory's oracle."""
+    (:func:`prefgame.models.load.load_model`, under ``cfg.pessimism``), or a factory's oracle."""
+    if cfg.kind != "model" and cfg.pessimism.kind != "none":
+        raise ConfigError(f"oracle.pessimism applies to oracle.kind=model only, not kind={cfg.kind}")
     if cfg.kind == "model":
         from prefgame.models.load import load_model
+        from prefgame.models.pessimistic import apply_pessimism
 
         if not cfg.path:
             raise ConfigError(
                 "oracle.kind=model needs oracle.path: a reward model folder or hub name, or a train-pm output_dir"
             )
-        return load_model(cfg.path, **cfg.options)
+        return apply_pessimism(load_model(cfg.path, **cfg.options), cfg.pessimism)
     if cfg.kind == "factory":
         if ":" not in cfg.factory:
             raise ConfigError("oracle.factory must be 'module:function' (e.g. mypkg.pm:load_oracle)")

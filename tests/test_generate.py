@@ -109,3 +109,58 @@ def test_several_stop_tokens_and_a_stop_string(model_dir, tmp_path, capsys, engi
     err = capsys.readouterr().err.strip().splitlines()
     assert bad == 2 and len(err) == 1 and "eos_token_ids: 9999 is not a token id" in err[0]
     assert main([*args, "stop=['']"]) == 2
+
+
+class _WordCounter:
+    """A constructed best-of-n scorer: the reward is the output's word count (ties: the first sample)."""
+
+    name, has_reward = "words", True
+
+    def reward(self, prompts, responses):
+        return torch.tensor([float(len(r.split())) for r in responses])
+
+
+def test_best_of_n_keeps_the_scorers_argmax_and_reports_its_kl(model_dir, tmp_path, monkeypatch):
+    import math
+
+    import prefgame.generate as generate
+
+    monkeypatch.setattr(generate, "load_scorer", lambda cfg: _WordCounter())
+    metrics = run(config(model_dir, tmp_path / "best.jsonl", **{"best_of_n.n": 4, "best_of_n.scorer": "x"}))
+    best = read_jsonl(tmp_path / "best.jsonl")
+    # the same seed samples the same 4 candidates per prompt as plain generation of 4 samples per prompt
+    run(config(model_dir, tmp_path / "all.jsonl", samples_per_prompt=4))
+    pool = read_jsonl(tmp_path / "all.jsonl")
+    assert len(best) == 5 and all(r["best_of_n"] == 4 for r in best)
+    for k, row in enumerate(best):
+        group = [r["output"] for r in pool[4 * k : 4 * k + 4]]
+        words = [len(g.split()) for g in group]
+        assert row["prompt"] == pool[4 * k]["prompt"]
+        assert row["output"] == group[words.index(max(words))] and row["score"] == max(words)
+    assert metrics["best_of_n"] == 4 and metrics["kl_to_sampled_model"] == pytest.approx(math.log(4) - 3 / 4)
+    # n = 1 is plain generation: the same rows, no scorer loaded, no best-of-n metrics
+    monkeypatch.setattr(generate, "load_scorer", lambda cfg: pytest.fail("n = 1 loads no scorer"))
+    one = run(config(model_dir, tmp_path / "one.jsonl", **{"best_of_n.n": 1, "best_of_n.scorer": "x"}))
+    run(config(model_dir, tmp_path / "plain.jsonl"))
+    assert read_jsonl(tmp_path / "one.jsonl") == read_jsonl(tmp_path / "plain.jsonl")
+    assert "kl_to_sampled_model" not in one
+
+
+def test_best_of_n_under_a_general_preference_model_ranks_by_mean_win_probability():
+    from prefgame.generate import candidate_scores
+
+    class Pairwise:  # P(y_i ≻ y_j) = σ(len_i − len_j)
+        has_reward = False
+
+        def preference_matrix(self, prompt, responses):
+            n = torch.tensor([float(len(r)) for r in responses])
+            return torch.sigmoid(n[:, None] - n[None, :]).double()
+
+    scores, wins = candidate_scores(Pairwise(), "x", ["aa", "a", "aaaa", "aaa"])
+    torch.testing.assert_close(scores, wins.mean(1))
+    assert int(scores.argmax()) == 2  # the longest wins on average
+
+
+def test_best_of_n_needs_a_scorer(model_dir, tmp_path):
+    with pytest.raises(PrefgameError, match="best_of_n.scorer"):
+        run(config(model_dir, tmp_path / "x.jsonl", **{"best_of_n.n": 2}))

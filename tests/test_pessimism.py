@@ -1,20 +1,26 @@
-"""Pure pessimism / uncertainty / best-of-n functions (prefgame/pessimism.py), against hand values
-and Monte Carlo."""
+"""Pure pessimism / uncertainty / best-of-n functions (prefgame/pessimism.py), against hand values,
+Monte Carlo and brute-force enumeration."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefgame.pessimism import (
+    best_of_n_expectation,
     best_of_n_index,
     best_of_n_kl,
+    best_of_n_weights,
     ensemble_disagreement,
     linear_lcb,
     mahalanobis_norm,
     offline_covariance,
+    shrink_logit,
 )
 
 
@@ -82,3 +88,48 @@ def test_best_of_n_kl_matches_monte_carlo(n):
 def test_best_of_n_kl_rejects_zero():
     with pytest.raises(ValueError):
         best_of_n_kl(0)
+
+
+def test_best_of_n_weights_hand_computed():
+    # pool of 4, best of 2: position p (0 = best) wins when it is drawn and its partner ranks below it:
+    # C(3 − p, 1) / C(4, 2) = 3/6, 2/6, 1/6, 0
+    torch.testing.assert_close(best_of_n_weights(4, 2), torch.tensor([3, 2, 1, 0], dtype=torch.float64) / 6)
+    torch.testing.assert_close(best_of_n_weights(5, 1), torch.full((5,), 0.2, dtype=torch.float64))
+    torch.testing.assert_close(best_of_n_weights(3, 3), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    for size, n in [(256, 1), (256, 7), (256, 256), (1000, 40)]:
+        assert abs(float(best_of_n_weights(size, n).sum()) - 1) < 1e-12
+    with pytest.raises(ValueError):
+        best_of_n_weights(4, 5)
+
+
+def test_best_of_n_expectation_equals_every_subset():
+    # the estimator is the average over all n-subsets of the value of each subset's best (first on ties)
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 4, (3, 7), generator=g).double()  # many ties
+    values = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    for n in (1, 2, 3, 7):
+        brute = []
+        for m in range(3):
+            picks = []
+            for subset in itertools.combinations(range(7), n):
+                s = scores[m, list(subset)]
+                picks.append(float(values[m, subset[int(best_of_n_index(s.unsqueeze(0))[0])]]))
+            brute.append(sum(picks) / len(picks))
+        torch.testing.assert_close(best_of_n_expectation(scores, values, n), torch.tensor(brute, dtype=torch.float64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-30, 30, allow_nan=False), min_size=1, max_size=8),
+    st.lists(st.floats(0, 30, allow_nan=False), min_size=8, max_size=8),
+)
+def test_shrink_logit_is_antisymmetric_and_shrinks(logits, penalties):
+    s = torch.tensor(logits, dtype=torch.float64)
+    pen = torch.tensor(penalties[: len(logits)], dtype=torch.float64)
+    out = shrink_logit(s, pen)
+    assert torch.equal(shrink_logit(-s, pen), -out)  # bit for bit
+    assert bool((out.abs() <= s.abs()).all()) and bool((out * s >= 0).all())  # towards 0, never past it
+    torch.testing.assert_close(out.abs(), torch.clamp(s.abs() - pen, min=0.0))
+    assert torch.equal(
+        shrink_logit(torch.zeros(3, dtype=torch.float64), torch.ones(3)), torch.zeros(3, dtype=torch.float64)
+    )

@@ -10,7 +10,8 @@ import pytest
 
 from prefgame.cli import main
 
-SMALL = ["sft.max_steps=5", "samples=120", "label_pairs=60", "eval_prompts=30", "sft_examples=400", "pairs=600"]
+SMALL = ["sft.max_steps=5", "samples=120", "label_pairs=60", "eval_prompts=30", "sft_examples=400", "pairs=600",
+         "hacking.prompts=2", "hacking.pool=16", "hacking.ns=[1,4,16]", "hacking.head_steps=5"]  # fmt: skip
 
 
 def _run(out: Path, *extra: str) -> None:
@@ -62,6 +63,13 @@ def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_p
     )
     assert "llm-judge:judge-test" in report  # the LLM judge joins the agreement tables
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    # the reward-hacking stage: one curve per proxy, its figure and tables
+    assert "## Reward hacking: best-of-n against proxies of a biased annotator" in titles
+    assert {r["proxy"] for r in metrics["reward_hacking"]["peaks"]} == {
+        "BT", "BT + linear LCB (c=16)", "BT + linear LCB (c=64)", "BT + linear LCB (c=256)",
+        "BT ensemble (pessimistic)", "GPM",
+    }  # fmt: skip
+    assert (out / "figures" / "reward_hacking.png").is_file() and (out / "hacking" / "curves.csv").is_file()
     # resume: every stage is kept; the report is written again from their outputs
     stamp = (out / "pi0" / "model" / "model.safetensors").stat().st_mtime_ns
     (out / "report.md").unlink()

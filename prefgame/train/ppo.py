@@ -67,6 +67,7 @@ from prefgame.losses import (
     ppo_value_loss,
 )
 from prefgame.losses.rl import masked_moments, whiten_from_moments
+from prefgame.pessimism import PessimismConfig
 from prefgame.run import Resume, RunDir, overwrite_param, resume_param, run_job, seed_everything
 from prefgame.train import sharding
 from prefgame.train.engine import (
@@ -114,6 +115,9 @@ class PPORewardConfig:
     normalize_samples: int = param(256, "π0 responses (on training prompts) that give the normalization")
     missing_eos_penalty: float = param(
         1.0, "subtracted from the score of a response cut without a stop token or string (0: none)"
+    )
+    pessimism: PessimismConfig = param(
+        PessimismConfig, "a pessimistic reward: the linear LCB of a bt model (none: the reward as trained)"
     )
 
 
@@ -433,9 +437,10 @@ class PPO(PolicyRuntime):
 def _load_reward_model(cfg: PPORewardConfig, device, precision: Precision):
     """The frozen reward model of ``reward.path`` (:func:`prefgame.models.load.load_model`) on ``device``: a
     sequence-classification reward model or a train-pm model of a reward kind (its backbone in
-    :meth:`Precision.frozen_dtype` of its saved dtype)."""
+    :meth:`Precision.frozen_dtype` of its saved dtype), under ``reward.pessimism``."""
     from prefgame.models.kinds import kind_names
     from prefgame.models.load import load_model
+    from prefgame.models.pessimistic import apply_pessimism
 
     model = load_model(cfg.path, device=device, batch_size=cfg.batch_size, backbone_dtype=precision.frozen_dtype)
     if not model.has_reward:
@@ -445,7 +450,7 @@ def _load_reward_model(cfg: PPORewardConfig, device, precision: Precision):
             "or a sequence-classification reward model"
         )
     model.requires_grad_(False)
-    return model
+    return apply_pessimism(model, cfg.pessimism)
 
 
 def run(cfg: PPOConfig) -> dict:
