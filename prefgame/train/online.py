@@ -411,11 +411,11 @@ class OnlineLoop:
             else f"{s['round']} labeling rounds done"
         )
         cost = f", judge cost {lab['judge']['cost']:.4f}" if lab["judge"] and "cost" in lab["judge"] else ""
-        f = m["final"]
+        f, i = m["final"], m["initial"]
         figures = ""
         if "eval/exploitability" in f:
             figures = (
-                f"; final exploitability {f['eval/exploitability']:.3f} (π0 {m['initial']['exploitability']:.3f}), "
+                f"; final exploitability {f['eval/exploitability']:.3f} (π0 {i['eval/exploitability']:.3f}), "
                 f"gold win rate vs π0 {f['eval/gold_win_rate_vs_ref']:.3f}"
             )
         return f"online done: {why}; {lab['used']} labels used{cost}{figures}; policy {m['policy']}"
@@ -481,34 +481,33 @@ class OnlineLoop:
         return rows, info
 
     def reference_figures(self) -> dict[str, float]:
-        """π0's class distribution on the held-out prompts (the measurements' opponent) and its figures."""
+        """π0's class distribution on the held-out prompts (every measurement's opponent, from samples of their
+        own stream), and π0's figures measured as every round's policy is (:meth:`measure`)."""
         if not self.on_arena or not self.eval_prompts:
             return {}
-        from prefgame.game.lm_selfplay import class_figures
-
         prompts = [p for p in self.eval_prompts for _ in range(self.cfg.eval.samples_per_prompt)]
         texts = self.sample(self.pi0, prompts, stream_seed(self.cfg.seed, 0, REFERENCE_EVAL))
         self.ref_classes = self.arena.class_distribution(prompts, texts)
-        return class_figures(self.arena, self.ref_classes, self.ref_classes)
+        return self.figures(self.pi0)
 
-    def measure(self, t: int, rdir: Path, policy: str) -> dict[str, float]:
-        """Exact class-level figures of round t's policy on the held-out prompts (rdir/measure.json)."""
-        if self.ref_classes is None:
-            return {}
+    def figures(self, model) -> dict[str, float]:
+        """Exact class-level figures of ``model`` against π0 from its samples on the held-out prompts, drawn
+        from one stream for every model (common random numbers across rounds)."""
         from prefgame.game.lm_selfplay import class_figures
 
+        prompts = [p for p in self.eval_prompts for _ in range(self.cfg.eval.samples_per_prompt)]
+        texts = self.sample(model, prompts, stream_seed(self.cfg.seed, 0, EVAL_SAMPLES))
+        pi = self.arena.class_distribution(prompts, texts)
+        return {f"eval/{k}": v for k, v in class_figures(self.arena, pi, self.ref_classes).items()}
+
+    def measure(self, t: int, rdir: Path, policy: str) -> dict[str, float]:
+        """Round t's policy measured (:meth:`figures`), kept in rdir/measure.json."""
+        if self.ref_classes is None:
+            return {}
         path = rdir / "measure.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        if policy == self.pi0_path:
-            pi = self.ref_classes
-        else:
-            prompts = [p for p in self.eval_prompts for _ in range(self.cfg.eval.samples_per_prompt)]
-            texts = self.sample(self.load_policy(policy), prompts, stream_seed(self.cfg.seed, 0, EVAL_SAMPLES))
-            pi = self.arena.class_distribution(prompts, texts)
-        figures = {f"eval/{k}": v for k, v in class_figures(self.arena, pi, self.ref_classes).items()}
-        atomic_write_json(path, figures)
-        return figures
+        if not path.exists():
+            atomic_write_json(path, self.figures(self.load_policy(policy)))
+        return json.loads(path.read_text())
 
     def fit(self, t: int, rdir: Path, labels: list[dict], previous: str | None) -> tuple[str, dict[str, Any]]:
         """R̂_t on ``labels`` (rdir/pm: a train-pm run); (its model folder, its figures)."""
