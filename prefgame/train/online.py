@@ -43,7 +43,7 @@ import torch
 
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import config_to_dict, load_config, param
-from prefgame.errors import PrefgameError
+from prefgame.errors import ConfigError, PrefgameError
 from prefgame.game.lm_selfplay import leave_one_out_win_rates
 from prefgame.models.kinds import kind_names, kind_spec
 from prefgame.oracle import OracleConfig, PreferenceOracle, build_oracle, preference_matrices
@@ -191,6 +191,40 @@ class OnlineConfig:
             raise ValueError("no labels to fit: set online.rounds ≥ 1, offline.pairs ≥ 1 or offline.path")
         if o.label_budget and self.offline.pairs > o.label_budget:
             raise ValueError(f"offline.pairs={self.offline.pairs} exceeds online.label_budget={o.label_budget}")
+        from prefgame.train.pm import PMConfig
+
+        checks = {
+            "solver": lambda: solver_config(self.solver, []),
+            "pm": lambda: load_config(PMConfig, None, pm.overrides),
+        }
+        for key, check in checks.items():  # the settings of the runs the loop starts, before any of them
+            try:
+                check()
+            except ConfigError as exc:
+                raise ValueError(f"{key}.overrides: {str(exc).removeprefix('invalid config: ')}") from None
+
+
+def solver_config(s: SolverConfig, own: list[str], model: str = ""):
+    """(config, train function) of a solver run: ``s.kind``'s defaults (:data:`SOLVER_DEFAULTS`, after the
+    algorithm's arena preset for self-play and the online preset for DPO), ``s.overrides``, then ``own``
+    (the loop's settings) and the preference model at ``model`` as oracle (PPO: as reward)."""
+    settings = [*SOLVER_DEFAULTS[s.kind], *s.overrides, *own]
+    if s.kind == "selfplay":
+        from prefgame.train.selfplay import selfplay_config
+        from prefgame.train.selfplay import train as job
+
+        oracle = ["oracle.kind=model", f"oracle.path={json.dumps(model)}"] if model else []
+        return selfplay_config(s.algorithm, None, [*settings, *oracle]), job
+    if s.kind == "dpo":
+        from prefgame.train.dpo import ARENA_PRESETS, DPOConfig
+        from prefgame.train.dpo import train as job
+
+        oracle = ["oracle.kind=model", f"oracle.path={json.dumps(model)}"] if model else []
+        return load_config(DPOConfig, None, [*ARENA_PRESETS["online"], *settings, *oracle]), job
+    from prefgame.train.ppo import ppo_config
+    from prefgame.train.ppo import train as job
+
+    return ppo_config(None, [*settings, *([f"reward.path={json.dumps(model)}"] if model else [])]), job
 
 
 def run(cfg: OnlineConfig) -> dict:
@@ -572,25 +606,7 @@ class OnlineLoop:
                 f"output_dir={json.dumps(str(run_dir))}",
                 "resume=auto",
             ]
-            oracle = ["oracle.kind=model", f"oracle.path={json.dumps(pm)}"]
-            if s.kind == "selfplay":
-                from prefgame.train.selfplay import selfplay_config
-                from prefgame.train.selfplay import train as job
-
-                job_cfg = selfplay_config(s.algorithm, None, [*SOLVER_DEFAULTS[s.kind], *s.overrides, *own, *oracle])
-            elif s.kind == "dpo":
-                from prefgame.train.dpo import ARENA_PRESETS, DPOConfig
-                from prefgame.train.dpo import train as job
-
-                settings = [*ARENA_PRESETS["online"], *SOLVER_DEFAULTS[s.kind], *s.overrides, *own, *oracle]
-                job_cfg = load_config(DPOConfig, None, settings)
-            else:
-                from prefgame.train.ppo import ppo_config
-                from prefgame.train.ppo import train as job
-
-                job_cfg = ppo_config(
-                    None, [*SOLVER_DEFAULTS[s.kind], *s.overrides, *own, f"reward.path={json.dumps(pm)}"]
-                )
+            job_cfg, job = solver_config(s, own, pm)
             run_job(run_dir, lambda o, lg: job(job_cfg, o, lg), name=f"prefgame.{s.kind}", quiet=True)
         return str(run_dir / "model")
 
