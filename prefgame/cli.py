@@ -92,7 +92,7 @@ JOBS: list[JobCommand] = [
     ),
     JobCommand(
         "online",
-        "online iterative RLHF: rounds of self-play against a refitted preference model, new pairs labeled by the oracle",
+        "online iterative RLHF: rounds of self-play against a refitted preference model and new oracle labels",
         "prefgame.train.online:OnlineConfig",
         "prefgame.train.online:run",
         "prefgame online --config configs/online/arena.yaml policy.name_or_path=runs/quickstart/pi0/model",

@@ -142,7 +142,7 @@ def test_a_label_budget_that_runs_out_mid_round_ends_the_run_cleanly(pi0: Path, 
     assert m["stopped"]["pairs_asked"] == 12 - m["history"][0]["label/labeled"] < 8
     assert m["rounds"] == 2 and [r["round"] for r in m["history"]] == [0, 1, 2]
     assert used <= 12 and m["labels"]["budget"] == 12
-    pairs = load_pairs_or_rankings(str(out / "labels.jsonl"), "train", skip_invalid=False)  # complete and valid: no row refused
+    pairs = load_pairs_or_rankings(str(out / "labels.jsonl"), "train", skip_invalid=False)  # every row valid
     assert len(pairs) == used == len(read_jsonl(out / "labels.jsonl"))
     assert m["history"][-1]["pm/train_pairs"] == used  # the last fit read every label
     assert (out / m["policy"] / "model.safetensors").exists()
@@ -239,9 +239,10 @@ def test_the_uncertainty_enhancer_returns_the_candidate_its_ensemble_disagrees_o
 
 
 def test_labeled_rows_put_the_preferred_response_first() -> None:
-    rows = labeled_rows(["x", "y"], ["a", "b"], ["c", "d"], torch.tensor([0.8, 0.3], dtype=torch.float64), round_=1, source="online")
+    probs = torch.tensor([0.8, 0.3], dtype=torch.float64)
+    rows = labeled_rows(["x", "y"], ["a", "b"], ["c", "d"], probs, round_=1, source="online")
     assert [(r["chosen"], r["rejected"], r["label"]) for r in rows] == [("a", "c", 0.8), ("d", "b", pytest.approx(0.7))]
-    drawn = labeled_rows(["x"], ["a"], ["c"], torch.tensor([0.8], dtype=torch.float64), round_=1, source="online", draws=[0.9])
+    drawn = labeled_rows(["x"], ["a"], ["c"], probs[:1], round_=1, source="online", draws=[0.9])
     assert (drawn[0]["chosen"], drawn[0]["label"], drawn[0]["chosen_is_main"]) == ("c", 1.0, False)
 
 

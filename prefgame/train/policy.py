@@ -149,7 +149,8 @@ class EvalConfig:
 
 def load_policy(cfg: PolicyConfig, device, precision: Precision, *, lora: LoraConfig | None = None, seed: int = 0):
     """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` (or ``cfg.init_from``) to train and
-    a frozen copy of π0 (``cfg.name_or_path``) on ``device``, at the run's ``precision`` (:mod:`prefgame.train.precision`); with
+    a frozen copy of π0 (``cfg.name_or_path``) on ``device``, at the run's ``precision``
+    (:mod:`prefgame.train.precision`); with
     ``lora.enabled`` the policy trains adapters (seeded by ``seed``) and π0 is its base with the adapters
     disabled (:class:`~prefgame.lora.Reference`, no second copy)."""
     if not cfg.name_or_path:
