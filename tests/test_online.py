@@ -23,31 +23,10 @@ from prefgame.data.columns import load_pairs_or_rankings
 from prefgame.run import RunDir, read_jsonl
 from prefgame.train.online import ENHANCER_SAMPLES, OnlineConfig, OnlineLoop, labeled_rows, most_uncertain, stream_seed
 
-SOLVER = (
-    "solver.overrides=[train.iterations=1,sampling.prompts_per_iteration=4,sampling.samples_per_prompt=2,"
-    "sampling.reference_samples_per_prompt=2,train.steps_per_iteration=1,train.batch_size=8,"
-    "train.micro_batch_size=8,sampling.max_new_tokens=6,train.mixed_precision=no,train.lr=1e-2]"
-)
-
 
 def online_args(pi0: Path, out: Path, *extra: str) -> list[str]:
     """Two labeling rounds of 8 pairs, 20-step fits of a small GPM, one self-play iteration per solve."""
-    return [
-        f"policy.name_or_path={pi0}",
-        f"output_dir={out}",
-        "online.rounds=2",
-        "online.pairs_per_round=8",
-        "pm.steps=20",
-        "pm.batch_size=16",
-        "pm.head_hidden_size=16",
-        "pm.backbone_hidden_size=32",
-        "pm.eval_pairs=24",
-        "sampling.max_new_tokens=6",
-        "eval.prompts=12",
-        "eval.samples_per_prompt=1",
-        SOLVER,
-        *extra,
-    ]
+    return [*tiny.online_args(pi0), f"output_dir={out}", *extra]
 
 
 @pytest.fixture(scope="module")
