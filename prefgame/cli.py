@@ -91,6 +91,13 @@ JOBS: list[JobCommand] = [
         "reward.path=runs/ppo-reward",
     ),
     JobCommand(
+        "online",
+        "online iterative RLHF: rounds of self-play against a refitted preference model and new oracle labels",
+        "prefgame.train.online:OnlineConfig",
+        "prefgame.train.online:run",
+        "prefgame online --config configs/online/arena.yaml policy.name_or_path=runs/quickstart/pi0/model",
+    ),
+    JobCommand(
         "train-pm",
         "train a preference model: bt reward, gpm / pairwise general preference, gated multi-objective",
         "prefgame.train.pm:PMConfig",

@@ -75,13 +75,15 @@ def job_command(job: str, arena: Path, pi0: Path, out: Path) -> list[str]:
     """A valid command line of every job that writes a run folder (trainers at length 2)."""
     if job in TRAINERS:
         return [job, *trainer_args(job, arena, pi0, 2), f"output_dir={out}"]
+    if job == "online":
+        return ["online", *tiny.online_args(pi0), f"output_dir={out}"]
     if job == "evaluate":
         battles = f"winrate.battles={arena / 'battles.jsonl'}"
         return ["evaluate", "winrate", battles, "n_bootstrap=0", f"output_dir={out}"]
     return [job, f"output_dir={out}"]  # arena, quickstart
 
 
-ALL_JOBS = (*TRAINERS, "arena", "evaluate", "quickstart")
+ALL_JOBS = (*TRAINERS, "online", "arena", "evaluate", "quickstart")
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,7 @@ def test_overwrite_true_replaces_a_finished_run(finished_sft, arena_dir, pi0, tm
 # -- resume needs a checkpoint ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("job", TRAINERS)
+@pytest.mark.parametrize("job", (*TRAINERS, "online"))
 def test_resume_without_a_checkpoint_is_refused(job, arena_dir, pi0, tmp_path, capsys) -> None:
     """Found: "resume=true without a checkpoint silently starts over". It ends with one line and writes
     no config, metrics or model; the lock is released after the error (a second try gets the same line)."""

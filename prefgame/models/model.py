@@ -305,6 +305,26 @@ class PreferenceModel(nn.Module):
         member = torch.stack([h(emb)["score"] for h in self.heads])  # (K, N)
         return combine_scores(member, self.cfg.ensemble.mode, self.cfg.ensemble.c)
 
+    @torch.no_grad()
+    def member_preferences(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> Tensor:
+        """Each ensemble member's P_k(a_i ≻ b_i | x_i) = σ(s_k), (K, N) float64, uncombined: reward kinds
+        s_k = r_k(a) − r_k(b), general kinds the member's pair score (the input of
+        :func:`prefgame.pessimism.ensemble_disagreement`)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for emb in self._batches(self.views, list(prompts), list(responses_a), list(responses_b)):
+            if self.spec.reward:
+                s = [h.reward(emb["a"], emb.get("x")) - h.reward(emb["b"], emb.get("x")) for h in self.heads]
+            else:
+                s = [h(emb)["score"] for h in self.heads]
+            out.append(torch.stack(s).float().cpu())
+        self.train(was_training)
+        scores = torch.cat(out, dim=1) if out else torch.zeros(len(self.heads), 0)
+        return torch.sigmoid(scores.double())
+
     def _combine_rewards(self, rewards: list[Tensor]) -> Tensor:
         if len(rewards) == 1:
             return rewards[0]

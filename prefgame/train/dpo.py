@@ -47,7 +47,7 @@ import torch
 
 from prefgame.arena.job import ArenaConfig
 from prefgame.config import load_config, param
-from prefgame.errors import DataError, PrefgameError
+from prefgame.errors import ConfigError, DataError, PrefgameError
 from prefgame.lm import build_pairs_batch, encode_prompt, encode_response, load_tokenizer, truncate
 from prefgame.lm import token_logps as lm_token_logps
 from prefgame.lora import LoraConfig, apply_lora, base_weights, reference, trained_state
@@ -647,7 +647,10 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     acc = make_accelerator(tc, out.path, batch_size=tc.batch_size)
     run = begin_run(out, cfg, acc, job="dpo", resume=cfg.resume, report_to=tc.report_to)
     tok = load_tokenizer(cfg.policy.tokenizer or cfg.policy.name_or_path)
-    model = load_trainable_lm(cfg.policy.name_or_path, cfg.policy.dtype, Precision.of(tc, acc), key="policy.dtype")
+    if cfg.lora.enabled and cfg.policy.init_from:
+        raise ConfigError("policy.init_from needs lora.enabled=false: with LoRA π0 is the policy's own base")
+    start = cfg.policy.init_from or cfg.policy.name_or_path
+    model = load_trainable_lm(start, cfg.policy.dtype, Precision.of(tc, acc), key="policy.dtype")
     model = apply_lora(model, cfg.lora, seed=tc.seed)
     trained = trained_state(model)  # what checkpoints hold: the model, or its adapters
     train_set, eval_set, data_info = _split_pairs(cfg, tok)

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -75,6 +76,7 @@ from prefgame.train.engine import (
     step_indices,
 )
 from prefgame.train.precision import Precision
+from prefgame.weights import load_safetensors
 
 # -- configs ------------------------------------------------------------------------------------
 
@@ -135,6 +137,12 @@ class PMConfig:
     arena_metrics: bool = param(False, "the data are arena pairs: add gold-preference metrics")
     arena: ArenaConfig = param(ArenaConfig, "the world whose gold preference the arena metrics use")
     num_threads: int = param(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    init_from: str = param(
+        "",
+        "warm start: the heads (with their input standardization) start from this trained preference model of "
+        "the same kind, shape and ensemble size (a train-pm output_dir or its model/) instead of a seeded "
+        "initialization; frozen backbone and pair kinds only ('prefgame online' pm.refit=warm). Empty: none",
+    )
     lora: LoraConfig = param(
         LoraConfig, "LoRA adapters on the fine-tuned backbone (model.backbone.freeze=false) instead of every weight"
     )
@@ -215,6 +223,11 @@ def _validate(cfg: PMConfig) -> None:
     if not m.backbone.freeze and m.ensemble.size > 1:
         raise PrefgameError(
             "ensembles share one frozen backbone: set model.backbone.freeze=true or model.ensemble.size=1"
+        )
+    if cfg.init_from and (not m.backbone.freeze or kind_spec(m.kind).ratings):
+        raise ConfigError(
+            f"init_from (a warm start of the heads) needs a frozen backbone and a kind trained on pairs; this run "
+            f"has model.backbone.freeze={str(m.backbone.freeze).lower()} and model.kind={m.kind}"
         )
     if kind_spec(m.kind).ratings:
         if not cfg.data.ratings_path:
@@ -401,6 +414,8 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
         cfg, acc, objectives, verbosity_index, log, len(train_set), len(eval_set), unit
     )
     encoder, frozen = model.encoder, mc.backbone.freeze
+    if cfg.init_from:
+        _warm_start(cfg.init_from, model)
 
     state: dict[str, Any] = {"stage1": None, "debias": None}
     phases, cache = _build_phases(cfg, acc, model, train_set, eval_set, ratings, state)
@@ -453,6 +468,19 @@ def train_preference_model(cfg: PMConfig, out: RunDir, log) -> dict:
         )
     end_run(acc, run)
     return metrics
+
+
+def _warm_start(path: str, model: PreferenceModel) -> None:
+    """Load the heads (and their input standardization) of the trained preference model at ``path``."""
+    folder = Path(path)
+    folder = folder / "model" if (folder / "model" / "heads.safetensors").exists() else folder
+    fix = "give init_from a 'prefgame train-pm' output of the same kind and shape, or leave it empty"
+    tensors = load_safetensors(folder / "heads.safetensors", fix)
+    try:
+        model.heads.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise PrefgameError(f"init_from {folder} does not fit this model's heads ({first}): {fix}") from None
 
 
 def _train_step(
@@ -510,7 +538,8 @@ def _build_phases(
         # every view the model has, so that swapped pairs find their vectors
         cache["train"] = model.embed(model.views, train_set.prompts, train_set.chosen, train_set.rejected)
         cache["eval"] = model.embed(model.views, eval_set.prompts, eval_set.chosen, eval_set.rejected)
-        if mc.head.standardize and not spec.ratings:  # ratings kinds: fitted on the ratings in stage 1
+        # ratings kinds: fitted on the ratings in stage 1; a warm start keeps the standardization its heads learned with
+        if mc.head.standardize and not spec.ratings and not cfg.init_from:
             train = cache["train"]
             pair = spec.pair_views
             h_y = torch.cat([train[pair[0]], train[pair[1]]])

@@ -56,6 +56,12 @@ class PolicyConfig:
         "(with lora: its weights with the adapters disabled)",
     )
     tokenizer: str = param("", "tokenizer folder or hub name; empty: the model's own")
+    init_from: str = param(
+        "",
+        "start the trained policy from this causal LM folder (the same architecture and tokenizer as π0, e.g. an "
+        "earlier run's model/) instead of π0's weights; π0 (name_or_path) stays the reference. The warm start of "
+        "'prefgame online'; empty: π0",
+    )
     dtype: Literal["float32", "bfloat16"] = param(
         "float32",
         "precision asked for π0's weights: the frozen reference is stored in the lower of it and the compute "
@@ -142,8 +148,9 @@ class EvalConfig:
 
 
 def load_policy(cfg: PolicyConfig, device, precision: Precision, *, lora: LoraConfig | None = None, seed: int = 0):
-    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` to train and a frozen copy of
-    it on ``device`` as π0, at the run's ``precision`` (:mod:`prefgame.train.precision`); with
+    """(tokenizer, policy, reference): the policy from ``cfg.name_or_path`` (or ``cfg.init_from``) to train and
+    a frozen copy of π0 (``cfg.name_or_path``) on ``device``, at the run's ``precision``
+    (:mod:`prefgame.train.precision`); with
     ``lora.enabled`` the policy trains adapters (seeded by ``seed``) and π0 is its base with the adapters
     disabled (:class:`~prefgame.lora.Reference`, no second copy)."""
     if not cfg.name_or_path:
@@ -154,7 +161,12 @@ def load_policy(cfg: PolicyConfig, device, precision: Precision, *, lora: LoraCo
             "policy.offload_reference moves a frozen copy of π0 to CPU memory; with lora.enabled π0 is the "
             "policy's own weights (no copy): set policy.offload_reference=false"
         )
-    policy = load_trainable_lm(cfg.name_or_path, cfg.dtype, precision, key="policy.dtype")
+    if lora is not None and lora.enabled and cfg.init_from:
+        raise ConfigError(
+            "policy.init_from starts the policy from other weights while π0 stays the reference; with lora.enabled "
+            "π0 is the policy's base (the adapters disabled), so the two cannot differ: set lora.enabled=false"
+        )
+    policy = load_trainable_lm(cfg.init_from or cfg.name_or_path, cfg.dtype, precision, key="policy.dtype")
     if lora is not None and lora.enabled:
         policy = apply_lora(policy, lora, seed=seed).to(device)
         return tok, policy, reference(policy)

@@ -63,6 +63,22 @@ def selfplay_args(pi0: Path, algorithm: str = "inpo") -> list[str]:
     ]
 
 
+def online_args(pi0: Path) -> list[str]:
+    """``prefgame online`` from π0: two labeling rounds of 8 pairs, 20-step fits of a small GPM, one self-play
+    iteration of 4 prompts per solve, 12 held-out prompts."""
+    solver = [
+        "train.iterations=1", "sampling.prompts_per_iteration=4", "sampling.samples_per_prompt=2",
+        "sampling.reference_samples_per_prompt=2", "train.steps_per_iteration=1", "train.batch_size=8",
+        "train.micro_batch_size=8", "sampling.max_new_tokens=6", "train.mixed_precision=no", "train.lr=1e-2",
+    ]  # fmt: skip
+    return [
+        f"policy.name_or_path={pi0}", "online.rounds=2", "online.pairs_per_round=8", "pm.steps=20",
+        "pm.batch_size=16", "pm.head_hidden_size=16", "pm.backbone_hidden_size=32", "pm.eval_pairs=24",
+        "sampling.max_new_tokens=6", "eval.prompts=12", "eval.samples_per_prompt=1",
+        f"solver.overrides=[{','.join(solver)}]",
+    ]  # fmt: skip
+
+
 def ppo_args(pi0: Path) -> list[str]:
     """``prefgame ppo`` from π0 against the BT reward model :func:`train_pi0_and_reward` puts beside it:
     two iterations of 8 rollouts, one epoch of one mini-batch."""
