@@ -52,6 +52,9 @@ class QuickstartSFT:
     max_steps: int = param(300, "SFT optimizer steps for π0")
     lr: float = param(3e-3, "SFT peak learning rate")
     batch_size: int = param(64, "SFT examples per step")
+    micro_batch_size: int = param(
+        16, "SFT examples per forward pass: each step's examples sorted by length and cut into these (less padding)"
+    )
     hidden_size: int = param(128, "π0 hidden size")
     num_layers: int = param(4, "π0 layers")
 
@@ -376,8 +379,11 @@ def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, 
     b, world = cfg.budget, _world_overrides(cfg, arena)
     per_prompt = b.samples + b.reference_samples  # responses sampled per prompt and iteration, as self-play's
     mini = math.gcd(b.prompts * per_prompt, 64)  # PPO's sequences per optimizer step: 64 where they divide the batch
+    # offline DPO and PPO: each step's sequences sorted by length and cut into micro-batches of 16 (less
+    # padding, the same gradient); no measurements of their own (the report measures every policy itself)
+    offline = ["train.micro_batch_size=16", "train.eval_every=0", *world]
     runs = {
-        "dpo": lambda d: train_dpo_arena(pi0_path, data_dir, d, mode="offline", overrides=world, eval_prompts=0),
+        "dpo": lambda d: train_dpo_arena(pi0_path, data_dir, d, mode="offline", overrides=offline, eval_prompts=0),
         "online_dpo": lambda d: train_dpo_arena(
             pi0_path,
             data_dir,
@@ -403,7 +409,8 @@ def _baselines(cfg, name: str, arena, out: Path, data_dir: Path, pi0_path: str, 
                 f"train.iterations={b.iterations}",
                 f"train.rollout_batch_size={b.prompts * per_prompt}",
                 f"train.mini_batch_size={mini}",
-                f"train.micro_batch_size={math.gcd(mini, 32)}",
+                f"train.micro_batch_size={math.gcd(mini, 16)}",
+                "eval.prompts=0",
                 *world,
             ],
         ),  # fmt: skip
@@ -446,6 +453,7 @@ def _selfplay_overrides(cfg: QuickstartConfig, algorithm: str) -> list[str]:
         f"train.steps_per_iteration={b.steps}",
         "train.batch_size=128",
         "train.micro_batch_size=128",
+        "train.length_groups=4",
         "train.warmup_steps=0",
         "train.schedule=constant",
         f"train.average_from={b.iterations // 2}",
@@ -476,7 +484,7 @@ def _sft_config(cfg: QuickstartConfig, data_dir: Path, pi0_dir: Path) -> SFTConf
             lr=cfg.sft.lr,
             max_steps=cfg.sft.max_steps,
             batch_size=cfg.sft.batch_size,
-            micro_batch_size=cfg.sft.batch_size,
+            micro_batch_size=cfg.sft.micro_batch_size,
             eval_every=0,
             save_every=100,
             log_every=10,
