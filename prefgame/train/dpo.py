@@ -191,6 +191,12 @@ class OnlineConfig:
         "a finished response; 0: off)",
     )
 
+    length_groups: int = param(
+        1,
+        "online: forward passes per micro-batch, its sequences sorted by length (self-play's train.length_groups)",
+        ge=1,
+    )
+
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.steps_per_round < 1:
             raise ValueError("online.rounds must be ≥ 0 and online.steps_per_round ≥ 1")
@@ -850,7 +856,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
-    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size, length_groups=cfg.online.length_groups)
     sp = SelfPlay(cfg, out, log, oracle=oracle, plan=plan, chunk_size=cfg.loss.chunk_size)
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(

@@ -88,9 +88,9 @@ class SelfPlay(PolicyRuntime):
         sharding.refuse_settings(self.acc, whole_copies, "it keeps a whole copy of the policy beside the sharded one")
         if self.plan.length_groups > 1 and self.acc.num_processes > 1:
             raise ConfigError(
-                f"train.length_groups={self.plan.length_groups} runs several forward passes before each backward, "
-                "which the data-parallel and FSDP wrappers do not support: set train.length_groups=1 with several "
-                "processes"
+                f"length_groups={self.plan.length_groups} (train.length_groups; online DPO: online.length_groups) "
+                "runs several forward passes before each backward, which the data-parallel and FSDP wrappers do not "
+                "support: set it to 1 with several processes"
             )
         self.wrapper = ResponseLogps(self.policy, chunk_size=chunk_size)
         steps = self.plan.count * self.plan.steps
