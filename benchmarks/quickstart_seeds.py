@@ -7,7 +7,7 @@ Reads each run's ``metrics.json`` and prints, per world and policy, the exact go
 the exploitability and its part without the cycle (mean and min–max over the runs), then the
 showcase's claims seed by seed: in the cyclic world the best self-play policy's exploitability against
 0.6× π0's and against every baseline's; in the transitive world self-play against PPO, compared with
-the seed spread; offline DPO's gold win rate against ½; and the wall time of each run.
+the seed spread; offline DPO's gold win rate against ½; and the wall and CPU time of each run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def figures_table(runs: list[dict]) -> str:
 
 def claims_table(runs: list[dict], names: list[str]) -> str:
     lines = ["| run | cyclic: best self-play / π0 | lower than every baseline | transitive: self-play − PPO | "
-             "offline DPO gold win rate | wall (s) |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "offline DPO gold win rate | wall (s) | CPU (s) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in zip(names, runs):
         cells = []
         if "cyclic" in r["worlds"]:
@@ -59,6 +59,7 @@ def claims_table(runs: list[dict], names: list[str]) -> str:
         first = next(iter(r["worlds"].values()))
         cells.append(f"{first['dpo']['gold_win_rate_vs_ref']:.3f}" if "dpo" in first else "—")
         cells.append(f"{r['seconds']['total']:.0f}")
+        cells.append(f"{r['cpu_seconds']['total']:.0f}" if "cpu_seconds" in r else "—")  # runs before it was kept
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(runs) > 1 and all("transitive" in r["worlds"] for r in runs):
         spread = {

@@ -300,8 +300,15 @@ def _renamed(section: ReportSection, prefix: str) -> ReportSection:
     return out
 
 
-def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, seconds: dict[str, float]) -> dict[str, Any]:
-    """Build every section, write the report files and return the run's headline metrics."""
+def write_quickstart_report(
+    output_dir: str | Path,
+    r: QuickstartResults,
+    seconds: dict[str, float],
+    *,
+    cpu_seconds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Build every section, write the report files and return the run's headline metrics; ``seconds`` and
+    ``cpu_seconds`` are the wall and CPU time of each stage and of the run ("total")."""
     model_names = [row["model"] for row in r.pm_rows]
     agreement = agreement_section(
         r.labels, reference="gold", models=model_names, title="4. Agreement between label sources"
@@ -321,7 +328,8 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
     if r.llm_judge is not None:
         win_metrics["llm_judge_usage"] = dict(r.llm_judge.stats)  # requests, tokens, cost; never the key
     timing = ReportSection("Timings")
-    timing.add_table("timings", pd.DataFrame({"seconds": seconds}).rename_axis("stage"), "Wall time per stage (s):")
+    times = pd.DataFrame({"seconds": seconds, **({"cpu_seconds": cpu_seconds} if cpu_seconds else {})})
+    timing.add_table("timings", times.rename_axis("stage"), "Wall and CPU time per stage (s):")
     sections = [
         *([f] if (f := findings_section(r)) is not None else []),
         world_section(r),
@@ -349,6 +357,7 @@ def write_quickstart_report(output_dir: str | Path, r: QuickstartResults, second
         "win_rates": win_metrics,
         **({"reward_hacking": r.hacking.metrics} if r.hacking is not None else {}),
         "seconds": seconds,
+        **({"cpu_seconds": cpu_seconds} if cpu_seconds else {}),
         "report": str(paths["html"]),
     }
 

@@ -9,9 +9,11 @@ mode trains, keeps π0 fixed, and resumes exactly at round granularity.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from prefgame.lm import build_pairs_batch, load_causal_lm, load_tokenizer, trunc
 from prefgame.losses import dpo_loss, gpo_loss, infonca_loss, nca_loss, pro_loss, slic_loss
 from prefgame.train import dpo
 from prefgame.train.dpo import DPOConfig, DPOLossConfig, PairLogps, best_worst_pairs, load_pair_set, ranked_groups
+from prefgame.train.engine import step_indices
 from prefgame.train.sft import SFTModelConfig, build_model, save_model
 
 
@@ -235,9 +238,11 @@ def test_resume_equals_uninterrupted(pi0: Path, arena_dir: Path, tmp_path: Path,
     )  # fmt: skip
     dpo.run(dpo_config(pi0, arena_dir, tmp_path / "full", *settings))
     real_step_indices = dpo.step_indices
+    step6 = []
 
     def interrupting_step_indices(n, batch_size, seed, step):
-        if step == 6:
+        step6.extend([step] if step == 6 else [])
+        if len(step6) == 2:  # the step itself (drawn_indices looked at every step's pairs first)
             raise KeyboardInterrupt
         return real_step_indices(n, batch_size, seed, step)
 
@@ -256,6 +261,30 @@ def test_resume_equals_uninterrupted(pi0: Path, arena_dir: Path, tmp_path: Path,
     assert metric_rows(out) == metric_rows(tmp_path / "full")
     final = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert resumed["eval"] == final["eval"] and resumed["train_loss"] == final["train_loss"]
+
+
+def test_reference_log_probs_of_the_drawn_pairs_only(pi0, arena_dir, tmp_path) -> None:
+    """3 steps of 8 pairs draw 24 of the 92 training pairs (one epoch's permutation, no repeats): π0's
+    log-probs are computed for those (the values of a pass over the whole set, up to the float rounding
+    of other batch widths) and the held-out pairs; the other training pairs hold NaN, which no step reads."""
+    cfg = dpo_config(pi0, arena_dir, tmp_path, "train.max_steps=3", "train.batch_size=8")
+    tok, model = load_tokenizer(str(pi0)), load_causal_lm(str(pi0))
+    train_set, eval_set, _ = dpo._split_pairs(cfg, tok)
+    drawn = dpo.drawn_indices(len(train_set), cfg.train)
+    steps = [step_indices(len(train_set), 8, cfg.train.seed, step) for step in range(3)]
+    assert len(train_set) == 92 and drawn.tolist() == sorted(np.concatenate(steps).tolist()) and len(drawn) == 24
+    module = PairLogps(model, chunk_size=16)
+    acc = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
+    dpo._reference_logps(cfg, module, ((train_set, drawn), (eval_set, None)), tok.pad_token_id, acc)
+    chosen, rejected = dpo.pair_logps(module, train_set, tok.pad_token_id, batch_size=92, device="cpu")
+    undrawn = np.setdiff1d(np.arange(92), drawn)
+    assert train_set.ref_chosen[undrawn].isnan().all() and train_set.ref_rejected[undrawn].isnan().all()
+    torch.testing.assert_close(train_set.ref_chosen[drawn], chosen[drawn], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(train_set.ref_rejected[drawn], rejected[drawn], rtol=1e-5, atol=1e-4)
+    assert len(eval_set) == 23 and not eval_set.ref_chosen.isnan().any() and not eval_set.ref_rejected.isnan().any()
+    # the run's metrics say how many it drew; its losses are finite (no NaN reached a step)
+    metrics = dpo.run(cfg)
+    assert metrics["train_pairs_drawn"] == 24 and all(math.isfinite(r["loss"]) for r in metric_rows(tmp_path))
 
 
 @pytest.mark.parametrize("variant", [(), ("loss.loss_type=ipo", "loss.length_alpha=0.02")])

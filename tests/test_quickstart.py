@@ -40,6 +40,10 @@ def test_quickstart_without_policy_training_writes_every_stage_and_resumes(tmp_p
     assert {r["kind"] for r in metrics["preference_models"]} == {"bt", "gpm", "gated"}
     assert set(metrics["policies"]) == {"π0", "π* (exact)"}
     assert metrics["policies"]["π* (exact)"]["gap"] < 1e-8  # the exact equilibrium has no duality gap
+    # wall and CPU time of every stage; the stages' CPU seconds run one after another and add up to less than the run's
+    cpu = metrics["cpu_seconds"]
+    assert set(cpu) == set(metrics["seconds"]) and "sft" in cpu and "labels" in cpu
+    assert all(v >= 0 for v in cpu.values()) and 0 < sum(v for k, v in cpu.items() if k != "total") <= cpu["total"]
     assert set(metrics["worlds"]) == {"cyclic", "transitive"}  # the control world runs the same stages
     assert set(metrics["worlds"]["transitive"]) == {"π0", "π* (exact)"}
     transitive_pms = json.loads((out / "transitive" / "pm" / "metrics.json").read_text())["models"]

@@ -416,6 +416,55 @@ def test_inpo_with_reference_samples_trains_on_win_rate_gaps(pi0_dir, tmp_path, 
         torch.testing.assert_close(gaps[:n].sort().values, (win[first] - win[second]).float().sort().values)
 
 
+def test_length_groups_give_the_update_of_one_forward_pass(pi0_dir, tmp_path, monkeypatch):
+    """train.length_groups=3: each micro-batch's sequences run in 3 forward passes, shortest first, each
+    padded to its own longest sequence, and their log-probs return to the pairs in order: loss and gradient
+    norm of every step and the weights equal those of one pass up to float rounding, with fewer padded
+    positions. One iteration: its samples come from π0 in both runs."""
+    from prefgame.train.selfplay import SelfPlay
+
+    widths: dict[int, list[tuple[int, int]]] = {1: [], 3: []}
+    real_batch = SelfPlay.batch
+    for groups in (1, 3):
+
+        def batch(self, responses, idx, groups=groups):
+            out = real_batch(self, responses, idx)
+            if torch.is_grad_enabled():  # the optimizer's forward passes
+                widths[groups].append(tuple(out["input_ids"].shape))
+            return out
+
+        monkeypatch.setattr(SelfPlay, "batch", batch)
+        overrides = [*TINY, "train.iterations=1", "sampling.reference_samples_per_prompt=2",
+                     f"train.length_groups={groups}"]  # fmt: skip
+        run_selfplay(pi0_dir, algorithm="inpo", output_dir=tmp_path / f"groups{groups}", overrides=overrides)
+    one, grouped = (read_rows(tmp_path / f"groups{g}")[1] for g in (1, 3))
+    for key in ("loss", "grad_norm"):
+        assert grouped[key] == pytest.approx(one[key], rel=1e-5), key
+    a, b = (load_file(str(tmp_path / f"groups{g}" / "model" / "model.safetensors")) for g in (1, 3))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=2e-5, msg=name)
+    assert len(widths[3]) == 3 * len(widths[1])  # three passes where there was one
+    rows = [sum(r for r, _ in widths[g]) for g in (1, 3)]
+    assert rows[0] == rows[1]  # the same sequences
+    assert sum(r * t for r, t in widths[3]) < sum(r * t for r, t in widths[1])  # less padding
+
+
+def test_length_groups_refused_with_several_processes(pi0_dir, tmp_path, monkeypatch):
+    """Several forward passes before one backward: refused in one line under a multi-process launch."""
+    from prefgame.train import policy
+
+    real = policy.make_accelerator
+
+    def two_processes(*args, **kwargs):  # the accelerator, then a launch of 2 as the trainer sees it
+        acc = real(*args, **kwargs)
+        monkeypatch.setattr(type(acc), "num_processes", property(lambda self: 2))
+        return acc
+
+    monkeypatch.setattr(policy, "make_accelerator", two_processes)
+    with pytest.raises(ConfigError, match=r"length_groups=2 \(train.length_groups.* set it to 1"):
+        run_selfplay(pi0_dir, algorithm="inpo", output_dir=tmp_path / "x", overrides=[*TINY, "train.length_groups=2"])
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # optimizer.step is replaced
 def test_sampler_logps_replace_the_policy_forward_pass(pi0_dir, tmp_path):
     """Policy samples at temperature 1 carry log π_t(y|x) from the sampler, equal (float rounding) to

@@ -290,6 +290,11 @@ class Responses:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) tokens of each prompt and its response together (what a batch of them pads to)."""
+        return np.array([len(p) + len(r) for p, r in zip(self.prompt_ids, self.response_ids)], dtype=np.int64)
+
     def interleave(self, other: Responses, n: int, n_other: int) -> Responses:
         """This set (n per prompt) and ``other`` (n_other per prompt, the same prompts in the same order)
         as one set of n + n_other per prompt: each prompt's own samples first. ``logps``, ``stopped`` and

@@ -14,8 +14,9 @@ SLiC-HF (:func:`prefgame.losses.slic_loss`) or a listwise loss on ranked lists (
 
 - **offline** (``mode: offline``): a fixed preference data set loaded with :mod:`prefgame.data` (arena
   pairs export, UltraFeedback-binarized, HH, any ``pairs`` format). The reference π0 is the initial
-  policy: its log-probabilities of every chosen and rejected response are computed once, before the
-  first step, and no reference model is kept in memory. Log-probabilities are taken over response
+  policy: its log-probabilities of the chosen and rejected responses are computed once, before the
+  first step, for the held-out pairs and the training pairs that the run's steps draw (a run shorter
+  than an epoch reads only those), and no reference model is kept in memory. Log-probabilities are taken over response
   tokens only, projected to the vocabulary in chunks (:func:`prefgame.losses.response_logprobs`);
   chosen and rejected sequences share one forward pass, and each step's examples are sorted by
   length before they are cut into micro-batches (less padding, same gradient).
@@ -188,6 +189,12 @@ class OnlineConfig:
         "online: subtracted from the leave-one-out win rate of a response cut at sampling.max_new_tokens "
         "without a stop token or string before the best and worst are picked (1: it never wins a pair against "
         "a finished response; 0: off)",
+    )
+
+    length_groups: int = param(
+        1,
+        "online: forward passes per micro-batch, its sequences sorted by length (self-play's train.length_groups)",
+        ge=1,
     )
 
     def __post_init__(self) -> None:
@@ -622,22 +629,35 @@ def _holds_rankings(cfg: DPODataConfig) -> bool:
     return len(raw) > 0 and detect_format(raw.column_names, raw[0]) == "rankings"
 
 
-def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[PairSet], pad_id: int, acc) -> None:
-    """π0 = the initial policy (with LoRA: its base, adapters disabled): its log-probs of every pair,
-    computed once (no reference model stays in memory), stored on each part as ``ref_chosen`` /
-    ``ref_rejected`` (ranked lists: ``ref``, (N, K_max))."""
+def drawn_indices(n_examples: int, tc: TrainConfig) -> np.ndarray:
+    """(M,) sorted: the examples that the run's steps 0 … max_steps − 1 draw (:func:`step_indices`), the
+    only training examples whose π0 log-probs it reads."""
+    steps = [step_indices(n_examples, tc.batch_size, tc.seed, step) for step in range(tc.max_steps)]
+    return np.unique(np.concatenate(steps)) if steps else np.zeros(0, dtype=np.int64)
+
+
+def _reference_logps(cfg: DPOConfig, module: PairLogps, parts: Sequence[tuple], pad_id: int, acc) -> None:
+    """π0 = the initial policy (with LoRA: its base, adapters disabled): its log-probs of the pairs, computed
+    once (no reference model stays in memory), stored on each part as ``ref_chosen`` / ``ref_rejected``
+    (ranked lists: ``ref``, (N, K_max)). ``parts`` holds (part, rows): the rows of the part whose
+    log-probs are needed (None: all); the others are NaN."""
+    batch_size = cfg.reference_batch_size or 4 * cfg.train.micro_batch_size
     with base_weights(module.model):
-        for part in parts:
-            if len(part) and isinstance(part, ListSet):
-                part.ref = list_logps(
-                    module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
-                    device=acc.device, autocast=acc.autocast,
-                )  # fmt: skip
-            elif len(part):
-                part.ref_chosen, part.ref_rejected = pair_logps(
-                    module, part, pad_id, batch_size=cfg.reference_batch_size or 4 * cfg.train.micro_batch_size,
-                    device=acc.device, autocast=acc.autocast,
-                )  # fmt: skip
+        for part, rows in parts:
+            sub = part if rows is None else part.take(rows)
+            if not len(sub):
+                continue
+            rows = np.arange(len(part)) if rows is None else rows
+            if isinstance(part, ListSet):
+                ref = list_logps(module, sub, pad_id, batch_size=batch_size, device=acc.device, autocast=acc.autocast)
+                part.ref = torch.full((len(part), part.k_max), math.nan)
+                part.ref[rows] = torch.nn.functional.pad(ref, (0, part.k_max - ref.shape[1]))  # 0 at padding
+            else:
+                chosen, rejected = pair_logps(
+                    module, sub, pad_id, batch_size=batch_size, device=acc.device, autocast=acc.autocast
+                )
+                part.ref_chosen, part.ref_rejected = (torch.full((len(part),), math.nan) for _ in range(2))
+                part.ref_chosen[rows], part.ref_rejected[rows] = chosen, rejected
 
 
 def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
@@ -664,7 +684,8 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
     model.to(acc.device)
 
     t_ref = time.perf_counter()
-    _reference_logps(cfg, module, (train_set, eval_set), tok.pad_token_id, acc)
+    drawn = drawn_indices(len(train_set), tc)  # a short run reads the log-probs of part of the training set
+    _reference_logps(cfg, module, ((train_set, drawn), (eval_set, None)), tok.pad_token_id, acc)
     ref_seconds = time.perf_counter() - t_ref
 
     optimizer, scheduler = make_optimizer(module.parameters(), tc, tc.max_steps)
@@ -714,6 +735,7 @@ def train_offline(cfg: DPOConfig, out: RunDir, log) -> dict:
         "eval": final_eval,
         "steps": tc.max_steps,
         "train_pairs": len(train_set),
+        "train_pairs_drawn": len(drawn),
         "eval_pairs": len(eval_set),
         "data": "ranked lists" if isinstance(train_set, ListSet) else "pairs",
         **data_info,
@@ -837,7 +859,7 @@ def train_online(cfg: DPOConfig, out: RunDir, log, *, oracle: PreferenceOracle |
     t_start = time.perf_counter()
     seed_everything(cfg.train.seed)
     rounds = cfg.online.rounds
-    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size)
+    plan = Iterations(rounds, cfg.online.steps_per_round, cfg.train.batch_size, length_groups=cfg.online.length_groups)
     sp = SelfPlay(cfg, out, log, oracle=oracle, plan=plan, chunk_size=cfg.loss.chunk_size)
     trained = trained_state(sp.policy)  # what checkpoints hold: the policy, or its adapters
     run, state = sp.start(

@@ -19,7 +19,8 @@ Each iteration t:
    (:func:`~prefgame.losses.compute_gae`), advantages whitened over the whole rollout (moments summed over
    processes, :func:`~prefgame.losses.rl.whiten_from_moments`);
 5. ``ppo.epochs`` passes over the rollout in mini-batches of ``train.mini_batch_size`` sequences (one
-   optimizer step each, cut into micro-batches of ``train.micro_batch_size``), minimizing
+   optimizer step each, sorted by length and cut into micro-batches of ``train.micro_batch_size``: less
+   padding, the same gradient), minimizing
    clipped policy loss + ``ppo.vf_coef`` · clipped value loss (+ β·KL in the loss).
 
 Value function: a linear head on the policy's last hidden state (one shared trunk, one forward pass
@@ -406,12 +407,14 @@ class PPO(PolicyRuntime):
         tc, acc = self.cfg.train, self.acc
         n_rows = len(ro.responses)
         mini = tc.mini_batch_size if self.whole_rollout else tc.mini_batch_size // acc.num_processes
+        lengths = ro.responses.lengths  # (B,)
         sums: dict[str, float] = {}
         n_steps = 0
         for epoch in range(self.cfg.ppo.epochs):
             order = np.random.default_rng([tc.seed, t, ORDER, epoch]).permutation(n_rows)
             for start in range(0, n_rows, mini):
                 rows = order[start : start + mini]
+                rows = rows[np.argsort(lengths[rows], kind="stable")]  # length-grouped micro-batches, same step
                 if self.whole_rollout:
                     rows = rows[acc.process_index :: acc.num_processes]
                 step = self.step(ro, rows)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning of a causal LM on prompt/response data (``prefgame sft``).
 
 Loss: mean negative log-likelihood of the response tokens (prompt tokens are context only), summed
-over the step's tokens and divided by the step's global response-token count. Works for any causal
+over the step's tokens and divided by the step's global response-token count. Each step's examples
+are sorted by length before they are cut into micro-batches (less padding, the same gradient). Works for any causal
 LM and any prompt/response data set; on the arena it trains π0 from the demonstration corpus.
 """
 
@@ -196,6 +197,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
     if eval_set and start_step == 0:
         initial_eval = eval_loss()
     guard = NonFiniteGuard(tc.max_nonfinite_steps)
+    lengths = np.array([len(p) + len(r) for p, r in train_set])  # (N,) tokens of each example
     progress = Progress(tc.max_steps - start_step, "sft", log)
     device = acc.device
     t0 = time.perf_counter()
@@ -207,6 +209,7 @@ def _train(cfg: SFTConfig, out: RunDir, log) -> dict:
 
     def step_batches(step: int):
         idx = step_indices(len(train_set), tc.batch_size, tc.seed, step)
+        idx = idx[np.argsort(lengths[idx], kind="stable")]  # length-grouped micro-batches, same step
         n_tokens = sum(len(train_set[i][1]) for i in idx)  # global response tokens of this step
         micro = list(local_micro_batches(idx, tc.micro_batch_size, acc.process_index, acc.num_processes))
         return micro, functools.partial(micro_loss, n_tokens=n_tokens)

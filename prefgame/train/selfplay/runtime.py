@@ -51,10 +51,14 @@ class Iterations:
     batch_size: int
     reset_optimizer: bool = False
     average_from: int = -1
+    length_groups: int = 1  # forward passes per micro-batch, its sequences sorted by length (train.length_groups)
 
     @classmethod
     def of(cls, tc) -> Iterations:
-        return cls(tc.iterations, tc.steps_per_iteration, tc.batch_size, tc.reset_optimizer, tc.average_from)
+        return cls(
+            tc.iterations, tc.steps_per_iteration, tc.batch_size, tc.reset_optimizer, tc.average_from,
+            tc.length_groups,
+        )  # fmt: skip
 
 
 class SelfPlay(PolicyRuntime):
@@ -82,6 +86,12 @@ class SelfPlay(PolicyRuntime):
             "algorithm=optimistic_md": getattr(cfg, "algorithm", "") == "optimistic_md",  # the previous iterate
         }
         sharding.refuse_settings(self.acc, whole_copies, "it keeps a whole copy of the policy beside the sharded one")
+        if self.plan.length_groups > 1 and self.acc.num_processes > 1:
+            raise ConfigError(
+                f"length_groups={self.plan.length_groups} (train.length_groups; online DPO: online.length_groups) "
+                "runs several forward passes before each backward, which the data-parallel and FSDP wrappers do not "
+                "support: set it to 1 with several processes"
+            )
         self.wrapper = ResponseLogps(self.policy, chunk_size=chunk_size)
         steps = self.plan.count * self.plan.steps
         self.optimizer, self.scheduler = make_optimizer(self.wrapper.parameters(), tc, steps)
@@ -161,9 +171,7 @@ class SelfPlay(PolicyRuntime):
             # a sequence in several pairs (inpo: K − 1 pairs each) runs once; indexing its log-prob
             # again sums the gradients of its uses, as separate rows would
             unique, where = np.unique(seq.reshape(-1), return_inverse=True)  # (U,), (C·b,)
-            batch = self.batch(ex.responses, unique)
-            token_logps = self.wrapper(**batch)  # (U, T−1)
-            logps = sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:])  # (U,)
+            logps = self.forward_logps(ex.responses, unique)  # (U,)
             logps = logps[torch.as_tensor(where.reshape(-1), device=logps.device)]  # (C·b,)
             cols = list(logps.view(seq.shape[0], len(mb)).unbind(0))
             return ex.loss_fn(mb, cols, bs)  # a sum over the micro-batch / global count
@@ -180,6 +188,19 @@ class SelfPlay(PolicyRuntime):
             losses.append(result.loss)
             meter.add(result.metrics)
         return {"loss": float(np.mean(losses)), "grad_norm": result.grad_norm, **meter.mean()}
+
+    def forward_logps(self, responses: Responses, idx: np.ndarray) -> torch.Tensor:
+        """log π(y | x) of ``responses`` rows ``idx`` under the policy, with gradient, (len(idx),): the rows
+        sorted by length and cut into ``train.length_groups`` forward passes, each padded to its own
+        longest row (less padding; the same values and gradient up to float rounding)."""
+        order = np.argsort(responses.lengths[idx], kind="stable")  # (U,) shortest first
+        parts = []
+        for group in np.array_split(order, min(self.plan.length_groups, len(order))):
+            batch = self.batch(responses, idx[group])
+            token_logps = self.wrapper(**batch)  # (g, T−1)
+            parts.append(sequence_logprobs(token_logps.float(), batch["response_mask"][:, 1:]))  # (g,)
+        logps = torch.cat(parts)  # (U,) in length order
+        return logps[torch.as_tensor(np.argsort(order), device=logps.device)]  # (U,) in the order of idx
 
     @torch.no_grad()
     def update_average(self) -> None:
