@@ -92,8 +92,8 @@ def run_one(out: Path, pi0: Path, name: str, seed: int, args) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def cell(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+def cell(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def main() -> int:
@@ -144,7 +144,7 @@ def main() -> int:
         lines.append(
             f"| {name} | {cell([x['eval/exploitability'] for x in f])} | "
             f"{cell([x['eval/gold_win_rate_vs_ref'] for x in f])} | {cell([x['pm/expected_accuracy'] for x in f])} | "
-            f"{cell([m['labels']['used'] for m in ms])} | {cpu:.0f} |"
+            f"{cell([m['labels']['used'] for m in ms], 0)} | {cpu:.0f} |"
         )
     lines += ["", "per seed (exploitability / gold win rate vs π0):", ""]
     for name, ms in by_setting.items():
