@@ -326,6 +326,16 @@ def test_in_cycle_marks_only_equal_objectives_with_different_styles(arena: Arena
     assert marked.sum() == 72 * 2  # each class has two partners: the same features in the other styles
 
 
+def test_no_pairs_is_an_empty_answer_not_an_error(arena: Arena) -> None:
+    """Zero pairs (``prefgame arena pairs=0``): empty class arrays of an integer type, so every measurement
+    built on them indexes with them (an empty list used to become a float array)."""
+    types, classes = arena.classify([], [])
+    assert types.dtype == classes.dtype == np.int64 and len(types) == len(classes) == 0
+    assert arena.in_cycle([], [], []).shape == (0,)
+    assert arena.gold_probability([], [], []).shape == (0,)
+    assert export.labeled_pairs(arena, 0, np.random.default_rng(0), minimal_pair_fraction=0.3) == []
+
+
 # -- exported data sets ----------------------------------------------------------------------------
 
 

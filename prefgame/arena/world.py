@@ -328,8 +328,8 @@ class Arena:
 
     def classify(self, prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(prompt type, class index) arrays for paired prompts and responses."""
-        types = np.array([parse_prompt(p).type_index for p in prompts])
-        classes = np.array([self.features(p, r).index for p, r in zip(prompts, responses)])
+        types = np.array([parse_prompt(p).type_index for p in prompts], dtype=np.int64)
+        classes = np.array([self.features(p, r).index for p, r in zip(prompts, responses)], dtype=np.int64)
         return types, classes
 
     def gold_probability(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
