@@ -641,7 +641,7 @@ def interrupted(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         out = root / point
         command = [sys.executable, "-X", "importtime", "-m", "prefgame", "sft", *args, f"output_dir={out}"]
         proc = subprocess.Popen(command, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                env=job_env())  # fmt: skip
+                                env=job_env(PYTHONFAULTHANDLER="1"))  # fmt: skip
         jobs[point] = job = Job(proc, out)
         threading.Thread(target=lambda j=job: j.lines.extend(j.proc.stderr), daemon=True).start()
     pending, deadline = dict(jobs), time.monotonic() + 240
@@ -659,7 +659,16 @@ def interrupted(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     for job in jobs.values():
         if job.note != "interrupted":
             job.proc.kill()
-        job.proc.wait(timeout=120)
+        try:
+            job.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # its test fails with where the job was (faulthandler's stacks)
+            job.note = "still running 120 s after the interrupt"
+            job.proc.send_signal(signal.SIGABRT)
+            try:
+                job.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+                job.proc.wait(timeout=30)
     time.sleep(0.2)  # the readers take the last lines
     return jobs
 
