@@ -637,6 +637,10 @@ def interrupted(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     root = tmp_path_factory.mktemp("interrupted")
     args = [*tiny.sft_args(arena_dir), "train.max_steps=100000", "train.save_every=0", "train.micro_batch_size=8"]
     jobs = {}
+    # a test run started in the background of a non-interactive shell (`make test &`) ignores SIGINT, and
+    # a process inherits that through exec, so its jobs would never see the Ctrl-C: they start with
+    # Python's own handler (exec resets a handled signal to its default)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     for point in INTERRUPT_AT:
         out = root / point
         command = [sys.executable, "-X", "importtime", "-m", "prefgame", "sft", *args, f"output_dir={out}"]
@@ -644,6 +648,7 @@ def interrupted(arena_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
                                 env=job_env(PYTHONFAULTHANDLER="1"))  # fmt: skip
         jobs[point] = job = Job(proc, out)
         threading.Thread(target=lambda j=job: j.lines.extend(j.proc.stderr), daemon=True).start()
+    signal.signal(signal.SIGINT, inherited)
     pending, deadline = dict(jobs), time.monotonic() + 240
     while pending and time.monotonic() < deadline:
         for point, job in list(pending.items()):
