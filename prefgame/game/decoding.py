@@ -416,6 +416,8 @@ class StackedDecoder:
             return None
         if any(sum(p.numel() for p in base_of(m).parameters()) > STACK_MAX_PARAMETERS for m in models):
             return None
+        if not all(_plain_projections(m) for m in models):  # LoRA or quantized layers: nothing to stack
+            return None
         parts = [StaticCacheDecoder(m, prompt_ids, pad_token_id, device, max_new_tokens) for m in models]
         if not all(_stackable(parts[0], p) for p in parts):
             return None
@@ -475,6 +477,18 @@ def _stacked_product(
     """(M, R, in) × (M, in, out) per model, plus ``bias`` (M, 1, out) and ``add`` (M, R, out) where given."""
     out = torch.bmm(x, weight) if add is None else torch.baddbmm(add, x, weight)
     return out if bias is None else out + bias
+
+
+def _plain_projections(model) -> bool:
+    """Whether every projection of ``model``'s layers and its output layer is a plain ``nn.Linear`` (what
+    :class:`_Projection` fuses into one matrix), checked before any decoder is built for it."""
+    net = base_of(model)
+    inner = getattr(net, net.base_model_prefix)
+    modules = [net.get_output_embeddings()]
+    for layer in inner.layers:
+        modules += [getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        modules += [getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]
+    return all(type(m) is nn.Linear for m in modules)
 
 
 def _stackable(a: StaticCacheDecoder, b: StaticCacheDecoder) -> bool:
